@@ -1,0 +1,282 @@
+"""Bundles: a directory with ``bundle.json`` and the artifacts it lists.
+
+``bundle.json`` (schema version 1)::
+
+    {"schema_version": 1, "name": "...", "version": "...", "description": "...",
+     "task": "segmentation" | "classification" | "embedding",
+     "labels": ["background", ...],
+     "input": {"name": "image", "layout": "NCHW", "shape": ["batch", 3, 256, 256],
+               "dtype": "float32"},
+     "outputs": [{"name": "logits", "shape": ["batch", 5, 256, 256], "dtype": "float32"}],
+     "preprocess": {...PreprocessSpec...}, "postprocess": {...PostprocessSpec...},
+     "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32",
+                    "sha256": "...", "bytes": 123}],
+     "provenance": {...free-form: how it was made...}}
+
+String entries in a shape are named dynamic axes. Every artifact's sha256 is checked
+when the bundle loads, and :meth:`Bundle.read_artifact` hashes the very bytes it hands
+to a backend, so nothing unverified is ever parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemed.errors import BundleError
+from edgemed.postprocess import PostprocessSpec
+from edgemed.preprocess.spec import PreprocessSpec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TASKS",
+    "Artifact",
+    "Bundle",
+    "TensorInfo",
+    "sha256_file",
+    "write_manifest",
+]
+
+SCHEMA_VERSION = 1
+TASKS = ("segmentation", "classification", "embedding")
+KINDS = ("onnx", "engine")
+PRECISIONS = ("fp32", "fp16", "int8")
+MANIFEST = "bundle.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output as the bundle declares it (str dims are dynamic axes)."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    layout: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorInfo:
+        shape = tuple(s if isinstance(s, str) else int(s) for s in d["shape"])
+        return cls(str(d["name"]), shape, str(d.get("dtype", "float32")), d.get("layout"))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.layout:
+            d["layout"] = self.layout
+        return d
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    kind: str
+    precision: str
+    sha256: str
+    bytes: int | None = None
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. Use :meth:`load`."""
+
+    root: Path
+    name: str
+    version: str
+    task: str
+    labels: list[str]
+    input: TensorInfo
+    outputs: list[TensorInfo]
+    preprocess: PreprocessSpec
+    postprocess: PostprocessSpec
+    artifacts: list[Artifact]
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+        """Read ``bundle.json`` from ``path`` and (by default) verify every artifact.
+
+        Raises:
+            BundleError: ``BUNDLE_NOT_FOUND``, ``BUNDLE_INVALID``,
+                ``BUNDLE_SCHEMA_VERSION``, ``BUNDLE_ARTIFACT_MISSING`` or
+                ``BUNDLE_INTEGRITY``.
+        """
+        root = Path(path)
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise BundleError("no bundle.json here", code="BUNDLE_NOT_FOUND", path=root)
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(
+                f"bundle.json is not valid JSON ({exc.__class__.__name__})",
+                code="BUNDLE_INVALID",
+                path=manifest,
+            ) from exc
+        bundle = cls._from_dict(root, data)
+        if verify:
+            for art in bundle.artifacts:
+                bundle._verify_file(art)
+        return bundle
+
+    @classmethod
+    def _from_dict(cls, root: Path, data: Any) -> Bundle:
+        def bad(msg: str, code: str = "BUNDLE_INVALID") -> BundleError:
+            return BundleError(f"bundle.json: {msg}", code=code, path=root / MANIFEST)
+
+        if not isinstance(data, dict):
+            raise bad("top level must be an object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise bad(
+                f"schema_version {version!r} is not supported (this edgemed reads "
+                f"{SCHEMA_VERSION})",
+                "BUNDLE_SCHEMA_VERSION",
+            )
+        try:
+            task = str(data["task"])
+            if task not in TASKS:
+                raise bad(f"task must be one of {TASKS}, got {task!r}")
+            labels = [str(x) for x in data.get("labels", [])]
+            artifacts = []
+            for a in data["artifacts"]:
+                art = Artifact(
+                    path=str(a["path"]),
+                    kind=str(a["kind"]),
+                    precision=str(a["precision"]),
+                    sha256=str(a["sha256"]).lower(),
+                    bytes=a.get("bytes"),
+                )
+                if art.kind not in KINDS or art.precision not in PRECISIONS:
+                    raise bad(f"artifact {art.path}: bad kind/precision")
+                rel = Path(art.path)
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise bad(f"artifact path {art.path!r} must stay inside the bundle")
+                if len(art.sha256) != 64:
+                    raise bad(f"artifact {art.path}: sha256 must be 64 hex digits")
+                artifacts.append(art)
+            if not artifacts:
+                raise bad("no artifacts")
+            return cls(
+                root=root,
+                name=str(data["name"]),
+                version=str(data["version"]),
+                task=task,
+                labels=labels,
+                input=TensorInfo.from_dict(data["input"]),
+                outputs=[TensorInfo.from_dict(o) for o in data["outputs"]],
+                preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                postprocess=PostprocessSpec.from_dict(data.get("postprocess", {}), task),
+                artifacts=artifacts,
+                description=str(data.get("description", "")),
+                provenance=dict(data.get("provenance", {})),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise bad(f"malformed ({exc.__class__.__name__}: {exc})") from exc
+
+    # -- artifacts ---------------------------------------------------------------------
+
+    @property
+    def precisions(self) -> list[str]:
+        """Precisions with an ONNX artifact, in preference order fp32, fp16, int8."""
+        have = {a.precision for a in self.artifacts if a.kind == "onnx"}
+        return [p for p in PRECISIONS if p in have]
+
+    def artifact(self, kind: str = "onnx", precision: str = "fp32") -> Artifact:
+        """The artifact of ``kind`` and ``precision``; ``BUNDLE_ARTIFACT_MISSING`` if none."""
+        for a in self.artifacts:
+            if a.kind == kind and a.precision == precision:
+                return a
+        have = ", ".join(f"{a.kind}/{a.precision}" for a in self.artifacts)
+        raise BundleError(
+            f"no {kind} artifact of precision {precision} (bundle has: {have})",
+            code="BUNDLE_ARTIFACT_MISSING",
+            path=self.root,
+        )
+
+    def _verify_file(self, art: Artifact) -> None:
+        p = self.root / art.path
+        if not p.is_file():
+            raise BundleError(
+                f"artifact {art.path} is missing", code="BUNDLE_ARTIFACT_MISSING", path=p
+            )
+        if sha256_file(p) != art.sha256:
+            raise BundleError(
+                f"artifact {art.path} does not match its sha256", code="BUNDLE_INTEGRITY", path=p
+            )
+
+    def read_artifact(self, art: Artifact) -> bytes:
+        """The artifact's bytes, verified against the manifest's sha256 after reading.
+
+        Backends parse these bytes, never the path, so a file swapped after
+        :meth:`load` cannot slip through.
+        """
+        p = self.root / art.path
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise BundleError(
+                f"artifact {art.path} cannot be read", code="BUNDLE_ARTIFACT_MISSING", path=p
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != art.sha256:
+            raise BundleError(
+                f"artifact {art.path} does not match its sha256", code="BUNDLE_INTEGRITY", path=p
+            )
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-able data (what ``bundle.json`` holds)."""
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "task": self.task,
+            "labels": list(self.labels),
+            "input": self.input.to_dict(),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "preprocess": self.preprocess.to_dict(),
+            "postprocess": self.postprocess.to_dict(),
+            "artifacts": [
+                {k: v for k, v in a.__dict__.items() if v is not None} for a in self.artifacts
+            ],
+            "provenance": self.provenance,
+        }
+
+
+def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bundle:
+    """Write ``bundle.json`` into ``root``, filling each artifact's sha256 and size.
+
+    ``manifest`` is the JSON form without hashes; artifact files must already be in
+    ``root``. The file is written atomically. Returns the loaded, verified bundle.
+    """
+    root = Path(root)
+    data = json.loads(json.dumps(manifest))  # deep copy, and proves it is JSON-able
+    data["schema_version"] = SCHEMA_VERSION
+    for a in data["artifacts"]:
+        p = root / a["path"]
+        a["sha256"] = sha256_file(p)
+        a["bytes"] = p.stat().st_size
+    Bundle._from_dict(root, data)  # validate before anything is written
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".bundle.", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, root / MANIFEST)
+    return Bundle.load(root)

@@ -1,0 +1,69 @@
+"""The in-memory image every reader returns and every later stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MedicalImage"]
+
+
+@dataclass
+class MedicalImage:
+    """A 2D image or 3D volume in physical units, with its geometry.
+
+    Conventions (every reader follows them, every stage relies on them):
+
+    * ``array`` is C-ordered ``float32`` in physical units (HU for CT after rescale
+      slope/intercept; MONOCHROME1 already inverted so that higher means brighter).
+      Axes are ``(Y, X)`` for one 2D image, ``(Z, Y, X)`` for a volume or a multi-frame
+      image, with a trailing channel axis ``C`` for colour (``(Y, X, 3)``,
+      ``(Z, Y, X, 3)``, RGB order).
+    * ``spacing`` has one entry per *spatial* array axis, in the same order, in mm
+      (``(dy, dx)`` or ``(dz, dy, dx)``); 1.0 where the file does not say.
+    * ``origin`` is the patient-space (DICOM LPS, mm) position of the centre of the
+      first voxel, or ``None``; ``direction`` is a 3x3 matrix whose *columns* are the
+      LPS unit vectors of the x, y and z index axes, or ``None``.
+    * ``metadata`` holds technical fields only (window centre/width, rescale,
+      transfer syntax, format, ...). It never holds patient-identifying values.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    modality: str = "OT"
+    photometric: str = "MONOCHROME2"
+    origin: tuple[float, float, float] | None = None
+    direction: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n_spatial = self.array.ndim - (1 if self.is_color else 0)
+        if len(self.spacing) != n_spatial:
+            raise ValueError(
+                f"spacing has {len(self.spacing)} entries for {n_spatial} spatial axes"
+            )
+
+    @property
+    def is_color(self) -> bool:
+        """True when the last axis holds RGB samples."""
+        return self.photometric not in ("MONOCHROME1", "MONOCHROME2")
+
+    @property
+    def is_volume(self) -> bool:
+        """True for ``(Z, Y, X)`` data (a series, a NIfTI volume, a multi-frame file)."""
+        return self.array.ndim - (1 if self.is_color else 0) == 3
+
+    @property
+    def num_slices(self) -> int:
+        return self.array.shape[0] if self.is_volume else 1
+
+    def slices(self) -> np.ndarray:
+        """The data as a stack of 2D slices: ``(N, Y, X)`` or ``(N, Y, X, C)``."""
+        return self.array if self.is_volume else self.array[np.newaxis]
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """In-plane spacing ``(dy, dx)`` in mm."""
+        return (float(self.spacing[-2]), float(self.spacing[-1]))

@@ -1,0 +1,3 @@
+from edgemed.errors import InputError
+def read_image(path):
+    raise InputError("not yet", path=path)

@@ -1,0 +1,172 @@
+"""CPU preprocessing with NumPy and OpenCV: the reference the CUDA kernels must match.
+
+Exact arithmetic, per slice ``s`` (float32, physical units) and per intensity channel
+``c`` with range ``(lo, hi)`` from the spec (window ``center -/+ width/2`` or ``clip``):
+
+1. Colour: RGB input with ``color="gray"`` becomes luma
+   ``0.299*R + 0.587*G + 0.114*B`` (float32). With ``color="rgb"`` channel ``c`` reads
+   sample ``c``.
+2. Intensity, at the *source* resolution, in float32:
+   ``v = min(max(s, lo), hi)`` (no clipping for a ``None`` range).
+3. Scale, still at the source resolution:
+   * ``unit``:   ``v = (v - lo) * inv`` with ``inv = float32(1 / (hi - lo))``;
+   * ``zscore``: ``v = (v - mean) * float32(1 / max(std, 1e-6))`` where mean and the
+     population std are taken over the whole slice in float64 and rounded to float32;
+   * ``none``:   ``v`` unchanged.
+4. Resize to the target box with bilinear interpolation, OpenCV ``INTER_LINEAR``
+   semantics: *half-pixel centres* -- destination pixel ``x`` samples source coordinate
+   ``sx = (x + 0.5) * (w_src / w_dst) - 0.5``; ``x0 = floor(sx)``, ``a = sx - x0``; where
+   ``x0 < 0`` the sample is pixel 0 (``a = 0``), where ``x0 >= w_src - 1`` it is pixel
+   ``w_src - 1`` (``a = 0``); the value is ``(1-a)*p[x0] + a*p[x0+1]``, separably in y
+   and x. No anti-aliasing on downscale (as OpenCV). Equal sizes copy unchanged.
+   * ``stretch``: the target box is the whole ``H x W``.
+   * ``letterbox``: ``k = min(H / h, W / w)``, box ``nh = max(1, round(h*k))`` by
+     ``nw = max(1, round(w*k))`` placed at ``top = (H - nh) // 2``,
+     ``left = (W - nw) // 2``; everything outside the box is ``pad_value``.
+5. Edge channel (``edges=True``), computed on the *resized* channel 0 over the whole
+   ``H x W`` canvas: OpenCV 3x3 Sobel ``gx``, ``gy`` with replicated borders,
+   ``e = sqrt(gx^2 + gy^2) / (4*sqrt(2))`` (a unit step gives at most 1).
+6. Output ``out[n, c, :, :]`` in NCHW, cast to the spec dtype (float16 rounds to
+   nearest even).
+
+The steps run on source pixels before interpolation (window, then resize), which is
+what the fused CUDA kernel does per tap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgemed.errors import InputError, UsageError
+from edgemed.io.image import MedicalImage
+from edgemed.preprocess.spec import PreprocessSpec
+
+__all__ = ["Placement", "preprocess", "preprocess_image", "allocate", "place"]
+
+_EDGE_NORM = np.float32(1.0 / (4.0 * math.sqrt(2.0)))
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a source slice of shape ``source`` landed inside the model input.
+
+    ``top``/``left``/``height``/``width`` are the box in model pixels; postprocessing
+    uses it to map outputs back to the original geometry.
+    """
+
+    source: tuple[int, int]
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def place(source: tuple[int, int], spec: PreprocessSpec) -> Placement:
+    """The target box for a ``source=(h, w)`` slice under ``spec`` (step 4)."""
+    h, w = int(source[0]), int(source[1])
+    H, W = spec.height, spec.width
+    if spec.resize == "stretch":
+        return Placement((h, w), 0, 0, H, W)
+    k = min(H / h, W / w)
+    nh = min(H, max(1, round(h * k)))
+    nw = min(W, max(1, round(w * k)))
+    return Placement((h, w), (H - nh) // 2, (W - nw) // 2, nh, nw)
+
+
+def allocate(spec: PreprocessSpec, batch: int) -> np.ndarray:
+    """A buffer of the right shape and dtype for ``batch`` slices, for reuse."""
+    return np.empty((batch, spec.num_channels, spec.height, spec.width), dtype=spec.dtype)
+
+
+def _intensity(src: np.ndarray, spec: PreprocessSpec, c: int) -> np.ndarray:
+    """Steps 1-3 for channel ``c`` of one slice; returns a new float32 array."""
+    if src.ndim == 3:  # colour (Y, X, 3)
+        plane = src[..., c] if spec.color == "rgb" else src @ _LUMA
+    else:
+        plane = src
+    rng = spec.ranges[c]
+    v = np.array(plane, dtype=np.float32, copy=True)
+    if rng is not None:
+        np.clip(v, np.float32(rng[0]), np.float32(rng[1]), out=v)
+    if spec.scale == "unit":
+        assert rng is not None  # PreprocessSpec guarantees a range for 'unit'
+        v -= np.float32(rng[0])
+        v *= np.float32(1.0 / (rng[1] - rng[0]))
+    elif spec.scale == "zscore":
+        mean = np.float32(v.mean(dtype=np.float64))
+        std = float(v.std(dtype=np.float64))
+        v -= mean
+        v *= np.float32(1.0 / max(std, 1e-6))
+    return v
+
+
+def _check_slice(src: np.ndarray) -> None:
+    if src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] != 3):
+        raise InputError(f"expected a (Y, X) or (Y, X, 3) slice, got shape {src.shape}")
+    if src.shape[0] < 1 or src.shape[1] < 1:
+        raise InputError(f"empty slice of shape {src.shape}")
+
+
+def preprocess(
+    slices: Sequence[np.ndarray] | np.ndarray,
+    spec: PreprocessSpec,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[Placement]]:
+    """Turn a batch of 2D slices into one NCHW model input.
+
+    Args:
+        slices: a sequence of ``(Y, X)`` or ``(Y, X, 3)`` arrays (sizes may differ), or an
+            ``(N, Y, X)`` / ``(N, Y, X, 3)`` array.
+        spec: the bundle's preprocessing spec.
+        out: optional preallocated ``(>=N, C, H, W)`` buffer of the spec dtype; written in
+            place (see :func:`allocate`).
+
+    Returns:
+        ``(batch, placements)``: the ``(N, C, H, W)`` input (a view of ``out`` when
+        given) and, per slice, where it landed.
+    """
+    n = len(slices)
+    if n == 0:
+        raise UsageError("preprocess needs at least one slice")
+    shape = (n, spec.num_channels, spec.height, spec.width)
+    if out is None:
+        out = np.empty(shape, dtype=spec.dtype)
+    elif out.dtype != np.dtype(spec.dtype) or out.shape[0] < n or out.shape[1:] != shape[1:]:
+        raise UsageError(f"output buffer {out.shape} {out.dtype} does not fit {shape} {spec.dtype}")
+    else:
+        out = out[:n]
+    placements = []
+    n_int = len(spec.ranges)
+    for i in range(n):
+        src = np.asarray(slices[i])
+        _check_slice(src)
+        p = place(src.shape[:2], spec)
+        placements.append(p)
+        if spec.resize == "letterbox":
+            out[i].fill(spec.pad_value)
+        for c in range(n_int):
+            v = _intensity(src, spec, c)
+            if v.shape != (p.height, p.width):
+                v = cv2.resize(v, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
+            out[i, c, p.top : p.top + p.height, p.left : p.left + p.width] = v
+        if spec.edges:
+            base = np.ascontiguousarray(out[i, 0], dtype=np.float32)
+            gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+            gy = cv2.Sobel(base, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+            out[i, n_int] = cv2.magnitude(gx, gy) * _EDGE_NORM
+    return out, placements
+
+
+def preprocess_image(
+    image: MedicalImage, spec: PreprocessSpec, out: np.ndarray | None = None
+) -> tuple[np.ndarray, list[Placement]]:
+    """Preprocess every slice of ``image`` (one for 2D, Z for a volume) as one batch."""
+    if image.is_color and spec.color == "gray" and image.array.shape[-1] != 3:
+        raise InputError(f"unsupported colour layout {image.array.shape}")
+    return preprocess(image.slices(), spec, out)

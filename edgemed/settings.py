@@ -1,0 +1,43 @@
+"""The one place environment variables are read.
+
+Variables:
+    EDGEMED_LOG_LEVEL: default log level for the CLI (``WARNING``).
+    EDGEMED_ORT_THREADS: ONNX Runtime intra-op threads (default: physical cores, at most 8).
+    EDGEMED_BACKEND: default backend name for the CLI (``auto``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = "WARNING"
+    ort_threads: int | None = None
+    backend: str = "auto"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``environ`` (``os.environ`` by default); bad values raise UsageError."""
+    from edgemed.errors import UsageError
+
+    env = os.environ if environ is None else environ
+    threads_text = env.get("EDGEMED_ORT_THREADS", "").strip()
+    threads: int | None = None
+    if threads_text:
+        try:
+            threads = int(threads_text)
+        except ValueError:
+            threads = 0
+        if threads <= 0:
+            raise UsageError(f"EDGEMED_ORT_THREADS must be a positive integer, got {threads_text!r}")
+    level = env.get("EDGEMED_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")
+    backend = env.get("EDGEMED_BACKEND", "auto").strip() or "auto"
+    return Settings(log_level=level, ort_threads=threads, backend=backend)
