@@ -1,0 +1,246 @@
+"""The ``edgemed`` command line.
+
+Exit codes: 0 ok, 2 usage, 3 input error, 4 bundle error, 5 backend error,
+6 accuracy gate failed, 7 output could not be written, 1 internal error.
+Errors print one line naming the code and the file; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgemed._version import __version__
+from edgemed.errors import EdgemedError, InputError, UsageError
+
+__all__ = ["main"]
+
+log = logging.getLogger("edgemed")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgemed", description="Edge inference for medical imaging."
+    )
+    p.add_argument("--version", action="version", version=f"edgemed {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def runtime_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--backend", default=None,
+                        help="auto (default), onnxruntime or tensorrt")
+        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="which model variant of the bundle runs (default fp32)")
+        sp.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for ONNX Runtime (default: cores, at most 8)")
+        sp.add_argument("--batch-size", type=int, default=8,
+                        help="most 2D slices per backend call (default 8)")
+
+    demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
+    demo.add_argument("--out", default="edgemed-demo", help="output directory")
+    runtime_options(demo)
+
+    run = sub.add_parser("run", help="run a bundle on images, DICOM series or volumes")
+    run.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help="DICOM/NIfTI/PNG/JPEG/TIFF/NPY file or DICOM series directory")
+    run.add_argument("--bundle", default=None, help="bundle directory (default: the demo)")
+    run.add_argument("--out", required=True, help="output directory")
+    runtime_options(run)
+
+    info = sub.add_parser("info", help="describe a bundle")
+    info.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: demo)")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return p
+
+
+def _pipeline(args: argparse.Namespace, bundle: str | Path):
+    from edgemed.pipeline import Pipeline
+    from edgemed.settings import load_settings
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    settings = load_settings()
+    return Pipeline.from_bundle(
+        bundle,
+        args.backend or settings.backend,
+        precision=args.precision,
+        threads=args.threads or settings.ort_threads,
+        batch_size=args.batch_size,
+    )
+
+
+def _write_outputs(result, out: Path) -> list[Path]:
+    from edgemed.io.writers import write_json, write_mask_nifti, write_overlay_png
+
+    written = []
+    if result.mask is not None:
+        written.append(write_mask_nifti(out / "mask.nii.gz", result.mask, result.image))
+        written.append(
+            write_overlay_png(out / "overlay.png", result.image, result.mask, result.labels,
+                              result.stats)
+        )
+    # result.json last: its presence means the other files are complete.
+    written.insert(0, write_json(out / "result.json", result.to_dict()))
+    return written
+
+
+def _summary(result, out: Path, title: str) -> str:
+    t = result.timings
+    prov = result.provenance
+    lines = [
+        title,
+        f"  model    {prov['bundle']['name']} {prov['bundle']['version']} ({result.task})",
+        f"  backend  {prov['backend']} {prov['backend_version']}, {prov['precision']}, "
+        f"{prov['device']}",
+        f"  input    {'x'.join(str(s) for s in result.image.array.shape)} "
+        f"{result.image.modality}, spacing "
+        f"{' x '.join(f'{s:.3g}' for s in result.image.spacing)} mm",
+    ]
+    if result.stats:
+        lines.append("  labels   " + ", ".join(
+            f"{name} {v.get('area_mm2', v.get('volume_mm3', 0)):,.0f} "
+            f"{'mm2' if 'area_mm2' in v else 'mm3'}"
+            for name, v in result.stats.items() if name != result.labels[0] and v["pixels"]
+        ))
+    if result.classes:
+        top = result.classes[0]["top_k"][0]
+        lines.append(f"  top-1    {top['label']} ({top['probability']:.3f})")
+    lines.append("  timings  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
+    lines.append(f"  wrote    {out}/ (result.json, overlay.png, mask.nii.gz)")
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pydicom.data import get_testdata_file
+
+    from edgemed.io import read_image
+    from edgemed.pipeline import demo_bundle
+
+    ct = get_testdata_file("CT_small.dcm")  # ships inside pydicom; nothing is downloaded
+    if ct is None:
+        raise InputError("pydicom's CT_small.dcm test file is not installed",
+                         code="INPUT_NOT_FOUND")
+    image = read_image(ct)
+    out = Path(args.out)
+    with _pipeline(args, demo_bundle()) as pipe:
+        pipe(image)  # warm-up: the first call pays one-time allocation costs
+        result = pipe(image)
+    _write_outputs(result, out)
+    print(_summary(result, out, "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"))
+    print("  note     demonstration model trained on synthetic phantoms; not for clinical use")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edgemed.io import read_image
+    from edgemed.io.writers import write_json
+    from edgemed.pipeline import demo_bundle
+
+    out = Path(args.out)
+    failures = 0
+    images = []
+    for i, path in enumerate(args.inputs):
+        try:
+            images.append((i, read_image(path)))
+        except InputError as exc:  # one bad file must not stop the others
+            failures += 1
+            print(f"edgemed: error {exc}", file=sys.stderr)
+    if images:
+        with _pipeline(args, args.bundle or demo_bundle()) as pipe:
+            results = pipe.run_batch([im for _, im in images])
+        several = len(args.inputs) > 1
+        index = []
+        for (i, _), result in zip(images, results):
+            # Output names are positional, never derived from file names (which may
+            # carry patient names or UIDs).
+            target = out / f"input-{i + 1:04d}" if several else out
+            _write_outputs(result, target)
+            print(_summary(result, target, f"input {i + 1}/{len(args.inputs)}"))
+            index.append({"input": i + 1, "dir": target.name if several else "."})
+        if several:
+            write_json(out / "index.json", {"results": index, "failed": failures})
+    return InputError.exit_code if failures else 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from edgemed.bundle import Bundle
+    from edgemed.pipeline import demo_bundle
+
+    bundle = Bundle.load(args.bundle or demo_bundle())
+    if args.json:
+        print(json.dumps(bundle.to_dict(), indent=2))
+        return 0
+    pre = bundle.preprocess
+    intensity = (
+        ", ".join(f"window {w.center:g}/{w.width:g}" for w in pre.windows)
+        or (f"clip {pre.clip[0]:g}..{pre.clip[1]:g}" if pre.clip else "values as stored")
+    )
+    lines = [
+        f"{bundle.name} {bundle.version}  ({bundle.task})",
+        f"  {bundle.description}" if bundle.description else None,
+        f"  path         {bundle.root}",
+        f"  labels       {', '.join(f'{i}:{n}' for i, n in enumerate(bundle.labels))}",
+        f"  input        {bundle.input.name} {bundle.input.layout or ''} "
+        f"[{', '.join(str(s) for s in bundle.input.shape)}] {bundle.input.dtype}",
+        *(f"  output       {o.name} [{', '.join(str(s) for s in o.shape)}] {o.dtype}"
+          for o in bundle.outputs),
+        f"  preprocess   {intensity}; scale {pre.scale}; {pre.resize} to "
+        f"{pre.height}x{pre.width}; {pre.num_channels} channels{' + edges' if pre.edges else ''}"
+        f"; {pre.dtype}",
+        f"  postprocess  {bundle.postprocess.activation}, {bundle.postprocess.decision}",
+        "  artifacts    (sha256 verified)",
+        *(f"    {a.precision:5s} {a.kind:6s} {a.path}  {a.sha256[:16]}…  "
+          f"{(a.bytes or 0) / 1e6:.2f} MB" for a in bundle.artifacts),
+    ]
+    if bundle.provenance:
+        lines.append("  provenance")
+        lines += [f"    {k}: {v}" for k, v in bundle.provenance.items()
+                  if not isinstance(v, (dict, list))]
+    print("\n".join(line for line in lines if line is not None))
+    return 0
+
+
+_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "info": _cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else None
+    if level is None:
+        try:
+            from edgemed.settings import load_settings
+
+            level = getattr(logging, load_settings().log_level)
+        except EdgemedError:
+            level = logging.WARNING
+    logging.basicConfig(level=level, format="edgemed %(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except EdgemedError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgemed: error {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgemed: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line, details with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgemed: internal error {exc.__class__.__name__} (rerun with --debug)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Writers for results: ``result.json``, ``mask.nii.gz``, ``overlay.png``.
+
+Every file is written to a temporary name in the target directory and renamed into
+place, so a crash or a full disk never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgemed.errors import OutputError
+from edgemed.io.image import MedicalImage
+
+__all__ = [
+    "PALETTE",
+    "atomic_write",
+    "nifti_affine",
+    "render_overlay",
+    "write_json",
+    "write_mask_nifti",
+    "write_overlay_png",
+]
+
+#: RGB colour per label value (0 = background, drawn transparent).
+PALETTE = [
+    (0, 0, 0),
+    (64, 160, 255),  # 1 blue
+    (250, 210, 50),  # 2 yellow
+    (230, 60, 60),  # 3 red
+    (90, 230, 110),  # 4 green
+    (200, 90, 230),  # 5 purple
+    (255, 140, 0),  # 6 orange
+    (0, 220, 220),  # 7 cyan
+    (255, 105, 180),  # 8 pink
+]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it.
+
+    Raises:
+        OutputError: ``OUTPUT_WRITE_FAILED`` (directory unwritable, disk full, ...).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Keep the real suffix last: some writers pick the format from it.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path.name} ({exc.strerror or exc})", path=path) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def nifti_affine(image: MedicalImage) -> np.ndarray:
+    """The NIfTI (RAS) voxel-to-world affine for an array stored as (x, y, z) indices.
+
+    Built from ``image.direction`` (LPS columns for x, y, z), spacing and origin; the
+    identity direction and a zero origin where the image has none.
+    """
+    sp = list(image.spacing)
+    dz = float(sp[0]) if image.is_volume else float(image.metadata.get("slice_thickness") or 1.0)
+    dy, dx = image.pixel_spacing
+    direction = np.eye(3) if image.direction is None else np.asarray(image.direction, float)
+    origin = np.zeros(3) if image.origin is None else np.asarray(image.origin, float)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.array([dx, dy, dz])  # scale each index axis's column
+    lps[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
+
+
+def write_mask_nifti(
+    path: str | os.PathLike[str], mask: np.ndarray, image: MedicalImage
+) -> Path:
+    """Save a uint8 label mask in the image's geometry as NIfTI-1 (``.nii.gz``)."""
+    import nibabel as nib
+
+    vol = mask if mask.ndim == 3 else mask[np.newaxis]
+    data = np.ascontiguousarray(vol.transpose(2, 1, 0))  # (Z, Y, X) -> (x, y, z)
+    img = nib.Nifti1Image(data.astype(np.uint8), nifti_affine(image))
+    img.header.set_xyzt_units("mm")
+    img.header.set_intent("label")
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
+def _display(slice_: np.ndarray, image: MedicalImage) -> np.ndarray:
+    """A uint8 grayscale (or RGB) rendering: the file's window if it has one, else the
+    1st-99th percentile range."""
+    center, width = image.metadata.get("window_center"), image.metadata.get("window_width")
+    if center is not None and width:
+        lo, hi = float(center) - float(width) / 2, float(center) + float(width) / 2
+    else:
+        lo, hi = (float(v) for v in np.percentile(slice_, [1, 99]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((slice_ - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def render_overlay(
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    *,
+    stats: dict[str, dict[str, float]] | None = None,
+    alpha: float = 0.45,
+    min_size: int = 512,
+) -> np.ndarray:
+    """The image with the coloured mask and a legend, as an RGB uint8 array.
+
+    Volumes show their middle slice. Small images are enlarged (nearest neighbour for
+    the mask, linear for the image) so the legend stays readable.
+    """
+    k = image.num_slices // 2
+    src = image.slices()[k]
+    m = mask[k] if mask.ndim == 3 else mask
+    gray = _display(src, image)
+    rgb = gray if gray.ndim == 3 else cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    scale = max(1, int(np.ceil(min_size / max(1, min(m.shape)))))
+    if scale > 1:
+        size = (m.shape[1] * scale, m.shape[0] * scale)
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+    colours = np.array([PALETTE[i % len(PALETTE)] for i in range(256)], dtype=np.float32)
+    out = rgb.astype(np.float32)
+    fg = m > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[m[fg]]
+    out = out.astype(np.uint8)
+    # Legend panel on the right: a swatch, the name, and the measured size per label.
+    row_h, panel_w = 26, 300
+    present = [i for i in range(1, len(labels)) if stats is None or labels[i] in stats]
+    panel = np.full((out.shape[0], panel_w, 3), 24, dtype=np.uint8)
+    title = "edgemed" + (f"  slice {k + 1}/{image.num_slices}" if image.is_volume else "")
+    cv2.putText(panel, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    for row, i in enumerate(present):
+        y = 40 + row * row_h
+        if y + row_h > panel.shape[0]:
+            break
+        colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
+        cv2.rectangle(panel, (10, y), (28, y + 18), colour, -1)
+        text = labels[i]
+        if stats and labels[i] in stats:
+            entry = stats[labels[i]]
+            size = entry.get("area_mm2", entry.get("volume_mm3"))
+            unit = "mm2" if "area_mm2" in entry else "mm3"
+            text += f"  {size:,.0f} {unit}"
+        cv2.putText(panel, text, (36, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (235, 235, 235),
+                    1, cv2.LINE_AA)
+    return np.hstack([out, panel])
+
+
+def write_overlay_png(
+    path: str | os.PathLike[str],
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    stats: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """Render :func:`render_overlay` and save it as PNG, atomically."""
+    rgb = render_overlay(image, mask, labels, stats=stats)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError("PNG encoding failed", path=path)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))

@@ -1,0 +1,270 @@
+"""The pipeline: read -> preprocess -> infer -> postprocess, timed, with provenance.
+
+Example::
+
+    import edgemed
+    with edgemed.Pipeline.from_bundle(edgemed.demo_bundle()) as pipe:
+        result = pipe("CT_small.dcm")
+    print(result.stats["lung"]["area_mm2"], result.timings)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from edgemed import postprocess as post
+from edgemed._version import __version__
+from edgemed.backends import Backend, create_backend
+from edgemed.bundle import Bundle
+from edgemed.errors import BackendError, UsageError
+from edgemed.io import MedicalImage, read_image
+from edgemed.preprocess import Placement, allocate, preprocess
+
+__all__ = ["Pipeline", "Result", "demo_bundle", "STAGES"]
+
+#: Timing keys of every result, in milliseconds.
+STAGES = ("read", "preprocess", "infer", "postprocess", "total")
+
+Input = Union[str, os.PathLike, MedicalImage, np.ndarray]
+
+
+def demo_bundle() -> Path:
+    """Path of the demo bundle shipped inside the package (a demonstration model
+    trained on synthetic CT phantoms; not for clinical use)."""
+    return Path(__file__).resolve().parent / "data" / "demo"
+
+
+@dataclass
+class Result:
+    """What one input produced.
+
+    Attributes:
+        task: the bundle's task.
+        image: the input image (kept for writers such as the overlay; not serialised).
+        labels: label names from the bundle.
+        mask: segmentation: uint8 label mask in the input's geometry, ``(Y, X)`` or
+            ``(Z, Y, X)``.
+        stats: segmentation: per-label ``pixels`` and ``area_mm2`` / ``volume_mm3``.
+        classes: classification: per slice ``{"probabilities", "top_k"}``.
+        embedding: embedding: ``(N, D)`` vectors, one per slice.
+        timings: milliseconds per stage (:data:`STAGES`); when several inputs share one
+            backend call, ``preprocess``/``infer``/``postprocess`` are that batch's.
+        provenance: versions, bundle, artifact sha256, backend, precision, device.
+    """
+
+    task: str
+    image: MedicalImage
+    labels: list[str]
+    timings: dict[str, float]
+    provenance: dict[str, Any]
+    mask: np.ndarray | None = None
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (the mask itself is not inlined; writers save it)."""
+        img = self.image
+        outputs: dict[str, Any] = {}
+        if self.mask is not None:
+            outputs["mask"] = {"shape": list(self.mask.shape), "dtype": str(self.mask.dtype)}
+            outputs["labels"] = self.stats
+        if self.classes:
+            outputs["classification"] = self.classes
+        if self.embedding is not None:
+            outputs["embedding"] = [[float(v) for v in row] for row in self.embedding]
+        return {
+            "task": self.task,
+            "input": {
+                "shape": list(img.array.shape),
+                "spacing_mm": [float(s) for s in img.spacing],
+                "modality": img.modality,
+                "format": img.metadata.get("format", "array"),
+            },
+            "outputs": outputs,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+            "provenance": self.provenance,
+        }
+
+
+class Pipeline:
+    """A bundle bound to a backend, ready to run on images.
+
+    Thread-safe: calls are serialised (the backend reuses its buffers). For parallel
+    throughput, use one pipeline per thread.
+    """
+
+    def __init__(self, bundle: Bundle, backend: Backend, *, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise UsageError("batch_size must be >= 1")
+        self.bundle = bundle
+        self.backend = backend
+        if len(backend.inputs) != 1:
+            raise BackendError(
+                f"edgemed runs single-input models; this one has {len(backend.inputs)}",
+                code="BACKEND_IO_MISMATCH",
+            )
+        self._input = backend.inputs[0]
+        # The model's own input dtype decides the buffer dtype (an FP16-IO variant takes
+        # float16): the spec's arithmetic is the same, only the final cast differs.
+        self.spec = dataclasses.replace(bundle.preprocess, dtype=str(self._input.dtype))
+        fixed_batch = self._input.shape[0]
+        self.batch_size = fixed_batch if isinstance(fixed_batch, int) else batch_size
+        self._buffer = allocate(self.spec, self.batch_size)
+        self._lock = threading.Lock()
+        artifact = bundle.artifact("onnx", backend.precision)
+        self._provenance = {
+            "edgemed_version": __version__,
+            "bundle": {"name": bundle.name, "version": bundle.version},
+            "artifact": {"path": artifact.path, "sha256": artifact.sha256},
+            **backend.info(),
+        }
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        backend: str = "auto",
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+        batch_size: int = 8,
+    ) -> Pipeline:
+        """Load and verify the bundle at ``path`` and create its backend.
+
+        Args:
+            path: bundle directory.
+            backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
+            precision: which artifact runs (``fp32``, ``fp16``, ``int8``); a precision
+                the bundle lacks is an error, never a silent substitute.
+            threads: CPU threads for ONNX Runtime (default: cores, at most 8).
+            batch_size: most slices per backend call.
+        """
+        bundle = Bundle.load(path)
+        return cls(bundle, create_backend(backend, bundle, precision, threads),
+                   batch_size=batch_size)
+
+    # -- running -----------------------------------------------------------------------
+
+    def __call__(self, item: Input) -> Result:
+        """Run one input: a path (file or series directory), a MedicalImage, or an array
+        in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing 1 mm)."""
+        return self.run_batch([item])[0]
+
+    def run_batch(self, items: Sequence[Input]) -> list[Result]:
+        """Run several inputs; their 2D slices share backend calls of up to
+        ``batch_size`` slices (a volume's slices are batched the same way)."""
+        t_start = [time.perf_counter() for _ in items]
+        images, read_ms = [], []
+        for item in items:
+            t0 = time.perf_counter()
+            images.append(_as_image(item))
+            read_ms.append((time.perf_counter() - t0) * 1e3)
+        with self._lock:
+            outputs, stage_ms = self._run_slices([im.slices() for im in images])
+        results = []
+        for i, (image, out) in enumerate(zip(images, outputs)):
+            t0 = time.perf_counter()
+            result = self._result(image, out)
+            own_post = (time.perf_counter() - t0) * 1e3
+            timings = {
+                "read": read_ms[i],
+                "preprocess": stage_ms["preprocess"],
+                "infer": stage_ms["infer"],
+                "postprocess": stage_ms["postprocess"] + own_post,
+            }
+            timings["total"] = (time.perf_counter() - t_start[i]) * 1e3
+            result.timings = timings
+            results.append(result)
+        return results
+
+    def _run_slices(
+        self, per_image: list[np.ndarray]
+    ) -> tuple[list[list[Any]], dict[str, float]]:
+        """All slices of all images through preprocess/infer/postprocess in chunks.
+
+        Returns per image the list of per-slice outputs (masks, class dicts or
+        embedding rows) and the summed stage times.
+        """
+        flat = [(i, s) for i, slices in enumerate(per_image) for s in slices]
+        out: list[list[Any]] = [[] for _ in per_image]
+        ms = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
+        name = self._input.name
+        for start in range(0, len(flat), self.batch_size):
+            chunk = flat[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            batch, placements = preprocess([s for _, s in chunk], self.spec, out=self._buffer)
+            t1 = time.perf_counter()
+            raw = self.backend.infer({name: batch})
+            t2 = time.perf_counter()
+            per_slice = self._postprocess(raw, placements)
+            t3 = time.perf_counter()
+            ms["preprocess"] += (t1 - t0) * 1e3
+            ms["infer"] += (t2 - t1) * 1e3
+            ms["postprocess"] += (t3 - t2) * 1e3
+            for (i, _), o in zip(chunk, per_slice):
+                out[i].append(o)
+        return out, ms
+
+    def _postprocess(self, raw: dict[str, np.ndarray], placements: list[Placement]) -> list[Any]:
+        first = raw[self.backend.outputs[0].name]
+        spec, labels = self.bundle.postprocess, self.bundle.labels
+        task = self.bundle.task
+        if task == "segmentation":
+            return post.segment(first, placements, spec, labels)
+        if task == "classification":
+            return post.classify(first, spec, labels)
+        return list(post.embed(first, spec))
+
+    def _result(self, image: MedicalImage, per_slice: list[Any]) -> Result:
+        prov = dict(self._provenance)
+        prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        prov["input_sha256"] = hashlib.sha256(np.ascontiguousarray(image.array)).hexdigest()
+        result = Result(self.bundle.task, image, list(self.bundle.labels), {}, prov)
+        if self.bundle.task == "segmentation":
+            mask = np.stack(per_slice) if image.is_volume else per_slice[0]
+            result.mask = mask
+            n_labels = max(len(self.bundle.labels), int(mask.max()) + 1)
+            names = post.label_names(self.bundle.labels, n_labels)
+            result.stats = post.segmentation_stats(mask, image.spacing, names)
+        elif self.bundle.task == "classification":
+            result.classes = per_slice
+        else:
+            result.embedding = np.stack(per_slice)
+        return result
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_image(item: Input) -> MedicalImage:
+    if isinstance(item, MedicalImage):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.ndim not in (2, 3) or item.size == 0:
+            raise UsageError(f"arrays must be (Y, X) or (Z, Y, X), got shape {item.shape}")
+        return MedicalImage(
+            np.ascontiguousarray(item, dtype=np.float32),
+            spacing=(1.0,) * item.ndim,
+            metadata={"format": "array"},
+        )
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item)
+    raise UsageError(f"cannot run on a {type(item).__name__}; give a path, MedicalImage or array")
