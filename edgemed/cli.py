@@ -24,9 +24,7 @@ log = logging.getLogger("edgemed")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgemed", description="Edge inference for medical imaging."
-    )
+    p = argparse.ArgumentParser(prog="edgemed", description="Edge inference for medical imaging.")
     p.add_argument("--version", action="version", version=f"edgemed {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
@@ -34,22 +32,34 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def runtime_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--backend", default=None,
-                        help="auto (default), onnxruntime or tensorrt")
-        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                        help="which model variant of the bundle runs (default fp32)")
-        sp.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for ONNX Runtime (default: cores, at most 8)")
-        sp.add_argument("--batch-size", type=int, default=8,
-                        help="most 2D slices per backend call (default 8)")
+        sp.add_argument("--backend", default=None, help="auto (default), onnxruntime or tensorrt")
+        sp.add_argument(
+            "--precision",
+            default="fp32",
+            choices=["fp32", "fp16", "int8"],
+            help="which model variant of the bundle runs (default fp32)",
+        )
+        sp.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads for ONNX Runtime (default: cores, at most 8)",
+        )
+        sp.add_argument(
+            "--batch-size", type=int, default=8, help="most 2D slices per backend call (default 8)"
+        )
 
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
     runtime_options(demo)
 
     run = sub.add_parser("run", help="run a bundle on images, DICOM series or volumes")
-    run.add_argument("inputs", nargs="+", metavar="INPUT",
-                     help="DICOM/NIfTI/PNG/JPEG/TIFF/NPY file or DICOM series directory")
+    run.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="DICOM/NIfTI/PNG/JPEG/TIFF/NPY file or DICOM series directory",
+    )
     run.add_argument("--bundle", default=None, help="bundle directory (default: the demo)")
     run.add_argument("--out", required=True, help="output directory")
     runtime_options(run)
@@ -85,8 +95,9 @@ def _write_outputs(result, out: Path) -> list[Path]:
     if result.mask is not None:
         written.append(write_mask_nifti(out / "mask.nii.gz", result.mask, result.image))
         written.append(
-            write_overlay_png(out / "overlay.png", result.image, result.mask, result.labels,
-                              result.stats)
+            write_overlay_png(
+                out / "overlay.png", result.image, result.mask, result.labels, result.stats
+            )
         )
     # result.json last: its presence means the other files are complete.
     written.insert(0, write_json(out / "result.json", result.to_dict()))
@@ -106,11 +117,15 @@ def _summary(result, out: Path, title: str) -> str:
         f"{' x '.join(f'{s:.3g}' for s in result.image.spacing)} mm",
     ]
     if result.stats:
-        lines.append("  labels   " + ", ".join(
-            f"{name} {v.get('area_mm2', v.get('volume_mm3', 0)):,.0f} "
-            f"{'mm2' if 'area_mm2' in v else 'mm3'}"
-            for name, v in result.stats.items() if name != result.labels[0] and v["pixels"]
-        ))
+        lines.append(
+            "  labels   "
+            + ", ".join(
+                f"{name} {v.get('area_mm2', v.get('volume_mm3', 0)):,.0f} "
+                f"{'mm2' if 'area_mm2' in v else 'mm3'}"
+                for name, v in result.stats.items()
+                if name != result.labels[0] and v["pixels"]
+            )
+        )
     if result.classes:
         top = result.classes[0]["top_k"][0]
         lines.append(f"  top-1    {top['label']} ({top['probability']:.3f})")
@@ -127,8 +142,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     ct = get_testdata_file("CT_small.dcm")  # ships inside pydicom; nothing is downloaded
     if ct is None:
-        raise InputError("pydicom's CT_small.dcm test file is not installed",
-                         code="INPUT_NOT_FOUND")
+        raise InputError(
+            "pydicom's CT_small.dcm test file is not installed", code="INPUT_NOT_FOUND"
+        )
     image = read_image(ct)
     out = Path(args.out)
     with _pipeline(args, demo_bundle()) as pipe:
@@ -159,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             results = pipe.run_batch([im for _, im in images])
         several = len(args.inputs) > 1
         index = []
-        for (i, _), result in zip(images, results):
+        for (i, _), result in zip(images, results, strict=True):
             # Output names are positional, never derived from file names (which may
             # carry patient names or UIDs).
             target = out / f"input-{i + 1:04d}" if several else out
@@ -180,9 +196,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(bundle.to_dict(), indent=2))
         return 0
     pre = bundle.preprocess
-    intensity = (
-        ", ".join(f"window {w.center:g}/{w.width:g}" for w in pre.windows)
-        or (f"clip {pre.clip[0]:g}..{pre.clip[1]:g}" if pre.clip else "values as stored")
+    intensity = ", ".join(f"window {w.center:g}/{w.width:g}" for w in pre.windows) or (
+        f"clip {pre.clip[0]:g}..{pre.clip[1]:g}" if pre.clip else "values as stored"
     )
     lines = [
         f"{bundle.name} {bundle.version}  ({bundle.task})",
@@ -191,20 +206,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  labels       {', '.join(f'{i}:{n}' for i, n in enumerate(bundle.labels))}",
         f"  input        {bundle.input.name} {bundle.input.layout or ''} "
         f"[{', '.join(str(s) for s in bundle.input.shape)}] {bundle.input.dtype}",
-        *(f"  output       {o.name} [{', '.join(str(s) for s in o.shape)}] {o.dtype}"
-          for o in bundle.outputs),
+        *(
+            f"  output       {o.name} [{', '.join(str(s) for s in o.shape)}] {o.dtype}"
+            for o in bundle.outputs
+        ),
         f"  preprocess   {intensity}; scale {pre.scale}; {pre.resize} to "
         f"{pre.height}x{pre.width}; {pre.num_channels} channels{' + edges' if pre.edges else ''}"
         f"; {pre.dtype}",
         f"  postprocess  {bundle.postprocess.activation}, {bundle.postprocess.decision}",
         "  artifacts    (sha256 verified)",
-        *(f"    {a.precision:5s} {a.kind:6s} {a.path}  {a.sha256[:16]}…  "
-          f"{(a.bytes or 0) / 1e6:.2f} MB" for a in bundle.artifacts),
+        *(
+            f"    {a.precision:5s} {a.kind:6s} {a.path}  {a.sha256[:16]}…  "
+            f"{(a.bytes or 0) / 1e6:.2f} MB"
+            for a in bundle.artifacts
+        ),
     ]
     if bundle.provenance:
         lines.append("  provenance")
-        lines += [f"    {k}: {v}" for k, v in bundle.provenance.items()
-                  if not isinstance(v, (dict, list))]
+        lines += [
+            f"    {k}: {v}" for k, v in bundle.provenance.items() if not isinstance(v, (dict, list))
+        ]
     print("\n".join(line for line in lines if line is not None))
     return 0
 
@@ -237,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line, details with --debug
         if args.debug:
             traceback.print_exc()
-        print(f"edgemed: internal error {exc.__class__.__name__} (rerun with --debug)",
-              file=sys.stderr)
+        print(
+            f"edgemed: internal error {exc.__class__.__name__} (rerun with --debug)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ __all__ = ["Pipeline", "Result", "demo_bundle", "STAGES"]
 #: Timing keys of every result, in milliseconds.
 STAGES = ("read", "preprocess", "infer", "postprocess", "total")
 
-Input = Union[str, os.PathLike, MedicalImage, np.ndarray]
+Input = str | os.PathLike | MedicalImage | np.ndarray
 
 
 def demo_bundle() -> Path:
@@ -152,8 +152,9 @@ class Pipeline:
             batch_size: most slices per backend call.
         """
         bundle = Bundle.load(path)
-        return cls(bundle, create_backend(backend, bundle, precision, threads),
-                   batch_size=batch_size)
+        return cls(
+            bundle, create_backend(backend, bundle, precision, threads), batch_size=batch_size
+        )
 
     # -- running -----------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class Pipeline:
         with self._lock:
             outputs, stage_ms = self._run_slices([im.slices() for im in images])
         results = []
-        for i, (image, out) in enumerate(zip(images, outputs)):
+        for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
             t0 = time.perf_counter()
             result = self._result(image, out)
             own_post = (time.perf_counter() - t0) * 1e3
@@ -189,9 +190,7 @@ class Pipeline:
             results.append(result)
         return results
 
-    def _run_slices(
-        self, per_image: list[np.ndarray]
-    ) -> tuple[list[list[Any]], dict[str, float]]:
+    def _run_slices(self, per_image: list[np.ndarray]) -> tuple[list[list[Any]], dict[str, float]]:
         """All slices of all images through preprocess/infer/postprocess in chunks.
 
         Returns per image the list of per-slice outputs (masks, class dicts or
@@ -213,7 +212,7 @@ class Pipeline:
             ms["preprocess"] += (t1 - t0) * 1e3
             ms["infer"] += (t2 - t1) * 1e3
             ms["postprocess"] += (t3 - t2) * 1e3
-            for (i, _), o in zip(chunk, per_slice):
+            for (i, _), o in zip(chunk, per_slice, strict=True):
                 out[i].append(o)
         return out, ms
 

@@ -35,7 +35,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             threads = 0
         if threads <= 0:
-            raise UsageError(f"EDGEMED_ORT_THREADS must be a positive integer, got {threads_text!r}")
+            raise UsageError(
+                f"EDGEMED_ORT_THREADS must be a positive integer, got {threads_text!r}"
+            )
     level = env.get("EDGEMED_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")

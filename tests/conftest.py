@@ -23,9 +23,7 @@ def ct_small_path() -> str:
 def ct_small_hu(ct_small_path) -> np.ndarray:
     """CT_small.dcm in HU, decoded by pydicom itself (independent of edgemed's reader)."""
     ds = pydicom.dcmread(ct_small_path)
-    return (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(
-        np.float32
-    )
+    return (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(np.float32)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
@@ -35,8 +33,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, path)
 
 
-def make_bundle(root: Path, task: str, *, channels: int = 1, classes: int = 3,
-                size: int = 16, seed: int = 0) -> Path:
+def make_bundle(
+    root: Path, task: str, *, channels: int = 1, classes: int = 3, size: int = 16, seed: int = 0
+) -> Path:
     """A real bundle around a small real ONNX graph with seeded weights.
 
     segmentation: 1x1 Conv ``channels -> classes`` (logits per pixel);
@@ -64,8 +63,9 @@ def make_bundle(root: Path, task: str, *, channels: int = 1, classes: int = 3,
         ]
         out_shape = ["batch", k]
     y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)
-    graph = helper.make_graph(nodes, "tiny", [x], [y],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    graph = helper.make_graph(
+        nodes, "tiny", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    )
     _save(helper.make_model(graph), root / "model.onnx")
     labels = [f"class{i}" for i in range(classes)]
     manifest = {
@@ -73,11 +73,16 @@ def make_bundle(root: Path, task: str, *, channels: int = 1, classes: int = 3,
         "version": "1.0",
         "task": task,
         "labels": labels,
-        "input": {"name": "image", "layout": "NCHW",
-                  "shape": ["batch", channels, size, size], "dtype": "float32"},
+        "input": {
+            "name": "image",
+            "layout": "NCHW",
+            "shape": ["batch", channels, size, size],
+            "dtype": "float32",
+        },
         "outputs": [{"name": out_name, "shape": out_shape, "dtype": "float32"}],
         "preprocess": {"size": [size, size], "clip": [-1000.0, 1000.0], "scale": "unit"},
-        "postprocess": {"activation": "softmax", "top_k": 2} if task != "embedding"
+        "postprocess": {"activation": "softmax", "top_k": 2}
+        if task != "embedding"
         else {"normalize": "l2"},
         "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32"}],
         "provenance": {"made_by": "tests/conftest.py"},

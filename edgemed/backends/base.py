@@ -36,7 +36,7 @@ class TensorSpec:
         """True when a concrete ``shape`` fits this spec."""
         if len(shape) != len(self.shape):
             return False
-        return all(not isinstance(d, int) or d == s for d, s in zip(self.shape, shape))
+        return all(not isinstance(d, int) or d == s for d, s in zip(self.shape, shape, strict=True))
 
 
 class Backend(abc.ABC):

@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
         """Resolve an output's shape from the inputs' dynamic dims, or None if unknown."""
         dims: dict[str, int] = {}
         for spec in self._inputs:
-            for d, s in zip(spec.shape, feeds[spec.name].shape):
+            for d, s in zip(spec.shape, feeds[spec.name].shape, strict=True):
                 if isinstance(d, str):
                     dims[d] = s
         shape = []
@@ -128,7 +128,8 @@ class OnnxRuntimeBackend(Backend):
             b.bind_cpu_input(name, arr)
         for out in self._outputs:
             if out.name in buffers:
-                b.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(buffers[out.name]))
+                value = ort.OrtValue.ortvalue_from_numpy(buffers[out.name])
+                b.bind_ortvalue_output(out.name, value)
             else:
                 b.bind_output(out.name, "cpu")
         try:

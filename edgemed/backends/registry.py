@@ -72,8 +72,9 @@ def create_backend(
                 log.info("backend %s chosen (%s)", candidate, backend.reason)
                 return backend
             skipped.append(f"{candidate} not used: {why_not}")
-        raise BackendError("no backend can run here: " + "; ".join(skipped),
-                           code="BACKEND_UNAVAILABLE")
+        raise BackendError(
+            "no backend can run here: " + "; ".join(skipped), code="BACKEND_UNAVAILABLE"
+        )
     why_not = probe(name, bundle, precision)
     if why_not:
         raise BackendError(f"backend {name} cannot run: {why_not}", code="BACKEND_UNAVAILABLE")
@@ -96,9 +97,9 @@ def _ort_factory(bundle: Bundle, precision: str, threads: int | None) -> Backend
 def _trt_probe(bundle: Bundle, precision: str) -> str:
     # Checked in order of cost; the first missing piece is the reason given.
     if not available("tensorrt"):
-        return "the tensorrt module is not installed (pip install \"edgemed[gpu]\")"
+        return 'the tensorrt module is not installed (pip install "edgemed[gpu]")'
     if not available("pycuda"):
-        return "pycuda is not installed (pip install \"edgemed[gpu]\")"
+        return 'pycuda is not installed (pip install "edgemed[gpu]")'
     return "the TensorRT backend is not part of this edgemed version yet"
 
 

@@ -90,9 +90,7 @@ def nifti_affine(image: MedicalImage) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
 
 
-def write_mask_nifti(
-    path: str | os.PathLike[str], mask: np.ndarray, image: MedicalImage
-) -> Path:
+def write_mask_nifti(path: str | os.PathLike[str], mask: np.ndarray, image: MedicalImage) -> Path:
     """Save a uint8 label mask in the image's geometry as NIfTI-1 (``.nii.gz``)."""
     import nibabel as nib
 
@@ -151,8 +149,9 @@ def render_overlay(
     present = [i for i in range(1, len(labels)) if stats is None or labels[i] in stats]
     panel = np.full((out.shape[0], panel_w, 3), 24, dtype=np.uint8)
     title = "edgemed" + (f"  slice {k + 1}/{image.num_slices}" if image.is_volume else "")
-    cv2.putText(panel, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        panel, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA
+    )
     for row, i in enumerate(present):
         y = 40 + row * row_h
         if y + row_h > panel.shape[0]:
@@ -165,8 +164,16 @@ def render_overlay(
             size = entry.get("area_mm2", entry.get("volume_mm3"))
             unit = "mm2" if "area_mm2" in entry else "mm3"
             text += f"  {size:,.0f} {unit}"
-        cv2.putText(panel, text, (36, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (235, 235, 235),
-                    1, cv2.LINE_AA)
+        cv2.putText(
+            panel,
+            text,
+            (36, y + 15),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (235, 235, 235),
+            1,
+            cv2.LINE_AA,
+        )
     return np.hstack([out, panel])
 
 

@@ -86,7 +86,7 @@ def allocate(spec: PreprocessSpec, batch: int) -> np.ndarray:
 
 def _intensity(src: np.ndarray, spec: PreprocessSpec, c: int) -> np.ndarray:
     """Steps 1-3 for channel ``c`` of one slice; returns a new float32 array."""
-    if src.ndim == 3:  # colour (Y, X, 3)
+    if src.ndim == 3:  # colour (Y, X, 3)  # noqa: SIM108 (two cases read better apart)
         plane = src[..., c] if spec.color == "rgb" else src @ _LUMA
     else:
         plane = src
