@@ -229,7 +229,7 @@ class Pipeline:
     def _result(self, image: MedicalImage, per_slice: list[Any]) -> Result:
         prov = dict(self._provenance)
         prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        prov["input_sha256"] = hashlib.sha256(np.ascontiguousarray(image.array)).hexdigest()
+        prov["input_sha256"] = hashlib.sha256(np.ascontiguousarray(image.array).data).hexdigest()
         result = Result(self.bundle.task, image, list(self.bundle.labels), {}, prov)
         if self.bundle.task == "segmentation":
             mask = np.stack(per_slice) if image.is_volume else per_slice[0]

@@ -238,8 +238,9 @@ def match(
         ``[(key_or_index, cosine), ...]`` most similar first (ties keep gallery order).
     """
     if isinstance(gallery, Mapping):
-        keys: list[str | int] = list(gallery.keys())
-        mat = np.stack([np.asarray(gallery[key], dtype=np.float32).ravel() for key in keys])
+        names = list(gallery.keys())
+        mat = np.stack([np.asarray(gallery[key], dtype=np.float32).ravel() for key in names])
+        keys: list[str | int] = list(names)
     else:
         mat = np.asarray(gallery, dtype=np.float32)
         if mat.ndim != 2:

@@ -15,7 +15,7 @@ from edgemed.errors import BackendError
 __all__ = ["OnnxRuntimeBackend", "default_threads"]
 
 # ONNX type strings -> NumPy dtypes for the IO types our bundles use.
-_DTYPES = {
+_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(double)": np.dtype(np.float64),

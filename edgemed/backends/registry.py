@@ -61,7 +61,7 @@ def create_backend(
     """
     bundle.artifact("onnx", precision)  # BUNDLE_ARTIFACT_MISSING before anything else
     if name == "auto":
-        skipped = []
+        skipped: list[str] = []
         for candidate in BACKENDS:
             why_not = probe(candidate, bundle, precision)
             if not why_not:

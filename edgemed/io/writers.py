@@ -43,7 +43,7 @@ PALETTE = [
 ]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it.
 
     Raises:
@@ -161,9 +161,9 @@ def render_overlay(
         text = labels[i]
         if stats and labels[i] in stats:
             entry = stats[labels[i]]
-            size = entry.get("area_mm2", entry.get("volume_mm3"))
+            amount = entry.get("area_mm2", entry.get("volume_mm3", 0.0))
             unit = "mm2" if "area_mm2" in entry else "mm3"
-            text += f"  {size:,.0f} {unit}"
+            text += f"  {amount:,.0f} {unit}"
         cv2.putText(
             panel,
             text,
