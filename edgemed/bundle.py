@@ -49,6 +49,15 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "bundle.json"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _stays_inside(path: str) -> bool:
+    """True for a relative artifact path that cannot leave the bundle directory."""
+    rel = Path(path)
+    return not rel.is_absolute() and ".." not in rel.parts
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, streamed."""
     h = hashlib.sha256()
@@ -141,7 +150,8 @@ class Bundle:
         if not isinstance(data, dict):
             raise bad("top level must be an object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        # type(), not ==: JSON true (a bool, so an int) and 1.0 must not pass for 1.
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise bad(
                 f"schema_version {version!r} is not supported (this edgemed reads "
                 f"{SCHEMA_VERSION})",
@@ -163,11 +173,12 @@ class Bundle:
                 )
                 if art.kind not in KINDS or art.precision not in PRECISIONS:
                     raise bad(f"artifact {art.path}: bad kind/precision")
-                rel = Path(art.path)
-                if rel.is_absolute() or ".." in rel.parts:
+                if not _stays_inside(art.path):
                     raise bad(f"artifact path {art.path!r} must stay inside the bundle")
-                if len(art.sha256) != 64:
+                if len(art.sha256) != 64 or not _HEX.issuperset(art.sha256):
                     raise bad(f"artifact {art.path}: sha256 must be 64 hex digits")
+                if art.bytes is not None and (type(art.bytes) is not int or art.bytes < 0):
+                    raise bad(f"artifact {art.path}: bytes must be a non-negative integer")
                 artifacts.append(art)
             if not artifacts:
                 raise bad("no artifacts")
@@ -216,6 +227,13 @@ class Bundle:
             raise BundleError(
                 f"artifact {art.path} is missing", code="BUNDLE_ARTIFACT_MISSING", path=p
             )
+        # The size first: a truncated multi-GB engine fails without being hashed.
+        if art.bytes is not None and p.stat().st_size != art.bytes:
+            raise BundleError(
+                f"artifact {art.path} is not the size the manifest records",
+                code="BUNDLE_INTEGRITY",
+                path=p,
+            )
         if sha256_file(p) != art.sha256:
             raise BundleError(
                 f"artifact {art.path} does not match its sha256", code="BUNDLE_INTEGRITY", path=p
@@ -234,6 +252,12 @@ class Bundle:
             raise BundleError(
                 f"artifact {art.path} cannot be read", code="BUNDLE_ARTIFACT_MISSING", path=p
             ) from exc
+        if art.bytes is not None and len(data) != art.bytes:
+            raise BundleError(
+                f"artifact {art.path} is not the size the manifest records",
+                code="BUNDLE_INTEGRITY",
+                path=p,
+            )
         if hashlib.sha256(data).hexdigest() != art.sha256:
             raise BundleError(
                 f"artifact {art.path} does not match its sha256", code="BUNDLE_INTEGRITY", path=p
@@ -269,10 +293,29 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
     root = Path(root)
     data = json.loads(json.dumps(manifest))  # deep copy, and proves it is JSON-able
     data["schema_version"] = SCHEMA_VERSION
-    for a in data["artifacts"]:
-        p = root / a["path"]
-        a["sha256"] = sha256_file(p)
-        a["bytes"] = p.stat().st_size
+    manifest_path = root / MANIFEST
+    try:
+        for a in data["artifacts"]:
+            # Checked before anything is opened: nothing outside the bundle is ever read.
+            if not _stays_inside(str(a["path"])):
+                raise BundleError(
+                    f"bundle.json: artifact path {a['path']!r} must stay inside the bundle",
+                    code="BUNDLE_INVALID",
+                    path=manifest_path,
+                )
+            p = root / str(a["path"])
+            if not p.is_file():
+                raise BundleError(
+                    f"artifact {a['path']} is missing", code="BUNDLE_ARTIFACT_MISSING", path=p
+                )
+            a["sha256"] = sha256_file(p)
+            a["bytes"] = p.stat().st_size
+    except (KeyError, TypeError) as exc:
+        raise BundleError(
+            f"bundle.json: malformed artifacts ({exc.__class__.__name__}: {exc})",
+            code="BUNDLE_INVALID",
+            path=manifest_path,
+        ) from exc
     Bundle._from_dict(root, data)  # validate before anything is written
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".bundle.", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

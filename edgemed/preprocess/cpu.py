@@ -1,33 +1,50 @@
 """CPU preprocessing with NumPy and OpenCV: the reference the CUDA kernels must match.
 
 Exact arithmetic, per slice ``s`` (float32, physical units) and per intensity channel
-``c`` with range ``(lo, hi)`` from the spec (window ``center -/+ width/2`` or ``clip``):
+``c`` with range ``(lo, hi)`` from the spec (window ``center -/+ width/2`` or ``clip``,
+taken in float64 from the spec's values):
 
 1. Colour: RGB input with ``color="gray"`` becomes luma
-   ``0.299*R + 0.587*G + 0.114*B`` (float32). With ``color="rgb"`` channel ``c`` reads
-   sample ``c``.
+   ``0.299*R + 0.587*G + 0.114*B`` (float32 weights and result). With ``color="rgb"``
+   channel ``c`` reads sample ``c`` (a grayscale slice gives the same plane to all three).
 2. Intensity, at the *source* resolution, in float32:
-   ``v = min(max(s, lo), hi)`` (no clipping for a ``None`` range).
-3. Scale, still at the source resolution:
-   * ``unit``:   ``v = (v - lo) * inv`` with ``inv = float32(1 / (hi - lo))``;
-   * ``zscore``: ``v = (v - mean) * float32(1 / max(std, 1e-6))`` where mean and the
-     population std are taken over the whole slice in float64 and rounded to float32;
+   ``v = min(max(s, float32(lo)), float32(hi))`` (no clipping for a ``None`` range).
+3. Scale, still at the source resolution, in float32:
+   * ``unit``:   ``v = (v - float32(lo)) * inv`` with ``inv = float32(1 / (hi - lo))``
+     (``hi - lo`` in float64);
+   * ``zscore``: ``v = (v - float32(mean)) * float32(1 / max(std, 1e-6))`` where the
+     mean and the population std of the step-2 values are taken in float64 (the
+     reciprocal too, from the unrounded std);
    * ``none``:   ``v`` unchanged.
 4. Resize to the target box with bilinear interpolation, OpenCV ``INTER_LINEAR``
    semantics: *half-pixel centres* -- destination pixel ``x`` samples source coordinate
    ``sx = (x + 0.5) * (w_src / w_dst) - 0.5``; ``x0 = floor(sx)``, ``a = sx - x0``; where
    ``x0 < 0`` the sample is pixel 0 (``a = 0``), where ``x0 >= w_src - 1`` it is pixel
-   ``w_src - 1`` (``a = 0``); the value is ``(1-a)*p[x0] + a*p[x0+1]``, separably in y
-   and x. No anti-aliasing on downscale (as OpenCV). Equal sizes copy unchanged.
+   ``w_src - 1`` (``a = 0``); the value is ``(1-a)*p[x0] + a*p[x0+1]`` with float32
+   weights, separably in y and x. No anti-aliasing on downscale (as OpenCV); an exact
+   2x downscale has ``a = 0.5`` (OpenCV's own code runs its area routine there: the
+   same weights). Equal sizes copy unchanged.
+   OpenCV takes ``sx`` in float64 when its IPP code handles the call (OpenCV built with
+   IPP and ``cv2.ipp.useIPP()`` true, as in the x86-64 wheels, and a source of at least
+   2 x 2 pixels). Otherwise (no IPP, as in ARM/Jetson builds; a source 1 pixel high or
+   wide) it rounds ``sx`` to float32 before the floor, which moves ``a`` by up to half
+   a float32 ulp of ``sx`` (at most ``2**-24 * |sx|``): 2**-16 (1.5e-5) of the step
+   between two pixels for a 512-pixel source, 2**-12 (2.4e-4) for a 5000-pixel one.
+   Measured with OpenCV 4.10 and 5.0 (tests/preprocess/test_cpu.py).
    * ``stretch``: the target box is the whole ``H x W``.
    * ``letterbox``: ``k = min(H / h, W / w)``, box ``nh = max(1, round(h*k))`` by
-     ``nw = max(1, round(w*k))`` placed at ``top = (H - nh) // 2``,
+     ``nw = max(1, round(w*k))`` (Python ``round``: halves to even; capped at ``H``,
+     ``W`` against float error) placed at ``top = (H - nh) // 2``,
      ``left = (W - nw) // 2``; everything outside the box is ``pad_value``.
-5. Edge channel (``edges=True``), computed on the *resized* channel 0 over the whole
-   ``H x W`` canvas: OpenCV 3x3 Sobel ``gx``, ``gy`` with replicated borders,
-   ``e = sqrt(gx^2 + gy^2) / (4*sqrt(2))`` (a unit step gives at most 1).
+5. Edge channel (``edges=True``), computed on the *resized* channel 0 in float32 over
+   the whole ``H x W`` canvas (padding included, as ``float32(pad_value)``) before the
+   step-6 cast: OpenCV 3x3 Sobel ``gx``, ``gy`` with replicated borders (float32 sums,
+   which OpenCV orders differently in its vectorised body and in the columns left over
+   at the right edge: a float32 ulp or so), then
+   ``e = sqrt(gx*gx + gy*gy) * float32(1 / (4*sqrt(2)))``, every operation rounded to
+   float32 (no fused multiply-add). A unit step gives at most 1.
 6. Output ``out[n, c, :, :]`` in NCHW, cast to the spec dtype (float16 rounds to
-   nearest even).
+   nearest even), so a float16 output is exactly the float32 output cast.
 
 The steps run on source pixels before interpolation (window, then resize), which is
 what the fused CUDA kernel does per tap.
@@ -106,6 +123,19 @@ def _intensity(src: np.ndarray, spec: PreprocessSpec, c: int) -> np.ndarray:
     return v
 
 
+def _canvas(v: np.ndarray, p: Placement, spec: PreprocessSpec) -> np.ndarray:
+    """Resized channel 0 on the float32 ``H x W`` canvas (step 5's input).
+
+    Built apart from ``out``: a float16 ``out`` holds rounded values, and differentiating
+    those would put up to a few float16 ulps of error into the edge channel.
+    """
+    if (p.height, p.width) == (spec.height, spec.width):
+        return np.ascontiguousarray(v, dtype=np.float32)
+    canvas = np.full((spec.height, spec.width), np.float32(spec.pad_value), dtype=np.float32)
+    canvas[p.top : p.top + p.height, p.left : p.left + p.width] = v
+    return canvas
+
+
 def _check_slice(src: np.ndarray) -> None:
     if src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] != 3):
         raise InputError(f"expected a (Y, X) or (Y, X, 3) slice, got shape {src.shape}")
@@ -149,17 +179,23 @@ def preprocess(
         p = place(src.shape[:2], spec)
         placements.append(p)
         if spec.resize == "letterbox":
-            out[i].fill(spec.pad_value)
+            # Through float32, like every other value, so float16 output == float32 cast.
+            out[i].fill(np.float32(spec.pad_value))
+        base = None
         for c in range(n_int):
             v = _intensity(src, spec, c)
             if v.shape != (p.height, p.width):
                 v = cv2.resize(v, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
             out[i, c, p.top : p.top + p.height, p.left : p.left + p.width] = v
-        if spec.edges:
-            base = np.ascontiguousarray(out[i, 0], dtype=np.float32)
+            if c == 0 and spec.edges:
+                base = _canvas(v, p, spec)
+        if base is not None:
             gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
             gy = cv2.Sobel(base, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
-            out[i, n_int] = cv2.magnitude(gx, gy) * _EDGE_NORM
+            # Not cv2.magnitude: with IPP its last bit depends on the output buffer's
+            # alignment (two calls on the same input can differ); NumPy rounds each
+            # operation once, as the docstring states.
+            out[i, n_int] = np.sqrt(gx * gx + gy * gy) * _EDGE_NORM
     return out, placements
 
 
