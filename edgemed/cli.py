@@ -169,6 +169,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             images.append((i, read_image(path)))
         except InputError as exc:  # one bad file must not stop the others
             failures += 1
+            if args.debug:
+                traceback.print_exc()
             print(f"edgemed: error {exc}", file=sys.stderr)
     if images:
         with _pipeline(args, args.bundle or demo_bundle()) as pipe:
