@@ -151,7 +151,7 @@ def _read(path: Path) -> MedicalImage:
     # Readers are imported on first use so that `import edgemed` stays fast on devices.
     fmt = detect_format(path)
     if fmt == "dicom-series":
-        from edgemed.io.dicom import read_dicom_series
+        from edgemed.io.series import read_dicom_series
 
         return read_dicom_series(path)
     if fmt is not None and path.stat().st_size == 0:
