@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EdgemedError:
             level = logging.WARNING
     logging.basicConfig(level=level, format="edgemed %(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        # pydicom warns and logs about odd files in its own words, which can quote element
+        # values; edgemed's own one-line errors say what matters.
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         return _COMMANDS[args.command](args)
     except EdgemedError as exc:
