@@ -7,7 +7,7 @@ the spinal canal are *soft_tissue*).
 
 How a phantom is made:
 
-1. :func:`export.reference.anatomy.build_scene` draws the anatomy as vector shapes in
+1. :func:`export.reference.regions.build_scene` draws the anatomy as vector shapes in
    millimetres (body, fat, muscles, organs, vertebra, ribs, lungs, vessels, ...).
 2. A :class:`View` places a ``H x W`` pixel grid on it: centre, spacing, rotation, flip.
    Whole-body views and zoomed crops come from the same scene.
@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from export.reference.anatomy import LABELS, TISSUES, Scene, build_scene
+from export.reference.anatomy import LABELS, TISSUES, Scene
+from export.reference.regions import build_scene
 
 __all__ = [
     "LABELS",
