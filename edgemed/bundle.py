@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgemed.errors import BundleError
+from edgemed.io.writers import write_json
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.spec import PreprocessSpec
 
@@ -317,9 +317,5 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
             path=manifest_path,
         ) from exc
     Bundle._from_dict(root, data)  # validate before anything is written
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".bundle.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, root / MANIFEST)
+    write_json(root / MANIFEST, data)
     return Bundle.load(root)

@@ -71,14 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pipeline(args: argparse.Namespace, bundle: str | Path):
-    from edgemed.pipeline import Pipeline
-    from edgemed.settings import load_settings
-
+def _check_runtime_options(args: argparse.Namespace) -> None:
+    """Usage errors first, before any input is read or model loaded."""
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
+
+
+def _pipeline(args: argparse.Namespace, bundle: str | Path):
+    from edgemed.pipeline import Pipeline
+    from edgemed.settings import load_settings
+
     settings = load_settings()
     return Pipeline.from_bundle(
         bundle,
@@ -138,7 +142,6 @@ def _summary(result, out: Path, title: str) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pydicom.data import get_testdata_file
 
-    from edgemed.io import read_image
     from edgemed.pipeline import demo_bundle
 
     ct = get_testdata_file("CT_small.dcm")  # ships inside pydicom; nothing is downloaded
@@ -146,11 +149,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise InputError(
             "pydicom's CT_small.dcm test file is not installed", code="INPUT_NOT_FOUND"
         )
-    image = read_image(ct)
     out = Path(args.out)
     with _pipeline(args, demo_bundle()) as pipe:
-        pipe(image)  # warm-up: the first call pays one-time allocation costs
-        result = pipe(image)
+        pipe(ct)  # warm-up: the first call pays one-time allocation costs
+        result = pipe(ct)
     _write_outputs(result, out)
     print(_summary(result, out, "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"))
     print("  note     demonstration model trained on synthetic phantoms; not for clinical use")
@@ -254,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
+        if args.command in ("demo", "run"):
+            _check_runtime_options(args)
         return _COMMANDS[args.command](args)
     except EdgemedError as exc:
         if args.debug:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 
-def edgemed(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, EDGEMED_ORT_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "edgemed.cli", *args],
@@ -49,19 +49,19 @@ def broken_inputs(tmp_path_factory, ct_small_path):
     ],
 )
 def test_run_bad_input_exits_3_with_one_line(broken_inputs, tmp_path, name, code):
-    proc = edgemed("run", str(broken_inputs / name), "--out", str(tmp_path / "out"))
+    proc = cli("run", str(broken_inputs / name), "--out", str(tmp_path / "out"))
     assert proc.returncode == 3, proc.stderr
     _one_error_line(proc, code)
     assert not (tmp_path / "out" / "result.json").exists()
 
 
 def test_debug_shows_traceback(broken_inputs, tmp_path):
-    proc = edgemed("--debug", "run", str(broken_inputs / "truncated.dcm"), "--out", str(tmp_path))
+    proc = cli("--debug", "run", str(broken_inputs / "truncated.dcm"), "--out", str(tmp_path))
     assert proc.returncode == 3 and "Traceback" in proc.stderr
 
 
 def test_one_bad_file_does_not_stop_the_others(broken_inputs, ct_small_path, tmp_path):
-    proc = edgemed("run", str(broken_inputs / "random.bin"), ct_small_path, "--out", str(tmp_path))
+    proc = cli("run", str(broken_inputs / "random.bin"), ct_small_path, "--out", str(tmp_path))
     assert proc.returncode == 3
     assert (tmp_path / "input-0002" / "result.json").is_file()
     assert not (tmp_path / "input-0001").exists()
@@ -78,44 +78,44 @@ def test_tampered_bundle_exits_4(tmp_path, ct_small_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    proc = edgemed("run", ct_small_path, "--bundle", str(bundle), "--out", str(tmp_path / "o"))
+    proc = cli("run", ct_small_path, "--bundle", str(bundle), "--out", str(tmp_path / "o"))
     assert proc.returncode == 4
     _one_error_line(proc, "BUNDLE_INTEGRITY")
-    proc = edgemed("info", str(bundle))
+    proc = cli("info", str(bundle))
     assert proc.returncode == 4
 
 
 def test_unavailable_backend_exits_5(ct_small_path, tmp_path):
-    proc = edgemed("run", ct_small_path, "--backend", "tensorrt", "--out", str(tmp_path))
+    proc = cli("run", ct_small_path, "--backend", "tensorrt", "--out", str(tmp_path))
     assert proc.returncode == 5
     _one_error_line(proc, "BACKEND_UNAVAILABLE")
 
 
 def test_missing_precision_exits_4(ct_small_path, tmp_path):
-    proc = edgemed("run", ct_small_path, "--precision", "int8", "--out", str(tmp_path))
+    proc = cli("run", ct_small_path, "--precision", "int8", "--out", str(tmp_path))
     assert proc.returncode == 4
     _one_error_line(proc, "BUNDLE_ARTIFACT_MISSING")
 
 
 def test_usage_errors_exit_2(tmp_path):
-    assert edgemed("run").returncode == 2  # argparse: no inputs
-    proc = edgemed("run", "x.dcm", "--out", str(tmp_path), "--batch-size", "0")
+    assert cli("run").returncode == 2  # argparse: no inputs
+    proc = cli("run", "x.dcm", "--out", str(tmp_path), "--batch-size", "0")
     assert proc.returncode == 2
     _one_error_line(proc, "USAGE")
 
 
 def test_info_describes_the_demo_bundle():
-    proc = edgemed("info")
+    proc = cli("info")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "edgemed-demo-ct-tissue" in out and "segmentation" in out
     assert "1:lung" in out and "4:bone" in out and "sha256 verified" in out
-    as_json = json.loads(edgemed("info", "--json").stdout)
+    as_json = json.loads(cli("info", "--json").stdout)
     assert as_json["schema_version"] == 1 and as_json["labels"][0] == "background"
 
 
 def test_demo_writes_three_files(tmp_path):
-    proc = edgemed("demo", "--out", str(tmp_path / "demo"))
+    proc = cli("demo", "--out", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "demo"
     assert {p.name for p in out.iterdir()} == {"result.json", "overlay.png", "mask.nii.gz"}
@@ -142,7 +142,7 @@ def test_run_on_a_series_directory(tmp_path, ct_small_path):
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.PixelData = (ds.pixel_array + np.int16(10 * k)).astype(ds.pixel_array.dtype).tobytes()
         ds.save_as(series / f"slice{2 - k}.dcm")
-    proc = edgemed("run", str(series), "--out", str(tmp_path / "out"))
+    proc = cli("run", str(series), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["input"]["shape"] == [3, 128, 128]

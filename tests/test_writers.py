@@ -54,14 +54,16 @@ def test_overlay_colours_mask_and_has_legend(tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     mask[10:20, 10:20] = 1
     rgb = render_overlay(img, mask, ["bg", "lung"], stats={"lung": {"area_mm2": 100.0}})
-    assert rgb.shape[0] == 512 and rgb.shape[1] == 512 + 300  # enlarged x8, legend panel
-    inside, outside = rgb[15 * 8, 15 * 8].astype(int), rgb[40 * 8, 15 * 8].astype(int)
+    assert rgb.shape[0] == 512 and rgb.shape[1] == 2 * 512 + 300  # x8: image, overlay, legend
+    ov = rgb[:, 512:1024]
+    inside, outside = ov[15 * 8, 15 * 8].astype(int), ov[40 * 8, 15 * 8].astype(int)
+    assert (rgb[15 * 8, 15 * 8] == rgb[40 * 8, 15 * 8]).all()  # left panel: the plain image
     assert inside[2] > inside[0]  # blue tint from PALETTE[1]
     assert abs(outside[0] - outside[2]) <= 1  # untouched gray
-    legend = rgb[40:60, 512 + 10 : 512 + 28]  # the swatch of label 1
+    legend = rgb[40:60, 1024 + 10 : 1024 + 28]  # the swatch of label 1
     assert (legend.reshape(-1, 3) == PALETTE[1]).all(axis=1).mean() > 0.8
     path = write_overlay_png(tmp_path / "o.png", img, mask, ["bg", "lung"])
-    assert cv2.imread(str(path)).shape == (512, 812, 3)
+    assert cv2.imread(str(path)).shape == (512, 1324, 3)
 
 
 def test_writes_are_atomic_and_errors_typed(tmp_path):

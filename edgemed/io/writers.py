@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Keep the real suffix last: some writers pick the format from it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
-        os.close(fd)
+        # Keep the real suffix last: some writers pick the format from it. os.open with
+        # 0o666 lets the umask decide the final mode (mkstemp would leave 0600).
+        tmp = str(path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}")
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         write(tmp)
         os.replace(tmp, path)
         tmp = None
@@ -124,7 +125,8 @@ def render_overlay(
     alpha: float = 0.45,
     min_size: int = 512,
 ) -> np.ndarray:
-    """The image with the coloured mask and a legend, as an RGB uint8 array.
+    """The image, the same image with the coloured mask, and a legend, side by side, as
+    an RGB uint8 array.
 
     Volumes show their middle slice. Small images are enlarged (nearest neighbour for
     the mask, linear for the image) so the legend stays readable.
@@ -174,7 +176,7 @@ def render_overlay(
             1,
             cv2.LINE_AA,
         )
-    return np.hstack([out, panel])
+    return np.hstack([rgb, out, panel])
 
 
 def write_overlay_png(
