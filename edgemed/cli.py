@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -160,35 +161,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edgemed.io import read_image
     from edgemed.io.writers import write_json
     from edgemed.pipeline import demo_bundle
 
     out = Path(args.out)
-    failures = 0
-    images = []
-    for i, path in enumerate(args.inputs):
-        try:
-            images.append((i, read_image(path)))
-        except InputError as exc:  # one bad file must not stop the others
-            failures += 1
-            if args.debug:
-                traceback.print_exc()
-            print(f"edgemed: error {exc}", file=sys.stderr)
-    if images:
-        with _pipeline(args, args.bundle or demo_bundle()) as pipe:
-            results = pipe.run_batch([im for _, im in images])
-        several = len(args.inputs) > 1
-        index = []
-        for (i, _), result in zip(images, results, strict=True):
+    several = len(args.inputs) > 1
+    failures, index = 0, []
+    with _pipeline(args, args.bundle or demo_bundle()) as pipe:
+        # Input by input, so each result's timings are its own (the API's run_batch
+        # shares backend calls between inputs instead).
+        for i, path in enumerate(args.inputs):
+            try:
+                result = pipe(path)
+            except InputError as exc:  # one bad file must not stop the others
+                failures += 1
+                if args.debug:
+                    traceback.print_exc()
+                print(f"edgemed: error {exc}", file=sys.stderr)
+                continue
             # Output names are positional, never derived from file names (which may
             # carry patient names or UIDs).
             target = out / f"input-{i + 1:04d}" if several else out
             _write_outputs(result, target)
             print(_summary(result, target, f"input {i + 1}/{len(args.inputs)}"))
             index.append({"input": i + 1, "dir": target.name if several else "."})
-        if several:
-            write_json(out / "index.json", {"results": index, "failed": failures})
+    if several:
+        write_json(out / "index.json", {"results": index, "failed": failures})
     return InputError.exit_code if failures else 0
 
 
@@ -264,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edgemed: error {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (suppresses the flush-at-exit error)
+        return 0
     except KeyboardInterrupt:
         print("edgemed: interrupted", file=sys.stderr)
         return 130
