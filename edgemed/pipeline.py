@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import hmac
+import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -30,8 +33,11 @@ from edgemed.bundle import Bundle
 from edgemed.errors import BackendError, UsageError
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import Placement, allocate, preprocess
+from edgemed.settings import load_settings
 
-__all__ = ["Pipeline", "Result", "demo_bundle", "STAGES"]
+__all__ = ["Pipeline", "Result", "demo_bundle", "input_id", "STAGES"]
+
+log = logging.getLogger("edgemed.pipeline")
 
 #: Timing keys of every result, in milliseconds.
 STAGES = ("read", "preprocess", "infer", "postprocess", "total")
@@ -123,6 +129,8 @@ class Pipeline:
         self.batch_size = fixed_batch if isinstance(fixed_batch, int) else batch_size
         self._buffer = allocate(self.spec, self.batch_size)
         self._lock = threading.Lock()
+        self._fatal: BackendError | None = None
+        self._salt = load_settings().id_salt or secrets.token_bytes(16)
         artifact = bundle.artifact("onnx", backend.precision)
         self._provenance = {
             "edgemed_version": __version__,
@@ -173,7 +181,20 @@ class Pipeline:
             images.append(_as_image(item))
             read_ms.append((time.perf_counter() - t0) * 1e3)
         with self._lock:
-            outputs, stage_ms = self._run_slices([im.slices() for im in images])
+            if self._fatal is not None:
+                raise BackendError(
+                    f"pipeline refuses work after a fatal GPU error ({self._fatal.message})",
+                    code="GPU_FATAL",
+                )
+            try:
+                outputs, stage_ms = self._run_slices([im.slices() for im in images])
+            except BackendError as exc:
+                # A fatal CUDA error leaves the context unusable: every later result
+                # would be garbage, so the pipeline stops here (health checks see it).
+                # Any other backend failure affects this call only.
+                if exc.code == "GPU_FATAL":
+                    self._fatal = exc
+                raise
         results = []
         for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
             t0 = time.perf_counter()
@@ -229,8 +250,15 @@ class Pipeline:
     def _result(self, image: MedicalImage, per_slice: list[Any]) -> Result:
         prov = dict(self._provenance)
         prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        prov["input_sha256"] = hashlib.sha256(np.ascontiguousarray(image.array).data).hexdigest()
+        prov["input_id"] = input_id(image, self._salt)
         result = Result(self.bundle.task, image, list(self.bundle.labels), {}, prov)
+        log.debug(
+            "input %s: %s %s, %d slice(s)",
+            prov["input_id"],
+            image.metadata.get("format", "array"),
+            image.modality,
+            image.num_slices,
+        )
         if self.bundle.task == "segmentation":
             mask = np.stack(per_slice) if image.is_volume else per_slice[0]
             result.mask = mask
@@ -251,6 +279,17 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def input_id(image: MedicalImage, salt: bytes) -> str:
+    """How results and logs refer to an input: HMAC-SHA256 of its pixels under ``salt``.
+
+    Unsalted, a hash of a known image could confirm that a given patient's scan was
+    processed; salted (``EDGEMED_ID_SALT``, else random per process), it only links
+    results made under the same salt.
+    """
+    pixels = np.ascontiguousarray(image.array)
+    return hmac.new(salt, pixels.data, hashlib.sha256).hexdigest()[:32]
 
 
 def _as_image(item: Input) -> MedicalImage:

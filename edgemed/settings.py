@@ -4,6 +4,8 @@ Variables:
     EDGEMED_LOG_LEVEL: default log level for the CLI (``WARNING``).
     EDGEMED_ORT_THREADS: ONNX Runtime intra-op threads (default: physical cores, at most 8).
     EDGEMED_BACKEND: default backend name for the CLI (``auto``).
+    EDGEMED_ID_SALT: hex salt (>= 16 bytes) for the input ids in results and logs;
+        random per process when unset, so ids then link results of one run only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Settings:
     log_level: str = "WARNING"
     ort_threads: int | None = None
     backend: str = "auto"
+    id_salt: bytes | None = None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,4 +45,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")
     backend = env.get("EDGEMED_BACKEND", "auto").strip() or "auto"
-    return Settings(log_level=level, ort_threads=threads, backend=backend)
+    salt_text = env.get("EDGEMED_ID_SALT", "").strip()
+    try:
+        salt = bytes.fromhex(salt_text) if salt_text else None
+    except ValueError:
+        salt = b""
+    if salt is not None and len(salt) < 16:
+        raise UsageError("EDGEMED_ID_SALT must be at least 16 bytes, given as hex")
+    return Settings(log_level=level, ort_threads=threads, backend=backend, id_salt=salt)

@@ -69,7 +69,7 @@ def test_result_has_timings_and_provenance(tiny_bundle):
     assert prov["backend"] == "onnxruntime" and prov["precision"] == "fp32"
     assert prov["edgemed_version"] == edgemed.__version__
     assert prov["backend_version"] and prov["device"].startswith("cpu")
-    assert len(prov["input_sha256"]) == 64
+    assert len(prov["input_id"]) == 32
 
 
 def test_classification_matches_numpy(tiny_bundle):
