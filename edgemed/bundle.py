@@ -114,6 +114,8 @@ class Bundle:
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
+    manifest_sha256: str = ""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
@@ -129,7 +131,8 @@ class Bundle:
         if not manifest.is_file():
             raise BundleError("no bundle.json here", code="BUNDLE_NOT_FOUND", path=root)
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+            raw = manifest.read_bytes()
+            data = json.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(
                 f"bundle.json is not valid JSON ({exc.__class__.__name__})",
@@ -137,6 +140,7 @@ class Bundle:
                 path=manifest,
             ) from exc
         bundle = cls._from_dict(root, data)
+        bundle.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         if verify:
             for art in bundle.artifacts:
                 bundle._verify_file(art)

@@ -134,7 +134,11 @@ class Pipeline:
         artifact = bundle.artifact("onnx", backend.precision)
         self._provenance = {
             "edgemed_version": __version__,
-            "bundle": {"name": bundle.name, "version": bundle.version},
+            "bundle": {
+                "name": bundle.name,
+                "version": bundle.version,
+                "manifest_sha256": bundle.manifest_sha256,
+            },
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
         }

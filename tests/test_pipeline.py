@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -65,7 +66,11 @@ def test_result_has_timings_and_provenance(tiny_bundle):
     prov = d["provenance"]
     bundle = edgemed.Bundle.load(path)
     assert prov["artifact"]["sha256"] == bundle.artifact().sha256
-    assert prov["bundle"] == {"name": "tiny-segmentation", "version": "1.0"}
+    assert prov["bundle"] == {
+        "name": "tiny-segmentation",
+        "version": "1.0",
+        "manifest_sha256": hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest(),
+    }
     assert prov["backend"] == "onnxruntime" and prov["precision"] == "fp32"
     assert prov["edgemed_version"] == edgemed.__version__
     assert prov["backend_version"] and prov["device"].startswith("cpu")
