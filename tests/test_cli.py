@@ -151,3 +151,30 @@ def test_run_on_a_series_directory(tmp_path, ct_small_path):
     import nibabel as nib
 
     assert nib.load(tmp_path / "out" / "mask.nii.gz").shape == (128, 128, 3)
+
+
+def _limit_file_size() -> None:  # runs in the child: a real EFBIG from the kernel
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+def test_full_disk_gives_exit_7_and_no_file_that_looks_complete(tmp_path, ct_small_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgemed.cli", "run", ct_small_path, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+        env=dict(os.environ, EDGEMED_ORT_THREADS="1"),
+    )
+    assert proc.returncode == 7, proc.stderr
+    _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    names = sorted(p.name for p in out.iterdir())
+    # overlay.png (> 50 kB) failed: no partial copy, no temp file; result.json, which is
+    # written last to mark a complete result, is absent.
+    assert "overlay.png" not in names and "result.json" not in names
+    assert not [n for n in names if n.startswith(".tmp")]
