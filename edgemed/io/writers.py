@@ -43,6 +43,14 @@ PALETTE = [
 ]
 
 
+def _fsync(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it.
 
@@ -58,8 +66,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
         tmp = str(path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}")
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         write(tmp)
+        _fsync(tmp)  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
         tmp = None
+        _fsync(path.parent, directory=True)  # and the rename survives a power cut
     except OSError as exc:
         raise OutputError(f"cannot write {path.name} ({exc.strerror or exc})", path=path) from exc
     finally:
