@@ -16,6 +16,13 @@
 String entries in a shape are named dynamic axes. Every artifact's sha256 is checked
 when the bundle loads, and :meth:`Bundle.read_artifact` hashes the very bytes it hands
 to a backend, so nothing unverified is ever parsed.
+
+The hashes protect the artifacts, not the manifest's other fields (labels, windows,
+thresholds): without a signature, an edited ``bundle.json`` whose hashes still match
+loads. With a trusted public key configured (``trusted_key=`` or
+``EDGEMED_TRUSTED_KEY``), ``bundle.json`` must carry a valid ed25519 ``bundle.sig``
+over its exact bytes, checked before the manifest is parsed; see
+:mod:`edgemed.signing`.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgemed import signing
 from edgemed.errors import BundleError
 from edgemed.io.writers import write_json
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.spec import PreprocessSpec
+from edgemed.settings import trusted_key_path
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -116,35 +125,106 @@ class Bundle:
     schema_version: int = SCHEMA_VERSION
     #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
     manifest_sha256: str = ""
+    #: ``verified`` (bundle.sig checked against a trusted key), ``unverified``
+    #: (bundle.sig present, no trusted key configured) or ``unsigned``.
+    signature: str = "unsigned"
+    #: Fingerprint (:func:`edgemed.signing.key_fingerprint`) of the key that verified it.
+    signed_by: str | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        trusted_key: signing.PublicKeySource | None = None,
+    ) -> Bundle:
         """Read ``bundle.json`` from ``path`` and (by default) verify every artifact.
 
+        Args:
+            path: the bundle directory.
+            verify: hash every artifact now (with False, :meth:`read_artifact` still
+                does when a backend reads one). The signature is checked either way.
+            trusted_key: an ed25519 public key (PEM path, PEM bytes or key object).
+                When given, or when ``EDGEMED_TRUSTED_KEY`` is set and this is None,
+                ``bundle.sig`` must verify over the exact ``bundle.json`` bytes before
+                they are parsed or any artifact is hashed. There is deliberately no way
+                to switch a configured environment key off from here.
+
         Raises:
-            BundleError: ``BUNDLE_NOT_FOUND``, ``BUNDLE_INVALID``,
-                ``BUNDLE_SCHEMA_VERSION``, ``BUNDLE_ARTIFACT_MISSING`` or
-                ``BUNDLE_INTEGRITY``.
+            BundleError: ``BUNDLE_NOT_FOUND``, ``BUNDLE_UNSIGNED``, ``BUNDLE_SIGNATURE``,
+                ``BUNDLE_INVALID``, ``BUNDLE_SCHEMA_VERSION``,
+                ``BUNDLE_ARTIFACT_MISSING`` or ``BUNDLE_INTEGRITY``.
+            UsageError: ``USAGE_KEY_INVALID``: the trusted key cannot be read or is
+                not an ed25519 public key (a configuration error, not the bundle's).
+            MissingDependencyError: a key is configured but ``cryptography`` is not
+                installed (``pip install "edgemed[signing]"``).
         """
-        root = Path(path)
-        manifest = root / MANIFEST
-        if not manifest.is_file():
-            raise BundleError("no bundle.json here", code="BUNDLE_NOT_FOUND", path=root)
-        try:
-            raw = manifest.read_bytes()
-            data = json.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(
-                f"bundle.json is not valid JSON ({exc.__class__.__name__})",
-                code="BUNDLE_INVALID",
-                path=manifest,
-            ) from exc
-        bundle = cls._from_dict(root, data)
-        bundle.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        key: Any
+        if trusted_key is not None:
+            key = signing.load_public_key(trusted_key)
+        else:
+            env_key = trusted_key_path()
+            key = (
+                None
+                if env_key is None
+                else signing.load_public_key(env_key, origin="EDGEMED_TRUSTED_KEY")
+            )
+        return cls._load(Path(path), key, verify)
+
+    @classmethod
+    def _load(cls, root: Path, key: Any, verify: bool) -> Bundle:
+        """Load with ``key`` (a loaded public key, or None: no signature required)."""
+        raw = cls._read_manifest(root)
+        if key is not None:
+            # Before json.loads: with a key, unverified bytes reach no parser at all.
+            signing.verify_manifest(root, raw, key)
+        bundle = cls._from_bytes(root, raw)
+        if key is not None:
+            bundle.signature, bundle.signed_by = "verified", signing.key_fingerprint(key)
+        elif (root / signing.SIGNATURE).is_file():
+            bundle.signature = "unverified"  # present; not read, as nothing asked for it
         if verify:
             for art in bundle.artifacts:
                 bundle._verify_file(art)
         return bundle
+
+    @staticmethod
+    def _read_manifest(root: Path) -> bytes:
+        """The bytes of ``bundle.json``, read once: what is verified is what is parsed."""
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise BundleError("no bundle.json here", code="BUNDLE_NOT_FOUND", path=root)
+        try:
+            return manifest.read_bytes()
+        except OSError as exc:
+            raise BundleError(
+                f"bundle.json cannot be read ({exc.__class__.__name__})",
+                code="BUNDLE_INVALID",
+                path=manifest,
+            ) from exc
+
+    @classmethod
+    def _from_bytes(cls, root: Path, raw: bytes) -> Bundle:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(
+                f"bundle.json is not valid JSON ({exc.__class__.__name__})",
+                code="BUNDLE_INVALID",
+                path=root / MANIFEST,
+            ) from exc
+        bundle = cls._from_dict(root, data)
+        bundle.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        return bundle
+
+    def describe_signature(self) -> str:
+        """One line for ``edgemed info``: whether the bundle is signed and verified."""
+        if self.signature == "verified":
+            return f"verified (ed25519 key {(self.signed_by or '')[:16]})"
+        if self.signature == "unverified":
+            return f"{signing.SIGNATURE} present, not checked (no trusted key configured)"
+        return "none (not required: no trusted key configured)"
 
     @classmethod
     def _from_dict(cls, root: Path, data: Any) -> Bundle:
@@ -292,7 +372,10 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
     """Write ``bundle.json`` into ``root``, filling each artifact's sha256 and size.
 
     ``manifest`` is the JSON form without hashes; artifact files must already be in
-    ``root``. The file is written atomically. Returns the loaded, verified bundle.
+    ``root``. The file is written atomically. A ``bundle.sig`` that the new bytes
+    invalidate is removed (the bundle is then unsigned: sign it again). Returns the
+    loaded, verified bundle; a configured trusted key is not required here, as a bundle
+    being written cannot be signed yet.
     """
     root = Path(root)
     data = json.loads(json.dumps(manifest))  # deep copy, and proves it is JSON-able
@@ -321,5 +404,9 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
             path=manifest_path,
         ) from exc
     Bundle._from_dict(root, data)  # validate before anything is written
-    write_json(root / MANIFEST, data)
-    return Bundle.load(root)
+    old = manifest_path.read_bytes() if manifest_path.is_file() else None
+    write_json(manifest_path, data)
+    sig = root / signing.SIGNATURE
+    if os.path.lexists(sig) and manifest_path.read_bytes() != old:
+        sig.unlink()
+    return Bundle._load(root, None, verify=True)

@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a bundle")
     info.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: demo)")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _signing_parsers(sub)
     return p
 
 
@@ -217,6 +218,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"{pre.height}x{pre.width}; {pre.num_channels} channels{' + edges' if pre.edges else ''}"
         f"; {pre.dtype}",
         f"  postprocess  {bundle.postprocess.activation}, {bundle.postprocess.decision}",
+        f"  signature    {bundle.describe_signature()}",
         "  artifacts    (sha256 verified)",
         *(
             f"    {a.precision:5s} {a.kind:6s} {a.path}  {a.sha256[:16]}…  "
@@ -233,7 +235,45 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "info": _cmd_info}
+# -- signing: keygen, sign (edgemed.signing; needs the `signing` extra) -----------------
+
+
+def _signing_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles")
+    keygen.add_argument(
+        "--out", required=True, help="directory for private_key.pem (0600) and public_key.pem"
+    )
+    sign = sub.add_parser("sign", help="sign a bundle's bundle.json (writes bundle.sig)")
+    sign.add_argument("bundle", help="bundle directory")
+    sign.add_argument("--key", required=True, help="private key PEM (from edgemed keygen)")
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from edgemed.signing import generate_keypair, key_fingerprint, load_public_key
+
+    private, public = generate_keypair(args.out)
+    print(f"wrote {private} (private, mode 0600: keep it secret and off devices)")
+    print(f"wrote {public} (public: set EDGEMED_TRUSTED_KEY to it where bundles load)")
+    print(f"  ed25519 key {key_fingerprint(load_public_key(public))[:16]}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from edgemed.signing import key_fingerprint, load_private_key, sign_bundle
+
+    key = load_private_key(args.key)
+    sig = sign_bundle(args.bundle, key)
+    print(f"signed {args.bundle}: wrote {sig} (ed25519 key {key_fingerprint(key)[:16]})")
+    return 0
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "run": _cmd_run,
+    "info": _cmd_info,
+    "keygen": _cmd_keygen,
+    "sign": _cmd_sign,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,12 @@ Variables:
     EDGEMED_BACKEND: default backend name for the CLI (``auto``).
     EDGEMED_ID_SALT: hex salt (>= 16 bytes) for the input ids in results and logs;
         random per process when unset, so ids then link results of one run only.
+    EDGEMED_TRUSTED_KEY: path of an ed25519 public key PEM. When set, every bundle must
+        carry a ``bundle.sig`` made with its private key, for the CLI and the API alike
+        (``Bundle.load`` reads it through :func:`trusted_key_path`); unset or blank,
+        signatures are not required. A relative path resolves against the working
+        directory. Whether the file exists and holds a key is checked where it is used
+        (``USAGE_KEY_INVALID``), not here.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "trusted_key_path"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,18 @@ class Settings:
     ort_threads: int | None = None
     backend: str = "auto"
     id_salt: bytes | None = None
+    trusted_key: Path | None = None
+
+
+def trusted_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """``EDGEMED_TRUSTED_KEY`` as a path, or None when unset or blank.
+
+    Separate from :func:`load_settings` so that loading a bundle does not fail over an
+    unrelated bad variable (a typo in ``EDGEMED_LOG_LEVEL``).
+    """
+    env = os.environ if environ is None else environ
+    text = env.get("EDGEMED_TRUSTED_KEY", "").strip()
+    return Path(text) if text else None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -52,4 +71,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         salt = b""
     if salt is not None and len(salt) < 16:
         raise UsageError("EDGEMED_ID_SALT must be at least 16 bytes, given as hex")
-    return Settings(log_level=level, ort_threads=threads, backend=backend, id_salt=salt)
+    return Settings(
+        log_level=level,
+        ort_threads=threads,
+        backend=backend,
+        id_salt=salt,
+        trusted_key=trusted_key_path(env),
+    )
