@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from edgemed.errors import BackendError, UsageError
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import Placement, allocate, preprocess
 from edgemed.settings import load_settings
+
+if TYPE_CHECKING:
+    from edgemed.signing import PublicKeySource
 
 __all__ = ["Pipeline", "Result", "demo_bundle", "input_id", "STAGES"]
 
@@ -138,6 +141,7 @@ class Pipeline:
                 "name": bundle.name,
                 "version": bundle.version,
                 "manifest_sha256": bundle.manifest_sha256,
+                "signature": bundle.signature,
             },
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
@@ -152,6 +156,7 @@ class Pipeline:
         precision: str = "fp32",
         threads: int | None = None,
         batch_size: int = 8,
+        trusted_key: PublicKeySource | None = None,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
@@ -162,8 +167,11 @@ class Pipeline:
                 the bundle lacks is an error, never a silent substitute.
             threads: CPU threads for ONNX Runtime (default: cores, at most 8).
             batch_size: most slices per backend call.
+            trusted_key: an ed25519 public key (PEM path or bytes, or a key object);
+                the bundle must carry a valid signature by it. ``None`` uses
+                ``EDGEMED_TRUSTED_KEY`` if set, else signatures are not required.
         """
-        bundle = Bundle.load(path)
+        bundle = Bundle.load(path, trusted_key=trusted_key)
         return cls(
             bundle, create_backend(backend, bundle, precision, threads), batch_size=batch_size
         )
