@@ -70,6 +70,7 @@ def test_result_has_timings_and_provenance(tiny_bundle):
         "name": "tiny-segmentation",
         "version": "1.0",
         "manifest_sha256": hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest(),
+        "signature": "unsigned",
     }
     assert prov["backend"] == "onnxruntime" and prov["precision"] == "fp32"
     assert prov["edgemed_version"] == edgemed.__version__
