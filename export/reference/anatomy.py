@@ -4,8 +4,8 @@ A :class:`Scene` is a list of objects (each one tissue with one base HU value) a
 ordered list of drawing operations (filled polygons or thick polylines, each optionally
 restricted to pixels already owned by given objects). Later operations paint over
 earlier ones, as anatomy is layered: body fat, then the muscle wall, then the cavity,
-organs, spine, ribs. :mod:`export.reference.regions` builds the anatomy of each body region
-from these parts; :mod:`export.reference.phantoms` rasterises a scene at any field
+organs, spine, ribs. :mod:`edgemed.export.reference.regions` builds the anatomy of each body region
+from these parts; :mod:`edgemed.export.reference.phantoms` rasterises a scene at any field
 of view, spacing and rotation, so labels and image can be rendered on different grids
 from the same geometry.
 

@@ -8,7 +8,7 @@ truth, so the model is compared with a plain HU-threshold labelling
 
 Run standalone on a bundle::
 
-    python -m export.reference.check_real --bundle edgemed/data/demo --overlay /tmp/ct.png
+    python -m edgemed.export.reference.check_real --bundle edgemed/data/demo --overlay /tmp/ct.png
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemed.preprocess import PreprocessSpec, preprocess
-from export.reference.phantoms import LABELS, make_phantom
+from edgemed.export.reference.phantoms import LABELS, make_phantom
 
 __all__ = [
     "HU_RULES",

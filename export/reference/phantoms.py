@@ -1,13 +1,13 @@
 """Seeded synthetic axial CT phantoms in Hounsfield units, with tissue labels.
 
 Labels (index: name): 0 background, 1 lung, 2 fat, 3 soft_tissue, 4 bone. What counts
-as which is documented in :mod:`export.reference.anatomy` (in short: gas outside the
+as which is documented in :mod:`edgemed.export.reference.anatomy` (in short: gas outside the
 respiratory tract is *background*, airways are *lung*, vessels inside the lungs and
 the spinal canal are *soft_tissue*).
 
 How a phantom is made:
 
-1. :func:`export.reference.regions.build_scene` draws the anatomy as vector shapes in
+1. :func:`edgemed.export.reference.regions.build_scene` draws the anatomy as vector shapes in
    millimetres (body, fat, muscles, organs, vertebra, ribs, lungs, vessels, ...).
 2. A :class:`View` places a ``H x W`` pixel grid on it: centre, spacing, rotation, flip.
    Whole-body views and zoomed crops come from the same scene.
@@ -15,7 +15,7 @@ How a phantom is made:
    the tissue class of the shape on top there. :func:`render_clean` gives the noise-free
    HU on the same grid (tissue base value + texture, clipped to the tissue's HU range),
    so labels and clean HU agree pixel by pixel with the HU rules in
-   :data:`export.reference.anatomy.TISSUES`.
+   :data:`edgemed.export.reference.anatomy.TISSUES`.
 4. :func:`acquire` simulates the scanner: the clean image (2x supersampled when pixels
    are coarse, for partial volume), a Gaussian point-spread function, correlated
    Gaussian noise (sometimes streaky), integer HU clipped to ``[-1024, 3071]``.
@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from export.reference.anatomy import LABELS, TISSUES, Scene
-from export.reference.regions import build_scene
+from edgemed.export.reference.anatomy import LABELS, TISSUES, Scene
+from edgemed.export.reference.regions import build_scene
 
 __all__ = [
     "LABELS",

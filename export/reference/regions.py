@@ -1,4 +1,4 @@
-"""Body regions built from :mod:`export.reference.anatomy`'s parts: :func:`build_scene`.
+"""Body regions built from :mod:`edgemed.export.reference.anatomy`'s parts: :func:`build_scene`.
 
 Thorax (upper, mid and lower levels), abdomen (upper and lower) and pelvis (iliac and
 hip levels). Sizes are in millimetres for an adult, scaled per body (children too);
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.reference.anatomy import (
+from edgemed.export.reference.anatomy import (
     REGIONS,
     Scene,
     _arc,

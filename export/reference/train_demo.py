@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m export.reference.train_demo --out edgemed/data/demo
+    python -m edgemed.export.reference.train_demo --out edgemed/data/demo
 
 Every training input goes through the runtime's own preprocessing
 (:func:`edgemed.preprocess.preprocess` with the bundle's :class:`PreprocessSpec`), so
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from edgemed.bundle import write_manifest
 from edgemed.preprocess import PreprocessSpec, preprocess
-from export.reference.check_real import check_ct_small, check_phantom
-from export.reference.phantoms import LABELS, make_phantom, render_labels
-from export.reference.unet import UNet2D
+from edgemed.export.reference.check_real import check_ct_small, check_phantom
+from edgemed.export.reference.phantoms import LABELS, make_phantom, render_labels
+from edgemed.export.reference.unet import UNet2D
 
 __all__ = ["MANIFEST", "PREPROCESS", "main", "training_sample"]
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = dict(MANIFEST)
     manifest["provenance"] = {
         "trained_on": "synthetic CT phantoms (export/reference/phantoms.py); no patient data",
-        "command": "python -m export.reference.train_demo "
+        "command": "python -m edgemed.export.reference.train_demo "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
         "steps": args.steps,

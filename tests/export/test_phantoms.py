@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.reference.anatomy import TISSUES
-from export.reference.phantoms import (
+from edgemed.export.reference.anatomy import TISSUES
+from edgemed.export.reference.phantoms import (
     LABELS,
     View,
     make_phantom,
@@ -103,7 +103,7 @@ def test_view_maps_centre_to_grid_centre():
 
 def test_unet_is_fully_convolutional():
     torch = pytest.importorskip("torch")
-    from export.reference.unet import UNet2D
+    from edgemed.export.reference.unet import UNet2D
 
     model = UNet2D().eval()
     with torch.no_grad():
