@@ -1,7 +1,8 @@
 """Reference material for the demo bundle: CT phantoms, a small U-Net, its training.
 
-:mod:`edgemed.export.reference.phantoms` needs only NumPy and OpenCV; :mod:`edgemed.export.reference.unet`
-and :mod:`edgemed.export.reference.train_demo` need PyTorch (the ``export`` extra).
+:mod:`edgemed.export.reference.phantoms` needs only NumPy and OpenCV;
+:mod:`edgemed.export.reference.unet` and :mod:`edgemed.export.reference.train_demo` need
+PyTorch (the ``export`` extra).
 """
 
 from __future__ import annotations

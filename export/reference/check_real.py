@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edgemed.preprocess import PreprocessSpec, preprocess
 from edgemed.export.reference.phantoms import LABELS, make_phantom
+from edgemed.preprocess import PreprocessSpec, preprocess
 
 __all__ = [
     "HU_RULES",

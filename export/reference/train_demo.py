@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from edgemed.bundle import write_manifest
-from edgemed.preprocess import PreprocessSpec, preprocess
 from edgemed.export.reference.check_real import check_ct_small, check_phantom
 from edgemed.export.reference.phantoms import LABELS, make_phantom, render_labels
 from edgemed.export.reference.unet import UNet2D
+from edgemed.preprocess import PreprocessSpec, preprocess
 
 __all__ = ["MANIFEST", "PREPROCESS", "main", "training_sample"]
 
