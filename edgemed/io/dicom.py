@@ -17,10 +17,24 @@ windowing the returned array shows what a viewer shows. ``image.photometric`` th
 describes the returned array (``MONOCHROME2``); ``metadata["photometric_original"]``
 keeps what the file said.
 
-Geometry is validated before any pixel array is allocated, and for native
-(uncompressed) transfer syntaxes the length of the Pixel Data element is compared with
-the length the header describes, so a truncated file fails with ``INPUT_TRUNCATED``
-instead of being decoded from whatever bytes happen to be there.
+Hostile input. The transfer syntax must be on :data:`SUPPORTED_TRANSFER_SYNTAXES`
+before any decoder runs (else ``INPUT_UNSUPPORTED_TRANSFER_SYNTAX``). Geometry (Rows,
+Columns, Samples per Pixel, Bits Allocated/Stored, High Bit, Number of Frames) is
+validated before any pixel array is allocated, with sizes computed in Python integers
+(no overflow) and held to the caps of :mod:`edgemed.io.read` (file size, frames,
+decoded bytes, elements). For native (uncompressed) transfer syntaxes the length of
+the Pixel Data element is compared with the length the header describes, so a
+truncated file fails with ``INPUT_TRUNCATED`` instead of being decoded from whatever
+bytes happen to be there. A deflated dataset is measured while it is inflated, in
+bounded memory, and refused beyond ``MAX_DECOMPRESSED_BYTES`` before pydicom keeps any
+of it (a deflate bomb costs CPU time up to the cap, never memory).
+
+Lookup tables. Palette colour and Modality LUT tables are checked before use: the
+descriptors must agree with the table data (a segmented palette is measured before it
+is expanded), and every stored value must index an entry of the table. PS3.3
+C.7.6.3.1.5 maps values outside the table to its first or last entry; edgemed refuses
+them instead (``INPUT_INVALID``), because in practice they mean a wrong descriptor or a
+damaged file, and a clamped colour would be silently wrong.
 
 Privacy: the metadata is built from an explicit allowlist of technical fields and
 every error message names the file and the problem, never a DICOM value (nor the text
@@ -30,6 +44,7 @@ of a third-party exception, which may quote one).
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 import zlib
@@ -44,19 +59,50 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import (
+    JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 
+import edgemed.io.read as limits
 from edgemed.errors import DecoderMissingError, InputError
+from edgemed.io.dicom_frames import check_encapsulated
+from edgemed.io.dicom_lut import check_modality_lut, check_palette
 from edgemed.io.image import MedicalImage
 
-__all__ = ["read_dicom", "MAX_ELEMENTS"]
+__all__ = ["read_dicom", "SUPPORTED_TRANSFER_SYNTAXES"]
 
-#: Largest number of array elements (rows x columns x frames x samples) we decode.
-MAX_ELEMENTS = 2**31
+#: The transfer syntaxes edgemed decodes; anything else is refused with
+#: ``INPUT_UNSUPPORTED_TRANSFER_SYNTAX`` before a decoder runs, even where pydicom has
+#: one (HTJ2K, for instance: not validated here yet).
+SUPPORTED_TRANSFER_SYNTAXES = frozenset(
+    {
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        JPEG2000Lossless,
+        JPEG2000,
+        RLELossless,
+    }
+)
 
 _PIXEL_DATA = 0x7FE00010
 _OTHER_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # Float / Double Float Pixel Data
@@ -88,21 +134,56 @@ def _error(code: str, problem: str, path: object) -> InputError:
 # --------------------------------------------------------------------------- parsing
 
 
+def _check_inflated_size(raw: IO[bytes], path: Path) -> None:
+    """Refuse a raw deflate stream that inflates beyond ``MAX_DECOMPRESSED_BYTES``.
+
+    Inflates chunk by chunk and keeps nothing, so memory stays at about one chunk
+    whatever the stream claims. A damaged stream is left for pydicom to report.
+    """
+    cap = limits.MAX_DECOMPRESSED_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof and (chunk := raw.read(1 << 16)):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1 << 20))  # at most 1 MiB out
+                if total > cap:
+                    raise _error(
+                        "INPUT_INVALID",
+                        f"deflated dataset inflates beyond the {cap}-byte cap "
+                        "(MAX_DECOMPRESSED_BYTES)",
+                        path,
+                    )
+                chunk = inflater.unconsumed_tail
+    except zlib.error:
+        return
+
+
 class _ReadWatch:
-    """Wraps the file handed to pydicom and notices reads that come back short.
+    """Wraps the file handed to pydicom: notices short reads, measures deflate streams.
 
     pydicom stops quietly when a file ends inside an element, and when it ends inside
     an undefined-length element it even returns an empty dataset. A complete file gives
     exactly one short read (the 8-byte tag read that meets the end of the file), so a
     partial read or a second short read means the file was cut.
+
+    pydicom asks for "the rest of the file" (a read without a size) in one place only:
+    to inflate a Deflated Explicit VR Little Endian dataset in one ``zlib.decompress``
+    call. That read is where a deflate bomb would be expanded, so the stream is
+    measured first (tests/io/test_io_hostile_dicom.py keeps this hook honest).
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], path: Path) -> None:
         self._raw = raw
+        self._path = path
         self._short_reads = 0
         self._partial = False
 
     def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            start = self._raw.tell()
+            _check_inflated_size(self._raw, self._path)
+            self._raw.seek(start)
         data = self._raw.read(-1 if size is None else size)
         if size is not None and size > 0 and len(data) < size:
             self._short_reads += 1
@@ -127,13 +208,20 @@ def _parse(path: Path, *, header_only: bool) -> tuple[Dataset, bool]:
         raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
     with raw:
         try:
+            size = os.fstat(raw.fileno()).st_size
             has_magic = raw.read(132)[128:132] == b"DICM"
             raw.seek(0)
         except OSError as exc:
             raise _error("INPUT_UNREADABLE", "file cannot be read", path) from exc
-        watch = _ReadWatch(raw)
+        if size > limits.MAX_FILE_BYTES:
+            cap = limits.MAX_FILE_BYTES
+            problem = f"file is larger than the {cap}-byte cap (MAX_FILE_BYTES)"
+            raise _error("INPUT_INVALID", problem, path)
+        watch = _ReadWatch(raw, path)
         try:
             ds = pydicom.dcmread(watch, force=True, stop_before_pixels=header_only)
+        except InputError:  # refused by the watch (a deflate bomb)
+            raise
         except (EOFError, struct.error, zlib.error) as exc:
             # pydicom met the end of the data while unpacking a tag, a length or a
             # deflated stream: the file was cut short.
@@ -188,7 +276,13 @@ def _describe_uid(uid: UID) -> str:
 
 
 def _decoder(uid: UID, path: Path) -> Any:
-    """pydicom's decoder for ``uid``, checked to have a usable plugin installed."""
+    """pydicom's decoder for ``uid``: on the allowlist, with a usable plugin installed."""
+    if uid not in SUPPORTED_TRANSFER_SYNTAXES:
+        raise _error(
+            "INPUT_UNSUPPORTED_TRANSFER_SYNTAX",
+            f"transfer syntax {_describe_uid(uid)} is not one edgemed reads",
+            path,
+        )
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
@@ -311,6 +405,10 @@ class _Layout:
     def elements(self) -> int:
         return self.rows * self.columns * self.frames * self.samples
 
+    def decoded_nbytes(self) -> int:
+        """Bytes of the decoded stored array (1-bit data is unpacked to a byte each)."""
+        return self.elements * max(1, self.bits_allocated // 8)
+
     def native_nbytes(self) -> int:
         """Bytes an uncompressed Pixel Data element must hold (Python ints: no overflow)."""
         if self.bits_allocated == 1:  # bit-packed across frame boundaries
@@ -334,6 +432,9 @@ def _layout(ds: Dataset, path: Path) -> _Layout:
 
     if min(rows, columns, samples, frames) < 1:
         raise _error("INPUT_INVALID", "rows, columns, samples and frames must be positive", path)
+    if frames > limits.MAX_FRAMES:
+        cap = limits.MAX_FRAMES
+        raise _error("INPUT_INVALID", f"more than {cap} frames (MAX_FRAMES)", path)
     if bits_allocated not in _BITS_ALLOCATED:
         raise _error("INPUT_INVALID", f"BitsAllocated {bits_allocated} is not supported", path)
     if not 1 <= bits_stored <= bits_allocated:
@@ -363,8 +464,13 @@ def _layout(ds: Dataset, path: Path) -> _Layout:
         frames,
         photometric,
     )
-    if layout.elements > MAX_ELEMENTS:
-        raise _error("INPUT_INVALID", f"image has more than {MAX_ELEMENTS} elements", path)
+    if layout.elements > limits.MAX_ELEMENTS:
+        cap = limits.MAX_ELEMENTS
+        raise _error("INPUT_INVALID", f"image has more than {cap} elements (MAX_ELEMENTS)", path)
+    if layout.decoded_nbytes() > limits.MAX_DECOMPRESSED_BYTES:
+        cap = limits.MAX_DECOMPRESSED_BYTES
+        problem = f"decoded pixel data exceeds {cap} bytes (MAX_DECOMPRESSED_BYTES)"
+        raise _error("INPUT_INVALID", problem, path)
     return layout
 
 
@@ -375,8 +481,9 @@ def _direction(iop: Any, path: Path) -> np.ndarray | None:
         return None
     row, col = np.array(values[:3]), np.array(values[3:])
     row_norm, col_norm = np.linalg.norm(row), np.linalg.norm(col)
-    if row_norm < 1e-6 or col_norm < 1e-6:
-        raise _error("INPUT_INVALID", "ImageOrientationPatient has a zero vector", path)
+    # An overflowing norm (components near 1e308) would turn the matrix into NaNs.
+    if not 1e-6 < row_norm < 1e100 or not 1e-6 < col_norm < 1e100:
+        raise _error("INPUT_INVALID", "ImageOrientationPatient is not a pair of vectors", path)
     row, col = row / row_norm, col / col_norm
     if abs(float(row @ col)) > 1e-3:
         raise _error("INPUT_INVALID", "ImageOrientationPatient vectors are not orthogonal", path)
@@ -415,7 +522,8 @@ def _even_steps(steps: np.ndarray) -> float | None:
     """The common step of ``steps`` (signed), or None when they are not evenly spaced."""
     step = float(np.median(steps))
     tolerance = max(0.01, 0.02 * abs(step))  # decimal-string positions carry rounding
-    if abs(step) < 1e-3 or np.any(np.abs(steps - step) > tolerance):
+    # Positions near 1e308 overflow into inf and NaN steps, which compare False.
+    if not np.isfinite(steps).all() or abs(step) < 1e-3 or np.any(np.abs(steps - step) > tolerance):
         return None
     return step
 
@@ -454,9 +562,9 @@ def _frame_spacing(
 def _decode(ds: Dataset, uid: UID, layout: _Layout, path: Path) -> tuple[np.ndarray, str]:
     """Decoded stored values shaped ``([F,] Y, X[, S])`` and their photometric."""
     decoder = _decoder(uid, path)
+    value = ds.get_item(_PIXEL_DATA).value
+    actual = len(value) if isinstance(value, (bytes, bytearray)) else 0
     if decoder.is_native:
-        value = ds.get_item(_PIXEL_DATA).value
-        actual = len(value) if isinstance(value, (bytes, bytearray)) else 0
         expected = layout.native_nbytes()
         if actual < expected:
             raise _error(
@@ -464,6 +572,9 @@ def _decode(ds: Dataset, uid: UID, layout: _Layout, path: Path) -> tuple[np.ndar
                 f"pixel data holds {actual} bytes, the header describes {expected}",
                 path,
             )
+    elif isinstance(value, bytes):  # decoders trust the frames' own headers, not ours
+        rows, columns, frames = layout.rows, layout.columns, layout.frames
+        check_encapsulated(value, uid, rows, columns, frames, layout.decoded_nbytes(), path)
     try:
         array, properties = decoder.as_array(ds)
     except MemoryError as exc:
@@ -533,6 +644,7 @@ def _monochrome(
     if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
         if layout.bits_stored > 16:
             raise _error("INPUT_UNSUPPORTED_FORMAT", "Modality LUT on >16-bit data", path)
+        check_modality_lut(ds, stored, path)
         try:
             outputs = apply_modality_lut(np.arange(lo, hi + 1), ds)
             for i, frame in enumerate(frames):
@@ -561,11 +673,15 @@ def _monochrome(
             facts["rescale_varies"] = True
         facts["modality_lut"] = source
 
+    # Finite slopes and intercepts can still overflow float32 (1e38 x 4095).
+    if not np.isfinite(out).all():
+        raise _error("INPUT_INVALID", "rescaled values are not finite in float32", path)
     centre = _first_float(_frame_attr(ds, "FrameVOILUTSequence", "WindowCenter", 0, path))
     width = _first_float(_frame_attr(ds, "FrameVOILUTSequence", "WindowWidth", 0, path))
     if centre is not None and width is not None and width > 0:
-        facts["window_center"] = reflect - centre if invert else centre
-        facts["window_width"] = width
+        centre = reflect - centre if invert else centre
+        if math.isfinite(centre):  # a display hint: dropped rather than refused
+            facts["window_center"], facts["window_width"] = centre, width
     facts["monochrome1_inverted"] = invert
     shape = (layout.frames, layout.rows, layout.columns) if layout.frames > 1 else stored.shape
     return out.reshape(shape), facts
@@ -573,8 +689,9 @@ def _monochrome(
 
 def _colour(stored: np.ndarray, photometric: str, ds: Dataset, path: Path) -> np.ndarray:
     if photometric == "PALETTE COLOR":
+        check_palette(ds, stored, path, little_endian=ds.original_encoding[1] is not False)
         try:
-            stored = apply_color_lut(stored, ds)
+            stored = apply_color_lut(stored, ds)[..., :3]  # an alpha table is dropped
         except Exception as exc:
             raise _error("INPUT_INVALID", "palette colour lookup table is unusable", path) from exc
     elif photometric != "RGB":

@@ -1,186 +1,322 @@
-"""NIfTI-1/NIfTI-2 reader (``.nii``, ``.nii.gz``) on top of nibabel.
+"""NIfTI-1/NIfTI-2 single-file reader (``.nii``, ``.nii.gz``).
 
 nibabel indexes the data ``[i, j, k]`` with ``i`` fastest in the file and maps indices
-to RAS+ millimetres through the affine. edgemed wants ``(Z, Y, X)`` arrays in DICOM LPS,
-so the data is transposed (``k, j, i``), the zooms are reversed to match, and the affine
-is turned from RAS into LPS by negating its first two rows. Scaling (``scl_slope`` /
-``scl_inter``) is applied by nibabel's ``get_fdata``.
+to RAS+ millimetres through the affine. edgemed wants ``(Z, Y, X)`` arrays in DICOM LPS:
+the bytes, read in file order, are exactly a C-ordered ``(k, j, i)`` array; the zooms
+are reversed to match, and the affine is turned from RAS into LPS by negating its first
+two rows.
+
+Hostile input. edgemed checks the header itself before any data is read, and reads the
+data itself (nibabel only turns the checked header into an affine), so a header cannot
+make it allocate or inflate more than the header honestly describes:
+
+* ``sizeof_hdr`` must be 348 (NIfTI-1) or 540 (NIfTI-2), in either byte order, else
+  ``INPUT_CORRUPT``; the magic must be ``n+1`` (at byte 344) or ``n+2`` (at byte 4),
+  ``ni1``/``ni2`` (header/image pairs) are ``INPUT_UNSUPPORTED_FORMAT``.
+* ``dim[0]`` must be 1..7 and ``dim[1..dim[0]]`` positive (``INPUT_INVALID``); only 2D
+  and 3D images are read (a 4th and later axis of length 1 is allowed).
+* ``datatype`` must be a NIfTI code: integers and floats are read, binary, complex and
+  RGB(A) are ``INPUT_UNSUPPORTED_FORMAT``, anything else ``INPUT_INVALID``. ``bitpix``
+  is ignored, as nibabel does: the datatype decides.
+* ``vox_offset`` must be a whole number, at least 352 (NIfTI-1: header plus the 4-byte
+  extension flag) or 544 (NIfTI-2), else ``INPUT_INVALID``; header extensions between
+  the header and ``vox_offset`` are skipped, never parsed.
+* A file (or, gzipped, its decompressed stream) shorter than ``vox_offset`` plus the
+  data is ``INPUT_TRUNCATED``. The data, ``vox_offset`` included, is held to
+  ``MAX_DECOMPRESSED_BYTES`` and ``MAX_ELEMENTS`` (:mod:`edgemed.io.read`) before it is
+  read.
+
+Scaling. NIfTI says values are ``scl_slope * stored + scl_inter`` when ``scl_slope`` is
+nonzero. ``scl_slope`` 0 or NaN means no scaling (and ``scl_inter`` is ignored), as in
+nibabel's ``get_slope_inter``; an infinite ``scl_slope`` (nibabel also ignores it) and a
+non-finite ``scl_inter`` with a valid slope (nibabel raises) are ``INPUT_INVALID``.
+``metadata["scl_slope"]``/``["scl_inter"]`` hold what was applied, or None for none.
+Scaled values that are not finite in ``float32`` are ``INPUT_INVALID``.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
+import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.image import MedicalImage
 
 __all__ = ["read_nifti"]
 
-_MAX_ELEMENTS = 2**31
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-# xyzt_units spatial codes -> factor to millimetres (unknown is taken as mm, as nibabel does).
-_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+# xyzt_units spatial codes (bits 0-2) -> factor to millimetres; unknown and undefined
+# codes are taken as mm, as nibabel does for unknown.
+_TO_MM = {1: 1000.0, 2: 1.0, 3: 0.001}
+_UNIT_NAMES = {0: "unknown", 1: "meter", 2: "mm", 3: "micron"}
+_READ_DTYPES = {
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
+}
+_UNREAD_DTYPES = {
+    1: "binary",
+    32: "complex64",
+    128: "RGB24",
+    1536: "float128",
+    1792: "complex128",
+    2048: "complex256",
+    2304: "RGBA32",
+}
+_CIFTI_INTENTS = range(3000, 3100)  # CIFTI: brainordinates, not an image grid
+_EOL_CHECK = (b"\r\n\x1a\n", b"\0\0\0\0")  # NIfTI-2; zeros from old writers (nibabel)
 
 
 def _error(code: str, problem: str, path: object) -> InputError:
     return InputError(problem, code=code, path=path)
 
 
-def _load(path: Path) -> Any:
-    """nibabel image; files without a NIfTI name are parsed from their bytes."""
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return nib.load(str(path))
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    klass = nib.Nifti2Image if data[4:8] == b"n+2\x00" else nib.Nifti1Image
-    return klass.from_bytes(data)
+@dataclass(frozen=True)
+class _Header:
+    """The checked header: what the data is and where it lies."""
+
+    version: int
+    order: Literal["<", ">"]
+    block: bytes  # the 348 or 540 header bytes
+    fields: Any  # numpy record of the header fields
+    shape: tuple[int, int, int]  # (i, j, k)
+    dtype: np.dtype[Any]
+    offset: int
+    slope: float | None  # None: no scaling
+    inter: float
+
+    @property
+    def nbytes(self) -> int:
+        i, j, k = self.shape
+        return i * j * k * self.dtype.itemsize
 
 
-def _gzip_ends_early(path: Path) -> bool:
-    """True when ``path`` is a gzip stream that stops inside the first 540 bytes."""
-    try:
-        with gzip.open(path, "rb") as handle:
-            handle.read(540)  # the NIfTI-2 header size
-    except EOFError:
-        return True
-    except (OSError, zlib.error):  # not gzip at all, or damaged rather than short
-        return False
-    return False
+def _version(head: bytes, path: Path) -> tuple[int, Literal["<", ">"]]:
+    """NIfTI version and byte order, from ``sizeof_hdr`` and the magic."""
+    if len(head) < 4:
+        raise _error("INPUT_TRUNCATED", "file ends inside the NIfTI header", path)
+    order: Literal["<", ">"] = "<"
+    size = int.from_bytes(head[:4], "little", signed=True)
+    if size not in (348, 540):
+        order, size = ">", int.from_bytes(head[:4], "big", signed=True)
+    if size not in (348, 540):
+        raise _error("INPUT_CORRUPT", "not a NIfTI header (sizeof_hdr)", path)
+    # The magic first: a wrong sizeof_hdr is a corrupt header, not a short file.
+    magic = head[344:348] if size == 348 else head[4:8]
+    if magic in (b"ni1\0", b"ni2\0"):
+        raise _error(
+            "INPUT_UNSUPPORTED_FORMAT", "NIfTI header/image pairs are not read (one file)", path
+        )
+    if len(magic) == 4 and magic != (b"n+1\0" if size == 348 else b"n+2\0"):
+        raise _error("INPUT_CORRUPT", "NIfTI magic does not match sizeof_hdr", path)
+    if len(head) < size:
+        raise _error("INPUT_TRUNCATED", "file ends inside the NIfTI header", path)
+    if size == 540 and head[8:12] not in _EOL_CHECK:
+        raise _error("INPUT_CORRUPT", "NIfTI-2 line-ending check failed (text transfer?)", path)
+    return (1 if size == 348 else 2), order
 
 
-def _check_complete(image: Any, path: Path) -> None:
-    """An uncompressed single file must hold every byte its header describes."""
-    if not path.name.lower().endswith(".nii"):
-        return  # gzip streams report their end themselves (EOFError while reading)
-    header = image.header
-    # The loaded header's vox_offset is reset by nibabel; the array proxy keeps the real one.
-    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
-    expected = offset + int(
-        np.prod(header.get_data_shape(), dtype=object) * header.get_data_dtype().itemsize
-    )
-    if path.stat().st_size < expected:
-        raise _error("INPUT_TRUNCATED", "NIfTI file is shorter than its header describes", path)
-
-
-def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+def _shape(dims: list[int], path: Path) -> tuple[int, int, int]:
     """(i, j, k) of a 2D/3D image; a 4th or later axis is allowed only with length 1."""
-    if len(shape) < 2 or any(n < 1 for n in shape):
+    if not 1 <= dims[0] <= 7:
+        raise _error("INPUT_INVALID", "NIfTI dim[0] must be between 1 and 7", path)
+    shape = dims[1 : dims[0] + 1]
+    if any(n < 1 for n in shape):
+        raise _error("INPUT_INVALID", "NIfTI dimensions must be positive", path)
+    if len(shape) < 2:
         raise _error("INPUT_UNSUPPORTED_FORMAT", "NIfTI image is not 2D or 3D", path)
-    extra = shape[3:]
-    if any(n != 1 for n in extra):
+    if any(n != 1 for n in shape[3:]):
         raise _error(
             "INPUT_UNSUPPORTED_FORMAT",
-            f"NIfTI image has {int(np.prod(extra))} volumes; edgemed reads 2D and 3D images",
+            "NIfTI image has more than one volume; edgemed reads 2D and 3D images",
             path,
         )
-    i, j = shape[0], shape[1]
-    k = shape[2] if len(shape) > 2 else 1
-    if i * j * k > _MAX_ELEMENTS:
-        raise _error("INPUT_INVALID", f"image has more than {_MAX_ELEMENTS} elements", path)
+    i, j, k = shape[0], shape[1], shape[2] if len(shape) > 2 else 1
+    if i * j * k > limits.MAX_ELEMENTS:
+        cap = limits.MAX_ELEMENTS
+        raise _error("INPUT_INVALID", f"image has more than {cap} elements (MAX_ELEMENTS)", path)
     return i, j, k
 
 
+def _scaling(fields: Any, path: Path) -> tuple[float | None, float]:
+    """The slope and intercept to apply (see the module docstring)."""
+    slope, inter = float(fields["scl_slope"]), float(fields["scl_inter"])
+    if slope == 0 or math.isnan(slope):
+        return None, 0.0
+    if math.isinf(slope):
+        raise _error("INPUT_INVALID", "NIfTI scl_slope is infinite", path)
+    if not math.isfinite(inter):
+        raise _error("INPUT_INVALID", "NIfTI scl_inter is not finite", path)
+    return slope, inter
+
+
+def _parse_header(head: bytes, path: Path) -> _Header:
+    version, order = _version(head, path)
+    header_dtype = (nib.nifti1 if version == 1 else nib.nifti2).header_dtype
+    block = head[: header_dtype.itemsize]
+    fields = np.frombuffer(block, dtype=header_dtype.newbyteorder(order))[0]
+    shape = _shape([int(n) for n in fields["dim"]], path)
+
+    code = int(fields["datatype"])
+    if code in _UNREAD_DTYPES:
+        raise _error(
+            "INPUT_UNSUPPORTED_FORMAT", f"NIfTI data type {_UNREAD_DTYPES[code]} is not read", path
+        )
+    if code not in _READ_DTYPES:
+        raise _error("INPUT_INVALID", "NIfTI datatype is not a NIfTI data type code", path)
+    if int(fields["intent_code"]) in _CIFTI_INTENTS:
+        raise _error("INPUT_UNSUPPORTED_FORMAT", "CIFTI files are not images", path)
+
+    offset = float(fields["vox_offset"])
+    minimum = 352 if version == 1 else 544  # header + the 4-byte extension flag
+    if not math.isfinite(offset) or offset != int(offset) or offset < minimum:
+        raise _error("INPUT_INVALID", f"NIfTI vox_offset must be a whole number >= {minimum}", path)
+    slope, inter = _scaling(fields, path)
+    dtype = np.dtype(_READ_DTYPES[code]).newbyteorder(order)
+    header = _Header(version, order, block, fields, shape, dtype, int(offset), slope, inter)
+    if header.offset + header.nbytes > limits.MAX_DECOMPRESSED_BYTES:
+        cap = limits.MAX_DECOMPRESSED_BYTES
+        problem = f"NIfTI data exceeds {cap} bytes (MAX_DECOMPRESSED_BYTES)"
+        raise _error("INPUT_INVALID", problem, path)
+    return header
+
+
+def _read_exactly(stream: io.BufferedIOBase, count: int) -> np.ndarray:
+    """``count`` bytes into a new buffer; fewer means the file was cut."""
+    buffer = np.empty(count, dtype=np.uint8)
+    view, filled = buffer.data, 0
+    while filled < count:
+        got = stream.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return buffer[:filled]
+
+
+def _read_stored(path: Path) -> tuple[_Header, np.ndarray]:
+    """The checked header and the stored data as a ``(k, j, i)`` array."""
+    size = limits.checked_file_size(path)
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            head = stream.read(540)
+            header = _parse_header(head, path)
+            if not gzipped and size < header.offset + header.nbytes:
+                raise _error(
+                    "INPUT_TRUNCATED", "NIfTI file is shorter than its header describes", path
+                )
+            stream.seek(header.offset)  # gzip: inflates and drops what it skips
+            data = _read_exactly(stream, header.nbytes)
+    except InputError:
+        raise
+    except FileNotFoundError as exc:
+        raise _error("INPUT_NOT_FOUND", "file does not exist", path) from exc
+    except EOFError as exc:  # gzip stream ends before its end-of-stream marker
+        raise _error("INPUT_TRUNCATED", "compressed NIfTI file ends early", path) from exc
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise _error("INPUT_CORRUPT", "compressed NIfTI data is damaged", path) from exc
+    except OSError as exc:
+        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
+    if data.size < header.nbytes:
+        raise _error("INPUT_TRUNCATED", "NIfTI data ends early", path)
+    i, j, k = header.shape
+    return header, data.view(header.dtype).reshape((k, j, i))
+
+
+def _scaled(stored: np.ndarray, header: _Header, path: Path) -> np.ndarray:
+    """float32 values, one slice at a time (no float64 copy of the whole volume)."""
+    out = np.empty(stored.shape, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, not warned
+        for z in range(stored.shape[0]):
+            if header.slope is None:
+                out[z] = stored[z]
+            else:
+                out[z] = stored[z] * header.slope + header.inter
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if bad:
+        raise _error("INPUT_INVALID", f"NIfTI data holds {bad} non-finite values", path)
+    return out
+
+
+def _geometry(header: _Header, path: Path) -> tuple[np.ndarray, float]:
+    """The affine (RAS, file units) from nibabel, and the factor from file units to mm."""
+    klass = nib.Nifti1Header if header.version == 1 else nib.Nifti2Header
+    try:
+        affine = np.asarray(
+            klass(header.block, endianness=header.order, check=False).get_best_affine(),
+            dtype=float,
+        )
+    except Exception as exc:  # an impossible quaternion, for one
+        raise _error("INPUT_INVALID", "NIfTI orientation cannot be computed", path) from exc
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise _error("INPUT_INVALID", "NIfTI orientation is not finite", path)
+    return affine, _TO_MM.get(int(header.fields["xyzt_units"]) & 0x07, 1.0)
+
+
 def read_nifti(path: str | Path) -> MedicalImage:
-    """Read a NIfTI-1 or NIfTI-2 image.
+    """Read a NIfTI-1 or NIfTI-2 image (single file, optionally gzipped).
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file (other names are read from their bytes).
+        path: a ``.nii`` or ``.nii.gz`` file (gzip is found from the content).
 
     Returns:
         ``(Z, Y, X)`` for 3D data, ``(Y, X)`` when the third axis has length 1;
-        ``spacing`` from the header zooms in the same order (mm), ``origin`` and
+        ``spacing`` from the header's pixdim in the same order (mm), ``origin`` and
         ``direction`` from the affine in LPS.
 
     Raises:
         InputError: ``INPUT_TRUNCATED``, ``INPUT_CORRUPT``, ``INPUT_UNSUPPORTED_FORMAT``
-            (4D, complex or RGB data), ``INPUT_INVALID`` (non-finite values, too large).
+            (4D, complex or RGB data, pairs, CIFTI), ``INPUT_INVALID`` (header values
+            that make no sense, non-finite values, beyond a cap); see the module docstring.
     """
     path = Path(path)
-    try:
-        image = _load(path)
-    except FileNotFoundError as exc:
-        raise _error("INPUT_NOT_FOUND", "file does not exist", path) from exc
-    except (EOFError, zlib.error) as exc:
-        raise _error("INPUT_TRUNCATED", "compressed NIfTI file ends early", path) from exc
-    except (ImageFileError, HeaderDataError) as exc:
-        if _gzip_ends_early(path):  # nibabel cannot even sniff a header cut short
-            raise _error("INPUT_TRUNCATED", "compressed NIfTI file ends early", path) from exc
-        raise _error(
-            "INPUT_CORRUPT", f"NIfTI header is invalid ({type(exc).__name__})", path
-        ) from exc
-    except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
-    except Exception as exc:  # nibabel raises ValueError, struct errors... on bad headers
-        raise _error(
-            "INPUT_CORRUPT", f"NIfTI header is invalid ({type(exc).__name__})", path
-        ) from exc
-    if not isinstance(image, nib.Nifti1Image):  # also Nifti2Image; not CIFTI, not pairs
-        raise _error("INPUT_UNSUPPORTED_FORMAT", "not a NIfTI image", path)
+    header, stored = _read_stored(path)
+    array = _scaled(stored, header, path)
+    affine, to_mm = _geometry(header, path)
 
-    header = image.header
-    dtype = header.get_data_dtype()
-    if dtype.kind not in "biuf":  # complex, RGB (structured) ...
-        raise _error("INPUT_UNSUPPORTED_FORMAT", f"NIfTI data type {dtype} is not read", path)
-    i, j, k = _spatial_shape(tuple(int(n) for n in image.shape), path)
-    _check_complete(image, path)
-    try:
-        data = image.get_fdata(dtype=np.float32).reshape((i, j, k))
-    except (EOFError, zlib.error, OSError) as exc:  # nibabel: OSError "Expected N bytes"
-        raise _error("INPUT_TRUNCATED", "NIfTI data ends early", path) from exc
-    except MemoryError as exc:
-        raise _error("INPUT_INVALID", "NIfTI image too large to read here", path) from exc
-    except Exception as exc:
-        raise _error(
-            "INPUT_CORRUPT", f"NIfTI data unreadable ({type(exc).__name__})", path
-        ) from exc
-    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise _error("INPUT_INVALID", f"NIfTI data holds {bad} non-finite values", path)
-
-    spatial_unit = header.get_xyzt_units()[0]
-    to_mm = _TO_MM.get(spatial_unit, 1.0)
-    zooms = [float(z) * to_mm for z in header.get_zooms()[:3]] + [1.0] * 3
+    pixdim = [float(z) * to_mm for z in header.fields["pixdim"][1:4]]
     # pixdim 0 (or NaN) means the file does not say: 1.0, as everywhere in edgemed.
-    zi, zj, zk = (abs(z) if math.isfinite(z) and z != 0 else 1.0 for z in zooms[:3])
-
-    affine = np.asarray(image.affine, dtype=float)
+    zi, zj, zk = (abs(z) if math.isfinite(z) and z != 0 else 1.0 for z in pixdim)
     ox, oy, oz = (float(v) for v in _RAS_TO_LPS @ affine[:3, 3] * to_mm)
     axes = _RAS_TO_LPS @ affine[:3, :3]
     norms = np.linalg.norm(axes, axis=0)
-    direction = axes / norms if np.all(norms > 1e-12) and np.all(np.isfinite(axes)) else None
+    direction = axes / norms if np.all(norms > 1e-12) and np.all(np.isfinite(norms)) else None
+    if not all(math.isfinite(v) for v in (ox, oy, oz)):  # finite affine, overflow in mm
+        raise _error("INPUT_INVALID", "NIfTI origin is not finite in mm", path)
 
-    spacing: tuple[float, ...]
-    if k == 1:
-        array, spacing = data[:, :, 0].T, (zj, zi)
-    else:
-        array, spacing = data.transpose(2, 1, 0), (zk, zj, zi)
-    # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy.
-    slope = getattr(image.dataobj, "slope", None)
-    inter = getattr(image.dataobj, "inter", None)
+    k = header.shape[2]
+    spacing: tuple[float, ...] = (zj, zi) if k == 1 else (zk, zj, zi)
     metadata: dict[str, Any] = {
         "format": "nifti",
-        "nifti_version": 2 if isinstance(header, nib.Nifti2Header) else 1,
-        "dtype": str(dtype),
-        "scl_slope": None if slope is None else float(slope),
-        "scl_inter": None if inter is None else float(inter),
-        "qform_code": int(header["qform_code"]),
-        "sform_code": int(header["sform_code"]),
-        "spatial_unit": spatial_unit,
+        "nifti_version": header.version,
+        "dtype": str(header.dtype.newbyteorder("=")),
+        "scl_slope": header.slope,
+        "scl_inter": None if header.slope is None else header.inter,
+        "qform_code": int(header.fields["qform_code"]),
+        "sform_code": int(header.fields["sform_code"]),
+        "spatial_unit": _UNIT_NAMES.get(int(header.fields["xyzt_units"]) & 0x07, "unknown"),
     }
     return MedicalImage(
-        array=np.ascontiguousarray(array, dtype=np.float32),
-        spacing=tuple(float(s) for s in spacing),
+        array=array[0] if k == 1 else array,
+        spacing=spacing,
         modality="OT",
         photometric="MONOCHROME2",
         origin=(ox, oy, oz),

@@ -3,6 +3,11 @@
 These formats carry no patient geometry: modality ``OT``, spacing 1.0, no origin or
 direction. Values are kept as stored (a 16-bit PNG stays 0..65535), converted to
 ``float32``; the original dtype is recorded in ``metadata["dtype"]``.
+
+Caps (:mod:`edgemed.io.read`): every file is held to ``MAX_FILE_BYTES`` before it is
+read; a PNG's size from its header to ``MAX_DECOMPRESSED_BYTES`` and ``MAX_ELEMENTS``
+before it is decoded; an NPY header to ``MAX_ELEMENTS``. JPEG and TIFF rely on
+OpenCV's own limit on decoded pixels (``CV_IO_MAX_IMAGE_PIXELS``, 2**30 by default).
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.image import MedicalImage
 
 __all__ = ["read_raster", "read_npy", "RASTER_FORMATS"]
 
 RASTER_FORMATS = ("png", "jpeg", "tiff")
-_MAX_ELEMENTS = 2**31
+# PNG colour type -> samples per pixel as stored (a palette expands to 3 when decoded).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
 def _error(code: str, problem: str, path: object) -> InputError:
@@ -28,6 +35,7 @@ def _error(code: str, problem: str, path: object) -> InputError:
 def _bytes(path: Path) -> np.ndarray:
     # np.fromfile + imdecode: cv2.imread cannot open every path encoding (non-ASCII
     # names on some platforms) and reports every failure as a bare None.
+    limits.checked_file_size(path)
     try:
         return np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError as exc:
@@ -36,7 +44,26 @@ def _bytes(path: Path) -> np.ndarray:
         raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
 
 
+def _check_png_size(buffer: np.ndarray, path: Path) -> None:
+    """Hold a PNG's header-declared size to the caps before OpenCV allocates it."""
+    head = buffer[:26].tobytes()
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return  # not a well-formed PNG start: OpenCV refuses it without allocating
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    samples = _PNG_SAMPLES.get(head[25], 4)
+    elements = width * height * samples
+    if elements > limits.MAX_ELEMENTS:
+        cap = limits.MAX_ELEMENTS
+        raise _error("INPUT_INVALID", f"PNG has more than {cap} elements (MAX_ELEMENTS)", path)
+    if elements * (2 if head[24] == 16 else 1) > limits.MAX_DECOMPRESSED_BYTES:
+        cap = limits.MAX_DECOMPRESSED_BYTES
+        problem = f"PNG decodes to more than {cap} bytes (MAX_DECOMPRESSED_BYTES)"
+        raise _error("INPUT_INVALID", problem, path)
+
+
 def _decode(buffer: np.ndarray, fmt: str, path: Path) -> np.ndarray:
+    if fmt == "png":
+        _check_png_size(buffer, path)
     try:
         if fmt == "tiff":
             # A multi-page TIFF would silently lose its other pages through imdecode.
@@ -118,6 +145,7 @@ def read_npy(path: str | Path) -> MedicalImage:
             (non-finite values, too large).
     """
     path = Path(path)
+    limits.checked_file_size(path)
     try:
         with open(path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
@@ -141,8 +169,9 @@ def read_npy(path: str | Path) -> MedicalImage:
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise _error("INPUT_UNSUPPORTED_FORMAT", f"NPY array of shape {shape} is not 2D/3D", path)
     count = int(np.prod(shape, dtype=object))
-    if count > _MAX_ELEMENTS:
-        raise _error("INPUT_INVALID", f"array has more than {_MAX_ELEMENTS} elements", path)
+    if count > limits.MAX_ELEMENTS:
+        cap = limits.MAX_ELEMENTS
+        raise _error("INPUT_INVALID", f"array has more than {cap} elements (MAX_ELEMENTS)", path)
     if size < data_offset + count * dtype.itemsize:
         raise _error("INPUT_TRUNCATED", "NPY file is shorter than its header describes", path)
     try:

@@ -24,7 +24,7 @@ exception type leaves :func:`read_image`:
     The bytes are there but do not parse or decode.
 ``INPUT_INVALID``
     Header values that make no sense (bad geometry, bit depths, non-finite values,
-    more than 2**31 elements, too large for memory).
+    lookup-table indices outside the table), or an input beyond one of the caps below.
 ``INPUT_DECODER_MISSING``
     Compressed DICOM whose decoder is not installed: ``pip install "edgemed[dicom]"``.
 ``INPUT_UNSUPPORTED_TRANSFER_SYNTAX``
@@ -38,6 +38,26 @@ exception type leaves :func:`read_image`:
     A directory with no DICOM image files.
 
 Error messages name the path and the problem, never a value read from the file.
+
+Caps. Hostile or broken files must not make a reader allocate, inflate or loop without
+bound, so every reader checks these module constants *before* the work they limit and
+refuses with ``INPUT_INVALID`` beyond them. Readers look them up at call time, so a
+deployment may lower them (``edgemed.io.read.MAX_FILE_BYTES = ...``) before reading.
+
+:data:`MAX_FILE_BYTES`
+    Size of one file on disk (a DICOM file, a NIfTI file, a raster or NPY file).
+:data:`MAX_DECOMPRESSED_BYTES`
+    Bytes produced by decompression or decoding: the inflated dataset of a Deflated
+    Explicit VR Little Endian DICOM file (measured while inflating, in bounded memory,
+    before anything is kept), the decoded stored pixel data of a DICOM file (computed
+    from the header before decoding), NIfTI data (uncompressed size, from the header)
+    and PNG pixels (from its header).
+:data:`MAX_FRAMES`
+    Frames of one multi-frame DICOM file, and files in one DICOM series directory
+    (counted before any of them is parsed).
+:data:`MAX_ELEMENTS`
+    Array elements (rows x columns x frames x samples) of any image; the ``float32``
+    result takes four bytes each.
 """
 
 from __future__ import annotations
@@ -50,7 +70,28 @@ from pathlib import Path
 from edgemed.errors import EdgemedError, InputError, UsageError
 from edgemed.io.image import MedicalImage
 
-__all__ = ["read_image", "detect_format", "INPUT_ERROR_CODES"]
+__all__ = [
+    "read_image",
+    "detect_format",
+    "checked_file_size",
+    "INPUT_ERROR_CODES",
+    "MAX_FILE_BYTES",
+    "MAX_DECOMPRESSED_BYTES",
+    "MAX_FRAMES",
+    "MAX_ELEMENTS",
+]
+
+#: Largest file read (4 GiB + 16 MiB): the largest 16-bit native pixel data the element
+#: cap allows, plus room for headers.
+MAX_FILE_BYTES = 2**32 + 2**24
+#: Largest output of any decompression or decoding (4 GiB): 2**31 16-bit samples.
+MAX_DECOMPRESSED_BYTES = 2**32
+#: Most frames in one DICOM file, and files in one series directory. Cine loops,
+#: tomosynthesis and CT/MR series stay in the low thousands; whole-slide tiles are not
+#: volumes.
+MAX_FRAMES = 2**14
+#: Most array elements in one image (2**31: 8 GiB as float32).
+MAX_ELEMENTS = 2**31
 
 INPUT_ERROR_CODES = (
     "INPUT_NOT_FOUND",
@@ -147,6 +188,28 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
     return _EXTENSIONS.get(Path(name).suffix)
 
 
+def checked_file_size(path: Path) -> int:
+    """Size of the file at ``path`` in bytes, refused beyond :data:`MAX_FILE_BYTES`.
+
+    Raises:
+        InputError: ``INPUT_NOT_FOUND``, ``INPUT_UNREADABLE``, or ``INPUT_INVALID`` for a
+            file larger than the cap.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise InputError("file does not exist", code="INPUT_NOT_FOUND", path=path) from exc
+    except OSError as exc:
+        raise InputError("file cannot be examined", code="INPUT_UNREADABLE", path=path) from exc
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"file is larger than the {MAX_FILE_BYTES}-byte cap (MAX_FILE_BYTES)",
+            code="INPUT_INVALID",
+            path=path,
+        )
+    return size
+
+
 def _read(path: Path) -> MedicalImage:
     # Readers are imported on first use so that `import edgemed` stays fast on devices.
     fmt = detect_format(path)
@@ -154,7 +217,7 @@ def _read(path: Path) -> MedicalImage:
         from edgemed.io.series import read_dicom_series
 
         return read_dicom_series(path)
-    if fmt is not None and path.stat().st_size == 0:
+    if fmt is not None and checked_file_size(path) == 0:
         raise InputError("file is empty", code="INPUT_TRUNCATED", path=path)
     if fmt == "dicom":
         from edgemed.io.dicom import read_dicom

@@ -1,7 +1,9 @@
 """DICOM series: one directory of single-frame files -> a ``(Z, Y, X)`` volume.
 
-The per-file rules (pixel values, geometry checks, privacy) are those of
-:mod:`edgemed.io.dicom`; this module groups, checks and orders the slices.
+The per-file rules (pixel values, geometry checks, privacy, caps) are those of
+:mod:`edgemed.io.dicom`; this module groups, checks and orders the slices. A directory
+holds at most ``MAX_FRAMES`` files and the volume at most ``MAX_ELEMENTS`` elements
+(:mod:`edgemed.io.read`), both checked before any pixel data is decoded.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.dicom import (
     _SUFFIXES_WITHOUT_MAGIC,
-    MAX_ELEMENTS,
     _direction,
     _error,
     _even_steps,
@@ -127,6 +129,9 @@ def read_dicom_series(directory: str | Path) -> MedicalImage:
         entries = sorted(p for p in directory.iterdir() if p.is_file())
     except OSError as exc:
         raise _error("INPUT_UNREADABLE", "directory cannot be listed", directory) from exc
+    if len(entries) > limits.MAX_FRAMES:  # checked before any file is parsed
+        cap = limits.MAX_FRAMES
+        raise _error("INPUT_INVALID", f"directory holds more than {cap} files", directory)
     headers: list[tuple[Path, Dataset]] = []
     for entry in entries:
         ds = _series_header(entry)
@@ -165,8 +170,9 @@ def read_dicom_series(directory: str | Path) -> MedicalImage:
     spacings = [_pixel_spacing(ds, p)[0] for p, ds in headers]
     _same(spacings, "pixel spacing", directory, atol=1e-4)
     rows, columns, samples = layouts[0]
-    if rows * columns * samples * len(headers) > MAX_ELEMENTS:
-        raise _error("INPUT_INVALID", f"series has more than {MAX_ELEMENTS} elements", directory)
+    if rows * columns * samples * len(headers) > limits.MAX_ELEMENTS:
+        cap = limits.MAX_ELEMENTS
+        raise _error("INPUT_INVALID", f"series has more than {cap} elements", directory)
     order, dz, how = _slice_order(headers, directory, spacings[0])
 
     # Decode slice by slice into one preallocated volume: peak memory stays one volume
