@@ -16,6 +16,8 @@ __all__ = [
     "BackendError",
     "MissingDependencyError",
     "OutputError",
+    "AccuracyGateError",
+    "ExportError",
     "EXIT_CODES",
 ]
 
@@ -99,6 +101,38 @@ class OutputError(EdgemedError):
     default_code = "OUTPUT_WRITE_FAILED"
 
 
+class AccuracyGateError(EdgemedError):
+    """Export: a precision variant disagrees with the FP32 model beyond the thresholds.
+
+    Attributes:
+        report: the accuracy report (per variant, per class) that failed, as JSON data.
+        table: the same as a readable per-class table (the CLI prints it).
+    """
+
+    exit_code = 6
+    default_code = "ACCURACY_GATE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        path: object = None,
+        report: dict | None = None,
+        table: str = "",
+    ) -> None:
+        super().__init__(message, code=code, path=path)
+        self.report = report or {}
+        self.table = table
+
+
+class ExportError(EdgemedError):
+    """Export: the model cannot be loaded, exported, checked or converted (``EXPORT_*``)."""
+
+    exit_code = 8
+    default_code = "EXPORT_FAILED"
+
+
 #: CLI exit codes by meaning; README documents the same table.
 EXIT_CODES = {
     "ok": 0,
@@ -106,6 +140,7 @@ EXIT_CODES = {
     "input": InputError.exit_code,
     "bundle": BundleError.exit_code,
     "backend": BackendError.exit_code,
-    "accuracy_gate": 6,
+    "accuracy_gate": AccuracyGateError.exit_code,
     "output": OutputError.exit_code,
+    "export": ExportError.exit_code,
 }

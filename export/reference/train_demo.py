@@ -1,4 +1,4 @@
-"""Train the demo tissue-segmentation model on CT phantoms and write its bundle.
+"""Train the demo tissue-segmentation model on CT phantoms, then build its bundle.
 
 Usage (from the repository root)::
 
@@ -10,6 +10,10 @@ the model learns from exactly what the runtime will feed it. The labels are rend
 from the phantom's geometry directly on the letterboxed model grid (not resampled from
 a label image), so they stay sharp when a small slice is enlarged.
 
+Training writes the state dict (``demo_unet.pt``) and a record of the run
+(``demo_unet.json``) beside this file; with ``--out`` it then builds the bundle through
+the export stage (:mod:`.build_demo`: ONNX, FP16, INT8, accuracy gates).
+
 The run is seeded and uses deterministic algorithms; on a 2-core CPU it takes about
 eleven minutes (see ``export/reference/README.md``). The result is a demonstration model,
 never a clinical one.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import math
 import platform
 import sys
@@ -28,55 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from edgemed.bundle import write_manifest
-from edgemed.export.reference.check_real import check_ct_small, check_phantom
+from edgemed.export.reference.build_demo import PREPROCESS, WEIGHTS, build_demo
 from edgemed.export.reference.phantoms import LABELS, make_phantom, render_labels
 from edgemed.export.reference.unet import UNet2D
 from edgemed.preprocess import PreprocessSpec, preprocess
 
-__all__ = ["MANIFEST", "PREPROCESS", "main", "training_sample"]
-
-PREPROCESS: dict[str, Any] = {
-    "size": [256, 256],
-    # Lung, soft-tissue and bone windows: each separates a different pair of classes.
-    "windows": [
-        {"center": -600, "width": 1500},
-        {"center": 40, "width": 400},
-        {"center": 400, "width": 1800},
-    ],
-    "scale": "unit",
-    "resize": "letterbox",
-    "pad_value": 0.0,
-    "dtype": "float32",
-}
-
-MANIFEST: dict[str, Any] = {
-    "name": "edgemed-demo-ct-tissue",
-    "version": "0.1.0",
-    "description": (
-        "DEMONSTRATION MODEL, NOT FOR CLINICAL USE. A small 2D U-Net that labels axial "
-        "CT slices (HU) as background/air, lung, fat, soft tissue or bone. Trained only "
-        "on synthetic CT phantoms whose labels follow HU rules plus anatomy; it has never "
-        "seen patient data and has not been validated for any medical purpose."
-    ),
-    "task": "segmentation",
-    "labels": list(LABELS),
-    "input": {
-        "name": "image",
-        "layout": "NCHW",
-        "shape": ["batch", 3, 256, 256],
-        "dtype": "float32",
-    },
-    "outputs": [{"name": "logits", "shape": ["batch", 5, 256, 256], "dtype": "float32"}],
-    "preprocess": PREPROCESS,
-    "postprocess": {"activation": "softmax", "decision": "argmax"},
-    "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32"}],
-}
+__all__ = ["main", "training_sample"]
 
 _NUM_CLASSES = len(LABELS)
 
@@ -170,41 +135,12 @@ def _evaluate(model: torch.nn.Module, xs: np.ndarray, ys: np.ndarray) -> dict[st
     }
 
 
-def _export_onnx(model: torch.nn.Module, path: Path, probe: np.ndarray) -> dict[str, Any]:
-    """Export with the TorchScript exporter, check the graph, compare ORT with torch."""
-    model.eval()
-    dyn = {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(
-        model,
-        (torch.from_numpy(probe[:1]),),
-        str(path),
-        opset_version=17,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": dyn, "logits": dyn},
-        # The dynamo exporter needs onnxscript, which the export environment lacks;
-        # the TorchScript exporter produces a plain, static-graph ONNX for this CNN.
-        dynamo=False,
-    )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    errors = {}
-    # Also a non-square size: the axes are dynamic (sides divisible by 8).
-    for name, x in (("256x256", probe), ("128x192", probe[:, :, 64:192, 32:224])):
-        x = np.ascontiguousarray(x)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        got = sess.run(["logits"], {"image": x})[0]
-        errors[name] = float(np.abs(ref - got).max())
-    worst = max(errors.values())
-    if not worst < 1e-4:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (limit 1e-4)")
-    return {"max_abs_error_vs_torch": {k: float(f"{v:.3g}") for k, v in errors.items()}}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="bundle directory to build (none: weights only)"
+    )
+    ap.add_argument("--weights", type=Path, default=WEIGHTS, help="state dict to write")
     ap.add_argument("--seed", type=int, default=20241)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=16)
@@ -214,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=int, default=48, help="held-out phantoms")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--overlay", type=Path, default=None, help="CT_small overlay PNG")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -271,18 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = _evaluate(model, vx, vy)
     _log(f"validation on {args.val} held-out phantoms: {metrics}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "model.onnx"
-    check = _export_onnx(model, onnx_path, vx[:2])
-    _log(f"ONNX written ({onnx_path.stat().st_size / 1e6:.2f} MB), check: {check}")
-    real = check_ct_small(onnx_path, spec, overlay=args.overlay)
-    _log(f"CT_small.dcm vs HU rules: {real}")
-    whole = [check_phantom(onnx_path, spec, 7, region) for region in ("thorax", "abdomen")]
-    _log(f"whole-body 512x512 phantoms: {whole}")
-
-    manifest = dict(MANIFEST)
-    manifest["provenance"] = {
-        "trained_on": "synthetic CT phantoms (export/reference/phantoms.py); no patient data",
+    record = {
         "command": "python -m edgemed.export.reference.train_demo "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
@@ -296,22 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "final_training_loss": round(ema or float("nan"), 4),
         "validation": {"phantoms": args.val, **metrics},
-        "onnx": {"exporter": "torch.onnx.export TorchScript (dynamo=False)", "opset": 17, **check},
-        "real_ct_check": real,
-        "whole_body_phantom_checks": whole,
         "training_seconds": round(train_s),
-        "total_seconds": round(time.perf_counter() - t_start),
         "torch": torch.__version__,
-        "onnx_version": onnx.__version__,
-        "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {args.threads} CPU threads",
         "date": _dt.date.today().isoformat(),
     }
-    bundle = write_manifest(args.out, manifest)
-    total = time.perf_counter() - t_start
-    _log(f"bundle written: {bundle.root / 'bundle.json'} ({total:.0f} s total)")
+    # The state dict is the export stage's input (and small: ~1.9 MB); the record of how
+    # it was made travels into the bundle's provenance.
+    args.weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), args.weights)
+    args.weights.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    _log(f"weights written: {args.weights} ({args.weights.stat().st_size / 1e6:.2f} MB)")
+    if args.out is not None:
+        build_demo(args.out, args.weights, overwrite=True, training=record)
+    _log(f"done in {time.perf_counter() - t_start:.0f} s")
     return 0
 
 

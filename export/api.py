@@ -1,0 +1,361 @@
+"""``export_bundle``: a trained PyTorch model in, a gated multi-precision bundle out.
+
+Stages, in order (each timed; any failure leaves no bundle behind):
+
+1. specs: the preprocessing/postprocessing the bundle will carry;
+2. data: calibration and validation images, read and preprocessed by the runtime;
+3. model: loaded and run once in PyTorch on a real input (labels checked);
+4. ONNX: exported, checked, simplified if that provably changes nothing, and
+   compared with PyTorch on random and real inputs (:mod:`.onnx_export`);
+5. FP16 and INT8 variants by ModelOpt (:mod:`.precision`);
+6. accuracy gates against FP32 (:mod:`.gates`): a failure raises
+   :class:`~edgemed.errors.AccuracyGateError`; no precision is ever dropped quietly;
+7. the bundle: written into a hidden staging folder beside ``out``, verified by
+   loading it, and only then moved into place with its ``report.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemed._lazy import require
+from edgemed._version import __version__
+from edgemed.bundle import write_manifest
+from edgemed.errors import AccuracyGateError, ExportError, UsageError
+from edgemed.export import calibration, gates, onnx_export, precision
+from edgemed.export.config import ExportConfig, dynamic_axes, load_specs
+from edgemed.export.load import LoadedModel, load_model
+from edgemed.export.report import render_report
+from edgemed.settings import load_settings
+
+__all__ = ["ExportResult", "export_bundle"]
+
+log = logging.getLogger("edgemed.export")
+
+ARTIFACTS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+_VERSIONS = (
+    "torch", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "onnxscript", "numpy",
+)  # fmt: skip
+_REAL_PARITY_SAMPLES = 8
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_bundle` wrote."""
+
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    report_md: str
+    accuracy_table: str
+    seconds: dict[str, float]
+
+
+def _versions() -> dict[str, str]:
+    out = {"edgemed": __version__, "python": platform.python_version()}
+    for dist in _VERSIONS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _check_labels(config: ExportConfig, y: np.ndarray, decision: str) -> None:
+    """Label count against the model's output channels (segmentation, classification)."""
+    if config.task == "embedding" or not config.labels:
+        if config.task != "embedding":
+            raise UsageError(f"--labels is required for {config.task}")
+        return
+    channels = int(
+        y.reshape(len(y), -1).shape[1] if config.task == "classification" else y.shape[1]
+    )
+    # With decision=threshold, label 0 means "no channel passed": one more label.
+    want = channels + (1 if config.task == "segmentation" and decision == "threshold" else 0)
+    if len(config.labels) != want:
+        raise UsageError(
+            f"--labels has {len(config.labels)} names; the model's output needs {want}"
+        )
+
+
+def _parity_cases(
+    config: ExportConfig, axes: dict[int, str], real: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Random inputs (seeded, uniform over the real inputs' value range) at the export
+    shape and, where axes are dynamic, at a second shape; plus real inputs."""
+    rng = np.random.default_rng(config.seed)
+    lo, hi = float(real.min()), float(real.max())
+    n, c, h, w = config.input_shape
+    shapes = {"random": (n, c, h, w)}
+    alt = (2 if 0 in axes else n, c, h // 2 if 2 in axes else h, w // 2 if 3 in axes else w)
+    if alt != shapes["random"] and min(alt[2:]) >= 8:
+        shapes["random-" + "x".join(map(str, alt))] = alt
+    cases = {
+        name: rng.uniform(lo, hi if hi > lo else lo + 1.0, size=s).astype(np.float32)
+        for name, s in shapes.items()
+    }
+    idx = np.unique(np.round(np.linspace(0, len(real) - 1, _REAL_PARITY_SAMPLES)).astype(int))
+    sel = real[idx] if 0 in axes else real[idx[: config.input_shape[0]]]
+    cases["real (calibration images)"] = np.ascontiguousarray(sel)
+    return cases
+
+
+def _shape_of(value_info: Any) -> list[int | str]:
+    return [d.dim_param or int(d.dim_value) for d in value_info.type.tensor_type.shape.dim]
+
+
+def _stage_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    return stage
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Replace ``out`` with ``stage``; the old bundle is removed only after the rename."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_bundle(
+    config: ExportConfig, progress: Callable[[str], None] | None = None
+) -> ExportResult:
+    """Run the whole export (see the module docstring) and write the bundle.
+
+    Args:
+        config: what to export and how.
+        progress: called with one line per finished stage (the CLI prints them).
+
+    Raises:
+        UsageError: inconsistent options (shape vs spec, labels vs outputs, ...).
+        InputError: a calibration/validation image cannot be read.
+        ExportError: ``EXPORT_*`` (model load, ONNX export, parity, FP16, INT8).
+        AccuracyGateError: ``ACCURACY_GATE``; ``.table`` holds the per-class table.
+        MissingDependencyError: torch or ModelOpt missing (``edgemed[export]``).
+    """
+    say = progress or (lambda line: log.info("%s", line))
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    require("torch", "export", "edgemed export")
+    if set(config.precisions) - {"fp32"}:
+        require("modelopt.onnx.quantization", "export", "FP16/INT8 variants (ModelOpt)")
+    threads = load_settings().ort_threads
+
+    pre, post = load_specs(config.preprocess, config.task, config.postprocess)
+    n, c, h, w = config.input_shape
+    if c != pre.num_channels or (h, w) != (pre.height, pre.width):
+        raise UsageError(
+            f"--input-shape {n}x{c}x{h}x{w} does not fit the preprocessing spec "
+            f"({pre.num_channels} channels, {pre.height}x{pre.width})"
+        )
+    axes = dynamic_axes(config.input_shape, config.dynamic)
+    t = time.perf_counter()
+    calib, val, split = calibration.collect(
+        config.calibration, config.validation, pre, config.max_calibration_slices
+    )
+    t = _lap(seconds, "data", t)
+    say(
+        f"data        {len(calib.inputs)} calibration / {len(val.inputs)} validation slices "
+        f"({seconds['data']:.1f} s)"
+    )
+
+    loaded = load_model(config.model, config.weights, config.model_kwargs, seed=config.seed)
+    try:
+        y = loaded.run(calib.inputs[: config.input_shape[0]])
+    except Exception as exc:  # the user's model on a real input of the declared shape
+        raise ExportError(
+            f"the model fails on a {config.input_shape} input ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})",
+            code="EXPORT_MODEL_RUN",
+        ) from exc
+    _check_labels(config, y, post.decision)
+    t = _lap(seconds, "load", t)
+
+    stage = _stage_dir(config.out)
+    try:
+        manifest, table = _build(
+            config, loaded, pre, post, axes, calib, val, split, stage, threads, seconds, say, t
+        )
+        seconds["total"] = round(time.perf_counter() - t0, 2)
+        manifest["provenance"]["export"]["seconds"] = seconds
+        bundle = write_manifest(stage, manifest)  # hashes every artifact, then reloads
+        artifacts = {a.path: {"sha256": a.sha256, "bytes": a.bytes} for a in bundle.artifacts}
+        report = render_report(manifest, artifacts)
+        (stage / "report.md").write_text(report, encoding="utf-8")
+        _move_into_place(stage, config.out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    say(f"bundle      {config.out} ({seconds['total']:.1f} s in all)")
+    return ExportResult(config.out, manifest, report, table, seconds)
+
+
+def _build(
+    config: ExportConfig,
+    loaded: LoadedModel,
+    pre: Any,
+    post: Any,
+    axes: dict[int, str],
+    calib: calibration.ImageSet,
+    val: calibration.ImageSet,
+    split: dict[str, Any],
+    stage: Path,
+    threads: int | None,
+    seconds: dict[str, float],
+    say: Callable[[str], None],
+    t: float,
+) -> tuple[dict[str, Any], str]:
+    """Stages 4-6 into ``stage``; returns the manifest (without hashes) and the table."""
+    out_name = "features" if config.task == "embedding" else "logits"
+    fp32 = onnx_export.export_onnx(
+        loaded,
+        config.input_shape,
+        axes,
+        stage / ARTIFACTS["fp32"],
+        task=config.task,
+        opset=config.opset,
+        output_name=out_name,
+    )
+    cases = _parity_cases(config, axes, calib.inputs)
+    fp32.simplify = (
+        onnx_export.simplify(fp32, cases, threads)
+        if config.simplify
+        else {"applied": False, "reason": "disabled (--no-simplify)"}
+    )
+    parity = onnx_export.parity(loaded, fp32, cases, config.parity_tolerance, threads)
+    t = _lap(seconds, "onnx", t)
+    worst = max(c["max_rel"] for c in parity["cases"].values())
+    say(
+        f"onnx        {fp32.exporter.split(' ')[0]}, opset {fp32.opset}, parity max rel "
+        f"error {worst:.2g} ({seconds['onnx']:.1f} s)"
+    )
+
+    made: dict[str, dict[str, Any]] = {}
+    variants: dict[str, Path] = {}
+    for p in config.precisions:
+        if p == "fp32":
+            continue
+        path = stage / ARTIFACTS[p]
+        make = precision.make_fp16 if p == "fp16" else precision.make_int8
+        kw = {} if p == "fp16" else {"method": config.calibration_method}
+        made[p] = make(
+            fp32.path,
+            path,
+            calib.inputs,
+            fp32.input_name,
+            exclude_nodes=config.exclude_nodes,
+            exclude_op_types=config.exclude_op_types,
+            **kw,
+        )
+        variants[p] = path
+        t = _lap(seconds, p, t)
+        say(f"{p}        {made[p]['tool'].split('.')[-1]} ({seconds[p]:.1f} s)")
+
+    accuracy = gates.compare(
+        fp32.path,
+        variants,
+        val,
+        config.task,
+        post,
+        list(config.labels),
+        config.thresholds,
+        threads,
+    )
+    accuracy["validation"] = {"images": len(val.images), "slices": int(len(val.inputs))}
+    table = gates.format_table(config.task, accuracy)
+    t = _lap(seconds, "gates", t)
+    if not accuracy["passed"]:
+        failed = [p for p, v in accuracy["variants"].items() if not v["passed"]]
+        raise AccuracyGateError(
+            f"{', '.join(failed)} differ(s) from FP32 beyond the accuracy thresholds "
+            "(no bundle written)",
+            report=accuracy,
+            table=table,
+        )
+    say(f"gates       passed ({seconds['gates']:.1f} s)")
+
+    import onnx
+
+    graph = onnx.load(str(fp32.path)).graph
+    input_shape = _shape_of(graph.input[0])
+    manifest: dict[str, Any] = {
+        "name": config.name or _default_name(loaded.source),
+        "version": config.version,
+        "description": config.description,
+        "task": config.task,
+        "labels": list(config.labels),
+        "input": {
+            "name": fp32.input_name,
+            "layout": "NCHW",
+            "shape": input_shape,
+            "dtype": "float32",
+        },
+        "outputs": [
+            {"name": fp32.output_name, "shape": _shape_of(graph.output[0]), "dtype": "float32"}
+        ],
+        "preprocess": pre.to_dict(),
+        "postprocess": post.to_dict(),
+        "artifacts": [
+            {"path": ARTIFACTS[p], "kind": "onnx", "precision": p} for p in config.precisions
+        ],
+        "provenance": {
+            **config.extra_provenance,
+            "export": {
+                "command": "edgemed export",
+                "source": {
+                    "model": loaded.source,
+                    "kind": loaded.kind,
+                    "sha256": loaded.sha256,
+                    "sha256_of": loaded.sha256_of,
+                    "seed": config.seed if loaded.kind == "factory" else None,
+                },
+                "onnx": {
+                    "exporter": fp32.exporter,
+                    "fallback_reason": fp32.fallback_reason,
+                    "opset": fp32.opset,
+                    "dynamic_axes": list(axes.values()),
+                    "simplify": fp32.simplify,
+                },
+                **made,
+                "versions": _versions(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            },
+            "parity": parity,
+            "calibration": {
+                **split,
+                "calibration": calib.summary(),
+                "validation": val.summary(),
+                "note": "images identified by sha256 of their bytes; file names not recorded",
+            },
+            "accuracy": accuracy,
+        },
+    }
+    return manifest, table
+
+
+def _lap(seconds: dict[str, float], stage: str, start: float) -> float:
+    seconds[stage] = round(time.perf_counter() - start, 2)
+    return time.perf_counter()
+
+
+def _default_name(source: str) -> str:
+    base = source.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if ":" in source else Path(source).stem
+    return base.lower().replace("_", "-") or "model"

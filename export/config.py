@@ -1,0 +1,237 @@
+"""What an export is asked to do: :class:`ExportConfig` and the parsing of its options.
+
+Everything here is plain Python (no torch), so a bad option is a
+:class:`~edgemed.errors.UsageError` (exit 2) before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemed.bundle import PRECISIONS, TASKS
+from edgemed.errors import BundleError, UsageError
+from edgemed.postprocess import PostprocessSpec
+from edgemed.preprocess.spec import PreprocessSpec
+
+__all__ = [
+    "AXIS_NAMES",
+    "ExportConfig",
+    "Thresholds",
+    "dynamic_axes",
+    "load_specs",
+    "parse_list",
+    "parse_shape",
+]
+
+#: Named axes of ``--dynamic`` and their position in the NCHW input. ``channels`` is never
+#: dynamic: the preprocessing spec fixes it. (The runtime feeds 2D slices, so 4D only.)
+AXIS_NAMES = {"batch": 0, "height": 2, "width": 3}
+
+CALIBRATION_METHODS = ("entropy", "max")
+
+
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1x3x256x256"`` (or a sequence of ints) -> ``(1, 3, 256, 256)``."""
+    try:
+        dims = tuple(int(d) for d in (text.lower().split("x") if isinstance(text, str) else text))
+    except ValueError as exc:
+        raise UsageError(f"--input-shape must look like 1x3x256x256, got {text!r}") from exc
+    if len(dims) != 4 or any(d < 1 for d in dims):
+        raise UsageError(f"--input-shape must be 4 positive sizes (NCHW), got {text!r}")
+    return dims
+
+
+def parse_list(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"a,b,c"`` (or a sequence) -> ``("a", "b", "c")``; empty items dropped."""
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(s.strip() for s in items if s.strip())
+
+
+def dynamic_axes(shape: tuple[int, ...], names: Sequence[str]) -> dict[int, str]:
+    """``--dynamic`` names -> ``{axis index: name}`` for an input of ``shape``."""
+    unknown = [n for n in names if n not in AXIS_NAMES]
+    if unknown:
+        raise UsageError(f"--dynamic: unknown axes {unknown} (use {sorted(AXIS_NAMES)})")
+    return {AXIS_NAMES[n]: n for n in names}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Accuracy gates: how far a precision variant may stray from the FP32 model.
+
+    Attributes:
+        max_dice_drop: segmentation: largest allowed ``1 - mean Dice`` (variant mask vs
+            FP32 mask, mean over the classes either mask contains).
+        max_class_dice_drop: segmentation: largest allowed ``1 - Dice`` of any class.
+        min_top1_agreement: classification: smallest fraction of inputs whose top-1 class
+            matches FP32's.
+        max_prob_diff: classification: largest allowed absolute difference of any class
+            probability.
+        min_cosine: embedding: smallest allowed cosine similarity with FP32's vector.
+    """
+
+    max_dice_drop: float = 0.01
+    max_class_dice_drop: float = 0.02
+    min_top1_agreement: float = 0.99
+    max_prob_diff: float = 0.05
+    min_cosine: float = 0.99
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise UsageError(f"accuracy threshold {name} must be in [0, 1], got {value}")
+
+
+@dataclass
+class ExportConfig:
+    """One export: model in, bundle out. Field names follow the CLI options.
+
+    Attributes:
+        model: ``package.module:factory`` (a callable returning an ``nn.Module``, or an
+            ``nn.Module`` instance), or a TorchScript file, or a ``torch.export`` ``.pt2``.
+        weights: a state-dict file loaded into the factory's model (strictly).
+        model_kwargs: keyword arguments for the factory.
+        input_shape: the example input, e.g. ``(1, 3, 256, 256)``.
+        dynamic: named dynamic axes (``batch``, ``height``, ``width``).
+        task: ``segmentation``, ``classification`` or ``embedding``.
+        labels: class names (segmentation: one per output channel).
+        preprocess: ``"demo"`` (the demo bundle's spec), a JSON file holding a
+            preprocessing spec, or a bundle.json-like file with ``preprocess`` (and
+            optionally ``postprocess``) keys; or the same JSON data as a dict.
+        postprocess: postprocessing spec as JSON data; default per task.
+        calibration: folder of calibration images (DICOM files, DICOM series folders,
+            NIfTI, PNG/JPEG/TIFF, NPY).
+        validation: folder of validation images; without it the calibration images are
+            split (see :func:`edgemed.export.calibration.split_by_hash`).
+        precisions: variants to build; ``fp32`` is always built (it is the reference).
+        thresholds: the accuracy gates.
+        calibration_method: INT8 PTQ calibration: ``entropy`` or ``max``.
+        exclude_nodes: node-name regular expressions kept in FP32 in the FP16 and INT8
+            variants.
+        exclude_op_types: op types kept in FP32 in the FP16 and INT8 variants.
+        max_calibration_slices: most 2D slices used for calibration (and, separately, for
+            validation); more are subsampled evenly.
+        opset: ONNX opset of the FP32 model (>= 17; default 18, which the dynamo exporter
+            writes natively; the INT8 variant needs 19 and ModelOpt raises it).
+        parity_tolerance: largest allowed ``max|ONNX - PyTorch| / max|PyTorch|``.
+        simplify: try onnxslim (kept only when the result matches).
+        seed: seeds the factory's random initialisation and the random parity inputs.
+        name, version, description: the bundle's.
+        out: bundle directory to write.
+        overwrite: replace an existing ``out`` (only after everything passed).
+        extra_provenance: more entries for the bundle's ``provenance`` (e.g. training).
+    """
+
+    model: str
+    input_shape: tuple[int, ...]
+    task: str
+    calibration: Path
+    out: Path
+    labels: tuple[str, ...] = ()
+    weights: Path | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dynamic: tuple[str, ...] = ("batch",)
+    preprocess: str | dict[str, Any] = "demo"
+    postprocess: dict[str, Any] | None = None
+    validation: Path | None = None
+    precisions: tuple[str, ...] = PRECISIONS
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    calibration_method: str = "entropy"
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    max_calibration_slices: int = 64
+    opset: int = 18
+    parity_tolerance: float = 1e-4
+    simplify: bool = True
+    seed: int = 0
+    name: str | None = None
+    version: str = "0.1.0"
+    description: str = ""
+    overwrite: bool = False
+    extra_provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input_shape = parse_shape(self.input_shape)
+        self.dynamic = parse_list(self.dynamic)
+        self.labels = parse_list(self.labels)
+        self.precisions = parse_list(self.precisions)
+        self.exclude_nodes = parse_list(self.exclude_nodes)
+        self.exclude_op_types = parse_list(self.exclude_op_types)
+        self.calibration = Path(self.calibration)
+        self.out = Path(self.out)
+        self.validation = None if self.validation is None else Path(self.validation)
+        self.weights = None if self.weights is None else Path(self.weights)
+        if self.task not in TASKS:
+            raise UsageError(f"--task must be one of {TASKS}, got {self.task!r}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise UsageError(f"--precision takes a list from {PRECISIONS}, got {self.precisions}")
+        # FP32 is the reference every gate compares with: it is always in the bundle.
+        self.precisions = tuple(p for p in PRECISIONS if p in {"fp32", *self.precisions})
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibration-method must be one of {CALIBRATION_METHODS}")
+        if self.opset < 17:
+            raise UsageError(f"--opset must be >= 17, got {self.opset}")
+        if not (self.parity_tolerance > 0 and math.isfinite(self.parity_tolerance)):
+            raise UsageError("--parity-tolerance must be a positive number")
+        if self.max_calibration_slices < 2:
+            raise UsageError("--max-calibration-slices must be >= 2")
+        dynamic_axes(self.input_shape, self.dynamic)  # validates the names
+        if len(set(self.labels)) != len(self.labels):
+            raise UsageError("--labels must be distinct")
+        for folder, option in (
+            (self.calibration, "--calibration"),
+            (self.validation, "--validation"),
+        ):
+            if folder is not None and not folder.is_dir():
+                raise UsageError(f"{option} must be a folder of images", path=folder)
+        if self.weights is not None and not self.weights.is_file():
+            raise UsageError("--weights file not found", path=self.weights)
+        if self.out.exists() and not self.overwrite and any(self.out.iterdir()):
+            raise UsageError("--out exists and is not empty (pass --overwrite)", path=self.out)
+
+
+def load_specs(
+    source: str | dict[str, Any], task: str, postprocess: dict[str, Any] | None
+) -> tuple[PreprocessSpec, PostprocessSpec]:
+    """The preprocessing and postprocessing specs an export writes into the bundle.
+
+    ``source`` is ``"demo"`` (the shipped demo bundle's specs) or a JSON file (or its
+    data as a dict): a bare preprocessing spec, or an object with a ``preprocess`` key
+    (a ``bundle.json`` works) whose ``postprocess`` is used too unless ``postprocess``
+    is given.
+    """
+    if isinstance(source, dict):
+        pre_data = source.get("preprocess", source)
+        post_data = postprocess if postprocess is not None else source.get("postprocess", {})
+    elif source == "demo":
+        from edgemed.bundle import Bundle
+        from edgemed.pipeline import demo_bundle
+
+        demo = Bundle.load(demo_bundle())
+        pre_data: dict[str, Any] = demo.preprocess.to_dict()
+        demo_post = demo.postprocess.to_dict() if task == demo.task else {}
+        post_data = postprocess if postprocess is not None else demo_post
+    else:
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(
+                f"--preprocess: cannot read a JSON spec ({exc.__class__.__name__})", path=path
+            ) from exc
+        if not isinstance(data, dict):
+            raise UsageError("--preprocess: the JSON must be an object", path=path)
+        pre_data = data.get("preprocess", data)
+        post_data = postprocess if postprocess is not None else data.get("postprocess", {})
+    try:
+        return PreprocessSpec.from_dict(pre_data), PostprocessSpec.from_dict(post_data, task)
+    except BundleError as exc:  # a user's spec file: a usage problem, not a bundle's
+        raise UsageError(f"--preprocess: {exc.message}", path=source) from exc

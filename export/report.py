@@ -1,0 +1,137 @@
+"""``report.md``: the bundle's export record in words and tables.
+
+Everything in it also lies in ``bundle.json`` under ``provenance`` (``export``,
+``parity``, ``calibration``, ``accuracy``); this is the readable form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgemed.export.gates import format_table
+
+__all__ = ["render_report"]
+
+
+def _kv(rows: dict[str, Any]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())]
+
+
+def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]) -> str:
+    """Markdown for ``manifest`` (as written) and its artifacts (path -> sha256, bytes)."""
+    prov = manifest["provenance"]
+    exp, parity, calib = prov["export"], prov["parity"], prov["calibration"]
+    acc = prov["accuracy"]
+    task = manifest["task"]
+    lines = [
+        f"# {manifest['name']} {manifest['version']}: export report",
+        "",
+        manifest.get("description") or "",
+        "",
+        "## Model",
+        "",
+        *_kv(
+            {
+                "task": task,
+                "labels": ", ".join(manifest["labels"]) or "(none)",
+                "source": f"`{exp['source']['model']}` ({exp['source']['kind']})",
+                "source sha256": f"`{exp['source']['sha256']}` ({exp['source']['sha256_of']})",
+                "input": f"`{manifest['input']['name']}` {manifest['input']['shape']} float32",
+                "output": f"`{manifest['outputs'][0]['name']}` {manifest['outputs'][0]['shape']}",
+                "ONNX exporter": exp["onnx"]["exporter"],
+                "dynamo fallback reason": exp["onnx"].get("fallback_reason") or "(not needed)",
+                "opset": exp["onnx"]["opset"],
+                "simplification": _simplify_text(exp["onnx"]["simplify"]),
+            }
+        ),
+        "",
+        "## Artifacts",
+        "",
+        "| precision | file | sha256 | bytes | made by |",
+        "|---|---|---|---|---|",
+    ]
+    for art in manifest["artifacts"]:
+        info = artifacts[art["path"]]
+        made = "PyTorch export" if art["precision"] == "fp32" else exp[art["precision"]]["tool"]
+        lines.append(
+            f"| {art['precision']} | `{art['path']}` | `{info['sha256']}` | {info['bytes']} "
+            f"| {made} |"
+        )
+    lines += [
+        "",
+        "## Parity: FP32 ONNX (ONNX Runtime) vs PyTorch",
+        "",
+        f"Measure: {parity['measure']}; tolerance {parity['tolerance']:g}.",
+        "",
+        "| case | shape | max abs error | max relative error |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {'x'.join(map(str, c['shape']))} | {c['max_abs']:.3g} "
+            f"| {c['max_rel']:.3g} |"
+            for name, c in parity["cases"].items()
+        ),
+        "",
+        "## Calibration and validation data",
+        "",
+        calib["split"] + ".",
+        "",
+        *_kv(
+            {
+                "calibration": _set_text(calib["calibration"]),
+                "validation": _set_text(calib["validation"]),
+                "INT8 calibration method": exp.get("int8", {}).get("calibration_method", "-"),
+                "FP16 (AutoCast) calibration samples": exp.get("fp16", {}).get(
+                    "calibration_samples", "-"
+                ),
+            }
+        ),
+        "",
+        "Images are identified by the sha256 of their bytes (a DICOM series folder: of its",
+        "files' `name:sha256` lines), never by file name. Per image: "
+        "`bundle.json` → `provenance.calibration`.",
+        "",
+        "## Accuracy gates: each variant vs FP32 (ONNX Runtime, CPU)",
+        "",
+        f"Reference: {acc['reference']}. Passed: **{'yes' if acc['passed'] else 'no'}**.",
+        "",
+        "```",
+        format_table(task, acc),
+        "```",
+        "",
+    ]
+    if task == "segmentation":
+        lines += [
+            "Dice of class c = 2|V∩F| / (|V|+|F|), pixels the variant (V) and FP32 (F) label c,",
+            "over all validation slices at their source size; drop = 1 − Dice; mean over",
+            "the classes present in either mask. ONNX Runtime's CPU provider computes many",
+            "FP16 ops in FP32: repeat the check on the device after the engine is built.",
+            "",
+        ]
+    lines += [
+        "## Environment",
+        "",
+        *_kv({k: v for k, v in exp["versions"].items()}),
+        "",
+        f"Export took {exp['seconds']['total']:.1f} s "
+        f"({', '.join(f'{k} {v:.1f} s' for k, v in exp['seconds'].items() if k != 'total')}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _simplify_text(s: dict[str, Any]) -> str:
+    if s.get("applied"):
+        return (
+            f"{s['tool']}: {s['nodes_before']} → {s['nodes_after']} nodes, max relative "
+            f"difference {s['max_rel_vs_unsimplified']:.2g} (kept: ≤ {s['tolerance']:g})"
+        )
+    return f"not applied: {s.get('reason', 'disabled')}"
+
+
+def _set_text(s: dict[str, Any]) -> str:
+    text = f"{s['images']} images, {s['slices']} slices"
+    if s["subsampled_evenly"]:
+        text += f" (evenly chosen from {s['slices_available']})"
+    if s["skipped_non_image_files"]:
+        text += f"; {s['skipped_non_image_files']} non-image files skipped"
+    return text

@@ -1,0 +1,149 @@
+"""Export-stage parts that need no torch: options, the calibration split, gate arithmetic,
+and the error a missing ``export`` extra gives."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemed.errors import AccuracyGateError, ExportError, UsageError
+from edgemed.export.calibration import collect, split_by_hash
+from edgemed.export.config import ExportConfig, Thresholds, dynamic_axes, parse_shape
+from edgemed.export.gates import format_table, gate_failures
+from edgemed.preprocess import PreprocessSpec
+
+
+def test_error_families_have_their_exit_codes():
+    assert AccuracyGateError("x").exit_code == 6 and AccuracyGateError("x").code == "ACCURACY_GATE"
+    assert ExportError("x").exit_code == 8 and ExportError("x").code.startswith("EXPORT_")
+
+
+def test_shapes_and_axes():
+    assert parse_shape("1x3x256x256") == (1, 3, 256, 256)
+    assert dynamic_axes((1, 3, 64, 64), ["batch", "height", "width"]) == {
+        0: "batch",
+        2: "height",
+        3: "width",
+    }
+    for bad in ("1x3x256", "1x3x0x4", "axbxcxd"):
+        with pytest.raises(UsageError):
+            parse_shape(bad)
+    with pytest.raises(UsageError):
+        dynamic_axes((1, 3, 8, 8), ["channels"])
+
+
+def test_config_refuses_bad_options(tmp_path):
+    base = dict(
+        model="m:f",
+        input_shape="1x1x8x8",
+        task="segmentation",
+        calibration=tmp_path,
+        out=tmp_path / "o",
+    )
+    cfg = ExportConfig(**base, precisions="int8")
+    assert cfg.precisions == ("fp32", "int8")  # FP32, the reference, is always built
+    for change in (
+        {"task": "detection"},
+        {"precisions": "fp8"},
+        {"opset": 16},
+        {"calibration_method": "percentile"},
+        {"calibration": tmp_path / "missing"},
+        {"labels": "a,a"},
+    ):
+        with pytest.raises(UsageError):
+            ExportConfig(**{**base, **change})
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "bundle.json").write_text("{}")
+    with pytest.raises(UsageError):  # never overwrite without being asked
+        ExportConfig(**base)
+    with pytest.raises(UsageError):
+        Thresholds(max_dice_drop=-0.1)
+
+
+class _Src:
+    def __init__(self, sha: str) -> None:
+        self.sha256 = sha
+
+
+def test_split_is_by_content_hash_every_fifth():
+    items = [_Src(hashlib.sha256(str(i).encode()).hexdigest()) for i in range(12)]
+    calib, val = split_by_hash(list(reversed(items)))
+    order = sorted(s.sha256 for s in items)
+    assert [s.sha256 for s in val] == [order[4], order[9]]
+    assert len(calib) == 10 and not {s.sha256 for s in calib} & {s.sha256 for s in val}
+    assert split_by_hash(items[:3])[1][0].sha256 == sorted(s.sha256 for s in items[:3])[-1]
+    with pytest.raises(UsageError):
+        split_by_hash(items[:1])
+
+
+def test_calibration_records_hashes_not_names(tmp_path, ct_small_path):
+    folder = tmp_path / "patient-DOE^JOHN"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"DOE_JOHN_{i}.npy", np.full((20, 30), -500.0 + 100 * i, np.float32))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "ct.dcm").write_bytes(Path(ct_small_path).read_bytes())
+    spec = PreprocessSpec.from_dict({"size": [16, 16], "clip": [-1000, 1000], "scale": "unit"})
+    calib, val, split = collect(folder, None, spec, max_slices=64)
+    assert len(calib.inputs) + len(val.inputs) == 4 and len(val.inputs) == 1
+    assert calib.skipped == 1 and "sha256" in split["split"]
+    text = repr(calib.summary()) + repr(val.summary()) + repr(split)
+    assert "DOE" not in text and "ct.dcm" not in text
+    hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    assert {i["sha256"] for i in calib.images + val.images} <= hashes
+    assert calib.inputs.dtype == np.float32 and calib.inputs.shape[1:] == (1, 16, 16)
+
+
+def _seg_report(drops: dict[str, float | None], mean_drop: float) -> dict:
+    classes = {n: {"dice": None if d is None else 1 - d, "drop": d} for n, d in drops.items()}
+    metrics = {"mean_dice": 1 - mean_drop, "mean_dice_drop": mean_drop, "classes": classes}
+    t = Thresholds()
+    fails = gate_failures("segmentation", metrics, t)
+    return {
+        "thresholds": {"max_dice_drop": t.max_dice_drop, "max_class_dice_drop": 0.02},
+        "variants": {"int8": {"passed": not fails, "failures": fails, **metrics}},
+    }
+
+
+def test_gate_arithmetic_and_table():
+    ok = _seg_report({"bg": 0.0, "lung": 0.019, "bone": None}, 0.009)
+    assert ok["variants"]["int8"]["passed"]
+    bad = _seg_report({"bg": 0.0, "lung": 0.021, "bone": None}, 0.007)
+    assert bad["variants"]["int8"]["failures"] == ["lung: Dice drop 0.0210 > 0.02"]
+    table = format_table("segmentation", bad)
+    assert "absent" in table and "int8: FAIL" in table
+    lung_row = next(line for line in table.splitlines() if line.startswith("lung"))
+    assert lung_row.rstrip().endswith("!")
+    assert gate_failures("segmentation", _seg_report({}, 0.011)["variants"]["int8"], Thresholds())
+    cls = {"top1_agreement": 0.98, "max_prob_diff": 0.01}
+    assert gate_failures("classification", cls, Thresholds()) == ["top-1 agreement 0.9800 < 0.99"]
+    assert gate_failures("embedding", {"min_cosine": 0.995}, Thresholds()) == []
+
+
+def test_missing_export_extra_exits_5_naming_it(tmp_path):
+    """torch absent: a one-line DEPENDENCY_MISSING error naming edgemed[export]."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from edgemed.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["export", "--model", "edgemed.export.reference.unet:UNet2D", "--input-shape",
+            "1x3x256x256", "--task", "segmentation", "--labels", "a,b,c,d,e",
+            "--calibration", str(tmp_path), "--out", str(tmp_path / "b")]  # fmt: skip
+    # cwd elsewhere: the installed edgemed (with edgemed.export), not the checkout's folder.
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "DEPENDENCY_MISSING" in proc.stderr and 'pip install "edgemed[export]"' in proc.stderr
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,234 @@
+"""``edgemed export`` end to end on the demo U-Net: real torch, ModelOpt, ONNX Runtime.
+
+Inputs are 64x64 so that each export takes seconds on a 2-core CPU. The trained demo
+weights (``export/reference/demo_unet.pt``) make the accuracy gates meaningful: a model
+with random weights labels almost everything one class, which any variant matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("modelopt.onnx.quantization")
+
+import edgemed  # noqa: E402
+from edgemed.export import ExportConfig, export_bundle  # noqa: E402
+from edgemed.export.reference.build_demo import PREPROCESS, WEIGHTS  # noqa: E402
+from edgemed.export.reference.phantom_files import (  # noqa: E402
+    write_ct_dicom,
+    write_nifti_volume,
+)
+from edgemed.export.reference.phantoms import LABELS, make_phantom  # noqa: E402
+
+SIZE = 64
+FACTORY = "edgemed.export.reference.unet:UNet2D"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EDGEMED_ORT_THREADS="1")
+    # cwd outside the checkout: the installed edgemed (with edgemed.export) runs.
+    return subprocess.run(
+        [sys.executable, "-m", "edgemed.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _write_images(folder: Path, seed: int, n: int, ct_small: str) -> None:
+    """``n`` phantom DICOM slices, a 3-slice NIfTI volume and the real CT_small.dcm."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        ph = make_phantom(rng, 96 + 16 * (i % 3), 0.9, ("thorax", "abdomen", "pelvis")[i % 3])
+        write_ct_dicom(folder / f"ph{i}.dcm", ph.hu, ph.spacing_mm, rng)
+    vol = np.stack([make_phantom(rng, 80, 1.0, "abdomen").hu for _ in range(3)])
+    write_nifti_volume(folder / "vol.nii.gz", vol, (2.0, 1.0, 1.0))
+    (folder / "ct.dcm").write_bytes(Path(ct_small).read_bytes())
+    (folder / "README.txt").write_text("not an image: skipped and counted")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ct_small_path):
+    root = tmp_path_factory.mktemp("export-data")
+    _write_images(root / "calib", 11, 6, ct_small_path)
+    _write_images(root / "val", 12, 4, ct_small_path)
+    spec = dict(PREPROCESS, size=[SIZE, SIZE])
+    (root / "spec.json").write_text(json.dumps({"preprocess": spec}))
+    # Calibration that sees nothing but air: INT8 ranges far too narrow for real CT.
+    (root / "air").mkdir()
+    for i in range(2):
+        np.save(root / "air" / f"air{i}.npy", np.full((SIZE, SIZE), -1000.0, np.float32))
+    return root
+
+
+def _export_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "export",
+        "--model", FACTORY,
+        "--weights", str(WEIGHTS),
+        "--input-shape", f"1x3x{SIZE}x{SIZE}",
+        "--dynamic", "batch,height,width",
+        "--task", "segmentation",
+        "--labels", ",".join(LABELS),
+        "--preprocess", str(data / "spec.json"),
+        "--calibration", str(data / "calib"),
+        "--validation", str(data / "val"),
+        "--out", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bundle(data):
+    out = data / "bundle"
+    proc = cli(*_export_args(data, out, "--precision", "fp32,fp16,int8"), cwd=data)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def test_export_writes_a_verified_three_precision_bundle(bundle):
+    out, proc = bundle
+    b = edgemed.Bundle.load(out)  # verifies every sha256
+    assert b.precisions == ["fp32", "fp16", "int8"]
+    assert [a.path for a in b.artifacts] == ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
+    assert b.input.shape == ("batch", 3, "height", "width") and b.labels == list(LABELS)
+    assert b.preprocess.size == (SIZE, SIZE)
+    exp = b.provenance["export"]
+    assert exp["onnx"]["exporter"].startswith("dynamo") and exp["onnx"]["opset"] >= 17
+    assert exp["source"]["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    for name in ("torch", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim"):
+        assert exp["versions"][name] != "not installed"
+    assert (out / "report.md").read_text().count("fp16 Dice") == 1
+    assert "int8: PASS" in proc.stdout
+
+
+def test_parity_report_on_random_and_real_inputs(bundle):
+    parity = edgemed.Bundle.load(bundle[0]).provenance["parity"]
+    cases = parity["cases"]
+    assert {"random", "random-2x3x32x32", "real (calibration images)"} == set(cases)
+    assert cases["real (calibration images)"]["shape"][0] == 8
+    for c in cases.values():
+        assert c["max_abs"] >= 0 and c["max_rel"] <= parity["tolerance"] == 1e-4
+
+
+def test_calibration_metadata_hashes_without_names(bundle, data):
+    prov = edgemed.Bundle.load(bundle[0]).provenance
+    cal = prov["calibration"]
+    assert cal["calibration"]["images"] == 8 and cal["calibration"]["slices"] == 10
+    assert cal["calibration"]["skipped_non_image_files"] == 1
+    assert cal["validation"]["images"] == 6 and cal["validation"]["slices"] == 8
+    assert "1 image(s) also in the calibration folder" in cal["split"]  # ct.dcm in both
+    on_disk = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (data / "calib").iterdir()}
+    assert {i["sha256"] for i in cal["calibration"]["inputs"]} <= on_disk
+    assert prov["export"]["int8"]["calibration_method"] == "entropy"
+    text = (bundle[0] / "bundle.json").read_text() + (bundle[0] / "report.md").read_text()
+    assert "ph0.dcm" not in text and "vol.nii" not in text and "README" not in text
+
+
+def test_accuracy_report_per_variant_per_class(bundle):
+    acc = edgemed.Bundle.load(bundle[0]).provenance["accuracy"]
+    assert acc["passed"] and set(acc["variants"]) == {"fp16", "int8"}
+    for v in acc["variants"].values():
+        assert set(v["classes"]) == set(LABELS)
+        present = [c for c in v["classes"].values() if c["dice"] is not None]
+        assert len(present) >= 4  # CT with lungs, fat, soft tissue, bone
+        assert v["mean_dice_drop"] <= 0.01
+        assert all(c["drop"] <= 0.02 for c in present)
+
+
+def test_variants_are_what_they_claim(bundle):
+    out = bundle[0]
+    int8 = onnx.load(str(out / "model.int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    fp16 = onnx.load(str(out / "model.fp16.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    x = np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {"image": x})
+        assert y.shape == (2, len(LABELS), SIZE, SIZE) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_runtime_runs_each_variant(bundle, ct_small_path, tmp_path, precision):
+    out = tmp_path / precision
+    proc = cli("run", ct_small_path, "--bundle", str(bundle[0]), "--precision", precision,
+               "--out", str(out), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["provenance"]["precision"] == precision
+    lung = result["outputs"]["labels"]["lung"]["pixels"]
+    assert lung > 1000  # CT_small's two lung bases
+
+
+def test_bad_calibration_fails_the_gate_with_exit_6_and_a_table(data, tmp_path):
+    out = tmp_path / "never"
+    args = _export_args(data, out, "--precision", "fp32,int8", "--calibration-method", "max")
+    args[args.index("--calibration") + 1] = str(data / "air")
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and "ACCURACY_GATE" in errors[0]
+    assert "int8: FAIL" in proc.stdout and "class" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.split()[:1] in ([n] for n in LABELS)]
+    assert len(rows) == len(LABELS) and any(r.rstrip().endswith("!") for r in rows)
+    assert not out.exists() and not list(tmp_path.glob(".never*"))  # nothing left behind
+
+
+def test_torchscript_file_falls_back_with_the_reason(tmp_path, data):
+    import torch
+
+    from edgemed.export.reference.unet import UNet2D
+
+    torch.manual_seed(0)
+    model = UNet2D().eval()
+    path = tmp_path / "unet.ts"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, SIZE, SIZE)), str(path))
+    result = export_bundle(
+        ExportConfig(
+            model=str(path),
+            input_shape=(1, 3, SIZE, SIZE),
+            task="segmentation",
+            labels=LABELS,
+            preprocess=str(data / "spec.json"),
+            calibration=data / "calib",
+            precisions=("fp32",),
+            out=tmp_path / "b",
+        )  # fmt: skip
+    )
+    onnx_info = result.manifest["provenance"]["export"]["onnx"]
+    assert onnx_info["exporter"].startswith("torchscript")
+    assert onnx_info["fallback_reason"]  # why dynamo did not do it, recorded
+    src = result.manifest["provenance"]["export"]["source"]
+    assert src["kind"] == "torchscript"
+    assert src["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [a["path"] for a in result.manifest["artifacts"]] == ["model.onnx"]
+
+
+def test_parity_above_tolerance_fails_the_export_with_exit_8(data, tmp_path):
+    args = _export_args(data, tmp_path / "b", "--precision", "fp32", "--parity-tolerance", "1e-12")
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert "EXPORT_PARITY" in proc.stderr and not (tmp_path / "b").exists()
+
+
+def test_shape_must_fit_the_preprocessing(data, tmp_path):
+    args = _export_args(data, tmp_path / "b")
+    args[args.index("--input-shape") + 1] = "1x1x64x64"
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "USAGE" in proc.stderr
