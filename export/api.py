@@ -240,6 +240,7 @@ def _build(
         if config.simplify
         else {"applied": False, "reason": "disabled (--no-simplify)"}
     )
+    onnx_export.strip_value_info(fp32.path)
     parity = onnx_export.parity(loaded, fp32, cases, config.parity_tolerance, threads)
     t = _lap(seconds, "onnx", t)
     worst = max(c["max_rel"] for c in parity["cases"].values())

@@ -37,7 +37,9 @@ __all__ = [
     "max_errors",
     "parity",
     "run_onnx",
+    "session",
     "simplify",
+    "strip_value_info",
 ]
 
 log = logging.getLogger("edgemed.export")
@@ -231,6 +233,20 @@ def _name_dynamic_dims(model: onnx.ModelProto, input_name: str, axes: dict[int, 
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param in rename:
                 d.dim_param = rename[d.dim_param]
+
+
+def strip_value_info(path: Path) -> None:
+    """Drop the intermediate tensors' shape annotations (``graph.value_info``).
+
+    They are optional (ONNX Runtime, ModelOpt and TensorRT infer shapes themselves),
+    and the symbols the exporter and onnxslim give dynamic dims inside the graph vary
+    from run to run: without them the same weights give the same bytes, so a rebuilt
+    bundle's sha256 says whether anything really changed.
+    """
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    check_onnx(path)
 
 
 def check_onnx(path: Path) -> None:

@@ -91,8 +91,11 @@ def test_unavailable_backend_exits_5(ct_small_path, tmp_path):
     _one_error_line(proc, "BACKEND_UNAVAILABLE")
 
 
-def test_missing_precision_exits_4(ct_small_path, tmp_path):
-    proc = cli("run", ct_small_path, "--precision", "int8", "--out", str(tmp_path))
+def test_missing_precision_exits_4(ct_small_path, tiny_bundle, tmp_path):
+    bundle = tiny_bundle("segmentation")  # FP32 only: INT8 is never silently substituted
+    proc = cli(
+        "run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(tmp_path)
+    )
     assert proc.returncode == 4
     _one_error_line(proc, "BUNDLE_ARTIFACT_MISSING")
 

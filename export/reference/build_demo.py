@@ -115,7 +115,7 @@ def build_demo(
             model="edgemed.export.reference.unet:UNet2D",
             weights=weights,
             input_shape=(1, 3, 256, 256),
-            dynamic=("batch", "height", "width"),
+            dynamic=("batch",),  # the spec fixes 256x256: TensorRT profiles vary the batch only
             task="segmentation",
             labels=LABELS,
             preprocess=PREPROCESS,
