@@ -154,9 +154,16 @@ def export_bundle(
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
 
+    # Every part up front: a missing one is DEPENDENCY_MISSING now, not after the work.
     require("torch", "export", "edgemed export")
-    if set(config.precisions) - {"fp32"}:
-        require("modelopt.onnx.quantization", "export", "FP16/INT8 variants (ModelOpt)")
+    require("onnxscript", "export", "the dynamo ONNX exporter")
+    if config.simplify:
+        require("onnxslim", "export", "ONNX simplification")
+    if "fp16" in config.precisions:
+        require("modelopt.onnx.autocast", "export", "FP16 conversion (ModelOpt AutoCast)")
+        require("polygraphy", "export", "FP16 conversion (ModelOpt AutoCast)")
+    if "int8" in config.precisions:
+        require("modelopt.onnx.quantization", "export", "INT8 quantization (ModelOpt)")
     threads = load_settings().ort_threads
 
     pre, post = load_specs(config.preprocess, config.task, config.postprocess)

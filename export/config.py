@@ -208,6 +208,7 @@ def load_specs(
     (a ``bundle.json`` works) whose ``postprocess`` is used too unless ``postprocess``
     is given.
     """
+    pre_data: dict[str, Any]
     if isinstance(source, dict):
         pre_data = source.get("preprocess", source)
         post_data = postprocess if postprocess is not None else source.get("postprocess", {})
@@ -216,7 +217,7 @@ def load_specs(
         from edgemed.pipeline import demo_bundle
 
         demo = Bundle.load(demo_bundle())
-        pre_data: dict[str, Any] = demo.preprocess.to_dict()
+        pre_data = demo.preprocess.to_dict()
         demo_post = demo.postprocess.to_dict() if task == demo.task else {}
         post_data = postprocess if postprocess is not None else demo_post
     else:

@@ -124,7 +124,8 @@ def make_fp16(
         # AutoCast reads calibration data from a .npz file: one array per model input,
         # split along the batch axis into runs of the model's batch size.
         npz = Path(tmp) / "calibration.npz"
-        np.savez(npz, **{input_name: samples.astype(np.float32)})
+        arrays: dict[str, Any] = {input_name: samples.astype(np.float32)}
+        np.savez(npz, **arrays)
         try:
             with _quiet():
                 autocast.configure_logging("ERROR")

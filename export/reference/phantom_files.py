@@ -41,11 +41,11 @@ def write_ct_dicom(
 ) -> Path:
     """One axial CT slice as an uncompressed DICOM file (integer HU in int16)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = _uid(rng)
+    meta.MediaStorageSOPClassUID = UID(_CT_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(_uid(rng))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = _CT_IMAGE_STORAGE
