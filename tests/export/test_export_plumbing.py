@@ -147,3 +147,21 @@ def test_missing_export_extra_exits_5_naming_it(tmp_path):
     assert proc.returncode == 5, proc.stderr
     assert "DEPENDENCY_MISSING" in proc.stderr and 'pip install "edgemed[export]"' in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_volumes_give_slices_and_the_cap_subsamples_evenly(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):  # two 5-slice volumes, each slice a different constant
+        vol = np.stack([np.full((12, 12), 100.0 * (5 * i + k), np.float32) for k in range(5)])
+        np.save(folder / f"v{i}.npy", vol)
+    spec = PreprocessSpec.from_dict({"size": [8, 8], "clip": [0, 1000], "scale": "unit"})
+    validation = tmp_path / "val"
+    validation.mkdir()
+    np.save(validation / "x.npy", np.zeros((12, 12), np.float32))
+    calib, _, _ = collect(folder, validation, spec, max_slices=4)
+    assert calib.subsampled and len(calib.inputs) == 4
+    # Evenly over the 10 slices in name order: indices 0, 3, 6, 9.
+    assert calib.inputs[:, 0, 0, 0] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+    assert [i["slices_used"] for i in calib.images] == [2, 2]
+    assert calib.summary()["slices_available"] == 10

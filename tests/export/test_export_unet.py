@@ -232,3 +232,86 @@ def test_shape_must_fit_the_preprocessing(data, tmp_path):
     args[args.index("--input-shape") + 1] = "1x1x64x64"
     proc = cli(*args, cwd=tmp_path)
     assert proc.returncode == 2 and "USAGE" in proc.stderr
+
+
+def test_excluded_op_types_stay_unquantized(data, tmp_path):
+    result = export_bundle(
+        ExportConfig(
+            model=FACTORY,
+            weights=WEIGHTS,
+            input_shape=(1, 3, SIZE, SIZE),
+            task="segmentation",
+            labels=LABELS,
+            preprocess=str(data / "spec.json"),
+            calibration=data / "calib",
+            validation=data / "val",
+            precisions=("int8",),
+            exclude_op_types=("ConvTranspose",),
+            out=tmp_path / "b",
+        )  # fmt: skip
+    )
+    model = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    up = [n for n in model.graph.node if n.op_type == "ConvTranspose"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(up) == 3 and convs
+    assert not any(producers.get(i) == "DequantizeLinear" for n in up for i in n.input)
+    assert all(producers.get(n.input[1]) == "DequantizeLinear" for n in convs)
+    assert result.manifest["provenance"]["export"]["int8"]["op_types_excluded"] == ["ConvTranspose"]
+
+
+def _tiny_net(task: str):
+    """A small CNN head: 3 classes (classification) or an 8-D vector (embedding)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 3 if task == "classification" else 8),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["classification", "embedding"])
+def test_other_tasks_get_their_gates(task, data, tmp_path):
+    """A torch.export program (classification) and a TorchScript file (embedding)."""
+    import torch
+
+    from edgemed.export.config import Thresholds
+
+    net, x = _tiny_net(task), torch.zeros(2, 3, SIZE, SIZE)
+    if task == "classification":
+        path = tmp_path / "net.pt2"
+        batch = torch.export.Dim("batch", max=64)
+        torch.export.save(torch.export.export(net, (x,), dynamic_shapes=({0: batch},)), path)
+    else:
+        path = tmp_path / "net.ts"
+        torch.jit.save(torch.jit.trace(net, x), str(path))
+    # Random weights: agreement is measured, not demanded (the gate logic has its own tests).
+    lenient = Thresholds(min_top1_agreement=0.0, max_prob_diff=1.0, min_cosine=0.0)
+    result = export_bundle(
+        ExportConfig(
+            model=str(path),
+            input_shape=(1, 3, SIZE, SIZE),
+            task=task,
+            labels=("a", "b", "c") if task == "classification" else (),
+            preprocess=str(data / "spec.json"),
+            calibration=data / "calib",
+            validation=data / "val",
+            thresholds=lenient,
+            out=tmp_path / "b",
+        )  # fmt: skip
+    )
+    acc = result.manifest["provenance"]["accuracy"]
+    assert set(acc["variants"]) == {"fp16", "int8"}
+    for v in acc["variants"].values():
+        if task == "classification":
+            assert 0 <= v["top1_agreement"] <= 1 and 0 <= v["max_prob_diff"] <= 1
+        else:
+            assert -1 <= v["min_cosine"] <= v["mean_cosine"] <= 1
+    b = edgemed.Bundle.load(tmp_path / "b")
+    assert b.outputs[0].name == ("logits" if task == "classification" else "features")
+    with edgemed.Pipeline.from_bundle(b.root, "onnxruntime", precision="int8") as pipe:
+        r = pipe(np.full((40, 50), 30.0, np.float32))
+    assert r.classes if task == "classification" else r.embedding.shape == (1, 8)
