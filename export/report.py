@@ -23,11 +23,10 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
     exp, parity, calib = prov["export"], prov["parity"], prov["calibration"]
     acc = prov["accuracy"]
     task = manifest["task"]
-    lines = [
-        f"# {manifest['name']} {manifest['version']}: export report",
-        "",
-        manifest.get("description") or "",
-        "",
+    lines = [f"# {manifest['name']} {manifest['version']}: export report", ""]
+    if manifest.get("description"):
+        lines += [manifest["description"], ""]
+    lines += [
         "## Model",
         "",
         *_kv(
@@ -128,8 +127,12 @@ def _simplify_text(s: dict[str, Any]) -> str:
     return f"not applied: {s.get('reason', 'disabled')}"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _set_text(s: dict[str, Any]) -> str:
-    text = f"{s['images']} images, {s['slices']} slices"
+    text = f"{_n(s['images'], 'image')}, {_n(s['slices'], 'slice')}"
     if s["subsampled_evenly"]:
         text += f" (evenly chosen from {s['slices_available']})"
     if s["skipped_non_image_files"]:
