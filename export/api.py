@@ -105,9 +105,19 @@ def _parity_cases(
         for name, s in shapes.items()
     }
     idx = np.unique(np.round(np.linspace(0, len(real) - 1, _REAL_PARITY_SAMPLES)).astype(int))
-    sel = real[idx] if 0 in axes else real[idx[: config.input_shape[0]]]
+    sel = real[idx] if 0 in axes else fit_batch(real, n)[:n]
     cases["real (calibration images)"] = np.ascontiguousarray(sel)
     return cases
+
+
+def fit_batch(x: np.ndarray, batch: int | None) -> np.ndarray:
+    """``x`` cut to a whole number of ``batch``-sized runs (a model with a fixed batch
+    takes exactly that many), repeated to one run when shorter; unchanged for None."""
+    if batch is None:
+        return x
+    if len(x) < batch:
+        return np.resize(x, (batch, *x.shape[1:]))
+    return x[: len(x) // batch * batch]
 
 
 def _shape_of(value_info: Any) -> list[int | str]:
@@ -267,7 +277,7 @@ def _build(
         made[p] = make(
             fp32.path,
             path,
-            calib.inputs,
+            fit_batch(calib.inputs, None if 0 in axes else config.input_shape[0]),
             fp32.input_name,
             exclude_nodes=config.exclude_nodes,
             exclude_op_types=config.exclude_op_types,

@@ -280,7 +280,11 @@ def run_onnx(sess: ort.InferenceSession, x: np.ndarray, batch: int = 8) -> np.nd
     outs = []
     for i in range(0, len(x), step):
         chunk = np.ascontiguousarray(x[i : i + step], dtype=dtype)
-        outs.append(np.asarray(sess.run(None, {inp.name: chunk})[0], dtype=np.float32))
+        n = len(chunk)
+        if fixed and n < fixed:  # a fixed batch takes exactly `fixed`: pad, then drop
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        y = np.asarray(sess.run(None, {inp.name: chunk})[0], dtype=np.float32)
+        outs.append(y[:n])
     return np.concatenate(outs)
 
 

@@ -98,6 +98,14 @@ def _fail(code: str, what: str, exc: BaseException) -> ExportError:
     return ExportError(f"{what} failed ({detail})", code=code)
 
 
+def _fixed_batch(path: Path, input_name: str) -> int | None:
+    """The model input's batch size when it is fixed, else None."""
+    model = onnx.load(str(path), load_external_data=False)
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dim = inp.type.tensor_type.shape.dim[0]
+    return None if dim.dim_param or not dim.dim_value else int(dim.dim_value)
+
+
 def _evenly(x: np.ndarray, n: int) -> np.ndarray:
     if len(x) <= n:
         return x
@@ -120,6 +128,10 @@ def make_fp16(
     """
     autocast = require("modelopt.onnx.autocast", "export", "FP16 conversion (ModelOpt AutoCast)")
     samples = _evenly(calibration, FP16_MAX_SAMPLES)
+    # AutoCast splits the samples into runs of the model's batch: keep whole runs.
+    batch = _fixed_batch(fp32, input_name)
+    if batch:
+        samples = calibration[: max(batch, len(samples) // batch * batch)]
     with tempfile.TemporaryDirectory(prefix="edgemed-fp16-") as tmp:
         # AutoCast reads calibration data from a .npz file: one array per model input,
         # split along the batch axis into runs of the model's batch size.

@@ -165,3 +165,20 @@ def test_volumes_give_slices_and_the_cap_subsamples_evenly(tmp_path):
     assert calib.inputs[:, 0, 0, 0] == pytest.approx([0.0, 0.3, 0.6, 0.9])
     assert [i["slices_used"] for i in calib.images] == [2, 2]
     assert calib.summary()["slices_available"] == 10
+
+
+def test_run_onnx_pads_the_last_run_of_a_fixed_batch(tmp_path):
+    from onnx import TensorProto, helper
+
+    from edgemed.export.onnx_export import run_onnx, session
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 1, 4, 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 1, 4, 4])
+    graph = helper.make_graph([helper.make_node("Neg", ["image"], ["logits"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = np.arange(5 * 16, dtype=np.float32).reshape(5, 1, 4, 4)
+    out = run_onnx(session(path), data, batch=8)
+    assert out.shape == (5, 1, 4, 4) and np.array_equal(out, -data)

@@ -315,3 +315,28 @@ def test_other_tasks_get_their_gates(task, data, tmp_path):
     with edgemed.Pipeline.from_bundle(b.root, "onnxruntime", precision="int8") as pipe:
         r = pipe(np.full((40, 50), 30.0, np.float32))
     assert r.classes if task == "classification" else r.embedding.shape == (1, 8)
+
+
+def test_fixed_batch_of_two(data, tmp_path):
+    """No dynamic axes: calibration, parity and gates all feed exactly 2 inputs per run."""
+    result = export_bundle(
+        ExportConfig(
+            model=FACTORY,
+            weights=WEIGHTS,
+            input_shape=(2, 3, SIZE, SIZE),
+            dynamic=(),
+            task="segmentation",
+            labels=LABELS,
+            preprocess=str(data / "spec.json"),
+            calibration=data / "calib",
+            validation=data / "val",
+            out=tmp_path / "b",
+        )  # fmt: skip
+    )
+    b = edgemed.Bundle.load(tmp_path / "b")
+    assert b.input.shape == (2, 3, SIZE, SIZE) and b.precisions == ["fp32", "fp16", "int8"]
+    assert result.manifest["provenance"]["parity"]["cases"]["real (calibration images)"][
+        "shape"
+    ] == [2, 3, SIZE, SIZE]
+    assert result.manifest["provenance"]["export"]["int8"]["calibration_samples"] == 10
+    assert result.manifest["provenance"]["accuracy"]["passed"]
