@@ -532,8 +532,25 @@ def read_one(path: Path) -> dict[str, Any]:
             problem = check_image(image)
             outcome = {"status": "bad", "error": problem} if problem else {"status": "ok"}
     outcome["seconds"] = time.perf_counter() - started
-    outcome["rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcome["rss_kb"] = _peak_rss_kb()
     return outcome
+
+
+def _peak_rss_kb() -> int:
+    """This process's own RSS high-water mark.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across fork+exec, so a worker
+    started by a big parent (pytest after the torch tests) would report the parent's
+    peak. ``VmHWM`` belongs to the process's own address space, new at exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def worker_main(memory_limit_mb: int) -> None:
