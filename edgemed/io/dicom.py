@@ -665,7 +665,8 @@ def _monochrome(
             if invert:
                 a, b = lo * slopes[i] + intercepts[i], hi * slopes[i] + intercepts[i]
                 values = (a + b) - values
-            out[i] = values
+            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+                out[i] = values
         reflect = (lo + hi) * slopes[0] + 2 * intercepts[0]
         if len(set(slopes)) == 1 and len(set(intercepts)) == 1:
             facts["rescale_slope"], facts["rescale_intercept"] = slopes[0], intercepts[0]
