@@ -113,7 +113,7 @@ def _write_outputs(result, out: Path) -> list[Path]:
     return written
 
 
-def _summary(result, out: Path, title: str) -> str:
+def _summary(result, written: list[Path], title: str) -> str:
     t = result.timings
     prov = result.provenance
     lines = [
@@ -139,7 +139,8 @@ def _summary(result, out: Path, title: str) -> str:
         top = result.classes[0]["top_k"][0]
         lines.append(f"  top-1    {top['label']} ({top['probability']:.3f})")
     lines.append("  timings  " + "  ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
-    lines.append(f"  wrote    {out}/ (result.json, overlay.png, mask.nii.gz)")
+    names = ", ".join(p.name for p in written)
+    lines.append(f"  wrote    {written[0].parent}/ ({names})")
     return "\n".join(lines)
 
 
@@ -157,8 +158,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with _pipeline(args, demo_bundle()) as pipe:
         pipe(ct)  # warm-up: the first call pays one-time allocation costs
         result = pipe(ct)
-    _write_outputs(result, out)
-    print(_summary(result, out, "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"))
+    written = _write_outputs(result, out)
+    print(_summary(result, written, "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"))
     print("  note     demonstration model trained on synthetic phantoms; not for clinical use")
     return 0
 
@@ -185,8 +186,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             # Output names are positional, never derived from file names (which may
             # carry patient names or UIDs).
             target = out / f"input-{i + 1:04d}" if several else out
-            _write_outputs(result, target)
-            print(_summary(result, target, f"input {i + 1}/{len(args.inputs)}"))
+            written = _write_outputs(result, target)
+            print(_summary(result, written, f"input {i + 1}/{len(args.inputs)}"))
             index.append({"input": i + 1, "dir": target.name if several else "."})
     if several:
         write_json(out / "index.json", {"results": index, "failed": failures})
