@@ -377,6 +377,15 @@ _COMMANDS = {
 }
 
 
+def _apply_reader_caps() -> None:
+    """EDGEMED_MAX_* settings become the readers' caps for this process."""
+    import edgemed.io.read as reader
+    from edgemed.settings import load_settings
+
+    for name, value in load_settings().reader_caps.items():
+        setattr(reader, name, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -395,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
+        _apply_reader_caps()
         if args.command in ("demo", "run"):
             _check_runtime_options(args)
         return _COMMANDS[args.command](args)

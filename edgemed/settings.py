@@ -12,16 +12,23 @@ Variables:
         signatures are not required. A relative path resolves against the working
         directory. Whether the file exists and holds a key is checked where it is used
         (``USAGE_KEY_INVALID``), not here.
+    EDGEMED_MAX_FILE_BYTES, EDGEMED_MAX_DECOMPRESSED_BYTES, EDGEMED_MAX_FRAMES,
+    EDGEMED_MAX_ELEMENTS: the readers' caps (see ``edgemed.io.read``); the CLI applies
+        them at start. A small device lowers them so hostile files are refused before
+        they can exhaust its memory.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "load_settings", "trusted_key_path"]
+__all__ = ["READER_CAPS", "Settings", "load_settings", "trusted_key_path"]
+
+#: Caps of edgemed.io.read that EDGEMED_<NAME> overrides (positive integers).
+READER_CAPS = ("MAX_FILE_BYTES", "MAX_DECOMPRESSED_BYTES", "MAX_FRAMES", "MAX_ELEMENTS")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,8 @@ class Settings:
     backend: str = "auto"
     id_salt: bytes | None = None
     trusted_key: Path | None = None
+    #: Reader caps to apply (name in :data:`READER_CAPS` -> value); empty: the defaults.
+    reader_caps: dict[str, int] = field(default_factory=dict)
 
 
 def trusted_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -49,17 +58,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     from edgemed.errors import UsageError
 
     env = os.environ if environ is None else environ
-    threads_text = env.get("EDGEMED_ORT_THREADS", "").strip()
-    threads: int | None = None
-    if threads_text:
-        try:
-            threads = int(threads_text)
-        except ValueError:
-            threads = 0
-        if threads <= 0:
-            raise UsageError(
-                f"EDGEMED_ORT_THREADS must be a positive integer, got {threads_text!r}"
-            )
+    threads = _positive_int(env, "EDGEMED_ORT_THREADS")
+    caps = {name: value for name in READER_CAPS if (value := _positive_int(env, "EDGEMED_" + name))}
     level = env.get("EDGEMED_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")
@@ -77,4 +77,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backend=backend,
         id_salt=salt,
         trusted_key=trusted_key_path(env),
+        reader_caps=caps,
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    from edgemed.errors import UsageError
+
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{name} must be a positive integer, got {text!r}")
+    return value

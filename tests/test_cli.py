@@ -181,3 +181,15 @@ def test_full_disk_gives_exit_7_and_no_file_that_looks_complete(tmp_path, ct_sma
     # written last to mark a complete result, is absent.
     assert "overlay.png" not in names and "result.json" not in names
     assert not [n for n in names if n.startswith(".tmp")]
+
+
+def test_reader_caps_from_the_environment(ct_small_path, tmp_path):
+    env = dict(os.environ, EDGEMED_MAX_FILE_BYTES="10000")  # CT_small is ~39 kB
+    args = [sys.executable, "-m", "edgemed.cli", "run", ct_small_path, "--out", str(tmp_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3
+    _one_error_line(proc, "INPUT_INVALID")
+    env["EDGEMED_MAX_FILE_BYTES"] = "lots"
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    _one_error_line(proc, "USAGE")

@@ -21,3 +21,11 @@ def test_defaults_and_values():
 def test_bad_values_are_usage_errors(env):
     with pytest.raises(UsageError):
         load_settings(env)
+
+
+def test_reader_caps_parse_and_reject_bad_values():
+    s = load_settings({"EDGEMED_MAX_FILE_BYTES": "1000", "EDGEMED_MAX_FRAMES": "8"})
+    assert s.reader_caps == {"MAX_FILE_BYTES": 1000, "MAX_FRAMES": 8}
+    assert load_settings({}).reader_caps == {}
+    with pytest.raises(UsageError):
+        load_settings({"EDGEMED_MAX_ELEMENTS": "-1"})
