@@ -56,6 +56,22 @@ TASKS = ("segmentation", "classification", "embedding")
 KINDS = ("onnx", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "bundle.json"
+_TOP_LEVEL_KEYS = frozenset(
+    {
+        "schema_version",
+        "name",
+        "version",
+        "description",
+        "task",
+        "labels",
+        "input",
+        "outputs",
+        "preprocess",
+        "postprocess",
+        "artifacts",
+        "provenance",
+    }
+)
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -245,7 +261,12 @@ class Bundle:
             task = str(data["task"])
             if task not in TASKS:
                 raise bad(f"task must be one of {TASKS}, got {task!r}")
-            labels = [str(x) for x in data.get("labels", [])]
+            unknown = set(data) - _TOP_LEVEL_KEYS
+            if unknown:  # a typo ("postprocesss") must not silently fall back to defaults
+                raise bad(f"unknown keys {sorted(unknown)}")
+            labels = data.get("labels", [])
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise bad("labels must be a list of strings")
             artifacts = []
             for a in data["artifacts"]:
                 art = Artifact(

@@ -331,6 +331,18 @@ def test_missing_top_level_key_is_invalid(bundle_dir, key):
     assert _code(bundle_dir) == "BUNDLE_INVALID"
 
 
+@pytest.mark.parametrize(
+    "patch",
+    [{"postprocesss": {}}, {"labels": "abc"}, {"labels": ["a", 1]}, {"labels": {"0": "a"}}],
+    ids=["typo-key", "labels-string", "labels-non-string", "labels-object"],
+)
+def test_unknown_keys_and_malformed_labels_are_invalid(bundle_dir, patch):
+    data = _raw(bundle_dir)
+    data.update(patch)
+    _rewrite(bundle_dir, data)
+    assert _code(bundle_dir) == "BUNDLE_INVALID"
+
+
 def test_missing_artifacts_is_invalid(bundle_dir):
     data = _raw(bundle_dir)
     del data["artifacts"]
