@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgemed._version import __version__
 from edgemed.errors import EdgemedError, InputError, UsageError
+from edgemed.settings import Settings, load_settings
 
 __all__ = ["main"]
 
@@ -85,9 +86,8 @@ def _check_runtime_options(args: argparse.Namespace) -> None:
 
 def _pipeline(args: argparse.Namespace, bundle: str | Path):
     from edgemed.pipeline import Pipeline
-    from edgemed.settings import load_settings
 
-    settings = load_settings()
+    settings = args.settings
     return Pipeline.from_bundle(
         bundle,
         args.backend or settings.backend,
@@ -377,26 +377,25 @@ _COMMANDS = {
 }
 
 
-def _apply_reader_caps() -> None:
+def _apply_reader_caps(settings: Settings) -> None:
     """EDGEMED_MAX_* settings become the readers' caps for this process."""
     import edgemed.io.read as reader
-    from edgemed.settings import load_settings
 
-    for name, value in load_settings().reader_caps.items():
+    for name, value in settings.reader_caps.items():
         setattr(reader, name, value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
+    try:  # read once; a bad variable is a usage error before anything runs
+        args.settings = load_settings()
+    except EdgemedError as exc:
+        print(f"edgemed: error {exc}", file=sys.stderr)
+        return exc.exit_code
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else None
     if level is None:
-        try:
-            from edgemed.settings import load_settings
-
-            level = getattr(logging, load_settings().log_level)
-        except EdgemedError:
-            level = logging.WARNING
+        level = getattr(logging, args.settings.log_level)
     logging.basicConfig(level=level, format="edgemed %(levelname)s %(name)s: %(message)s")
     if not args.debug:
         # pydicom warns and logs about odd files in its own words, which can quote element
@@ -404,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
-        _apply_reader_caps()
+        _apply_reader_caps(args.settings)
         if args.command in ("demo", "run"):
             _check_runtime_options(args)
         return _COMMANDS[args.command](args)

@@ -1,4 +1,4 @@
-"""10,000 inferences in one process (marker ``slow``: ``pytest -m slow``; ~5-10 min)."""
+"""10,000 inferences in one process (marker ``slow``: ``pytest -m slow``; 5-11 min here)."""
 
 from __future__ import annotations
 

@@ -59,25 +59,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import (
-    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
 )
 
 import edgemed.io.read as limits
 from edgemed.errors import DecoderMissingError, InputError
-from edgemed.io.dicom_frames import check_encapsulated
+from edgemed.io.dicom_frames import ENCAPSULATED, check_encapsulated
 from edgemed.io.dicom_lut import check_modality_lut, check_palette
 from edgemed.io.image import MedicalImage
 
@@ -86,23 +77,12 @@ __all__ = ["read_dicom", "SUPPORTED_TRANSFER_SYNTAXES"]
 #: The transfer syntaxes edgemed decodes; anything else is refused with
 #: ``INPUT_UNSUPPORTED_TRANSFER_SYNTAX`` before a decoder runs, even where pydicom has
 #: one (HTJ2K, for instance: not validated here yet).
-SUPPORTED_TRANSFER_SYNTAXES = frozenset(
-    {
-        ImplicitVRLittleEndian,
-        ExplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-        JPEG2000Lossless,
-        JPEG2000,
-        RLELossless,
-    }
-)
+SUPPORTED_TRANSFER_SYNTAXES = ENCAPSULATED | {
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+}
 
 _PIXEL_DATA = 0x7FE00010
 _OTHER_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # Float / Double Float Pixel Data

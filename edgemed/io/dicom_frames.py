@@ -35,7 +35,7 @@ from pydicom.uid import (
 
 from edgemed.errors import InputError
 
-__all__ = ["check_encapsulated"]
+__all__ = ["ENCAPSULATED", "check_encapsulated"]
 
 _JPEG = {
     JPEGBaseline8Bit,
@@ -46,6 +46,9 @@ _JPEG = {
     JPEGLSNearLossless,
 }
 _J2K = {JPEG2000Lossless, JPEG2000}
+#: The compressed transfer syntaxes whose frames this module checks; dicom.py allows
+#: exactly these plus the native ones.
+ENCAPSULATED = frozenset(_JPEG | _J2K | {RLELossless})
 # Start-of-frame markers: SOF0-3, 5-7, 9-11, 13-15 (not DHT C4, JPG C8, DAC CC), and
 # JPEG-LS SOF55 (F7). All carry Lf, P, Y (rows), X (columns) in the same place.
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
