@@ -1,0 +1,1 @@
+"""CUDA preprocessing and postprocessing: the only package that imports pycuda."""

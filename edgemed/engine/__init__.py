@@ -1,0 +1,1 @@
+"""TensorRT engines: cache keys, sidecars, profiles, building (tensorrt imported lazily)."""
