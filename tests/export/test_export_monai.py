@@ -4,7 +4,7 @@ Random (seeded) weights, 1x1x64x64 inputs, calibration on CT_small.dcm and image
 from it. Random weights make the accuracy gates meaningless (a random net's INT8 labels
 may disagree with its FP32 labels), so these parity-focused tests pass explicit, lenient
 thresholds; the gates' own behaviour is tested in test_export_unet.py and the plumbing tests.
-torchvision's ResNet-18 is out of scope: torchvision from PyPI does not import beside torch 2.13.0.
+torchvision's ResNet-18 is in test_export_torchvision.py.
 """
 
 from __future__ import annotations

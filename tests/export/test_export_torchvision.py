@@ -1,0 +1,107 @@
+"""``edgemed export`` on torchvision's ResNet-18 (random weights): parity, Q/DQ, runtime.
+
+The model comes from torchvision's own source (see tv_resnet.py for how it is loaded
+beside the CPU build of torch). Random weights make the accuracy gates meaningless, so
+they are lenient here; parity against PyTorch is held to the default 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("modelopt.onnx.quantization")
+
+import tv_resnet  # noqa: E402  (tests/export is on sys.path)
+
+if not tv_resnet.available():
+    pytest.skip("torchvision is not installed (export-test extra)", allow_module_level=True)
+
+from test_export_monai import LENIENT, _write_real_images  # noqa: E402
+
+import edgemed  # noqa: E402
+from edgemed.export import ExportConfig, export_bundle  # noqa: E402
+
+SIZE = 64
+LABELS = ("a", "b", "c", "d")
+PREPROCESS = {  # the demo's three CT windows: ResNet takes three channels
+    "size": [SIZE, SIZE],
+    "windows": [
+        {"center": -600, "width": 1500},
+        {"center": 40, "width": 400},
+        {"center": 400, "width": 1800},
+    ],
+    "scale": "unit",
+    "resize": "letterbox",
+    "dtype": "float32",
+}
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory, ct_small_path, ct_small_hu):
+    root = tmp_path_factory.mktemp("resnet")
+    _write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
+    _write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
+    (root / "spec.json").write_text(json.dumps({"preprocess": PREPROCESS}))
+    out = root / "bundle"
+    try:
+        export_bundle(
+            ExportConfig(
+                model="tv_resnet:resnet18",
+                model_kwargs={"num_classes": len(LABELS)},
+                input_shape=(1, 3, SIZE, SIZE),
+                task="classification",
+                labels=LABELS,
+                preprocess=str(root / "spec.json"),
+                calibration=root / "calib",
+                validation=root / "val",
+                thresholds=LENIENT,
+                seed=0,
+                out=out,
+            )
+        )
+    finally:
+        tv_resnet.unbind()
+    return out
+
+
+def test_resnet18_exports_with_parity(resnet):
+    b = edgemed.Bundle.load(resnet)
+    assert b.precisions == ["fp32", "fp16", "int8"]
+    src = b.provenance["export"]["source"]
+    assert src["model"] == "tv_resnet:resnet18" and src["kind"] == "factory"
+    parity = b.provenance["parity"]
+    assert parity["tolerance"] == 1e-4
+    assert "real (calibration images)" in parity["cases"]
+    for case in parity["cases"].values():
+        assert 0 <= case["max_rel"] <= 1e-4
+    # ResNet-18 with 4 classes: 11.2M parameters, so the FP32 ONNX is ~45 MB.
+    assert (resnet / "model.onnx").stat().st_size > 40e6
+    print(
+        f"\nresnet18: exporter {b.provenance['export']['onnx']['exporter']}; "
+        f"parity max rel {max(c['max_rel'] for c in parity['cases'].values()):.3g}"
+    )
+
+
+def test_resnet18_int8_has_qdq_and_runs(resnet):
+    int8 = onnx.load(str(resnet / "model.int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("QuantizeLinear") >= 10 and ops.count("DequantizeLinear") >= 10
+    x = np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    sess = ort.InferenceSession(str(resnet / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    assert y.shape == (2, len(LABELS)) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_resnet18_pipeline_each_precision(resnet, precision, ct_small_path):
+    with edgemed.Pipeline.from_bundle(resnet, "onnxruntime", precision=precision) as pipe:
+        r = pipe(ct_small_path)
+    assert r.provenance["precision"] == precision
+    probs = r.classes[0]["probabilities"]
+    assert len(probs) == len(LABELS) and abs(sum(probs) - 1.0) < 1e-5
