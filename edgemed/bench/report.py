@@ -1,0 +1,202 @@
+"""``bench.json``, ``bench.csv``, ``bench.md`` and the terminal table.
+
+Every file is written atomically (:func:`edgemed.io.writers.atomic_write`); ``bench.json``
+is written last, so its presence means the other files are complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgemed.bench.runner import STAGES
+from edgemed.io.writers import atomic_write, write_json
+
+__all__ = [
+    "CSV_COLUMNS",
+    "SCHEMA_PATH",
+    "accuracy_text",
+    "csv_text",
+    "load_schema",
+    "markdown",
+    "table",
+    "write_reports",
+]
+
+#: The published JSON Schema of bench.json.
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "data" / "bench.schema.json"
+
+_STAT_KEYS = ("count", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+#: One bench.csv row per configuration and stage.
+CSV_COLUMNS = (
+    "config",
+    "backend",
+    "precision",
+    "batch",
+    "images_per_call",
+    "input",
+    "stage",
+    *_STAT_KEYS,
+    "throughput_ips",
+    "absent_reason",
+)
+
+
+def load_schema() -> dict[str, Any]:
+    """The bench.json schema (JSON Schema draft 2020-12)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def accuracy_text(acc: dict[str, Any]) -> str:
+    """One short figure for tables: Dice / top-1 / cosine vs FP32."""
+    if acc.get("is_reference"):
+        return "reference"
+    if acc.get("metric") == "dice" and acc.get("mean_dice") is not None:
+        return f"Dice {acc['mean_dice']:.4f}"
+    if acc.get("metric") == "top1_agreement":
+        return f"top-1 {acc['top1_agreement']:.3f}"
+    if acc.get("metric") == "cosine":
+        return f"cos {acc['min_cosine']:.4f}"
+    return "n/a"
+
+
+def csv_text(doc: dict[str, Any]) -> str:
+    """bench.csv: one row per configuration x stage; absent stages have empty figures
+    and the reason."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for c in doc["configs"]:
+        for stage in STAGES:
+            s = c["stages"].get(stage)
+            figures = ["" if s is None else s[k] for k in (*_STAT_KEYS, "throughput_ips")]
+            reason = c["absent"].get(stage, "") if s is None else ""
+            w.writerow(
+                [
+                    c["name"],
+                    c["backend"],
+                    c["precision"],
+                    c["batch"],
+                    c["images_per_call"],
+                    c["input"]["label"],
+                    stage,
+                    *figures,
+                    reason,
+                ]
+            )
+    return buf.getvalue()
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """bench.md: summary table, per-stage table, stability and absent figures."""
+    d, b = doc["device"], doc["bundle"]
+    lines = [
+        "# edgemed bench",
+        "",
+        f"- bundle: {b['name']} {b['version']} ({b['task']})",
+        f"- date: {doc['date']}, edgemed {doc['edgemed_version']}",
+        f"- command: `{doc['command']}`",
+        f"- device: {d['cpu']}, {d['cores_usable']} usable cores, {d['os']}, Python "
+        f"{d['python']}, onnxruntime {d['onnxruntime']}, OpenCV {d['opencv']}, "
+        f"NumPy {d['numpy']}",
+        "- latencies are per call (one call = `batch` slices of a 2D input, or a whole "
+        "volume); throughput is images per second",
+        "",
+        "## Summary",
+        "",
+        "| config | e2e p50 ms | e2e p90 ms | e2e p99 ms | e2e mean ms | infer mean ms "
+        "| overhead | images/s | stable | peak RSS MiB | accuracy vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for c in doc["configs"]:
+        e, i = c["stages"]["end_to_end"], c["stages"]["infer"]
+        ovh = c["overhead_fraction"]
+        lines.append(
+            f"| {c['name']} | {_f(e['p50_ms'])} | {_f(e['p90_ms'])} | {_f(e['p99_ms'])} "
+            f"| {_f(e['mean_ms'])} | {_f(i['mean_ms'])} "
+            f"| {'—' if ovh is None else f'{100 * ovh:.1f}%'} | {_f(c['throughput_ips'], 1)} "
+            f"| {'yes' if c['stability']['stable'] else 'no'} "
+            f"| {_f(c['memory']['peak_rss_mib'], 0)} | {accuracy_text(c['accuracy'])} |"
+        )
+    lines += [
+        "",
+        "## Stages (ms per call)",
+        "",
+        "| config | stage | count | min | mean | p50 | p90 | p95 | p99 | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in doc["configs"]:
+        for stage in STAGES:
+            s = c["stages"].get(stage)
+            if s is None:
+                lines.append(f"| {c['name']} | {stage} | absent: {c['absent'][stage]} |||||||| ")
+                continue
+            figs = " | ".join(_f(s[k], 3) for k in _STAT_KEYS[1:])
+            lines.append(f"| {c['name']} | {stage} | {s['count']} | {figs} |")
+    lines += ["", "## Stability", ""]
+    lines += [f"- {c['name']}: {c['stability']['reason']}" for c in doc["configs"]]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines += ["", "## Stage definitions", ""]
+    lines += [f"- `{k}`: {v}" for k, v in doc["stage_definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The compact terminal table (p50 per stage, end-to-end percentiles)."""
+    head = (
+        f"{'config':<30} {'read':>6} {'prep':>6} {'infer':>7} {'post':>6} "
+        f"{'e2e p50':>8} {'p90':>7} {'p99':>7} {'img/s':>7} {'ovh':>5}  {'stable':<6} accuracy"
+    )
+    rows = [head, "-" * len(head)]
+    for c in doc["configs"]:
+        st = c["stages"]
+
+        def p50(stage: str, width: int, st: dict = st) -> str:
+            s = st.get(stage)
+            text = "—" if s is None else f"{s['p50_ms']:.1f}"
+            return f"{text:>{width}}"
+
+        e = st["end_to_end"]
+        ovh = c["overhead_fraction"]
+        name = c["name"] if len(c["name"]) <= 30 else c["name"][:29] + "…"
+        rows.append(
+            f"{name:<30} {p50('read', 6)} {p50('preprocess', 6)} {p50('infer', 7)} "
+            f"{p50('postprocess', 6)} {e['p50_ms']:>8.1f} {e['p90_ms']:>7.1f} "
+            f"{e['p99_ms']:>7.1f} {c['throughput_ips']:>7.1f} "
+            f"{'—' if ovh is None else f'{100 * ovh:.0f}%':>5}  "
+            f"{'yes' if c['stability']['stable'] else 'NO':<6} {accuracy_text(c['accuracy'])}"
+        )
+    return "\n".join(rows)
+
+
+def write_reports(
+    doc: dict[str, Any], out: str | os.PathLike[str], *, plots: bool = True
+) -> list[Path]:
+    """Write bench.csv, bench.md, the plots (when ``plots``) and, last, bench.json.
+
+    Returns:
+        The written paths, bench.json first.
+    """
+    out = Path(out)
+    written: list[Path] = []
+    if plots:
+        from edgemed.bench.plots import write_plots
+
+        written += write_plots(doc, out)
+    text = csv_text(doc)
+    written.insert(0, atomic_write(out / "bench.csv", lambda t: Path(t).write_text(text)))
+    md = markdown(doc, [p.name for p in written if p.suffix == ".png"])
+    written.insert(1, atomic_write(out / "bench.md", lambda t: Path(t).write_text(md)))
+    written.insert(0, write_json(out / "bench.json", doc))
+    return written

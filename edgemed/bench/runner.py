@@ -1,0 +1,609 @@
+"""``edgemed bench``: per-stage latency of a bundle, measured until it is stable.
+
+Every measured iteration of a configuration (backend x precision x batch x input) does
+two things with the same backend:
+
+1. the stages one by one, through the public functions the pipeline itself calls:
+   ``read`` (:func:`edgemed.io.read_image` of the input file, when there is one),
+   ``preprocess`` (:func:`edgemed.preprocess.preprocess` into a reused buffer),
+   ``infer`` (:meth:`Backend.infer`), ``postprocess`` (the :mod:`edgemed.postprocess`
+   head plus per-image label statistics);
+2. ``end_to_end``: :meth:`Pipeline.run_batch` on the decoded image(s), i.e. in-memory
+   image in, result out (reading the file is the separate ``read`` stage).
+
+A *call* processes ``batch`` copies of a 2D input as one backend call, or every slice
+of a volume in chunks of ``batch``; latencies are per call, throughput is images (2D
+slices) per second: ``images_per_call * 1000 / mean_ms``.
+
+Host/device copies. ``h2d`` and ``d2h`` exist only where a backend moves data to a
+device. Such a backend exposes ``last_stage_ms() -> Mapping[str, float]``, read after
+each :meth:`Backend.infer`, with ``h2d`` and ``d2h`` (host wall-clock ms of the copies,
+which are part of the ``infer`` call) and, timed by CUDA events, ``device_h2d``,
+``device_infer`` and ``device_d2h`` (reported under ``device_stages``). A backend
+without it (ONNX Runtime on the CPU) gets ``null`` for those stages and the reason in
+``absent``: never a fake zero.
+
+Stability (perf_analyzer's rule): the minimum ``iterations`` are split into ``windows``
+windows of ``ceil(iterations / windows)`` calls; measuring goes on window by window
+until the mean ``end_to_end`` of the last ``windows`` windows agree within
+``stability_percent`` (:func:`edgemed.bench.stats.windows_agree`), or until
+``time_cap_s`` seconds of measuring have passed (the minimum always runs); then the
+result says ``"stable": false`` and why.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgemed import postprocess as post
+from edgemed._version import __version__
+from edgemed.backends import Backend, create_backend
+from edgemed.bench.inputs import BenchInput
+from edgemed.bench.monitor import PeakRss, Sensors, device_info
+from edgemed.bench.stats import summarize, windows_agree
+from edgemed.bundle import Bundle
+from edgemed.errors import UsageError
+from edgemed.io import read_image
+from edgemed.pipeline import Pipeline
+from edgemed.preprocess import Placement, allocate, preprocess
+
+__all__ = [
+    "STAGES",
+    "STAGE_DEFINITIONS",
+    "BenchOptions",
+    "Measurement",
+    "compare_outputs",
+    "measure",
+    "run_bench",
+]
+
+#: Stages of every configuration, in pipeline order.
+STAGES = ("read", "preprocess", "h2d", "infer", "d2h", "postprocess", "end_to_end")
+
+#: What each stage times (copied into bench.json).
+STAGE_DEFINITIONS = {
+    "read": "edgemed.io.read_image of the input file or series (OS page cache warm)",
+    "preprocess": "edgemed.preprocess.preprocess of the call's slices into a reused buffer",
+    "h2d": "host-to-device copy of the model input (device backends only)",
+    "infer": "Backend.infer: the whole backend call (includes h2d/d2h where they exist)",
+    "d2h": "device-to-host copy of the model outputs (device backends only)",
+    "postprocess": "edgemed.postprocess head (masks/classes/embeddings) + label statistics",
+    "end_to_end": "Pipeline.run_batch on the decoded image(s): in-memory image in, "
+    "result out (preprocess + infer + postprocess + result assembly)",
+}
+
+_NO_COPY = "{backend} runs on the host: its inputs and outputs never leave host memory"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and when to stop.
+
+    Attributes:
+        backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
+        precisions: artifacts to run; ``None`` means every precision in the bundle.
+        batches: batch sizes (slices per backend call).
+        iterations: minimum measured calls per configuration.
+        warmup: unmeasured calls first.
+        windows: how many consecutive windows must agree.
+        stability_percent: how closely their mean end-to-end latencies must agree.
+        time_cap_s: measuring time after which a configuration stops unstable.
+        threads: ONNX Runtime threads (``None``: the backend's default).
+    """
+
+    backend: str = "auto"
+    precisions: tuple[str, ...] | None = None
+    batches: tuple[int, ...] = (1,)
+    iterations: int = 30
+    warmup: int = 5
+    windows: int = 3
+    stability_percent: float = 10.0
+    time_cap_s: float = 12.0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise UsageError("--iterations must be >= 1")
+        if self.warmup < 0:
+            raise UsageError("--warmup must be >= 0")
+        if self.windows < 2:
+            raise UsageError("--windows must be >= 2")
+        if not (math.isfinite(self.stability_percent) and self.stability_percent > 0):
+            raise UsageError("--stability must be a percentage > 0")
+        if not (math.isfinite(self.time_cap_s) and self.time_cap_s > 0):
+            raise UsageError("--time-cap must be > 0 seconds")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise UsageError("--batch sizes must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        if self.precisions is not None and not self.precisions:
+            raise UsageError("--precision needs at least one precision")
+
+    @property
+    def window_size(self) -> int:
+        """Calls per window: the minimum iterations split into ``windows`` windows."""
+        return max(1, math.ceil(self.iterations / self.windows))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precisions": list(self.precisions) if self.precisions else None,
+            "batches": list(self.batches),
+            "iterations": self.iterations,
+            "warmup": self.warmup,
+            "windows": self.windows,
+            "window_size": self.window_size,
+            "stability_percent": self.stability_percent,
+            "time_cap_s": self.time_cap_s,
+            "threads": self.threads,
+        }
+
+
+@dataclass
+class Measurement:
+    """The samples of one configuration and whether they settled.
+
+    Attributes:
+        samples: per stage, one latency (ms) per measured call.
+        stable: whether the last windows agreed before the time cap.
+        reason: why measuring stopped, in words.
+        spread_percent: (max - min) / min of the last windows' means, ``None`` if
+            there were not enough windows.
+        window_means_ms: means of the last windows (oldest first).
+        window_size: calls per window.
+        elapsed_s: measuring time (warm-up excluded).
+    """
+
+    samples: dict[str, list[float]]
+    stable: bool
+    reason: str
+    spread_percent: float | None
+    window_means_ms: list[float] = field(default_factory=list)
+    window_size: int = 1
+    elapsed_s: float = 0.0
+
+    @property
+    def iterations(self) -> int:
+        return max((len(v) for v in self.samples.values()), default=0)
+
+
+def measure(
+    step: Callable[[], Mapping[str, float]],
+    *,
+    iterations: int,
+    warmup: int = 0,
+    windows: int = 3,
+    tolerance_percent: float = 10.0,
+    time_cap_s: float = 12.0,
+    key: str = "end_to_end",
+    clock: Callable[[], float] = time.perf_counter,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    """Call ``step`` until the ``key`` latencies are stable or the time cap is reached.
+
+    Args:
+        step: one call; returns milliseconds per stage (``key`` among them).
+        iterations: minimum measured calls (split into ``windows`` windows).
+        warmup: calls made first and not recorded.
+        windows: consecutive windows that must agree.
+        tolerance_percent: how closely (see :func:`windows_agree`).
+        time_cap_s: after this much measuring time, stop at the next window boundary
+            even if unstable (the minimum iterations always run).
+        key: the stage the rule watches.
+        clock: seconds, monotonic (injectable so that tests control time).
+        on_step: ``on_step(done, planned)`` after each measured call (progress bars).
+
+    Returns:
+        The samples and the verdict.
+    """
+    for _ in range(warmup):
+        step()
+    size = max(1, math.ceil(iterations / windows))
+    minimum = size * windows  # >= iterations
+    samples: dict[str, list[float]] = {}
+    start = clock()
+    n = 0
+    while True:
+        for stage, ms in step().items():
+            samples.setdefault(stage, []).append(float(ms))
+        n += 1
+        if key not in samples:
+            raise UsageError(f"the measured step reported no '{key}' time")
+        if on_step is not None:
+            on_step(n, max(minimum, n + (-n) % size))
+        if n < minimum or (n - minimum) % size:
+            continue  # verdicts only at window boundaries, once the minimum has run
+        verdict = windows_agree(samples[key], size, windows, tolerance_percent)
+        elapsed = clock() - start
+        shape = f"last {windows} windows of {size} call{'s' if size > 1 else ''}"
+        if verdict.stable:
+            reason = (
+                f"{shape} agree within {verdict.spread_percent:.1f}% (<= {tolerance_percent:g}%)"
+            )
+        elif elapsed >= time_cap_s:
+            reason = (
+                f"time cap of {time_cap_s:g} s reached; {shape} differ by "
+                f"{verdict.spread_percent:.1f}% (> {tolerance_percent:g}%)"
+            )
+        else:
+            continue
+        spread = verdict.spread_percent if math.isfinite(verdict.spread_percent) else None
+        return Measurement(
+            samples,
+            verdict.stable,
+            reason,
+            spread,
+            list(verdict.window_means_ms),
+            size,
+            elapsed,
+        )
+
+
+# -- accuracy ------------------------------------------------------------------------
+
+
+def compare_outputs(task: str, result: Any, reference: Any, labels: Sequence[str]) -> dict:
+    """How one precision's result agrees with the FP32 result on the same input.
+
+    Segmentation: pixel agreement and per-label Dice (``None`` where the label is in
+    neither mask), mean Dice over the labels present. Classification: top-1 agreement
+    and the largest probability difference. Embedding: the smallest cosine similarity.
+    """
+    if task == "segmentation":
+        a, b = np.asarray(result.mask), np.asarray(reference.mask)
+        if a.shape != b.shape:
+            raise UsageError(f"mask shapes differ: {a.shape} vs {b.shape}")
+        n = max(int(a.max(initial=0)), int(b.max(initial=0)), len(labels) - 1) + 1
+        names = post.label_names(labels, n)
+        dice: dict[str, float | None] = {}
+        for i, name in enumerate(names):
+            sa, sb = a == i, b == i
+            total = int(sa.sum()) + int(sb.sum())
+            dice[name] = None if total == 0 else round(2.0 * int((sa & sb).sum()) / total, 6)
+        present = [v for v in dice.values() if v is not None]
+        return {
+            "metric": "dice",
+            "pixel_agreement": round(float((a == b).mean()), 6),
+            "mean_dice": round(sum(present) / len(present), 6) if present else None,
+            "dice": dice,
+        }
+    if task == "classification":
+        pa = np.array([c["probabilities"] for c in result.classes], dtype=np.float64)
+        pb = np.array([c["probabilities"] for c in reference.classes], dtype=np.float64)
+        return {
+            "metric": "top1_agreement",
+            "top1_agreement": round(float((pa.argmax(1) == pb.argmax(1)).mean()), 6),
+            "max_probability_diff": round(float(np.abs(pa - pb).max()), 6),
+        }
+    ea = np.asarray(result.embedding, dtype=np.float64)
+    eb = np.asarray(reference.embedding, dtype=np.float64)
+    na = np.maximum(np.linalg.norm(ea, axis=1), 1e-12)
+    nb = np.maximum(np.linalg.norm(eb, axis=1), 1e-12)
+    return {
+        "metric": "cosine",
+        "min_cosine": round(float(((ea * eb).sum(1) / (na * nb)).min()), 6),
+    }
+
+
+def _bundle_accuracy(bundle: Bundle, precision: str) -> dict[str, Any] | None:
+    """The export's own gate figures for ``precision`` (validation set vs FP32)."""
+    acc = bundle.provenance.get("accuracy") if isinstance(bundle.provenance, dict) else None
+    if not isinstance(acc, dict):
+        return None
+    variant = (acc.get("variants") or {}).get(precision)
+    if not isinstance(variant, dict):
+        return None
+    keep = {
+        k: v
+        for k, v in variant.items()
+        if k in ("passed", "mean_dice", "mean_dice_drop", "pixel_agreement")
+        or k in ("top1_agreement", "max_prob_diff", "min_cosine", "mean_cosine")
+    }
+    validation = acc.get("validation")
+    if isinstance(validation, dict):
+        keep["validation"] = validation
+    keep["source"] = "bundle provenance.accuracy (export-time gate vs FP32)"
+    return keep
+
+
+# -- one configuration ---------------------------------------------------------------
+
+
+def _progress(desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from edgemed._lazy import require
+
+    tqdm = require("tqdm", "bench", "edgemed bench (progress bar)")
+    return tqdm.tqdm(desc=desc, total=None, unit="call", leave=False, dynamic_ncols=True)
+
+
+def _staged_step(
+    pipe: Pipeline, inp: BenchInput, batch: int
+) -> tuple[Callable[[], dict[str, float]], list[Any]]:
+    """The per-iteration work of one configuration and a list holding the last results."""
+    image = inp.image
+    slices = list(image.slices())
+    if image.is_volume:
+        items: list[Any] = [image]
+        per_item = [len(slices)]
+        flat = slices
+    else:
+        items = [image] * batch
+        per_item = [1] * batch
+        flat = slices * batch
+    chunks = [flat[i : i + batch] for i in range(0, len(flat), batch)]
+    spec, backend, bundle = pipe.spec, pipe.backend, pipe.bundle
+    in_name = backend.inputs[0].name
+    out_name = backend.outputs[0].name
+    buffer = allocate(spec, batch)
+    hook = getattr(backend, "last_stage_ms", None)
+    last: list[Any] = []
+    names = post.label_names(bundle.labels, max(1, len(bundle.labels)))
+
+    def head(raw: np.ndarray, placements: list[Placement]) -> list[Any]:
+        if bundle.task == "segmentation":
+            return post.segment(raw, placements, bundle.postprocess, bundle.labels)
+        if bundle.task == "classification":
+            return post.classify(raw, bundle.postprocess, bundle.labels)
+        return list(post.embed(raw, bundle.postprocess))
+
+    def step() -> dict[str, float]:
+        out: dict[str, float] = {}
+        clock = time.perf_counter
+        if inp.path is not None:
+            t0 = clock()
+            read_image(inp.path)
+            out["read"] = (clock() - t0) * 1e3
+        pre = inf = pst = 0.0
+        copies: dict[str, float] = {}
+        outputs: list[Any] = []
+        for chunk in chunks:
+            t0 = clock()
+            x, placements = preprocess(chunk, spec, out=buffer)
+            t1 = clock()
+            raw = backend.infer({in_name: x})
+            t2 = clock()
+            if hook is not None:
+                for k, v in hook().items():
+                    copies[k] = copies.get(k, 0.0) + float(v)
+            outputs += head(raw[out_name], placements)
+            t3 = clock()
+            pre, inf, pst = pre + (t1 - t0), inf + (t2 - t1), pst + (t3 - t2)
+        t0 = clock()
+        if bundle.task == "segmentation":  # what the pipeline adds per image
+            k = 0
+            for n in per_item:
+                mask = np.stack(outputs[k : k + n]) if image.is_volume else outputs[k]
+                post.segmentation_stats(mask, image.spacing, names)
+                k += n
+        pst += clock() - t0
+        out.update(preprocess=pre * 1e3, infer=inf * 1e3, postprocess=pst * 1e3)
+        out.update(copies)
+        t0 = clock()
+        results = pipe.run_batch(items)
+        out["end_to_end"] = (clock() - t0) * 1e3
+        last[:] = results
+        return out
+
+    return step, last
+
+
+def _summaries(
+    m: Measurement, images: int, backend: Backend
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
+    stages: dict[str, Any] = {}
+    absent: dict[str, str] = {}
+    for stage in STAGES:
+        samples = m.samples.get(stage)
+        if not samples:
+            stages[stage] = None
+            if stage in ("h2d", "d2h"):
+                absent[stage] = _NO_COPY.format(backend=f"{backend.name} ({backend.device})")
+            elif stage == "read":
+                absent[stage] = "synthetic input is generated in memory: there is no file to read"
+            else:
+                absent[stage] = "not measured"
+            continue
+        s = summarize(samples, items_per_sample=images)
+        s["count"] = int(s["count"])
+        stages[stage] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+    device = {k[len("device_") :]: v for k, v in m.samples.items() if k.startswith("device_")}
+    device_stages = (
+        {k: _round_summary(summarize(v, items_per_sample=images)) for k, v in device.items()}
+        if device
+        else None
+    )
+    if device_stages is None:
+        absent["device_stages"] = (
+            f"{backend.name} has no device timer (CUDA events exist only on a GPU backend)"
+        )
+    return stages, absent, device_stages
+
+
+def _round_summary(s: dict[str, float]) -> dict[str, Any]:
+    return {k: (int(v) if k == "count" else round(v, 4)) for k, v in s.items()}
+
+
+def _run_config(
+    pipe: Pipeline,
+    inp: BenchInput,
+    batch: int,
+    opts: BenchOptions,
+    *,
+    progress: bool,
+    clock: Callable[[], float],
+) -> tuple[dict[str, Any], Any]:
+    backend = pipe.backend
+    images = inp.image.num_slices if inp.image.is_volume else batch
+    name = f"{backend.precision} b{batch} {inp.label}"
+    step, last = _staged_step(pipe, inp, batch)
+    bar = _progress(name, progress)
+
+    def on_step(done: int, planned: int) -> None:
+        if bar is not None:
+            bar.total = planned
+            bar.update(done - bar.n)
+
+    rss, sensors = PeakRss(), Sensors()
+    rss.start()
+    sensors.start()
+    try:
+        m = measure(
+            step,
+            iterations=opts.iterations,
+            warmup=opts.warmup,
+            windows=opts.windows,
+            tolerance_percent=opts.stability_percent,
+            time_cap_s=opts.time_cap_s,
+            clock=clock,
+            on_step=on_step,
+        )
+    finally:
+        sensor_summary = sensors.stop()
+        memory = rss.stop()
+        if bar is not None:
+            bar.close()
+    stages, absent, device_stages = _summaries(m, images, backend)
+    e2e, infer = stages["end_to_end"], stages["infer"]
+    memory["gpu"] = sensor_summary.pop("gpu")
+    if "gpu" in sensor_summary["absent"]:
+        absent["memory.gpu"] = sensor_summary["absent"].pop("gpu")
+    for key, why in sensor_summary.pop("absent").items():
+        absent[f"sensors.{key}"] = why
+    info = backend.info()
+    config = {
+        "name": name,
+        "backend": info["backend"],
+        "backend_version": info["backend_version"],
+        "backend_device": info["device"],
+        "backend_reason": info["backend_reason"],
+        "precision": info["precision"],
+        "batch": batch,
+        "images_per_call": images,
+        "input": inp.describe(),
+        "stages": stages,
+        "device_stages": device_stages,
+        "absent": absent,
+        "throughput_ips": e2e["throughput_ips"],
+        "overhead_fraction": round((e2e["mean_ms"] - infer["mean_ms"]) / e2e["mean_ms"], 4)
+        if e2e["mean_ms"] > 0
+        else None,
+        "stability": {
+            "stable": m.stable,
+            "reason": m.reason,
+            "rule": f"mean end_to_end of the last {opts.windows} windows within "
+            f"{opts.stability_percent:g}%",
+            "tolerance_percent": opts.stability_percent,
+            "spread_percent": None if m.spread_percent is None else round(m.spread_percent, 3),
+            "windows": opts.windows,
+            "window_size": m.window_size,
+            "window_means_ms": [round(v, 4) for v in m.window_means_ms],
+            "iterations": m.iterations,
+            "warmup": opts.warmup,
+            "elapsed_s": round(m.elapsed_s, 3),
+        },
+        "memory": memory,
+        "sensors": sensor_summary,
+        "samples_ms": {"end_to_end": [round(v, 4) for v in m.samples["end_to_end"]]},
+    }
+    return config, (last[0] if last else None)
+
+
+def _precisions(bundle: Bundle, wanted: Sequence[str] | None) -> list[str]:
+    order = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "fp8": 4}
+    have = sorted(
+        {a.precision for a in bundle.artifacts if a.kind == "onnx"},
+        key=lambda p: (order.get(p, 99), p),
+    )
+    if wanted is None:
+        return have
+    missing = [p for p in wanted if p not in have]
+    if missing:
+        raise UsageError(
+            f"the bundle has no {', '.join(missing)} model (it has {', '.join(have)})",
+            code="USAGE_PRECISION_MISSING",
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def run_bench(
+    bundle_path: Any,
+    inputs: Sequence[BenchInput],
+    opts: BenchOptions,
+    *,
+    command: str = "",
+    progress: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Measure every configuration; returns the ``bench.json`` document.
+
+    Raises:
+        UsageError: a precision the bundle lacks (``USAGE_PRECISION_MISSING``), a batch
+            the model cannot take (``USAGE_BATCH_FIXED``).
+        BundleError, BackendError, InputError: as the pipeline raises them.
+    """
+    if not inputs:
+        raise UsageError("nothing to benchmark: no inputs")
+    bundle = Bundle.load(bundle_path)
+    precisions = _precisions(bundle, opts.precisions)
+    # FP32 reference outputs per input, for the accuracy of every precision.
+    references: list[Any] = []
+    has_fp32 = any(a.precision == "fp32" and a.kind == "onnx" for a in bundle.artifacts)
+    if has_fp32:
+        ref_backend = create_backend(opts.backend, bundle, "fp32", opts.threads)
+        with Pipeline(bundle, ref_backend, batch_size=1) as ref:
+            references = [ref(inp.image) for inp in inputs]
+    configs: list[dict[str, Any]] = []
+    for precision in precisions:
+        backend = create_backend(opts.backend, bundle, precision, opts.threads)
+        try:
+            for batch in opts.batches:
+                pipe = Pipeline(bundle, backend, batch_size=batch)
+                if pipe.batch_size != batch:
+                    raise UsageError(
+                        f"the model takes batches of exactly {pipe.batch_size}, not {batch}",
+                        code="USAGE_BATCH_FIXED",
+                    )
+                for i, inp in enumerate(inputs):
+                    config, result = _run_config(
+                        pipe, inp, batch, opts, progress=progress, clock=clock
+                    )
+                    accuracy: dict[str, Any] = {
+                        "reference": "fp32 on the same input and backend",
+                        "is_reference": precision == "fp32",
+                    }
+                    if references and result is not None:
+                        accuracy.update(
+                            compare_outputs(bundle.task, result, references[i], bundle.labels)
+                        )
+                    else:
+                        accuracy["reason"] = "the bundle has no fp32 model to compare with"
+                    accuracy["bundle_reported"] = _bundle_accuracy(bundle, precision)
+                    config["accuracy"] = accuracy
+                    configs.append(config)
+        finally:
+            backend.close()
+    return {
+        "schema_version": 1,
+        "edgemed_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "bundle": {
+            "name": bundle.name,
+            "version": bundle.version,
+            "task": bundle.task,
+            "manifest_sha256": bundle.manifest_sha256,
+        },
+        "settings": opts.to_dict(),
+        "device": device_info(),
+        "stage_definitions": dict(STAGE_DEFINITIONS),
+        "configs": configs,
+    }
