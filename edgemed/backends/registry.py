@@ -95,16 +95,18 @@ def _ort_factory(bundle: Bundle, precision: str, threads: int | None) -> Backend
 
 
 def _trt_probe(bundle: Bundle, precision: str) -> str:
-    # Checked in order of cost; the first missing piece is the reason given.
-    if not available("tensorrt"):
-        return 'the tensorrt module is not installed (pip install "edgemed[gpu]")'
-    if not available("pycuda"):
-        return 'pycuda is not installed (pip install "edgemed[gpu]")'
-    return "the TensorRT backend is not part of this edgemed version yet"
+    # Lazily: the module imports tensorrt only inside its functions.
+    from edgemed.backends.tensorrt import probe as trt_probe
+
+    return trt_probe(bundle, precision)
 
 
 def _trt_factory(bundle: Bundle, precision: str, threads: int | None) -> Backend:
-    raise BackendError("the TensorRT backend is not available", code="BACKEND_UNAVAILABLE")
+    from edgemed.backends.tensorrt import TensorRTBackend
+
+    # threads is ONNX Runtime's; the engine from <bundle>/engines is never built here
+    # (minutes on a Jetson): `edgemed build` does that, explicitly.
+    return TensorRTBackend.from_bundle(bundle, precision)
 
 
 register("tensorrt", _trt_probe, _trt_factory)

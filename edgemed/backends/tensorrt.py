@@ -1,0 +1,415 @@
+"""TensorRT on an NVIDIA GPU: a cached, verified engine for this GPU and TensorRT version.
+
+Kept thin, on the execution API that TensorRT 10 and 11 share: IO names, shapes and
+dtypes come from the engine (FP16 IO is possible); ``set_input_shape``,
+``set_tensor_address`` and ``execute_async_v3`` on one stream. Buffers are allocated
+once, for the profile's largest shapes, and reused:
+
+- discrete GPUs: device buffers plus pinned host staging buffers, copied async;
+- integrated GPUs (Jetson, IGX iGPU): mapped pinned memory that TensorRT reads and
+  writes in place, no copies.
+
+The plan is read through :meth:`EngineCache.open`, which verifies it (sha256 against
+the sidecar, sidecar against the bundle's ONNX sha256) before any byte reaches
+``deserialize_cuda_engine``; ``engine_host_code_allowed`` stays False. CUDA failures
+become ``GPU_OOM`` or ``GPU_FATAL`` (after which the pipeline refuses further work).
+
+A CUDA preprocessor can write straight into the input's device memory:
+:meth:`TensorRTBackend.device_input` gives the pointer, queued work on
+:attr:`TensorRTBackend.stream` fills it, and :meth:`TensorRTBackend.infer_device` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgemed._lazy import available, require
+from edgemed.backends.base import Backend, TensorSpec
+from edgemed.bundle import Bundle
+from edgemed.engine import trt_compat
+from edgemed.engine.cache import EngineCache, EngineKey
+from edgemed.engine.profiles import derive_profile
+from edgemed.errors import BackendError, EdgemedError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+    from edgemed.cuda.device import CudaDevice, CudaGraph, DeviceBuffer, PinnedBuffer
+
+__all__ = ["TensorRTBackend", "probe"]
+
+log = logging.getLogger("edgemed.backends")
+
+_MAX_GRAPHS = 8  # captured CUDA graphs kept (one per input shape)
+
+
+def probe(bundle: Bundle, precision: str, cache_dir: str | Path | None = None) -> str:
+    """Why the TensorRT backend cannot run ``bundle`` at ``precision`` here ("" if it can).
+
+    Checked in order of cost: tensorrt and pycuda import, a GPU is present, and a
+    verified-looking engine for this model, GPU and TensorRT version is in the cache.
+    """
+    if not available("tensorrt"):
+        return 'the tensorrt module is not installed (pip install "edgemed[gpu]")'
+    if not available("pycuda"):
+        return 'pycuda is not installed (pip install "edgemed[gpu]")'
+    import tensorrt as trt
+
+    from edgemed.cuda.device import query_device
+
+    try:
+        gpu = query_device(0)
+        want = _wanted_key(bundle, precision, gpu.name, gpu.cc, trt.__version__)
+        EngineCache.for_bundle(bundle, cache_dir).select(want)
+    except EdgemedError as exc:
+        return exc.message
+    return ""
+
+
+def _wanted_key(bundle: Bundle, precision: str, gpu: str, cc: str, version: str) -> EngineKey:
+    """The key of the default-profile engine (a preference: any profile is accepted)."""
+    try:
+        profile = derive_profile(bundle.input).canonical()
+    except EdgemedError:  # non-batch dynamic axes have no default: any profile then
+        profile = ""
+    return EngineKey(
+        onnx_sha256=bundle.artifact("onnx", precision).sha256,
+        gpu_name=gpu,
+        compute_capability=cc,
+        trt_version=version,
+        precision=precision,
+        profile=profile,
+    )
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine from the cache, bound to one GPU. Use :meth:`from_bundle`."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        engine: trt.ICudaEngine,
+        device: CudaDevice,
+        *,
+        precision: str,
+        version: str,
+        axis_names: Mapping[str, tuple[str | None, ...]] | None = None,
+        cuda_graphs: bool = False,
+        errors: list[str] | None = None,
+        runtime: trt.Runtime | None = None,
+    ) -> None:
+        """Bind a deserialized ``engine`` on ``device`` (see :meth:`from_bundle`)."""
+        import tensorrt as trt
+
+        from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, cuda_errors
+
+        kind = "integrated" if device.integrated else "discrete"
+        super().__init__(
+            precision=precision,
+            device=f"{device.name} (cc {device.info.cc}, {kind})",
+            version=version,
+        )
+        self._runtime = runtime  # the engine must not outlive its runtime
+        self._engine = engine
+        self._gpu = device
+        self._errors = errors if errors is not None else []
+        self._cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[tuple[int, ...], ...], CudaGraph] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        io = trt_compat.io_tensors(trt, engine)
+        names = dict(axis_names or {})
+        self._inputs = [
+            TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype)
+            for t in io
+            if t.is_input
+        ]
+        self._outputs = [
+            TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype)
+            for t in io
+            if not t.is_input
+        ]
+        self._io = {t.name: t for t in io}
+        # Profile 0's min and max per input: shapes outside are refused up front.
+        self._limits: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for spec in self._inputs:
+            lo, _, hi = engine.get_tensor_profile_shape(spec.name, 0)
+            self._limits[spec.name] = (tuple(lo), tuple(hi))
+        self._device_buffers: dict[str, DeviceBuffer] = {}
+        self._host_buffers: dict[str, PinnedBuffer] = {}
+        with device.active(), cuda_errors("TensorRT execution context"):
+            context = engine.create_execution_context()
+            if context is None:
+                raise BackendError(
+                    "TensorRT could not create an execution context (GPU memory?)",
+                    code="GPU_OOM",
+                )
+            self._context: trt.IExecutionContext = context
+            # Largest shapes first: the output sizes that follow bound every buffer.
+            for spec in self._inputs:
+                self._set_shape(spec.name, self._limits[spec.name][1])
+            for name, tensor in self._io.items():
+                shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise BackendError(
+                        f"output '{name}' has a data-dependent shape, which edgemed does not "
+                        "support",
+                        code="ENGINE_INCOMPATIBLE",
+                    )
+                host = PinnedBuffer(shape, tensor.dtype, mapped=device.integrated)
+                self._host_buffers[name] = host
+                if device.integrated:
+                    address = host.device_ptr
+                else:
+                    buffer = DeviceBuffer(host.array.nbytes)
+                    self._device_buffers[name] = buffer
+                    address = buffer.ptr
+                if not self._context.set_tensor_address(name, address):
+                    raise BackendError(
+                        f"TensorRT refused the address of '{name}'", code="ENGINE_INCOMPATIBLE"
+                    )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        precision: str = "fp32",
+        *,
+        cache_dir: str | Path | None = None,
+        build: bool = False,
+        device: int = 0,
+        cuda_graphs: bool = False,
+    ) -> TensorRTBackend:
+        """Load the cached engine for ``bundle`` at ``precision`` on GPU ``device``.
+
+        Args:
+            bundle: a loaded (verified) bundle.
+            precision: which ONNX artifact's engine to run.
+            cache_dir: the engine cache (default ``<bundle>/engines``).
+            build: when no engine for this GPU and TensorRT version exists, build one
+                (minutes on a Jetson) instead of failing. A tampered engine is never
+                rebuilt over silently (``ENGINE_INTEGRITY`` is raised either way).
+            device: CUDA device ordinal.
+            cuda_graphs: capture a CUDA graph per input shape and replay it.
+
+        Raises:
+            MissingDependencyError: tensorrt or pycuda missing.
+            BackendError: ``GPU_UNAVAILABLE``, ``GPU_OOM``, ``ENGINE_MISSING``,
+                ``ENGINE_INCOMPATIBLE``, ``ENGINE_INTEGRITY``, ``ENGINE_BUILD_FAILED``.
+        """
+        require("tensorrt", "gpu", "the TensorRT backend")
+        import tensorrt as trt
+
+        from edgemed.cuda.device import CudaDevice
+        from edgemed.engine.builder import BuildOptions, build_engine, make_logger
+
+        cache = EngineCache.for_bundle(bundle, cache_dir)
+        gpu = CudaDevice.open(device)
+        try:
+            want = _wanted_key(bundle, precision, gpu.name, gpu.info.cc, trt.__version__)
+            try:
+                key = cache.select(want)
+            except BackendError as exc:
+                if not build or exc.code not in ("ENGINE_MISSING", "ENGINE_INCOMPATIBLE"):
+                    raise
+                log.warning("%s; building one now", exc.message)
+                key = build_engine(
+                    bundle,
+                    BuildOptions(precision=precision, device=device),
+                    cache,
+                    progress=log.warning,
+                ).key
+            errors: list[str] = []
+            runtime = trt.Runtime(make_logger(errors))
+            # An engine with host code is executable code from a file: never allowed.
+            runtime.engine_host_code_allowed = False
+            with gpu.active():
+                engine = cache.open(key, runtime.deserialize_cuda_engine)
+            if engine is None:
+                detail = f": {errors[-1]}" if errors else ""
+                raise BackendError(
+                    f"TensorRT {trt.__version__} could not deserialize the verified engine"
+                    + detail,
+                    code="ENGINE_INCOMPATIBLE",
+                    path=cache.plan_path(key),
+                )
+            names = {
+                bundle.input.name: tuple(
+                    d if isinstance(d, str) else None for d in bundle.input.shape
+                )
+            }
+            for out in bundle.outputs:
+                names[out.name] = tuple(d if isinstance(d, str) else None for d in out.shape)
+            backend = cls(
+                engine,
+                gpu,
+                precision=precision,
+                version=trt.__version__,
+                axis_names=names,
+                cuda_graphs=cuda_graphs,
+                errors=errors,
+                runtime=runtime,
+            )
+        except BaseException:
+            gpu.close()
+            raise
+        backend.engine_path = cache.plan_path(key)
+        return backend
+
+    engine_path: Path | None = None
+
+    # -- Backend protocol ----------------------------------------------------------------
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def stream(self) -> Any:
+        """The CUDA stream all work is queued on (a preprocessor writing device inputs
+        must queue on it too)."""
+        return self._gpu.stream
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        if self.engine_path is not None:
+            d["engine"] = self.engine_path.name
+        return d
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if self._shapes.get(name) == shape:
+            return
+        lo, hi = self._limits[name]
+        if len(shape) != len(lo) or not all(
+            a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)
+        ):
+            raise BackendError(
+                f"input '{name}' shape {shape} is outside the engine's profile {lo}..{hi} "
+                "(rebuild with `edgemed build --batch MIN:OPT:MAX`)",
+                code="BACKEND_IO_MISMATCH",
+            )
+        if not self._context.set_input_shape(name, shape):
+            raise BackendError(
+                f"TensorRT refused shape {shape} for '{name}'", code="BACKEND_IO_MISMATCH"
+            )
+        self._shapes[name] = shape
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from edgemed.cuda.device import cuda_errors
+
+        with self._gpu.active(), cuda_errors("TensorRT inference"):
+            for spec in self._inputs:
+                arr = feeds[spec.name]
+                self._set_shape(spec.name, tuple(arr.shape))
+                host = self._host_buffers[spec.name].array.reshape(-1)[: arr.size]
+                host.reshape(arr.shape)[...] = arr
+                if not self._gpu.integrated:
+                    self._device_buffers[spec.name].upload(host, self._gpu.stream)
+            return self._run()
+
+    def device_input(self, name: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...], Any]:
+        """Set input ``name`` to ``shape`` and return ``(device pointer, shape, dtype)``.
+
+        Whatever is queued on :attr:`stream` that writes ``shape`` elements of ``dtype``
+        at the pointer (C order) is the input of the next :meth:`infer_device`.
+        """
+        if name not in self._limits:
+            raise BackendError(f"the engine has no input '{name}'", code="BACKEND_IO_MISMATCH")
+        with self._gpu.active():
+            self._set_shape(name, tuple(int(d) for d in shape))
+        if self._gpu.integrated:
+            ptr = self._host_buffers[name].device_ptr
+        else:
+            ptr = self._device_buffers[name].ptr
+        return ptr, tuple(shape), self._io[name].dtype
+
+    def infer_device(self) -> dict[str, np.ndarray]:
+        """Run on device inputs already filled (see :meth:`device_input`)."""
+        if self._closed:
+            raise BackendError(f"{self.name} backend is closed", code="BACKEND_CLOSED")
+        if set(self._shapes) != set(self._limits):
+            raise BackendError(
+                "call device_input() for every input first", code="BACKEND_IO_MISMATCH"
+            )
+        from edgemed.cuda.device import cuda_errors
+
+        with self._gpu.active(), cuda_errors("TensorRT inference"):
+            return self._run()
+
+    def _run(self) -> dict[str, np.ndarray]:
+        """Execute with the current shapes, copy outputs back, wait; context is active."""
+        from edgemed.cuda.device import CudaGraph
+
+        stream = self._gpu.stream
+        shapes = tuple(self._shapes[s.name] for s in self._inputs)
+        graph = self._graphs.get(shapes)
+        if graph is not None:
+            graph.launch()
+        else:
+            self._execute()
+            if self._cuda_graphs and len(self._graphs) < _MAX_GRAPHS:
+                # Captured after one plain run: TensorRT does its shape-dependent setup
+                # on the first execution with new shapes, which must not be captured.
+                stream.synchronize()
+                self._graphs[shapes] = CudaGraph(stream, self._execute)
+        results: dict[str, np.ndarray] = {}
+        for spec in self._outputs:
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
+            host = self._host_buffers[spec.name].array.reshape(-1)[: int(np.prod(shape))]
+            if not self._gpu.integrated:
+                self._device_buffers[spec.name].download(host, stream)
+            results[spec.name] = host.reshape(shape)
+        stream.synchronize()
+        return results
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._gpu.stream_handle):
+            detail = f": {self._errors[-1]}" if self._errors else ""
+            raise BackendError(
+                "TensorRT inference failed" + detail, code="BACKEND_INFERENCE_FAILED"
+            )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            with self._gpu.active():
+                self._graphs.clear()
+                for buffer in self._device_buffers.values():
+                    buffer.free()
+                for host in self._host_buffers.values():
+                    host.free()
+                self._device_buffers.clear()
+                self._host_buffers.clear()
+                # Context before engine before runtime, while the CUDA context is current.
+                del self._context
+                del self._engine
+                self._runtime = None
+        finally:
+            self._gpu.close()
+            super().close()
+
+
+def _named_shape(
+    shape: tuple[int, ...], names: tuple[str | None, ...] | None
+) -> tuple[int | str | None, ...]:
+    """Engine shape (-1 dynamic) as a TensorSpec shape: dynamic dims take the bundle's
+    axis names where they match, so shape checks read like the ONNX Runtime backend's."""
+    out: list[int | str | None] = []
+    for i, d in enumerate(shape):
+        if d >= 0:
+            out.append(int(d))
+        elif names is not None and i < len(names) and names[i] is not None:
+            out.append(names[i])
+        else:
+            out.append(f"dim{i}")
+    return tuple(out)

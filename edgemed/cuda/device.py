@@ -1,0 +1,311 @@
+"""The CUDA device through pycuda: context, stream, device and pinned buffers.
+
+This module (with the rest of :mod:`edgemed.cuda`) is the only place pycuda is
+imported, lazily, at the point of use. It never imports ``pycuda.autoinit``: that
+creates a fresh context per process and fights TensorRT, CUDA preprocessing and any
+other library for the GPU. :meth:`CudaDevice.open` retains the device's *primary*
+context instead, the one the CUDA runtime (and so TensorRT) uses too.
+
+Every pycuda object needs a current context on the calling thread. Create buffers and
+run copies inside ``with device.active():`` (which pushes the primary context and pops
+it again), and wrap CUDA work in :func:`cuda_errors` so failures become
+:class:`~edgemed.errors.BackendError` with ``GPU_OOM``, ``GPU_FATAL`` or
+``GPU_UNAVAILABLE``. ``GPU_FATAL`` means the context is unusable (illegal address,
+launch failure...): the pipeline then refuses all further work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgemed._lazy import require
+from edgemed.errors import BackendError
+
+__all__ = [
+    "CudaDevice",
+    "CudaGraph",
+    "DeviceBuffer",
+    "DeviceInfo",
+    "PinnedBuffer",
+    "classify_cuda_error",
+    "cuda_errors",
+    "query_device",
+]
+
+# Message fragments of CUDA errors that leave the context unusable ("sticky" errors):
+# after one, every later call in the process fails or computes garbage.
+_UNAVAILABLE = (
+    "no cuda-capable device",
+    "no device",
+    "driver version is insufficient",
+    "cuda driver version",
+    "not initialized",
+    "invalid device ordinal",
+    "cuinit failed",
+)
+
+
+def classify_cuda_error(kind: str, message: str) -> str:
+    """The edgemed code for a CUDA failure from its exception class name and message.
+
+    Out of memory is ``GPU_OOM`` (recoverable: a smaller batch may fit); no usable GPU
+    is ``GPU_UNAVAILABLE``; anything else is ``GPU_FATAL``. Unknown CUDA errors are
+    treated as fatal on purpose: a medical result computed on a corrupted context is
+    worse than no result.
+    """
+    text = message.lower()
+    if kind == "MemoryError" or "out of memory" in text:
+        return "GPU_OOM"
+    if any(s in text for s in _UNAVAILABLE):
+        return "GPU_UNAVAILABLE"
+    return "GPU_FATAL"
+
+
+@contextmanager
+def cuda_errors(what: str = "CUDA call") -> Iterator[None]:
+    """Map pycuda exceptions raised inside the block to :class:`BackendError`."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        drv = sys.modules.get("pycuda.driver")
+        error_type = getattr(drv, "Error", None) if drv is not None else None
+        if error_type is None or not isinstance(exc, error_type):
+            raise
+        code = classify_cuda_error(type(exc).__name__, str(exc))
+        raise BackendError(f"{what} failed: {exc}", code=code) from exc
+
+
+def _driver() -> Any:
+    require("pycuda", "gpu", "the CUDA device")
+    import pycuda.driver as drv
+
+    with cuda_errors("CUDA initialisation"):
+        drv.init()
+    return drv
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What edgemed needs to know about a GPU (no context is created to learn it)."""
+
+    ordinal: int
+    name: str
+    compute_capability: tuple[int, int]
+    integrated: bool
+    total_memory: int
+
+    @property
+    def cc(self) -> str:
+        """Compute capability as ``"major.minor"`` (cache keys use this form)."""
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+def query_device(ordinal: int = 0) -> DeviceInfo:
+    """Describe GPU ``ordinal`` without creating a context.
+
+    Raises:
+        MissingDependencyError: pycuda is not installed.
+        BackendError: ``GPU_UNAVAILABLE`` (no such GPU, no driver).
+    """
+    drv = _driver()
+    with cuda_errors("CUDA device query"):
+        count = drv.Device.count()
+        if ordinal < 0 or ordinal >= count:
+            raise BackendError(
+                f"no CUDA GPU {ordinal} (this machine has {count})", code="GPU_UNAVAILABLE"
+            )
+        dev = drv.Device(ordinal)
+        major, minor = dev.compute_capability()
+        return DeviceInfo(
+            ordinal=ordinal,
+            name=str(dev.name()),
+            compute_capability=(int(major), int(minor)),
+            integrated=bool(dev.get_attribute(drv.device_attribute.INTEGRATED)),
+            total_memory=int(dev.total_memory()),
+        )
+
+
+class CudaDevice:
+    """One GPU's primary context and a stream. Use :meth:`open`; close when done.
+
+    Attributes:
+        info: the :class:`DeviceInfo` of this GPU.
+        stream: the ``pycuda.driver.Stream`` all of edgemed's work on it is queued on.
+    """
+
+    def __init__(self, info: DeviceInfo, context: Any, stream: Any) -> None:
+        self.info = info
+        self._context = context
+        self.stream = stream
+        self._closed = False
+
+    @classmethod
+    def open(cls, ordinal: int = 0) -> CudaDevice:
+        """Retain GPU ``ordinal``'s primary context and create a stream on it.
+
+        Raises:
+            MissingDependencyError: pycuda is not installed.
+            BackendError: ``GPU_UNAVAILABLE``, ``GPU_OOM`` or ``GPU_FATAL``.
+        """
+        info = query_device(ordinal)
+        drv = _driver()
+        with cuda_errors("CUDA context creation"):
+            context = drv.Device(ordinal).retain_primary_context()
+            context.push()
+            try:
+                stream = drv.Stream()
+            finally:
+                drv.Context.pop()
+        return cls(info, context, stream)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        return self.info.compute_capability
+
+    @property
+    def integrated(self) -> bool:
+        """True for GPUs sharing memory with the CPU (Jetson, IGX iGPU)."""
+        return self.info.integrated
+
+    @property
+    def total_memory(self) -> int:
+        return self.info.total_memory
+
+    @property
+    def stream_handle(self) -> int:
+        """The raw ``CUstream`` handle (for ``execute_async_v3``)."""
+        return int(self.stream.handle)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the primary context current on this thread for the block."""
+        if self._closed:
+            raise BackendError("the CUDA device is closed", code="BACKEND_CLOSED")
+        import pycuda.driver as drv
+
+        with cuda_errors("CUDA context switch"):
+            self._context.push()
+        try:
+            yield
+        finally:
+            drv.Context.pop()
+
+    def synchronize(self) -> None:
+        """Wait for everything queued on :attr:`stream`."""
+        with self.active(), cuda_errors("CUDA stream synchronize"):
+            self.stream.synchronize()
+
+    def close(self) -> None:
+        """Release the primary context (free this device's buffers first)."""
+        if self._closed:
+            return
+        self._closed = True
+        # detach() on a retained primary context releases our reference to it.
+        self._context.detach()
+
+
+class DeviceBuffer:
+    """Linear device memory of ``nbytes``; create inside ``device.active()``.
+
+    Attributes:
+        ptr: the device address (an ``int``: TensorRT's ``set_tensor_address`` takes it).
+        nbytes: the size in bytes.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        import pycuda.driver as drv
+
+        self.nbytes = int(nbytes)
+        with cuda_errors(f"allocating {self.nbytes} bytes of GPU memory"):
+            self._alloc = drv.mem_alloc(max(1, self.nbytes))
+        self.ptr = int(self._alloc)
+
+    def upload(self, host: np.ndarray, stream: Any) -> None:
+        """Queue a copy of ``host`` (pinned memory for a real overlap) into the buffer."""
+        import pycuda.driver as drv
+
+        if host.nbytes > self.nbytes:
+            raise BackendError("host array larger than the device buffer", code="GPU_FATAL")
+        with cuda_errors("host-to-device copy"):
+            drv.memcpy_htod_async(self.ptr, host, stream)
+
+    def download(self, host: np.ndarray, stream: Any) -> None:
+        """Queue a copy of the buffer's first ``host.nbytes`` bytes into ``host``."""
+        import pycuda.driver as drv
+
+        if host.nbytes > self.nbytes:
+            raise BackendError("host array larger than the device buffer", code="GPU_FATAL")
+        with cuda_errors("device-to-host copy"):
+            drv.memcpy_dtoh_async(host, self.ptr, stream)
+
+    def free(self) -> None:
+        self._alloc.free()
+
+
+class PinnedBuffer:
+    """Page-locked host memory as a NumPy array; create inside ``device.active()``.
+
+    With ``mapped=True`` (integrated GPUs) the same memory is addressable by the GPU at
+    :attr:`device_ptr`, so TensorRT reads inputs and writes outputs in place, with no
+    copies. (Mapped allocations need ``CU_CTX_MAP_HOST``, which every context has had
+    since CUDA 12.)
+
+    Attributes:
+        array: the host array (``shape``, ``dtype``), C-contiguous.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, mapped: bool = False) -> None:
+        import pycuda.driver as drv
+
+        flags = drv.host_alloc_flags.DEVICEMAP if mapped else 0
+        with cuda_errors("allocating pinned host memory"):
+            self.array: np.ndarray = drv.pagelocked_empty(
+                tuple(shape), np.dtype(dtype), mem_flags=flags
+            )
+        self.mapped = mapped
+        self._device_ptr = int(self.array.base.get_device_pointer()) if mapped else None
+
+    @property
+    def device_ptr(self) -> int:
+        """The GPU's address of :attr:`array` (mapped buffers only)."""
+        if self._device_ptr is None:
+            raise BackendError("pinned buffer is not mapped into the GPU", code="GPU_FATAL")
+        return self._device_ptr
+
+    def free(self) -> None:
+        self.array.base.free()
+
+
+class CudaGraph:
+    """A CUDA graph captured from the work ``enqueue`` queues on a stream.
+
+    Replaying it with :meth:`launch` costs one driver call instead of one per kernel;
+    valid only while the captured shapes and buffer addresses stay the same.
+    """
+
+    def __init__(self, stream: Any, enqueue: Callable[[], object]) -> None:
+        with cuda_errors("CUDA graph capture"):
+            stream.begin_capture()
+            try:
+                enqueue()
+            finally:
+                graph = stream.end_capture()
+            self._exec = graph.instantiate()
+        self._graph = graph
+        self._stream = stream
+
+    def launch(self) -> None:
+        with cuda_errors("CUDA graph launch"):
+            self._exec.launch(self._stream)

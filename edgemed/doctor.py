@@ -1,0 +1,225 @@
+"""``edgemed doctor``: what this machine has for running edgemed, and what ``auto`` picks.
+
+Each ``*_facts`` function returns a plain dict and never raises: anything absent or
+broken is a fact too (``{"installed": False, "error": ...}``). :func:`gather` collects
+them; :func:`format_report` turns them into the lines the CLI prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgemed._version import __version__
+
+__all__ = [
+    "backend_facts",
+    "cuda_facts",
+    "format_report",
+    "gather",
+    "gpu_facts",
+    "module_facts",
+    "platform_facts",
+]
+
+_TIMEOUT = 10  # seconds for nvcc / nvidia-smi
+
+
+def _import(name: str) -> tuple[Any | None, str]:
+    try:
+        return importlib.import_module(name), ""
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return None, f"{exc.__class__.__name__}: {exc}"
+
+
+def module_facts(name: str) -> dict[str, Any]:
+    """Whether ``name`` imports, and its version."""
+    module, error = _import(name)
+    if module is None:
+        return {"installed": False, "error": error.splitlines()[0] if error else ""}
+    version = getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None)
+    return {"installed": True, "version": str(version) if version is not None else "unknown"}
+
+
+def platform_facts() -> dict[str, Any]:
+    """Python, OS, CPU architecture, and the Jetson L4T release when there is one."""
+    facts: dict[str, Any] = {
+        "edgemed": __version__,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+    }
+    tegra = Path("/etc/nv_tegra_release")
+    try:
+        facts["jetson_l4t"] = tegra.read_text(errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError):
+        facts["jetson_l4t"] = None
+    return facts
+
+
+def _run(cmd: list[str], which: Callable[[str], str | None]) -> str | None:
+    exe = which(cmd[0])
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, *cmd[1:]], capture_output=True, text=True, timeout=_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def gpu_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
+    """The first GPU through pycuda, or through ``nvidia-smi`` when pycuda is missing."""
+    pycuda, error = _import("pycuda.driver")
+    if pycuda is not None:
+        try:
+            from edgemed.cuda.device import query_device
+
+            info = query_device(0)
+            return {
+                "present": True,
+                "source": "pycuda",
+                "name": info.name,
+                "compute_capability": info.cc,
+                "integrated": info.integrated,
+                "total_memory_gib": round(info.total_memory / 2**30, 1),
+            }
+        except Exception as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+    smi = _run(
+        ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
+        which,
+    )
+    if smi and smi.strip():
+        parts = [p.strip() for p in smi.strip().splitlines()[0].split(",")]
+        return {
+            "present": True,
+            "source": "nvidia-smi",
+            "name": parts[0],
+            "compute_capability": parts[1] if len(parts) > 1 else None,
+            "integrated": None,
+            "total_memory": parts[2] if len(parts) > 2 else None,
+        }
+    return {"present": False, "error": error or "no pycuda and no nvidia-smi"}
+
+
+def cuda_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
+    """CUDA driver version, the CUDA version pycuda was built for, and nvcc's."""
+    facts: dict[str, Any] = {"driver": None, "pycuda_built_for": None, "nvcc": None}
+    drv, _ = _import("pycuda.driver")
+    if drv is not None:
+        try:
+            drv.init()
+            v = int(drv.get_driver_version())
+            facts["driver"] = f"{v // 1000}.{v % 1000 // 10}"
+            facts["pycuda_built_for"] = ".".join(str(p) for p in drv.get_version())
+        except Exception as exc:
+            facts["driver_error"] = f"{exc.__class__.__name__}: {exc}"
+    out = _run(["nvcc", "--version"], which)
+    if out:
+        m = re.search(r"release (\d+\.\d+)", out)
+        facts["nvcc"] = m.group(1) if m else out.strip().splitlines()[-1]
+    return facts
+
+
+def backend_facts(bundle: Any | None) -> dict[str, Any]:
+    """Per backend: why it cannot run the bundle ("" if it can), and ``auto``'s choice."""
+    from edgemed.backends.registry import BACKENDS, probe
+
+    if bundle is None:
+        from edgemed.bundle import Bundle
+        from edgemed.pipeline import demo_bundle
+
+        try:
+            bundle = Bundle.load(demo_bundle())
+        except Exception as exc:
+            return {"error": f"demo bundle: {exc}"}
+    facts: dict[str, Any] = {"bundle": bundle.name, "precision": "fp32", "backends": {}}
+    for name in BACKENDS:
+        try:
+            facts["backends"][name] = probe(name, bundle, "fp32")
+        except Exception as exc:
+            facts["backends"][name] = f"{exc.__class__.__name__}: {exc}"
+    chosen = next((n for n in BACKENDS if not facts["backends"][n]), None)
+    # Worded as the registry words backend.reason for `auto`.
+    before = BACKENDS[: BACKENDS.index(chosen)] if chosen else BACKENDS
+    skipped = [f"{n} not used: {facts['backends'][n]}" for n in before]
+    facts["auto"] = chosen
+    if chosen is None:
+        facts["auto_reason"] = "no backend can run here: " + "; ".join(skipped)
+    else:
+        facts["auto_reason"] = "; ".join(skipped) if skipped else f"{chosen} is available"
+    return facts
+
+
+def gather(bundle: Any | None = None) -> dict[str, Any]:
+    """Every fact, as JSON-able data (``edgemed doctor --json`` prints it)."""
+    ort = module_facts("onnxruntime")
+    if ort.get("installed"):
+        try:
+            import onnxruntime
+
+            ort["providers"] = list(onnxruntime.get_available_providers())
+        except Exception:  # pragma: no cover - a broken install
+            pass
+    return {
+        "platform": platform_facts(),
+        "gpu": gpu_facts(),
+        "cuda": cuda_facts(),
+        "tensorrt": module_facts("tensorrt"),
+        "pycuda": module_facts("pycuda"),
+        "onnxruntime": ort,
+        "backends": backend_facts(bundle),
+    }
+
+
+def _module_line(facts: dict[str, Any]) -> str:
+    if facts.get("installed"):
+        return str(facts.get("version"))
+    return "not installed" + (f" ({facts['error']})" if facts.get("error") else "")
+
+
+def format_report(facts: dict[str, Any]) -> str:
+    """The facts as aligned lines for a terminal."""
+    p, g, c, b = facts["platform"], facts["gpu"], facts["cuda"], facts["backends"]
+    if g.get("present"):
+        kind = {True: ", integrated", False: ", discrete"}.get(g.get("integrated"), "")
+        gpu = f"{g['name']} (cc {g.get('compute_capability')}{kind}; via {g['source']})"
+    else:
+        gpu = f"none found ({g.get('error', '')})"
+    ort = _module_line(facts["onnxruntime"])
+    if facts["onnxruntime"].get("providers"):
+        ort += f" ({', '.join(facts['onnxruntime']['providers'])})"
+    lines = [
+        f"edgemed {p['edgemed']} on Python {p['python']}, {p['system']} {p['machine']}",
+        f"  jetson       {p['jetson_l4t'] or 'no'}",
+        f"  gpu          {gpu}",
+        f"  cuda driver  {c.get('driver') or 'not found'}",
+        f"  pycuda cuda  {c.get('pycuda_built_for') or '-'} (the CUDA pycuda was built for)",
+        f"  nvcc         {c.get('nvcc') or 'not found'}",
+        f"  tensorrt     {_module_line(facts['tensorrt'])}",
+        f"  pycuda       {_module_line(facts['pycuda'])}",
+        f"  onnxruntime  {ort}",
+    ]
+    if "error" in b:
+        lines.append(f"  backends     {b['error']}")
+    else:
+        lines.append(f"  backends     for {b['bundle']} ({b['precision']}):")
+        for name, why in b["backends"].items():
+            lines.append(f"    {name:12s} {'ok' if not why else 'no: ' + why}")
+        lines.append(f"  auto picks   {b['auto'] or 'nothing'} ({b['auto_reason']})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(format_report(gather()))
+    sys.exit(0)

@@ -1,0 +1,391 @@
+"""The engine cache: plain TensorRT plans with a sidecar JSON each, under a key.
+
+Layout of a cache directory (``<bundle>/engines/`` by default, or ``--cache DIR`` when
+the bundle is read-only on the device)::
+
+    fp16-<key digest>.plan    the plan exactly as TensorRT serialised it (mode 0600)
+    fp16-<key digest>.json    its sidecar: key fields, plan sha256 and size, created
+    timing-<gpu>-<cc>-trt<version>.cache   TensorRT's timing cache for this GPU
+
+The key, as Holoscan does it, is the ONNX sha256 + GPU name + compute capability +
+TensorRT version + precision + profile (plus the compatibility options, which change
+the plan). A plan is only ever used under the exact key it was built for: anything
+else is ``ENGINE_INCOMPATIBLE`` (or a rebuild, when the caller allows one).
+
+An engine is executable code, so :meth:`EngineCache.open` checks, in order, before a
+single plan byte reaches the deserializer: the sidecar parses and describes the
+expected key (a different ONNX sha256 is ``ENGINE_INTEGRITY``; a different GPU,
+TensorRT version, precision or profile is ``ENGINE_INCOMPATIBLE``), neither file is
+writable by group or others, and the plan's size and sha256 equal the sidecar's
+(``ENGINE_INTEGRITY`` otherwise). The sidecar is written after the plan, so a crash
+mid-build leaves a plan without sidecar, which counts as no engine at all.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgemed._version import __version__
+from edgemed.bundle import Bundle
+from edgemed.engine.profiles import Profile
+from edgemed.errors import BackendError
+from edgemed.io.writers import atomic_write
+
+__all__ = [
+    "KEY_FIELDS",
+    "SIDECAR_SCHEMA",
+    "EngineCache",
+    "EngineKey",
+    "default_cache_dir",
+    "write_private",
+]
+
+log = logging.getLogger("edgemed.engine")
+
+SIDECAR_SCHEMA = 1
+#: The fields of :class:`EngineKey`, in the order messages list them.
+KEY_FIELDS = (
+    "onnx_sha256",
+    "gpu_name",
+    "compute_capability",
+    "trt_version",
+    "precision",
+    "profile",
+    "hardware_compat",
+    "version_compat",
+)
+# Human words for mismatch messages.
+_FIELD_WORDS = {
+    "onnx_sha256": "model (ONNX sha256)",
+    "gpu_name": "GPU",
+    "compute_capability": "compute capability",
+    "trt_version": "TensorRT version",
+    "precision": "precision",
+    "profile": "profile",
+    "hardware_compat": "hardware compatibility",
+    "version_compat": "version compatibility",
+}
+_SAFE = re.compile(r"[^A-Za-z0-9.]+")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a plan depends on; two plans with one key are interchangeable.
+
+    Attributes:
+        onnx_sha256: sha256 of the ONNX artifact the plan was parsed from.
+        gpu_name: the CUDA device name (``NVIDIA H100 80GB HBM3``, ``Orin``).
+        compute_capability: ``"major.minor"``, e.g. ``"8.7"``.
+        trt_version: ``tensorrt.__version__`` of the builder.
+        precision: the bundle precision (``fp32``/``fp16``/``int8``).
+        profile: :meth:`Profile.canonical` of the optimisation profile.
+        hardware_compat: ``none``, ``ampere_plus`` or ``same_compute_capability``.
+        version_compat: built version-compatible (lean runtime excluded).
+    """
+
+    onnx_sha256: str
+    gpu_name: str
+    compute_capability: str
+    trt_version: str
+    precision: str
+    profile: str
+    hardware_compat: str = "none"
+    version_compat: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the canonical JSON of every field."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    @property
+    def stem(self) -> str:
+        """File name stem in the cache: precision plus 32 hex digits of the digest."""
+        return f"{_SAFE.sub('_', self.precision)}-{self.digest[:32]}"
+
+    def differences(self, other: EngineKey) -> list[str]:
+        """Names of the fields where ``other`` differs, in :data:`KEY_FIELDS` order."""
+        return [f for f in KEY_FIELDS if getattr(self, f) != getattr(other, f)]
+
+    def describe(self) -> str:
+        """One line for messages: ``GPU x (cc 8.7), TensorRT y, fp16``."""
+        return (
+            f"{self.gpu_name} (cc {self.compute_capability}), TensorRT {self.trt_version}, "
+            f"{self.precision}"
+        )
+
+
+def default_cache_dir(bundle: Bundle) -> Path:
+    """``<bundle>/engines``: engines travel with the bundle unless ``--cache`` is given."""
+    return bundle.root / "engines"
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only).
+
+    The temporary file is narrowed to 0600 before any byte is written, so the plan is
+    never readable by others, not even half-written.
+
+    Raises:
+        OutputError: ``OUTPUT_WRITE_FAILED`` (directory unwritable, disk full, ...).
+    """
+
+    def write(tmp: str) -> None:
+        os.chmod(tmp, 0o600)
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key_from_sidecar(data: Any) -> EngineKey:
+    """The key a sidecar describes; ``ValueError`` if any field is missing or mistyped."""
+    if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
+        raise ValueError("not an edgemed engine sidecar of a known schema")
+    fields: dict[str, Any] = {}
+    for name in KEY_FIELDS:
+        value = data.get(name)
+        if name == "profile":
+            value = Profile.from_dict(value).canonical() if isinstance(value, dict) else None
+        if name == "version_compat":
+            if type(value) is not bool:
+                raise ValueError("version_compat must be true or false")
+        elif not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        fields[name] = value
+    for name in ("plan", "plan_sha256"):
+        if not isinstance(data.get(name), str):
+            raise ValueError(f"{name} must be a string")
+    if type(data.get("plan_bytes")) is not int or data["plan_bytes"] < 0:
+        raise ValueError("plan_bytes must be a non-negative integer")
+    return EngineKey(**fields)
+
+
+class EngineCache:
+    """A directory of plans and sidecars (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, cache_dir: str | os.PathLike[str] | None = None):
+        """The cache at ``cache_dir``, or :func:`default_cache_dir` of the bundle."""
+        return cls(cache_dir if cache_dir is not None else default_cache_dir(bundle))
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def plan_path(self, key: EngineKey) -> Path:
+        return self.root / f"{key.stem}.plan"
+
+    def sidecar_path(self, key: EngineKey) -> Path:
+        return self.root / f"{key.stem}.json"
+
+    def timing_cache_path(self, gpu_name: str, compute_capability: str, trt_version: str) -> Path:
+        """Timing caches are per GPU and TensorRT version, shared by all models."""
+        gpu = _SAFE.sub("_", gpu_name).strip("_") or "gpu"
+        return self.root / f"timing-{gpu}-cc{compute_capability}-trt{trt_version}.cache"
+
+    # -- writing -------------------------------------------------------------------------
+
+    def store(
+        self, key: EngineKey, plan: bytes, profile: Profile, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write ``plan`` and its sidecar under ``key`` (both atomic, mode 0600).
+
+        The plan is written first: the sidecar's arrival is what makes it an engine.
+
+        Returns:
+            The sidecar as written.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if profile.canonical() != key.profile:
+            raise ValueError("profile does not match the key")
+        sidecar: dict[str, Any] = {"schema": SIDECAR_SCHEMA, **key.to_dict()}
+        sidecar["profile"] = profile.to_dict()
+        sidecar.update(
+            {
+                "plan": self.plan_path(key).name,
+                "plan_sha256": hashlib.sha256(plan).hexdigest(),
+                "plan_bytes": len(plan),
+                "created": _now(),
+                "edgemed_version": __version__,
+            }
+        )
+        sidecar.update(extra or {})
+        write_private(self.plan_path(key), plan)
+        text = json.dumps(sidecar, indent=2) + "\n"
+        write_private(self.sidecar_path(key), text.encode("utf-8"))
+        return sidecar
+
+    # -- reading -------------------------------------------------------------------------
+
+    def entries(self) -> list[tuple[EngineKey, dict[str, Any]]]:
+        """Every readable sidecar in the cache with the key it describes.
+
+        Sidecars that cannot be read or parsed are skipped here (and logged): they are
+        nobody's engine. :meth:`open` reports them when asked for their key.
+        """
+        found: list[tuple[EngineKey, dict[str, Any]]] = []
+        if not self.root.is_dir():
+            return found
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                found.append((_key_from_sidecar(data), data))
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                log.debug("skipping %s: %s", path.name, exc)
+        return found
+
+    def select(self, want: EngineKey, *, any_profile: bool = True) -> EngineKey:
+        """The key of the cached engine to use for ``want``.
+
+        Args:
+            want: the key wanted. With ``any_profile``, its profile (and compatibility
+                options) are a preference: an engine built for this exact model, GPU,
+                TensorRT version and precision with another profile is used when none
+                has the preferred one (the newest such engine).
+
+        Raises:
+            BackendError: ``ENGINE_MISSING`` (nothing for this model and precision) or
+                ``ENGINE_INCOMPATIBLE`` (engines exist, but for another GPU or TensorRT
+                version, or another profile when ``any_profile`` is False).
+        """
+        relaxed = ("profile", "hardware_compat", "version_compat") if any_profile else ()
+        same_model: list[tuple[EngineKey, dict[str, Any]]] = []
+        usable: list[tuple[EngineKey, dict[str, Any]]] = []
+        for key, data in self.entries():
+            if key.onnx_sha256 != want.onnx_sha256 or key.precision != want.precision:
+                continue
+            same_model.append((key, data))
+            if not self.plan_path(key).is_file():
+                continue  # a sidecar left without its plan is nobody's engine
+            if all(f in relaxed for f in want.differences(key)):
+                usable.append((key, data))
+        for key, _ in usable:
+            if key == want:
+                return key
+        if usable:
+            return max(usable, key=lambda kd: str(kd[1].get("created", "")))[0]
+        if same_model:
+            seen = "; ".join(sorted({k.describe() for k, _ in same_model}))
+            raise BackendError(
+                f"no engine for {want.describe()} in {self.root}; the cache holds engines "
+                f"for {seen} only: rebuild with `edgemed build`",
+                code="ENGINE_INCOMPATIBLE",
+                path=self.root,
+            )
+        raise BackendError(
+            f"no {want.precision} engine for this model in {self.root}: run "
+            f"`edgemed build BUNDLE --precision {want.precision}` first",
+            code="ENGINE_MISSING",
+            path=self.root,
+        )
+
+    def read_verified(self, key: EngineKey) -> tuple[bytes, dict[str, Any]]:
+        """The plan bytes for ``key`` and its sidecar, checked as the module docstring says.
+
+        Raises:
+            BackendError: ``ENGINE_MISSING``, ``ENGINE_INCOMPATIBLE`` or
+                ``ENGINE_INTEGRITY``.
+        """
+        sidecar_path, plan_path = self.sidecar_path(key), self.plan_path(key)
+        if not sidecar_path.is_file() or not plan_path.is_file():
+            raise BackendError(
+                f"no engine for {key.describe()} in {self.root}",
+                code="ENGINE_MISSING",
+                path=plan_path,
+            )
+        for path in (sidecar_path, plan_path):
+            mode = path.stat().st_mode
+            if not stat.S_ISREG(mode) or mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise BackendError(
+                    f"{path.name} is writable by other users; an engine is executable code, "
+                    "so it is not loaded (rebuild it, or chmod 600 it if you trust it)",
+                    code="ENGINE_INTEGRITY",
+                    path=path,
+                )
+        try:
+            data = json.loads(sidecar_path.read_text(encoding="utf-8"))
+            found = _key_from_sidecar(data)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"engine sidecar cannot be read ({exc.__class__.__name__}: {exc})",
+                code="ENGINE_INTEGRITY",
+                path=sidecar_path,
+            ) from exc
+        diff = key.differences(found)
+        if "onnx_sha256" in diff:
+            # The file name is derived from the model's hash: a sidecar naming another
+            # model here was edited or swapped, which is not a compatibility question.
+            raise BackendError(
+                "engine sidecar names a different model (ONNX sha256) than the bundle's",
+                code="ENGINE_INTEGRITY",
+                path=sidecar_path,
+            )
+        if diff:
+            what = ", ".join(
+                f"{_FIELD_WORDS[f]} {getattr(found, f)!s} (here: {getattr(key, f)!s})" for f in diff
+            )
+            raise BackendError(
+                f"engine was built for another setup: {what}; rebuild with `edgemed build`",
+                code="ENGINE_INCOMPATIBLE",
+                path=plan_path,
+            )
+        if data["plan"] != plan_path.name:
+            raise BackendError(
+                "engine sidecar names another plan file",
+                code="ENGINE_INTEGRITY",
+                path=sidecar_path,
+            )
+        # The size first: a truncated multi-GB plan fails without being hashed.
+        if plan_path.stat().st_size != data["plan_bytes"]:
+            raise BackendError(
+                "engine plan is not the size its sidecar records (truncated or replaced)",
+                code="ENGINE_INTEGRITY",
+                path=plan_path,
+            )
+        plan = plan_path.read_bytes()
+        # Hash the very bytes that will be deserialized, not the file a second time.
+        if (
+            len(plan) != data["plan_bytes"]
+            or hashlib.sha256(plan).hexdigest() != str(data["plan_sha256"]).lower()
+        ):
+            raise BackendError(
+                "engine plan does not match its sidecar's sha256 (tampered or corrupt)",
+                code="ENGINE_INTEGRITY",
+                path=plan_path,
+            )
+        return plan, data
+
+    def open(self, key: EngineKey, deserialize: Callable[[bytes], T]) -> T:
+        """Verify the plan for ``key`` (:meth:`read_verified`), then ``deserialize`` it.
+
+        ``deserialize`` (``runtime.deserialize_cuda_engine``) sees only verified bytes.
+        """
+        plan, _ = self.read_verified(key)
+        return deserialize(plan)
+
+    def remove(self, keys: Iterable[EngineKey]) -> None:
+        """Delete the plans and sidecars of ``keys`` (missing files are fine)."""
+        for key in keys:
+            for path in (self.sidecar_path(key), self.plan_path(key)):
+                path.unlink(missing_ok=True)
