@@ -139,7 +139,7 @@ class TensorRTBackend(Backend):
         self._limits: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         for spec in self._inputs:
             lo, _, hi = engine.get_tensor_profile_shape(spec.name, 0)
-            self._limits[spec.name] = (tuple(lo), tuple(hi))
+            self._limits[spec.name] = (trt_compat.dims(lo), trt_compat.dims(hi))
         self._device_buffers: dict[str, DeviceBuffer] = {}
         self._host_buffers: dict[str, PinnedBuffer] = {}
         with device.active(), cuda_errors("TensorRT execution context"):
@@ -154,7 +154,7 @@ class TensorRTBackend(Backend):
             for spec in self._inputs:
                 self._set_shape(spec.name, self._limits[spec.name][1])
             for name, tensor in self._io.items():
-                shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
+                shape = trt_compat.dims(self._context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise BackendError(
                         f"output '{name}' has a data-dependent shape, which edgemed does not "
@@ -363,7 +363,7 @@ class TensorRTBackend(Backend):
                 self._graphs[shapes] = CudaGraph(stream, self._execute)
         results: dict[str, np.ndarray] = {}
         for spec in self._outputs:
-            shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
+            shape = trt_compat.dims(self._context.get_tensor_shape(spec.name))
             host = self._host_buffers[spec.name].array.reshape(-1)[: int(np.prod(shape))]
             if not self._gpu.integrated:
                 self._device_buffers[spec.name].download(host, stream)

@@ -285,7 +285,8 @@ class PinnedBuffer:
         return self._device_ptr
 
     def free(self) -> None:
-        self.array.base.free()
+        allocation: Any = self.array.base  # pycuda's HostAllocation owns the memory
+        allocation.free()
 
 
 class CudaGraph:

@@ -260,7 +260,12 @@ def _build(
 
     config: trt.IBuilderConfig = builder.create_builder_config()
     opt_profile: trt.IOptimizationProfile = builder.create_optimization_profile()
-    opt_profile.set_shape(profile.input, profile.min, profile.opt, profile.max)
+    opt_profile.set_shape(
+        profile.input,
+        trt.Dims(list(profile.min)),
+        trt.Dims(list(profile.opt)),
+        trt.Dims(list(profile.max)),
+    )
     config.add_optimization_profile(opt_profile)
     trt_compat.set_workspace(trt, config, options.workspace_mib)
     level = trt_compat.hardware_compat_level(trt, options.hardware_compat)

@@ -123,8 +123,8 @@ def derive_profile(tensor: TensorInfo, overrides: Mapping[str, str] | None = Non
         if names and names[0] is not None:
             overrides[names[0]] = overrides.pop("batch")
         else:
-            fixed = tensor.shape[0] if tensor.shape else "absent"
-            raise UsageError(f"the model's batch size is fixed ({fixed}); it has no batch range")
+            first = tensor.shape[0] if tensor.shape else "absent"
+            raise UsageError(f"the model's batch size is fixed ({first}); it has no batch range")
     for name in overrides:
         if name not in dynamic:
             fixed = [str(i) for i, n in enumerate(names) if n is None]

@@ -36,6 +36,7 @@ __all__ = [
     "IOTensor",
     "ProgressPrinter",
     "device_memory_bytes",
+    "dims",
     "hardware_compat_level",
     "io_tensors",
     "major_version",
@@ -55,7 +56,7 @@ HARDWARE_COMPAT_LEVELS = {
 
 # TensorRT DataType member names -> NumPy dtypes for engine IO. BF16 and FP8 IO have no
 # NumPy dtype: such an engine is refused with a clear message rather than misread.
-_DTYPES = {
+_DTYPES: dict[str, np.dtype] = {
     "FLOAT": np.dtype(np.float32),
     "HALF": np.dtype(np.float16),
     "INT8": np.dtype(np.int8),
@@ -189,9 +190,14 @@ def io_tensors(trt: Any, engine: Any) -> list[IOTensor]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        shape = dims(engine.get_tensor_shape(name))
         tensors.append(IOTensor(name, is_input, shape, numpy_dtype(engine.get_tensor_dtype(name))))
     return tensors
+
+
+def dims(shape: Any) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` (indexable, with a length) as a tuple of ints."""
+    return tuple(int(shape[i]) for i in range(len(shape)))
 
 
 class ProgressPrinter:
@@ -252,7 +258,7 @@ def progress_monitor(trt: Any, printer: ProgressPrinter) -> Any | None:
     class _Monitor(base):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:
             # The binding's trampoline must be initialised explicitly.
-            base.__init__(self)
+            super().__init__()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             printer.phase_start(phase_name, parent_phase, num_steps)
