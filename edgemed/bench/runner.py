@@ -79,7 +79,10 @@ STAGE_DEFINITIONS = {
     "result out (preprocess + infer + postprocess + result assembly)",
 }
 
-_NO_COPY = "{backend} runs on the host: its inputs and outputs never leave host memory"
+_NO_COPY = {
+    "h2d": "{backend} computes in host memory: there is no host-to-device copy",
+    "d2h": "{backend} computes in host memory: there is no device-to-host copy",
+}
 
 
 @dataclass(frozen=True)
@@ -406,7 +409,7 @@ def _summaries(
         if not samples:
             stages[stage] = None
             if stage in ("h2d", "d2h"):
-                absent[stage] = _NO_COPY.format(backend=f"{backend.name} ({backend.device})")
+                absent[stage] = _NO_COPY[stage].format(backend=f"{backend.name} on {backend.device}")
             elif stage == "read":
                 absent[stage] = "synthetic input is generated in memory: there is no file to read"
             else:
