@@ -275,9 +275,9 @@ class EngineCache:
         for key, data in self.entries():
             if key.onnx_sha256 != want.onnx_sha256 or key.precision != want.precision:
                 continue
-            same_model.append((key, data))
             if not self.plan_path(key).is_file():
                 continue  # a sidecar left without its plan is nobody's engine
+            same_model.append((key, data))
             if all(f in relaxed for f in want.differences(key)):
                 usable.append((key, data))
         for key, _ in usable:

@@ -1,0 +1,23 @@
+"""Fixtures for the engine tests: the demo bundle copied where engines may be written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from edgemed.bundle import Bundle
+from edgemed.pipeline import demo_bundle
+
+
+@pytest.fixture
+def demo_copy(tmp_path):
+    """A writable copy of the demo bundle (engines go to ``<copy>/engines``)."""
+    dest = tmp_path / "demo"
+    shutil.copytree(demo_bundle(), dest)
+    return dest
+
+
+@pytest.fixture
+def demo(demo_copy) -> Bundle:
+    return Bundle.load(demo_copy)
