@@ -417,26 +417,44 @@ def _run_compiler(cmd: list[str], what: str) -> None:
         )
 
 
-def build_cubin(out_dir: str | os.PathLike[str], arch: str, nvcc: str = "nvcc") -> list[Path]:
+def build_cubin(
+    out_dir: str | os.PathLike[str], arch: str, nvcc: str = "nvcc", werror: bool = False
+) -> list[Path]:
     """Compile every kernel source with nvcc into ``out_dir/<name>.<arch>.cubin``.
 
     Args:
         out_dir: where the cubins go (created).
         arch: the GPU architecture, e.g. ``sm_87`` (Orin) or ``sm_90``.
         nvcc: the compiler to run.
+        werror: treat every nvcc and host-compiler warning as an error (the tests do).
 
     Returns:
         The cubin paths. :class:`CudaPreprocessor` loads them with ``cubin_dir=out_dir``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    flags = ["-cubin", f"-arch={arch}", "-O3", "-I", str(KERNEL_DIR)]
+    if werror:
+        flags += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
+    jobs = []
     for src in kernel_sources():
         dst = out / f"{src.stem}.{arch}.cubin"
-        cmd = [nvcc, "-cubin", f"-arch={arch}", "-O3", "-I", str(KERNEL_DIR), "-o", str(dst)]
-        _run_compiler([*cmd, str(src)], f"compile {src.name} for {arch}")
-        paths.append(dst)
-    return paths
+        cmd = [nvcc, *flags, "-o", str(dst), str(src)]
+        try:  # the sources compile independently: run them side by side
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError as exc:
+            raise BackendError(
+                f"{nvcc} not found: needed to build cubins", code="GPU_TOOLCHAIN"
+            ) from exc
+        jobs.append((src, dst, cmd, proc))
+    failures = []
+    for src, _dst, cmd, proc in jobs:
+        _out, err = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"{src.name} for {arch} ({' '.join(cmd)}):\n{err.strip()}")
+    if failures:
+        raise BackendError("nvcc failed: " + "\n".join(failures), code="GPU_KERNEL_BUILD")
+    return [dst for _src, dst, _cmd, _proc in jobs]
 
 
 def build_host_library(

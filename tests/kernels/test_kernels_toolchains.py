@@ -1,0 +1,152 @@
+"""The kernel sources under the other toolchains: nvcc (sm_87, sm_90, warnings as
+errors) and g++ with AddressSanitizer + UBSan running the same comparisons."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SANITIZE_ENV
+
+from edgemed.cuda import kernels as K
+
+pytestmark = pytest.mark.kernels
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
+def test_nvcc_compiles_every_kernel_without_warnings(tmp_path, arch):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH")
+    cubins = K.build_cubin(tmp_path, arch, werror=True)
+    assert [p.name for p in cubins] == [f"{s.stem}.{arch}.cubin" for s in K.kernel_sources()]
+    blob = b"".join(p.read_bytes() for p in cubins)
+    # The entry points the launchers name are in the cubins, unmangled.
+    for suffix in K.RAW_DTYPES.values():
+        assert f"em_preprocess_{suffix}_f16".encode() in blob
+        assert f"em_zstats_{suffix}".encode() in blob
+    assert b"em_segment_f32" in blob and b"em_segment_f16" in blob
+
+
+def test_nvcc_warnings_are_errors(tmp_path, monkeypatch):
+    """The check above can fail: a kernel with an unused variable is refused."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH")
+    bad = tmp_path / "src"
+    bad.mkdir()
+    for p in K.KERNEL_DIR.glob("*.h"):
+        shutil.copy(p, bad / p.name)
+    (bad / "bad.cu").write_text(
+        '#include "edgemed_kernels.h"\n'
+        'extern "C" __global__ void em_bad(float* x) { int unused = 3; x[0] = 1.0f; }\n'
+    )
+    monkeypatch.setattr(K, "KERNEL_DIR", bad)
+    with pytest.raises(K.BackendError) as exc:
+        K.build_cubin(tmp_path / "out", "sm_87", werror=True)
+    assert exc.value.code == "GPU_KERNEL_BUILD"
+
+
+def _libasan() -> str:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    path = subprocess.run(
+        ["g++", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not os.path.isabs(path) or not os.path.exists(path):
+        pytest.skip("this g++ has no AddressSanitizer runtime")
+    return path
+
+
+def _asan_env() -> dict[str, str]:
+    # libstdc++ preloaded too: ASan resolves its __cxa_throw interceptor at start-up, and
+    # Python does not link libstdc++, so the first C++ exception thrown (and caught) inside
+    # OpenCV would otherwise abort the run with a CHECK failure.
+    stdcxx = subprocess.run(
+        ["g++", "-print-file-name=libstdc++.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        **os.environ,
+        "LD_PRELOAD": f"{_libasan()}:{stdcxx}",
+        # Python itself "leaks" at exit by design; everything else aborts on first error.
+        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        SANITIZE_ENV: "1",
+    }
+
+
+def test_host_comparisons_pass_under_asan_and_ubsan():
+    """Every host comparison again, with the kernels built -fsanitize=address,undefined
+    -fno-sanitize-recover=all (an out-of-bounds read, overflow or misaligned access in a
+    kernel body aborts the run)."""
+    proc = subprocess.run(
+        # -s: a sanitizer report goes to fd 2, which pytest's capture would swallow.
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "kernels",
+            str(HERE / "test_kernels_host.py"),
+        ],
+        cwd=REPO,
+        env=_asan_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) >= 30, out[-2000:]
+    assert "Sanitizer" not in out
+
+
+def test_asan_build_catches_an_out_of_bounds_write(tmp_path):
+    """The sanitizer is live: an output buffer half the needed size aborts with a report."""
+    script = f"""
+import numpy as np
+from edgemed.cuda import kernels as K
+from edgemed.preprocess import PreprocessSpec
+lib = K.HostKernels(K.build_host_library({str(tmp_path)!r}, sanitize=True))
+spec = PreprocessSpec(size=(128, 128), clip=(0.0, 1.0))
+launch = K.pack_preprocess(spec, [(64, 64)], np.int16)
+raw = np.zeros(64 * 64, np.int16)
+out = np.zeros(128 * 64, np.float32)  # half of 128 x 128
+stats = np.zeros(2)
+lib._launch_pre(launch.kernel, launch.geometry, raw, launch.slices, launch.spec, stats, out)
+print("no error")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=_asan_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in proc.stderr, proc.stderr[-2000:]
+    assert "no error" not in proc.stdout
+
+
+def test_host_launch_walks_the_whole_grid(host_kernels):
+    """The shim runs every thread of a partial edge block: a 33 x 9 input (two blocks
+    wide, two high, mostly idle threads) is written everywhere, exactly."""
+    from edgemed.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(size=(9, 33), clip=(0.0, 200.0), scale="none")
+    raw = (np.arange(9 * 33) % 251).astype(np.uint8).reshape(9, 33)
+    out, _ = host_kernels.preprocess([raw], spec)
+    np.testing.assert_array_equal(out[0, 0], np.minimum(raw, 200).astype(np.float32))
