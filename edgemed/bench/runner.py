@@ -27,8 +27,10 @@ Stability (perf_analyzer's rule): the minimum ``iterations`` are split into ``wi
 windows of ``ceil(iterations / windows)`` calls; measuring goes on window by window
 until the mean ``end_to_end`` of the last ``windows`` windows agree within
 ``stability_percent`` (:func:`edgemed.bench.stats.windows_agree`), or until
-``time_cap_s`` seconds of measuring have passed (the minimum always runs); then the
-result says ``"stable": false`` and why.
+``time_cap_s`` seconds of measuring have passed; then the result says
+``"stable": false`` and why. The cap bounds every configuration, even before the
+minimum has run (a slow model or a busy machine), so that a default run of the demo
+bundle ends within a minute.
 """
 
 from __future__ import annotations
@@ -93,22 +95,24 @@ class BenchOptions:
         backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
         precisions: artifacts to run; ``None`` means every precision in the bundle.
         batches: batch sizes (slices per backend call).
-        iterations: minimum measured calls per configuration.
+        iterations: minimum measured calls per configuration (unless the time cap
+            comes first).
         warmup: unmeasured calls first.
         windows: how many consecutive windows must agree.
         stability_percent: how closely their mean end-to-end latencies must agree.
-        time_cap_s: measuring time after which a configuration stops unstable.
+        time_cap_s: measuring time (seconds, warm-up excluded) after which a
+            configuration stops, reported unstable.
         threads: ONNX Runtime threads (``None``: the backend's default).
     """
 
     backend: str = "auto"
     precisions: tuple[str, ...] | None = None
     batches: tuple[int, ...] = (1,)
-    iterations: int = 30
+    iterations: int = 45
     warmup: int = 5
     windows: int = 3
     stability_percent: float = 10.0
-    time_cap_s: float = 12.0
+    time_cap_s: float = 6.0
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -184,7 +188,7 @@ def measure(
     warmup: int = 0,
     windows: int = 3,
     tolerance_percent: float = 10.0,
-    time_cap_s: float = 12.0,
+    time_cap_s: float = 6.0,
     key: str = "end_to_end",
     clock: Callable[[], float] = time.perf_counter,
     on_step: Callable[[int, int], None] | None = None,
@@ -197,8 +201,8 @@ def measure(
         warmup: calls made first and not recorded.
         windows: consecutive windows that must agree.
         tolerance_percent: how closely (see :func:`windows_agree`).
-        time_cap_s: after this much measuring time, stop at the next window boundary
-            even if unstable (the minimum iterations always run).
+        time_cap_s: after this much measuring time, stop unstable: at once while the
+            minimum has not run, else at the next window boundary.
         key: the stage the rule watches.
         clock: seconds, monotonic (injectable so that tests control time).
         on_step: ``on_step(done, planned)`` after each measured call (progress bars).
@@ -221,10 +225,25 @@ def measure(
             raise UsageError(f"the measured step reported no '{key}' time")
         if on_step is not None:
             on_step(n, max(minimum, n + (-n) % size))
-        if n < minimum or (n - minimum) % size:
-            continue  # verdicts only at window boundaries, once the minimum has run
-        verdict = windows_agree(samples[key], size, windows, tolerance_percent)
         elapsed = clock() - start
+        if n < minimum:
+            if elapsed < time_cap_s:
+                continue
+            # The cap bounds the run even below the minimum (a slow model, a busy
+            # machine): the figures stand, the stability verdict cannot be made.
+            return Measurement(
+                samples,
+                False,
+                f"time cap of {time_cap_s:g} s reached after {n} of the {minimum} minimum "
+                f"calls: too few for the {windows}-window rule",
+                None,
+                [],
+                size,
+                elapsed,
+            )
+        if (n - minimum) % size:
+            continue  # verdicts only at window boundaries once the minimum has run
+        verdict = windows_agree(samples[key], size, windows, tolerance_percent)
         shape = f"last {windows} windows of {size} call{'s' if size > 1 else ''}"
         if verdict.stable:
             reason = (
@@ -409,7 +428,9 @@ def _summaries(
         if not samples:
             stages[stage] = None
             if stage in ("h2d", "d2h"):
-                absent[stage] = _NO_COPY[stage].format(backend=f"{backend.name} on {backend.device}")
+                absent[stage] = _NO_COPY[stage].format(
+                    backend=f"{backend.name} on {backend.device}"
+                )
             elif stage == "read":
                 absent[stage] = "synthetic input is generated in memory: there is no file to read"
             else:

@@ -45,7 +45,7 @@ def test_steady_samples_stop_at_the_minimum():
 def test_measuring_goes_on_until_the_last_windows_agree():
     seq = [10, 10, 30, 30, 50, 50, 20, 20, 20, 20, 20, 20, 99]
     s = Script([float(v) for v in seq])
-    m = measure(s.step, iterations=6, windows=3, tolerance_percent=10, clock=s.clock)
+    m = measure(s.step, iterations=6, windows=3, tolerance_percent=10, clock=s.clock, time_cap_s=99)
     # At 6 calls the windows are 10/30/50, at 8 30/50/20, at 10 50/20/20: unstable.
     assert m.stable and m.iterations == 12
     assert m.window_means_ms == [20.0, 20.0, 20.0] and m.spread_percent == 0.0
@@ -60,10 +60,13 @@ def test_time_cap_stops_an_unstable_run_at_a_window_boundary():
     assert m.spread_percent == pytest.approx(100 * (1.1**4 - 1), rel=1e-9)
 
 
-def test_minimum_always_runs_even_past_the_cap():
-    s = Script([float(k) for k in range(1, 100)], seconds_per_call=100.0)
-    m = measure(s.step, iterations=5, windows=3, time_cap_s=1, clock=s.clock)
-    assert m.iterations == 6 and not m.stable  # ceil(5/3) = 2 per window, 3 windows
+def test_time_cap_also_bounds_the_minimum():
+    s = Script([float(k) for k in range(1, 100)], seconds_per_call=2.0)
+    m = measure(s.step, iterations=30, windows=3, time_cap_s=5, clock=s.clock)
+    assert m.iterations == 3 and not m.stable and m.spread_percent is None  # 6 s >= 5 s
+    assert m.reason == (
+        "time cap of 5 s reached after 3 of the 30 minimum calls: too few for the 3-window rule"
+    )
 
 
 def test_progress_callback_and_missing_key():
