@@ -45,8 +45,6 @@ __all__ = ["TensorRTBackend", "probe"]
 
 log = logging.getLogger("edgemed.backends")
 
-_MAX_GRAPHS = 8  # captured CUDA graphs kept (one per input shape)
-
 
 def probe(bundle: Bundle, precision: str, cache_dir: str | Path | None = None) -> str:
     """Why the TensorRT backend cannot run ``bundle`` at ``precision`` here ("" if it can).
@@ -120,7 +118,9 @@ class TensorRTBackend(Backend):
         self._gpu = device
         self._errors = errors if errors is not None else []
         self._cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[tuple[int, ...], ...], CudaGraph] = {}
+        # (input shapes, graph): one graph, for the shapes of consecutive calls.
+        self._graph: tuple[tuple[tuple[int, ...], ...], CudaGraph] | None = None
+        self._last_shapes: tuple[tuple[int, ...], ...] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         io = trt_compat.io_tensors(trt, engine)
         names = dict(axis_names or {})
@@ -195,7 +195,8 @@ class TensorRTBackend(Backend):
                 (minutes on a Jetson) instead of failing. A tampered engine is never
                 rebuilt over silently (``ENGINE_INTEGRITY`` is raised either way).
             device: CUDA device ordinal.
-            cuda_graphs: capture a CUDA graph per input shape and replay it.
+            cuda_graphs: for fixed shapes, capture a CUDA graph on the second call with
+                the same input shapes and replay it while they stay the same.
 
         Raises:
             MissingDependencyError: tensorrt or pycuda missing.
@@ -210,51 +211,49 @@ class TensorRTBackend(Backend):
 
         cache = EngineCache.for_bundle(bundle, cache_dir)
         gpu = CudaDevice.open(device)
+        # Every TensorRT call with this GPU's primary context current: TensorRT's CUDA
+        # runtime then works on this device, not on device 0.
         try:
-            want = _wanted_key(bundle, precision, gpu.name, gpu.info.cc, trt.__version__)
-            try:
-                key = cache.select(want)
-            except BackendError as exc:
-                if not build or exc.code not in ("ENGINE_MISSING", "ENGINE_INCOMPATIBLE"):
-                    raise
-                log.warning("%s; building one now", exc.message)
-                key = build_engine(
-                    bundle,
-                    BuildOptions(precision=precision, device=device),
-                    cache,
-                    progress=log.warning,
-                ).key
-            errors: list[str] = []
-            runtime = trt.Runtime(make_logger(errors))
-            # An engine with host code is executable code from a file: never allowed.
-            runtime.engine_host_code_allowed = False
             with gpu.active():
+                want = _wanted_key(bundle, precision, gpu.name, gpu.info.cc, trt.__version__)
+                try:
+                    key = cache.select(want)
+                except BackendError as exc:
+                    if not build or exc.code not in ("ENGINE_MISSING", "ENGINE_INCOMPATIBLE"):
+                        raise
+                    log.warning("%s; building one now", exc.message)
+                    key = build_engine(
+                        bundle,
+                        BuildOptions(precision=precision, device=device),
+                        cache,
+                        progress=log.warning,
+                    ).key
+                errors: list[str] = []
+                runtime = trt.Runtime(make_logger(errors))
+                # An engine with host code is executable code from a file: never allowed.
+                runtime.engine_host_code_allowed = False
                 engine = cache.open(key, runtime.deserialize_cuda_engine)
-            if engine is None:
-                detail = f": {errors[-1]}" if errors else ""
-                raise BackendError(
-                    f"TensorRT {trt.__version__} could not deserialize the verified engine"
-                    + detail,
-                    code="ENGINE_INCOMPATIBLE",
-                    path=cache.plan_path(key),
+                if engine is None:
+                    detail = f": {errors[-1]}" if errors else ""
+                    raise BackendError(
+                        f"TensorRT {trt.__version__} could not deserialize the verified engine"
+                        + detail,
+                        code="ENGINE_INCOMPATIBLE",
+                        path=cache.plan_path(key),
+                    )
+                names = {bundle.input.name: _axis_names(bundle.input.shape)}
+                for out in bundle.outputs:
+                    names[out.name] = _axis_names(out.shape)
+                backend = cls(
+                    engine,
+                    gpu,
+                    precision=precision,
+                    version=trt.__version__,
+                    axis_names=names,
+                    cuda_graphs=cuda_graphs,
+                    errors=errors,
+                    runtime=runtime,
                 )
-            names = {
-                bundle.input.name: tuple(
-                    d if isinstance(d, str) else None for d in bundle.input.shape
-                )
-            }
-            for out in bundle.outputs:
-                names[out.name] = tuple(d if isinstance(d, str) else None for d in out.shape)
-            backend = cls(
-                engine,
-                gpu,
-                precision=precision,
-                version=trt.__version__,
-                axis_names=names,
-                cuda_graphs=cuda_graphs,
-                errors=errors,
-                runtime=runtime,
-            )
         except BaseException:
             gpu.close()
             raise
@@ -351,16 +350,17 @@ class TensorRTBackend(Backend):
 
         stream = self._gpu.stream
         shapes = tuple(self._shapes[s.name] for s in self._inputs)
-        graph = self._graphs.get(shapes)
-        if graph is not None:
-            graph.launch()
+        if self._graph is not None and self._graph[0] == shapes:
+            self._graph[1].launch()
         else:
+            self._graph = None  # captured for other shapes: never replayed for these
             self._execute()
-            if self._cuda_graphs and len(self._graphs) < _MAX_GRAPHS:
-                # Captured after one plain run: TensorRT does its shape-dependent setup
-                # on the first execution with new shapes, which must not be captured.
+            if self._cuda_graphs and shapes == self._last_shapes:
+                # Captured only after a plain run at these shapes: TensorRT does its
+                # shape-dependent setup on the first execution, which must not be captured.
                 stream.synchronize()
-                self._graphs[shapes] = CudaGraph(stream, self._execute)
+                self._graph = (shapes, CudaGraph(stream, self._execute))
+        self._last_shapes = shapes
         results: dict[str, np.ndarray] = {}
         for spec in self._outputs:
             shape = trt_compat.dims(self._context.get_tensor_shape(spec.name))
@@ -383,7 +383,7 @@ class TensorRTBackend(Backend):
             return
         try:
             with self._gpu.active():
-                self._graphs.clear()
+                self._graph = None
                 for buffer in self._device_buffers.values():
                     buffer.free()
                 for host in self._host_buffers.values():
@@ -397,6 +397,11 @@ class TensorRTBackend(Backend):
         finally:
             self._gpu.close()
             super().close()
+
+
+def _axis_names(shape: tuple[int | str, ...]) -> tuple[str | None, ...]:
+    """The bundle's names of dynamic axes (None for fixed ones)."""
+    return tuple(d if isinstance(d, str) else None for d in shape)
 
 
 def _named_shape(

@@ -166,18 +166,35 @@ def build_engine(
         BackendError: ``GPU_UNAVAILABLE``, ``ENGINE_BUILD_FAILED``.
         OutputError: the cache directory cannot be written.
     """
-    artifact = bundle.artifact("onnx", options.precision)
+    bundle.artifact("onnx", options.precision)  # BUNDLE_ARTIFACT_MISSING first
     profile = derive_profile(bundle.input, options.ranges)
     if options.hardware_compat not in trt_compat.HARDWARE_COMPAT_LEVELS:
         raise UsageError(f"unknown hardware compatibility level {options.hardware_compat!r}")
     cache = cache or EngineCache.for_bundle(bundle)
 
     require("tensorrt", "gpu", "building TensorRT engines")
+    from edgemed.cuda.device import CudaDevice
+
+    device = CudaDevice.open(options.device)
+    try:
+        # TensorRT's CUDA runtime builds on the device whose context is current.
+        with device.active():
+            return _build_on(bundle, options, cache, profile, device.info, progress)
+    finally:
+        device.close()
+
+
+def _build_on(
+    bundle: Bundle,
+    options: BuildOptions,
+    cache: EngineCache,
+    profile: Profile,
+    gpu: DeviceInfo,
+    progress: Callable[[str], None],
+) -> BuildResult:
     import tensorrt as trt
 
-    from edgemed.cuda.device import query_device
-
-    gpu = query_device(options.device)
+    artifact = bundle.artifact("onnx", options.precision)
     key = engine_key(
         bundle,
         options.precision,
