@@ -52,6 +52,13 @@ def _save(fig, path: Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def _where(doc: dict[str, Any]) -> str:
+    """The backend(s) and machine, for plot titles."""
+    backends = dict.fromkeys(f"{c['backend']} {c['backend_version']}" for c in doc["configs"])
+    d = doc["device"]
+    return f"{', '.join(backends)} on {d['cpu']} ({d['cores_usable']} cores)"
+
+
 def _cdf(doc: dict[str, Any], path: Path) -> Path:
     configs = doc["configs"]
     fig = _figure(8.0, 4.6 + 0.18 * len(configs))
@@ -89,7 +96,7 @@ def _cdf(doc: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("end-to-end latency per call (ms)")
     ax.set_ylabel("fraction of calls at or below")
     b = doc["bundle"]
-    ax.set_title(f"End-to-end latency CDF: {b['name']} {b['version']}", fontsize=11)
+    ax.set_title(f"End-to-end latency CDF: {b['name']} {b['version']}\n{_where(doc)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     # Below the axes: inside, it would hide the steep parts of the curves.
     fig.legend(
@@ -152,7 +159,7 @@ def _stages(doc: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(y, [c["name"] for c in configs])
     ax.set_xlim(0, 1.45 * max(float(e2e.max()), float(left.max()), 1e-3))
     ax.set_xlabel("mean time per call (ms): stages timed one by one; diamond = whole pipeline")
-    ax.set_title("Mean time per call, by stage", fontsize=11)
+    ax.set_title(f"Mean time per call, by stage\n{_where(doc)}", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     # Below the axes, outside them: the bars keep the whole width.
     handles, labels = ax.get_legend_handles_labels()
@@ -161,7 +168,7 @@ def _stages(doc: dict[str, Any], path: Path) -> Path:
         [handles[k] for k in order],
         [labels[k] for k in order],
         loc="outside lower center",
-        ncol=3,
+        ncol=min(len(order), 5),
         fontsize=8,
         frameon=False,
     )

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -338,13 +339,14 @@ def _bundle_accuracy(bundle: Bundle, precision: str) -> dict[str, Any] | None:
 # -- one configuration ---------------------------------------------------------------
 
 
-def _progress(desc: str, enabled: bool):
+def _progress(desc: str, total: int, enabled: bool):
     if not enabled:
         return None
     from edgemed._lazy import require
 
     tqdm = require("tqdm", "bench", "edgemed bench (progress bar)")
-    return tqdm.tqdm(desc=desc, total=None, unit="call", leave=False, dynamic_ncols=True)
+    # stderr, cleared when done (leave=False): the table on stdout is what stays.
+    return tqdm.tqdm(desc=desc, total=total, unit="call", leave=False, file=sys.stderr)
 
 
 def _staged_step(
@@ -469,7 +471,7 @@ def _run_config(
     images = inp.image.num_slices if inp.image.is_volume else batch
     name = f"{backend.precision} b{batch} {inp.label}"
     step, last = _staged_step(pipe, inp, batch)
-    bar = _progress(name, progress)
+    bar = _progress(name, opts.window_size * opts.windows, progress)
 
     def on_step(done: int, planned: int) -> None:
         if bar is not None:
