@@ -674,11 +674,23 @@ class CudaPreprocessor:
 
         Asynchronous on ``stream`` (a ``pycuda.driver.Stream``): the output is ready when
         the stream reaches this point. Slices must share one raw type (int16, uint16,
-        uint8 or float32); sizes may differ.
+        uint8 or float32); sizes may differ. Same as :meth:`upload` then :meth:`launch`.
 
         Returns:
             Per slice, where it landed (as the CPU path's placements).
         """
+        launch = self.upload(raw_slices, slopes, intercepts, stream)
+        self.launch(launch, dst_ptr, stream)
+        return launch.placements
+
+    def upload(
+        self,
+        raw_slices: Sequence[np.ndarray],
+        slopes: Sequence[float] | None,
+        intercepts: Sequence[float] | None,
+        stream: Any = None,
+    ) -> PreprocessLaunch:
+        """Pack parameters and pixels into the pinned buffer and queue one H2D copy."""
         dtype, shapes = _pack_raw(raw_slices)
         if len(shapes) > self.max_batch:
             raise UsageError(f"{len(shapes)} slices exceed max_batch={self.max_batch}")
@@ -687,14 +699,13 @@ class CudaPreprocessor:
         launch = pack_preprocess(self.spec, shapes, dtype, slopes, intercepts, self.coord32)
         cuda = _driver()
         st = self._staging
-        spec_off = 0
         slices_off = PRE_SPEC_DTYPE.itemsize
         raw_off = self._params_bytes
         raw_bytes = launch.raw_elements * dtype.itemsize
-        with cuda_errors("preprocessing on the GPU"):
+        with cuda_errors("uploading slices to the GPU"):
             st.ready.synchronize()  # the previous copy may still read the pinned buffer
             host = st.host
-            host[spec_off:slices_off] = launch.spec.view(np.uint8)
+            host[:slices_off] = launch.spec.view(np.uint8)
             host[slices_off : slices_off + launch.slices.nbytes] = launch.slices.view(np.uint8)
             view = host[raw_off : raw_off + raw_bytes].view(dtype)
             pos = 0
@@ -703,14 +714,23 @@ class CudaPreprocessor:
                 pos += s.size
             cuda.memcpy_htod_async(st.ptr, host[: raw_off + raw_bytes], stream)
             st.ready.record(stream)
-            args = (
-                np.uintp(st.ptr + raw_off),
-                np.uintp(st.ptr + slices_off),
-                np.uintp(st.ptr + spec_off),
-                np.uintp(self._stats.ptr),
-                np.uintp(int(dst_ptr)),
-            )
+        return launch
+
+    def launch(self, launch: PreprocessLaunch, dst_ptr: int, stream: Any = None) -> None:
+        """Queue the kernels for the batch :meth:`upload` staged last (same stream)."""
+        cuda = _driver()
+        st = self._staging
+        args = (
+            np.uintp(st.ptr + self._params_bytes),  # raw pixels
+            np.uintp(st.ptr + PRE_SPEC_DTYPE.itemsize),  # slice parameters
+            np.uintp(st.ptr),  # launch parameters
+            np.uintp(self._stats.ptr),
+            np.uintp(int(dst_ptr)),
+        )
+        with cuda_errors("preprocessing on the GPU"):
             if launch.zstats_kernel is not None:
+                # Statistics first (two passes), then the main kernel reads them: the
+                # launches are ordered on one stream, so no host synchronisation.
                 cuda.memset_d8_async(self._stats.ptr, 0, 8 * launch.stats_count, stream)
                 zfn = self._function(launch.zstats_kernel)
                 geo = launch.zstats_geometry
@@ -720,7 +740,6 @@ class CudaPreprocessor:
             self._function(launch.kernel)(
                 *args, np.int32(0), grid=geo.grid, block=geo.block, stream=stream
             )
-        return launch.placements
 
 
 class CudaSegmentPostprocessor:
@@ -774,8 +793,21 @@ class CudaSegmentPostprocessor:
         """Masks for ``(N, C, H, W)`` logits at ``logits_ptr`` (float32 or float16).
 
         Synchronises ``stream`` (the masks are needed on the host). Returns one uint8
-        ``(h, w)`` mask per placement, as :func:`edgemed.postprocess.segment`.
+        ``(h, w)`` mask per placement, as :func:`edgemed.postprocess.segment`. Same as
+        :meth:`launch` then :meth:`fetch`.
         """
+        launch = self.launch(logits_ptr, logits_shape, placements, stream, logits_dtype)
+        return self.fetch(launch, stream)
+
+    def launch(
+        self,
+        logits_ptr: int,
+        logits_shape: Sequence[int],
+        placements: Sequence[Placement],
+        stream: Any = None,
+        logits_dtype: np.dtype | type = np.float32,
+    ) -> SegmentLaunch:
+        """Queue the parameter upload and the kernel (nothing is waited for)."""
         launch = pack_segment(self.post, logits_shape, placements, logits_dtype, self.coord32)
         if len(placements) > self.max_batch:
             raise UsageError(f"{len(placements)} slices exceed max_batch={self.max_batch}")
@@ -802,6 +834,13 @@ class CudaSegmentPostprocessor:
                 block=geo.block,
                 stream=stream,
             )
+        return launch
+
+    def fetch(self, launch: SegmentLaunch, stream: Any = None) -> list[np.ndarray]:
+        """Copy the masks of :meth:`launch` back, wait, and split them per slice (then
+        largest-component filtering on the CPU where the spec asks for it)."""
+        cuda = _driver()
+        with cuda_errors("copying masks from the GPU"):
             host = self._masks_host.array[: launch.mask_bytes]
             cuda.memcpy_dtoh_async(host, self._masks_dev.ptr, stream)
             if stream is None:

@@ -11,10 +11,9 @@ import os
 import shutil
 
 import pytest
+from kernel_cases import SANITIZE_ENV
 
 from edgemed.cuda.kernels import HostKernels, build_host_library
-
-SANITIZE_ENV = "EDGEMED_KERNELS_SANITIZE"
 
 
 @pytest.fixture(scope="session")

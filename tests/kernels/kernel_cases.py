@@ -24,6 +24,8 @@ from pydicom.data import get_testdata_file
 from edgemed.postprocess import PostprocessSpec, _to_source, activate
 from edgemed.preprocess import PreprocessSpec, Window
 
+#: Set to "1" to build the host library with ASan/UBSan (tests/kernels/conftest.py).
+SANITIZE_ENV = "EDGEMED_KERNELS_SANITIZE"
 F32_REL_TOL = 1e-5
 NEAR_TIE = 1e-5
 MIN_AGREEMENT = 0.9999
@@ -65,7 +67,6 @@ class PreCase:
     slopes: list[float]
     intercepts: list[float]
     spec: PreprocessSpec
-    notes: str = ""
 
     def physical(self) -> list[np.ndarray]:
         return [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SANITIZE_ENV
+from kernel_cases import SANITIZE_ENV
 
 from edgemed.cuda import kernels as K
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU check for the CUDA kernels: run on a machine with an NVIDIA GPU (no internet needed
+# when pycuda is already importable or a local sdist is given).
+#
+#   benchmarks/gpu_check.sh [path/to/pycuda-<version>.tar.gz]
+#
+# 1. pycuda: used as installed; else built from the given sdist, else from PyPI's sdist
+#    (pip install --no-binary pycuda pycuda; needs nvcc and the CUDA headers).
+# 2. pytest -m "gpu or kernels": the GPU launchers against the CPU reference (tests/cuda)
+#    and the host-build/nvcc kernel tests (tests/kernels).
+# 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
+#
+# PYTHON selects the interpreter (default: python3). Exit status: pytest's, else the bench's.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+SDIST="${1:-}"
+cd "$(dirname "$0")/.."
+
+echo "== GPU"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+else
+    echo "nvidia-smi not found: the gpu tests will skip if no GPU is usable"
+fi
+command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -n 1 || echo "nvcc not on PATH"
+
+echo "== pycuda"
+if ! "$PYTHON" -c "import pycuda.driver" >/dev/null 2>&1; then
+    if [[ -z "${CUDA_ROOT:-}" ]] && command -v nvcc >/dev/null 2>&1; then
+        # pycuda's setup finds the toolkit through CUDA_ROOT (headers, libcuda stub).
+        export CUDA_ROOT="$(dirname "$(dirname "$(command -v nvcc)")")"
+    fi
+    if [[ -n "$SDIST" ]]; then
+        echo "building pycuda from $SDIST"
+        # Offline, build isolation cannot fetch setuptools/numpy: use the installed ones.
+        "$PYTHON" -m pip install --no-build-isolation "$SDIST" ||
+            "$PYTHON" -m pip install "$SDIST"
+    else
+        echo "building pycuda from its sdist (pip install --no-binary pycuda pycuda)"
+        "$PYTHON" -m pip install --no-binary pycuda pycuda
+    fi
+fi
+"$PYTHON" -c "import pycuda; print('pycuda', pycuda.VERSION_TEXT)"
+
+echo "== tests: pytest -m 'gpu or kernels'"
+status=0
+"$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests/cuda tests/kernels || status=$?
+
+echo "== kernel benchmark"
+"$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }
+exit "$status"
