@@ -15,8 +15,10 @@ else is ``ENGINE_INCOMPATIBLE`` (or a rebuild, when the caller allows one).
 An engine is executable code, so :meth:`EngineCache.open` checks, in order, before a
 single plan byte reaches the deserializer: the sidecar parses and describes the
 expected key (a different ONNX sha256 is ``ENGINE_INTEGRITY``; a different GPU,
-TensorRT version, precision or profile is ``ENGINE_INCOMPATIBLE``), neither file is
-writable by group or others, and the plan's size and sha256 equal the sidecar's
+TensorRT version, precision or profile is ``ENGINE_INCOMPATIBLE``), neither file nor
+the cache directory is writable by group or others or owned by another user (the
+sidecar is not signed: the cache is trusted because only this user can write it), and
+the plan's size and sha256 equal the sidecar's
 (``ENGINE_INTEGRITY`` otherwise). The sidecar is written after the plan, so a crash
 mid-build leaves a plan without sidecar, which counts as no engine at all.
 """
@@ -216,7 +218,8 @@ class EngineCache:
         Returns:
             The sidecar as written.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        # 0700 when created here: only the service user may add or swap engines.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if profile.canonical() != key.profile:
             raise ValueError("profile does not match the key")
         sidecar: dict[str, Any] = {"schema": SIDECAR_SCHEMA, **key.to_dict()}
@@ -314,15 +317,7 @@ class EngineCache:
                 code="ENGINE_MISSING",
                 path=plan_path,
             )
-        for path in (sidecar_path, plan_path):
-            mode = path.stat().st_mode
-            if not stat.S_ISREG(mode) or mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise BackendError(
-                    f"{path.name} is writable by other users; an engine is executable code, "
-                    "so it is not loaded (rebuild it, or chmod 600 it if you trust it)",
-                    code="ENGINE_INTEGRITY",
-                    path=path,
-                )
+        self._check_ownership(self.root, sidecar_path, plan_path)
         try:
             data = json.loads(sidecar_path.read_text(encoding="utf-8"))
             found = _key_from_sidecar(data)
@@ -375,6 +370,29 @@ class EngineCache:
                 path=plan_path,
             )
         return plan, data
+
+    @staticmethod
+    def _check_ownership(*paths: Path) -> None:
+        """Refuse files (and the cache directory) that someone else could have written.
+
+        The sidecar is not signed: what makes it trustworthy is that only this user (or
+        root) can write the cache. A plan another user can replace is never loaded.
+        """
+        uid = os.geteuid() if hasattr(os, "geteuid") else None
+        for path in paths:
+            st = path.stat()
+            kind_ok = stat.S_ISDIR(st.st_mode) if path.is_dir() else stat.S_ISREG(st.st_mode)
+            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            foreign = uid is not None and st.st_uid not in (uid, 0)
+            if not kind_ok or writable or foreign:
+                who = "owned by another user" if foreign else "writable by other users"
+                raise BackendError(
+                    f"{path.name} is {who}; an engine is executable code, so it is not "
+                    "loaded (rebuild it in a cache only you can write: --cache DIR, or "
+                    "chmod go-w)",
+                    code="ENGINE_INTEGRITY",
+                    path=path,
+                )
 
     def open(self, key: EngineKey, deserialize: Callable[[bytes], T]) -> T:
         """Verify the plan for ``key`` (:meth:`read_verified`), then ``deserialize`` it.

@@ -213,6 +213,19 @@ def test_group_writable_plan_is_not_loaded(stored, key):
     _expect(stored, key, "ENGINE_INTEGRITY")
 
 
+def test_cache_dir_is_created_0700_and_must_not_be_group_writable(stored, key):
+    assert stat.S_IMODE(stored.root.stat().st_mode) == 0o700
+    os.chmod(stored.root, 0o770)
+    _expect(stored, key, "ENGINE_INTEGRITY")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_plan_owned_by_another_user_is_not_loaded(stored, key):
+    os.chown(stored.plan_path(key), 4242, -1)
+    err = _expect(stored, key, "ENGINE_INTEGRITY")
+    assert "owned by another user" in err.message
+
+
 def test_plan_without_sidecar_is_missing(stored, key):
     stored.sidecar_path(key).unlink()
     _expect(stored, key, "ENGINE_MISSING")
