@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgemed._scratch import scratch
 from edgemed.errors import BundleError, UsageError
 from edgemed.preprocess.cpu import Placement
 
@@ -109,12 +110,87 @@ def _to_source(probs: np.ndarray, placement: Placement) -> np.ndarray:
     (OpenCV ``INTER_LINEAR``, half-pixel centres) to the source ``(h, w)``: ``(h, w, C)``."""
     p = placement
     box = probs[:, p.top : p.top + p.height, p.left : p.left + p.width]
-    hwc = np.ascontiguousarray(box.transpose(1, 2, 0))
-    h, w = p.source
-    if (h, w) != (p.height, p.width):
-        # cv2.resize handles up to 512 channels in one call; it drops a size-1 channel axis.
-        hwc = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
-    return hwc
+    return _resize_hwc(np.ascontiguousarray(box.transpose(1, 2, 0)), p.source)
+
+
+def _resize_hwc(hwc: np.ndarray, source: tuple[int, int]) -> np.ndarray:
+    """``(h, w, C)`` resized to ``source`` with ``INTER_LINEAR`` (unchanged when equal).
+
+    Always one multi-channel call: OpenCV picks its code path (IPP or its own) by channel
+    count, and the two round the source coordinate differently (see preprocess.cpu), so
+    channel-by-channel resizing would not give the same bits.
+    """
+    h, w = source
+    c = hwc.shape[2]
+    if (h, w) == hwc.shape[:2]:
+        return hwc
+    if c == 1:  # cv2.resize drops a size-1 channel axis
+        return cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 1)
+    # Up to 512 channels in one call; into a reused buffer (see edgemed._scratch).
+    dst = scratch.get("post.resized", (h, w, c), np.float32) if hwc.dtype == np.float32 else None
+    return cv2.resize(hwc, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+
+
+def _planes(hwc: np.ndarray) -> np.ndarray:
+    """``(h, w, C)`` -> contiguous ``(C, h, w)``.
+
+    The decision's comparisons are several times faster on contiguous planes than on
+    strided channel views. cv2.transpose is a blocked 2D copy (exact), ~3x faster than
+    NumPy's strided copy of an ``(h*w, C)`` float32 array.
+    """
+    h, w, c = hwc.shape
+    if c == 1 or c > 4096 or hwc.dtype != np.float32 or not hwc.flags.c_contiguous:
+        return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
+    dst = scratch.get("post.planes", (c, h * w), np.float32)
+    return cv2.transpose(hwc.reshape(h * w, c), dst=dst).reshape(c, h, w)
+
+
+def _best_channel(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per pixel, the index (uint8) and value of the largest of ``C`` float32 planes,
+    the lowest index on ties: exactly what ``argmax`` over the channel axis picks.
+
+    Branch-free (``argmax`` over a short last axis, and masked assignment, are ~5x
+    slower): a channel replaces the running best only when strictly greater, and channel
+    indices only grow, so the index is ``max(index, c * greater)``. Returns ``None``
+    where this cannot reproduce ``argmax``: a NaN anywhere (``argmax`` then picks the
+    first NaN), more than 255 channels, or not float32.
+    """
+    n = planes.shape[0]
+    if n > 255 or planes.dtype != np.float32 or planes.ndim != 3:
+        return None
+    shape = planes.shape[1:]
+    best = scratch.get("post.best", shape, np.float32)
+    best[...] = planes[0]
+    index = np.zeros(shape, dtype=np.uint8)  # becomes the caller's mask: never reused
+    greater = scratch.get("post.greater", shape, np.bool_)
+    times_c = scratch.get("post.times_c", shape, np.uint8)
+    for c in range(1, n):
+        np.greater(planes[c], best, out=greater)
+        np.multiply(greater.view(np.uint8), np.uint8(c), out=times_c)
+        np.maximum(index, times_c, out=index)
+        # np.maximum propagates NaN, so one check at the end sees a NaN in any channel.
+        np.maximum(best, planes[c], out=best)
+    if np.isnan(best).any():
+        return None
+    return index, best  # ``best`` is scratch: valid until the next call
+
+
+def _label(index: np.ndarray, best_p: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+    """The decision from :func:`_best_channel`'s index and value (modifies ``index``)."""
+    if spec.decision == "argmax":
+        return index
+    index += np.uint8(1)  # at most 255 channels: no wrap-around
+    # ``not >=`` rather than ``<``: the same comparison as decide() makes.
+    index[~(best_p >= spec.threshold)] = 0
+    return index
+
+
+def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+    """:func:`decide` on ``(C, h, w)`` planes (the same result)."""
+    found = _best_channel(planes)
+    if found is None:
+        return decide(np.moveaxis(planes, 0, -1), spec)
+    return _label(*found, spec)
 
 
 def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
@@ -124,6 +200,10 @@ def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     ``threshold``: label ``c + 1`` for the most probable channel ``c`` whose probability
     is ``>= threshold``, 0 where none is.
     """
+    planes = probs_hwc.reshape(*probs_hwc.shape[:2], -1)
+    found = _best_channel(np.moveaxis(planes, -1, 0)) if probs_hwc.ndim == 3 else None
+    if found is not None:
+        return _label(*found, spec)
     if spec.decision == "argmax":
         return probs_hwc.argmax(axis=-1).astype(np.uint8)
     best = probs_hwc.argmax(axis=-1)
@@ -154,13 +234,33 @@ def segmentation_stats(
     ``mask`` is ``(Y, X)`` (sizes in mm^2, key ``area_mm2``) or ``(Z, Y, X)`` (mm^3,
     ``volume_mm3``); ``spacing`` follows the mask's axes in mm.
     """
-    counts = np.bincount(mask.ravel(), minlength=len(labels))
+    counts = _label_counts(mask, len(labels))
     unit = float(np.prod([float(s) for s in spacing]))
     key = "volume_mm3" if mask.ndim == 3 else "area_mm2"
     names = label_names(labels, len(counts))
     return {
         names[i]: {"pixels": int(c), key: round(float(c) * unit, 4)} for i, c in enumerate(counts)
     }
+
+
+def _label_counts(mask: np.ndarray, minlength: int) -> np.ndarray:
+    """``np.bincount(mask.ravel(), minlength=minlength)``, faster for uint8 masks.
+
+    bincount first converts every uint8 value to a 64-bit index (8x the mask's bytes);
+    with the few labels a segmentation model has, one comparison and count per label
+    reads the mask as it is (~10x faster on a 512x512 mask). Same counts, same length.
+    """
+    if mask.dtype == np.uint8 and mask.size:
+        top = int(mask.max())
+        if top < 32:
+            flat = mask.reshape(-1)
+            hit = scratch.get("post.hit", flat.shape, np.bool_)
+            counts = np.zeros(max(minlength, top + 1), dtype=np.intp)
+            for k in range(top + 1):
+                np.equal(flat, np.uint8(k), out=hit)
+                counts[k] = np.count_nonzero(hit)
+            return counts
+    return np.bincount(mask.ravel(), minlength=minlength)
 
 
 def segment(
@@ -175,15 +275,54 @@ def segment(
     geometry (inverting the letterbox), then the decision, then largest-component
     filtering for the labels the spec names.
     """
-    probs = activate(logits, spec.activation, axis=1)
+    x = np.asarray(logits, dtype=np.float32)
     lcc = [labels.index(name) for name in spec.largest_component if name in labels]
     masks = []
     for i, p in enumerate(placements):
-        mask = decide(_to_source(probs[i], p), spec)
+        # Everything before the resize is per pixel, so only the placement box (not the
+        # letterbox padding) is activated, and the probabilities go straight into the
+        # (h, w, C) layout of the multi-channel resize.
+        box = x[i, :, p.top : p.top + p.height, p.left : p.left + p.width]
+        if (p.height, p.width) == p.source:
+            planes = _activate_box(box, spec.activation, None)
+        else:
+            hwc = scratch.get("post.hwc", (p.height, p.width, box.shape[0]), np.float32)
+            planes = _planes(_resize_hwc(_activate_box(box, spec.activation, hwc), p.source))
+        mask = _decide_planes(planes, spec)
         for label in lcc:
             keep_largest_component(mask, label)
         masks.append(mask)
     return masks
+
+
+def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> np.ndarray:
+    """:func:`activate` over axis 0 of a float32 ``(C, h, w)`` box, same arithmetic.
+
+    Written into ``hwc`` (``(h, w, C)``) when given and returned; else returned as
+    contiguous ``(C, h, w)`` planes.
+    """
+    if activation != "softmax":
+        probs = activate(box, activation, axis=0)
+        if hwc is None:
+            return probs
+        hwc[...] = probs.transpose(1, 2, 0)
+        return hwc
+    # activate() computes e = exp(x - max); e /= e.sum(axis). NumPy sums over a
+    # non-innermost axis in channel order, as the loop below does: the same bits.
+    e = scratch.get("post.e", box.shape, np.float32)
+    total = scratch.get("post.total", box.shape[1:], np.float32)
+    np.max(box, axis=0, out=total)
+    np.subtract(box, total, out=e)
+    np.exp(e, out=e)
+    total[...] = e[0]
+    for c in range(1, e.shape[0]):
+        total += e[c]
+    if hwc is None:
+        np.divide(e, total, out=e)
+        return e
+    # The division rounds the same whatever the layout it writes to.
+    np.divide(e, total, out=hwc.transpose(2, 0, 1))
+    return hwc
 
 
 def classify(

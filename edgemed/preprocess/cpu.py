@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgemed._scratch import scratch
 from edgemed.errors import InputError, UsageError
 from edgemed.io.image import MedicalImage
 from edgemed.preprocess.spec import PreprocessSpec
@@ -101,16 +102,27 @@ def allocate(spec: PreprocessSpec, batch: int) -> np.ndarray:
     return np.empty((batch, spec.num_channels, spec.height, spec.width), dtype=spec.dtype)
 
 
-def _intensity(src: np.ndarray, spec: PreprocessSpec, c: int) -> np.ndarray:
-    """Steps 1-3 for channel ``c`` of one slice; returns a new float32 array."""
+def _intensity(
+    src: np.ndarray, spec: PreprocessSpec, c: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Steps 1-3 for channel ``c`` of one slice, into ``out`` (float32, the slice's
+    ``(Y, X)``) when given, else into a new array; returns it.
+
+    ``src`` may also be the slice's luma plane already computed (``(Y, X)``).
+    """
     if src.ndim == 3:  # colour (Y, X, 3)  # noqa: SIM108 (two cases read better apart)
         plane = src[..., c] if spec.color == "rgb" else src @ _LUMA
     else:
         plane = src
     rng = spec.ranges[c]
-    v = np.array(plane, dtype=np.float32, copy=True)
-    if rng is not None:
-        np.clip(v, np.float32(rng[0]), np.float32(rng[1]), out=v)
+    v = np.empty(plane.shape, dtype=np.float32) if out is None else out
+    if rng is not None and plane.dtype == np.float32:
+        # Copy and clip in one pass (min/max are exact: the same bits as copy-then-clip).
+        np.clip(plane, np.float32(rng[0]), np.float32(rng[1]), out=v)
+    else:
+        v[...] = plane  # the float32 cast np.array(plane, dtype=float32) makes
+        if rng is not None:
+            np.clip(v, np.float32(rng[0]), np.float32(rng[1]), out=v)
     if spec.scale == "unit":
         assert rng is not None  # PreprocessSpec guarantees a range for 'unit'
         v -= np.float32(rng[0])
@@ -173,22 +185,38 @@ def preprocess(
         out = out[:n]
     placements = []
     n_int = len(spec.ranges)
+    # Direct writes need a float32 plane; a float16 one gets the float32 result cast.
+    direct_ok = out.dtype == np.float32
     for i in range(n):
         src = np.asarray(slices[i])
         _check_slice(src)
         p = place(src.shape[:2], spec)
         placements.append(p)
-        if spec.resize == "letterbox":
+        whole = (p.top, p.left, p.height, p.width) == (0, 0, spec.height, spec.width)
+        if spec.resize == "letterbox" and not whole:
             # Through float32, like every other value, so float16 output == float32 cast.
             out[i].fill(np.float32(spec.pad_value))
+        if src.ndim == 3 and spec.color == "gray":
+            src = src @ _LUMA  # once per slice, not once per window (the same values)
+        resized = (p.height, p.width) != src.shape[:2]
         base = None
+        # Same size as the model input: steps 1-3 go straight into the output plane
+        # (contiguous, so even zscore's sums run in the same order).
+        direct = whole and not resized and direct_ok
         for c in range(n_int):
-            v = _intensity(src, spec, c)
-            if v.shape != (p.height, p.width):
-                v = cv2.resize(v, (p.width, p.height), interpolation=cv2.INTER_LINEAR)
-            out[i, c, p.top : p.top + p.height, p.left : p.left + p.width] = v
+            if direct:
+                v = _intensity(src, spec, c, out[i, c])
+            else:
+                # Work arrays are reused (edgemed._scratch): fresh ones cost page faults.
+                v = _intensity(src, spec, c, scratch.get("pre.v", src.shape[:2], np.float32))
+                if resized:
+                    dst = scratch.get("pre.resized", (p.height, p.width), np.float32)
+                    v = cv2.resize(v, (p.width, p.height), dst=dst, interpolation=cv2.INTER_LINEAR)
+                out[i, c, p.top : p.top + p.height, p.left : p.left + p.width] = v
             if c == 0 and spec.edges:
                 base = _canvas(v, p, spec)
+                if base is v and not direct:
+                    base = v.copy()  # v is scratch: the next channel overwrites it
         if base is not None:
             gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
             gy = cv2.Sobel(base, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)

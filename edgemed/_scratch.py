@@ -1,0 +1,47 @@
+"""Reusable per-thread work arrays for the CPU pre- and postprocessing.
+
+Why: a fresh multi-megabyte NumPy array is fresh memory. Between two inferences ONNX
+Runtime's own allocations push such blocks out to the OS, so each new array pays page
+faults on first touch; measured on the demo model with a 512x512 input, the same
+postprocessing steps ran 1.5-2x slower right after an inference than in a tight loop.
+Keeping the intermediates of the last call (per thread, so concurrent callers never
+share one) removes that cost. Arrays handed to callers are never taken from here.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+__all__ = ["MAX_BYTES", "scratch"]
+
+#: Arrays larger than this are not kept (a huge one-off slice must not stay resident).
+MAX_BYTES = 64 * 1024 * 1024
+
+
+class _Scratch(threading.local):
+    """One array per key and thread, reallocated when the shape or dtype changes."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised array of ``shape``/``dtype`` owned by this thread under ``key``.
+
+        Valid until the same thread asks for ``key`` again.
+        """
+        dt = np.dtype(dtype)
+        a = self.arrays.get(key)
+        if a is not None and a.shape == shape and a.dtype == dt:
+            return a
+        a = np.empty(shape, dtype=dt)
+        if a.nbytes <= MAX_BYTES:
+            self.arrays[key] = a
+        else:
+            self.arrays.pop(key, None)
+        return a
+
+
+#: The process-wide per-thread store.
+scratch = _Scratch()
