@@ -465,7 +465,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         windows=int(_bench_number("--windows", args.windows)),
         stability_percent=_bench_number("--stability", args.stability.rstrip("%"), float),
         time_cap_s=_bench_number("--time-cap", args.time_cap.rstrip("s"), float),
-        threads=int(_bench_number("--threads", args.threads)) if args.threads else None,
+        threads=int(_bench_number("--threads", args.threads))
+        if args.threads
+        else args.settings.ort_threads,
     )
     sizes = [parse_size(s) for s in args.synthetic]  # usage errors before any reading
     inputs = [from_path(p, i + 1) for i, p in enumerate(args.input)]

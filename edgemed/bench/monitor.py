@@ -207,16 +207,18 @@ class PeakRss:
         self.interval_s = interval_s
         self._kernel = False
         self._peak = 0
+        self._start = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Reset the peak to the current resident memory."""
+        proc = _psutil().Process()
+        self._start = proc.memory_info().rss
         self._kernel = _read_hwm_kib() is not None and _reset_hwm()
         if self._kernel:
             return
-        proc = _psutil().Process()
-        self._peak = proc.memory_info().rss
+        self._peak = self._start
         self._stop.clear()
 
         def sample() -> None:
@@ -227,12 +229,15 @@ class PeakRss:
         self._thread.start()
 
     def stop(self) -> dict[str, Any]:
-        """``{"peak_rss_mib", "method", "process_peak_rss_mib"}`` for the interval."""
+        """``{"peak_rss_mib", "rss_at_start_mib", "method", "process_peak_rss_mib"}``
+        for the interval (the process's whole resident memory, libraries included)."""
         proc_peak = _process_peak_mib()
+        at_start = round(self._start / _MIB, 1)
         if self._kernel:
             kib = _read_hwm_kib() or 0
             return {
                 "peak_rss_mib": round(kib / 1024.0, 1),
+                "rss_at_start_mib": at_start,
                 "method": "kernel VmHWM, reset through /proc/self/clear_refs at the start",
                 "process_peak_rss_mib": proc_peak,
             }
@@ -242,6 +247,7 @@ class PeakRss:
         self._peak = max(self._peak, _psutil().Process().memory_info().rss)
         return {
             "peak_rss_mib": round(self._peak / _MIB, 1),
+            "rss_at_start_mib": at_start,
             "method": f"psutil RSS sampled every {self.interval_s * 1e3:g} ms",
             "process_peak_rss_mib": proc_peak,
         }

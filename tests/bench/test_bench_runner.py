@@ -3,6 +3,7 @@ real runs of tiny bundles (2D, batched, volume, device-copy hook)."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -204,3 +205,31 @@ def test_device_copy_hook_fills_h2d_d2h_and_device_stages(seg_bundle, monkeypatc
     assert c["stages"]["h2d"]["p50_ms"] == 0.25 and c["stages"]["d2h"]["max_ms"] == 0.5
     assert c["device_stages"]["infer"]["mean_ms"] == 0.125
     assert "h2d" not in c["absent"] and "device_stages" not in c["absent"]
+
+
+def test_end_to_end_contains_an_infer_call(seg_bundle, monkeypatch, tiny_opts):
+    # A backend whose infer takes at least 30 ms (sleep never returns early): both the
+    # infer stage and end_to_end (which runs the pipeline, infer included) must too,
+    # and every iteration calls infer exactly twice (staged, then inside end_to_end).
+    real = runner.create_backend
+    calls = []
+
+    def slow(*args, **kw):
+        backend = real(*args, **kw)
+        inner = backend.infer
+
+        def infer(feeds):
+            calls.append(1)
+            time.sleep(0.03)
+            return inner(feeds)
+
+        backend.infer = infer
+        return backend
+
+    monkeypatch.setattr(runner, "create_backend", slow)
+    opts = BenchOptions(iterations=2, warmup=1, windows=2, time_cap_s=10, threads=1)
+    (c,) = run_bench(seg_bundle, [synthetic("32")], opts)["configs"]
+    st = c["stages"]
+    assert st["infer"]["min_ms"] >= 30 and st["end_to_end"]["min_ms"] >= 30
+    n = c["stability"]["iterations"] + c["stability"]["warmup"]
+    assert len(calls) == 1 + 2 * n  # + the fp32 reference run for accuracy
