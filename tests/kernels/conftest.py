@@ -11,7 +11,7 @@ import os
 import shutil
 
 import pytest
-from kernel_cases import SANITIZE_ENV
+from kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
 from edgemed.cuda.kernels import HostKernels, build_host_library
 
@@ -21,5 +21,8 @@ def host_kernels(tmp_path_factory) -> HostKernels:
     if shutil.which("g++") is None:
         pytest.skip("g++ is not installed: the host build of the kernels needs it")
     sanitize = os.environ.get(SANITIZE_ENV) == "1"
-    lib = build_host_library(tmp_path_factory.mktemp("kernels-host"), sanitize=sanitize)
+    # BUILD_DIR_ENV: the ASan test hands its subprocess the folder it already built in
+    # (the library's name carries a hash of sources and flags, so nothing stale loads).
+    where = os.environ.get(BUILD_DIR_ENV) or tmp_path_factory.mktemp("kernels-host")
+    lib = build_host_library(where, sanitize=sanitize)
     return HostKernels(lib)

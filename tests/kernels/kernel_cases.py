@@ -26,6 +26,8 @@ from edgemed.preprocess import PreprocessSpec, Window
 
 #: Set to "1" to build the host library with ASan/UBSan (tests/kernels/conftest.py).
 SANITIZE_ENV = "EDGEMED_KERNELS_SANITIZE"
+#: A folder to build the host library in (default: a fresh temporary one).
+BUILD_DIR_ENV = "EDGEMED_KERNELS_BUILD_DIR"
 F32_REL_TOL = 1e-5
 NEAR_TIE = 1e-5
 MIN_AGREEMENT = 0.9999

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_cases import SANITIZE_ENV
+from kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
 from edgemed.cuda import kernels as K
 
@@ -65,7 +65,13 @@ def _libasan() -> str:
     return path
 
 
-def _asan_env() -> dict[str, str]:
+@pytest.fixture(scope="module")
+def asan_dir(tmp_path_factory):
+    """One ASan build for this module's tests and their subprocesses."""
+    return tmp_path_factory.mktemp("kernels-asan")
+
+
+def _asan_env(build_dir) -> dict[str, str]:
     # libstdc++ preloaded too: ASan resolves its __cxa_throw interceptor at start-up, and
     # Python does not link libstdc++, so the first C++ exception thrown (and caught) inside
     # OpenCV would otherwise abort the run with a CHECK failure.
@@ -79,10 +85,11 @@ def _asan_env() -> dict[str, str]:
         "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
         SANITIZE_ENV: "1",
+        BUILD_DIR_ENV: str(build_dir),
     }
 
 
-def test_host_comparisons_pass_under_asan_and_ubsan():
+def test_host_comparisons_pass_under_asan_and_ubsan(asan_dir):
     """Every host comparison again, with the kernels built -fsanitize=address,undefined
     -fno-sanitize-recover=all (an out-of-bounds read, overflow or misaligned access in a
     kernel body aborts the run)."""
@@ -99,9 +106,10 @@ def test_host_comparisons_pass_under_asan_and_ubsan():
             "-m",
             "kernels",
             str(HERE / "test_kernels_host.py"),
+            str(HERE / "test_kernels_launcher.py"),
         ],
         cwd=REPO,
-        env=_asan_env(),
+        env=_asan_env(asan_dir),
         capture_output=True,
         text=True,
         timeout=300,
@@ -113,13 +121,13 @@ def test_host_comparisons_pass_under_asan_and_ubsan():
     assert "Sanitizer" not in out
 
 
-def test_asan_build_catches_an_out_of_bounds_write(tmp_path):
+def test_asan_build_catches_an_out_of_bounds_write(asan_dir):
     """The sanitizer is live: an output buffer half the needed size aborts with a report."""
     script = f"""
 import numpy as np
 from edgemed.cuda import kernels as K
 from edgemed.preprocess import PreprocessSpec
-lib = K.HostKernels(K.build_host_library({str(tmp_path)!r}, sanitize=True))
+lib = K.HostKernels(K.build_host_library({str(asan_dir)!r}, sanitize=True))
 spec = PreprocessSpec(size=(128, 128), clip=(0.0, 1.0))
 launch = K.pack_preprocess(spec, [(64, 64)], np.int16)
 raw = np.zeros(64 * 64, np.int16)
@@ -131,7 +139,7 @@ print("no error")
     proc = subprocess.run(
         [sys.executable, "-c", script],
         cwd=REPO,
-        env=_asan_env(),
+        env=_asan_env(asan_dir),
         capture_output=True,
         text=True,
         timeout=120,
