@@ -438,9 +438,7 @@ def _summaries(
             else:
                 absent[stage] = "not measured"
             continue
-        s = summarize(samples, items_per_sample=images)
-        s["count"] = int(s["count"])
-        stages[stage] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+        stages[stage] = _round_summary(summarize(samples, items_per_sample=images))
     device = {k[len("device_") :]: v for k, v in m.samples.items() if k.startswith("device_")}
     device_stages = (
         {k: _round_summary(summarize(v, items_per_sample=images)) for k, v in device.items()}
@@ -455,7 +453,12 @@ def _summaries(
 
 
 def _round_summary(s: dict[str, float]) -> dict[str, Any]:
-    return {k: (int(v) if k == "count" else round(v, 4)) for k, v in s.items()}
+    # A stage that took no measurable time (a device copy of 0 bytes) has no throughput:
+    # null, not Infinity (which is not JSON).
+    return {
+        k: int(v) if k == "count" else round(v, 4) if math.isfinite(v) else None
+        for k, v in s.items()
+    }
 
 
 def _run_config(

@@ -3,14 +3,17 @@ real runs of tiny bundles (2D, batched, volume, device-copy hook)."""
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
+import jsonschema
 import numpy as np
 import pytest
 
 import edgemed.bench.runner as runner
 from edgemed.bench.inputs import from_path, synthetic
+from edgemed.bench.report import load_schema
 from edgemed.bench.runner import STAGES, BenchOptions, compare_outputs, measure, run_bench
 from edgemed.errors import UsageError
 
@@ -196,7 +199,12 @@ def test_device_copy_hook_fills_h2d_d2h_and_device_stages(seg_bundle, monkeypatc
 
     def with_hook(*args, **kw):
         backend = real(*args, **kw)
-        backend.last_stage_ms = lambda: {"h2d": 0.25, "d2h": 0.5, "device_infer": 0.125}
+        backend.last_stage_ms = lambda: {
+            "h2d": 0.25,
+            "d2h": 0.5,
+            "device_infer": 0.125,
+            "device_h2d": 0.0,  # too fast for the timer: no throughput, no Infinity
+        }
         return backend
 
     monkeypatch.setattr(runner, "create_backend", with_hook)
@@ -204,6 +212,8 @@ def test_device_copy_hook_fills_h2d_d2h_and_device_stages(seg_bundle, monkeypatc
     c = doc["configs"][0]
     assert c["stages"]["h2d"]["p50_ms"] == 0.25 and c["stages"]["d2h"]["max_ms"] == 0.5
     assert c["device_stages"]["infer"]["mean_ms"] == 0.125
+    assert c["device_stages"]["h2d"]["throughput_ips"] is None
+    jsonschema.Draft202012Validator(load_schema()).validate(json.loads(json.dumps(doc)))
     assert "h2d" not in c["absent"] and "device_stages" not in c["absent"]
 
 
@@ -233,3 +243,14 @@ def test_end_to_end_contains_an_infer_call(seg_bundle, monkeypatch, tiny_opts):
     assert st["infer"]["min_ms"] >= 30 and st["end_to_end"]["min_ms"] >= 30
     n = c["stability"]["iterations"] + c["stability"]["warmup"]
     assert len(calls) == 1 + 2 * n  # + the fp32 reference run for accuracy
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"), [("classification", "top1_agreement"), ("embedding", "cosine")]
+)
+def test_other_tasks_run_and_compare(tiny_bundle, tiny_opts, task, metric):
+    doc = run_bench(tiny_bundle(task), [synthetic("24x20")], tiny_opts)
+    for c in doc["configs"]:
+        _check_consistent(c)
+        assert c["accuracy"]["metric"] == metric and c["accuracy"]["is_reference"]
+    assert doc["bundle"]["task"] == task
