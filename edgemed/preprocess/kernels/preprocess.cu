@@ -79,6 +79,14 @@ __device__ void em_zstats_body(const T* src, const EmPreSlice* slices, const EmP
 
 // ---- the fused kernel ------------------------------------------------------------------
 
+template <bool HALF>
+__device__ __forceinline__ void em_store(void* dst, int64_t i, float v) {
+    if (HALF)
+        static_cast<uint16_t*>(dst)[i] = em_f2h(v);
+    else
+        static_cast<float*>(dst)[i] = v;
+}
+
 template <typename T, bool HALF>
 __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
                                    const EmPreSpec* spec, const double* stats, void* dst) {
@@ -93,49 +101,49 @@ __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
     const int64_t plane = static_cast<int64_t>(H) * W;
     const int64_t out0 = static_cast<int64_t>(n) * C * plane + static_cast<int64_t>(y) * W + x;
 
-    float values[EM_MAX_CHANNELS];
     const bool inside =
         y >= s.top && y < s.top + s.box_h && x >= s.left && x < s.left + s.box_w;
     if (!inside) {
-        for (int c = 0; c < C; ++c) values[c] = spec->pad_value;
-    } else {
-        int x0, x1, y0, y1;
-        float ax, ay;
-        em_taps(x - s.left, s.src_w, s.box_w, s.coord32, &x0, &x1, &ax);
-        em_taps(y - s.top, s.src_h, s.box_h, s.coord32, &y0, &y1, &ay);
-        const T* p = src + s.src_offset;
-        const int64_t r0 = static_cast<int64_t>(y0) * s.src_w;
-        const int64_t r1 = static_cast<int64_t>(y1) * s.src_w;
-        const float p00 = em_physical(p, r0 + x0, s.slope, s.intercept);
-        const float p01 = em_physical(p, r0 + x1, s.slope, s.intercept);
-        const float p10 = em_physical(p, r1 + x0, s.slope, s.intercept);
-        const float p11 = em_physical(p, r1 + x1, s.slope, s.intercept);
-        const double count = static_cast<double>(s.src_h) * s.src_w;
-        for (int c = 0; c < C; ++c) {
-            float off = 0.0f;
-            float mul = 1.0f;
-            if (spec->scale == EM_SCALE_UNIT) {
-                off = spec->lo[c];
-                mul = spec->inv[c];
-            } else if (spec->scale == EM_SCALE_ZSCORE) {
-                const double* st = stats + (static_cast<int64_t>(n) * C + c) * 2;
-                const double sd = sqrt(st[1] / count);
-                off = static_cast<float>(st[0] / count);
-                mul = static_cast<float>(1.0 / (sd > 1e-6 ? sd : 1e-6));
-            }
-            float q[4] = {p00, p01, p10, p11};
-            for (int t = 0; t < 4; ++t) {
-                q[t] = em_window(q[t], spec, c);
-                if (spec->scale != EM_SCALE_NONE) q[t] = em_mul(em_sub(q[t], off), mul);
-            }
-            values[c] = em_lerp(em_lerp(q[0], q[1], ax), em_lerp(q[2], q[3], ax), ay);
-        }
+        for (int c = 0; c < C; ++c) em_store<HALF>(dst, out0 + c * plane, spec->pad_value);
+        return;
     }
+    int x0, x1, y0, y1;
+    float ax, ay;
+    em_taps(x - s.left, s.src_w, s.box_w, s.coord32, &x0, &x1, &ax);
+    em_taps(y - s.top, s.src_h, s.box_h, s.coord32, &y0, &y1, &ay);
+    const T* p = src + s.src_offset;
+    const int64_t r0 = static_cast<int64_t>(y0) * s.src_w;
+    const int64_t r1 = static_cast<int64_t>(y1) * s.src_w;
+    const float p00 = em_physical(p, r0 + x0, s.slope, s.intercept);
+    const float p01 = em_physical(p, r0 + x1, s.slope, s.intercept);
+    const float p10 = em_physical(p, r1 + x0, s.slope, s.intercept);
+    const float p11 = em_physical(p, r1 + x1, s.slope, s.intercept);
+    const double count = static_cast<double>(s.src_h) * s.src_w;
     for (int c = 0; c < C; ++c) {
-        if (HALF)
-            static_cast<uint16_t*>(dst)[out0 + c * plane] = em_f2h(values[c]);
-        else
-            static_cast<float*>(dst)[out0 + c * plane] = values[c];
+        float off = 0.0f;
+        float mul = 1.0f;
+        if (spec->scale == EM_SCALE_UNIT) {
+            off = spec->lo[c];
+            mul = spec->inv[c];
+        } else if (spec->scale == EM_SCALE_ZSCORE) {
+            const double* st = stats + (static_cast<int64_t>(n) * C + c) * 2;
+            const double sd = sqrt(st[1] / count);
+            off = static_cast<float>(st[0] / count);
+            mul = static_cast<float>(1.0 / (sd > 1e-6 ? sd : 1e-6));
+        }
+        // Window and scale each tap at the source resolution, then interpolate.
+        float q00 = em_window(p00, spec, c);
+        float q01 = em_window(p01, spec, c);
+        float q10 = em_window(p10, spec, c);
+        float q11 = em_window(p11, spec, c);
+        if (spec->scale != EM_SCALE_NONE) {
+            q00 = em_mul(em_sub(q00, off), mul);
+            q01 = em_mul(em_sub(q01, off), mul);
+            q10 = em_mul(em_sub(q10, off), mul);
+            q11 = em_mul(em_sub(q11, off), mul);
+        }
+        const float v = em_lerp(em_lerp(q00, q01, ax), em_lerp(q10, q11, ax), ay);
+        em_store<HALF>(dst, out0 + c * plane, v);
     }
 }
 
