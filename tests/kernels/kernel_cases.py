@@ -144,6 +144,13 @@ def preprocess_cases() -> dict[str, PreCase]:
         ),
         # Equal size: an exact copy of the windowed values.
         "ct-equal-size": PreCase([ct], [ct_s], [ct_i], PreprocessSpec(size=(128, 128), windows=w2)),
+        # A constant slice under z-score: std 0 is clamped to 1e-6 (output all zeros).
+        "constant-zscore": PreCase(
+            [np.full((37, 53), 7, np.uint16)],
+            [0.3],
+            [0.0],
+            PreprocessSpec(size=(64, 64), scale="zscore"),
+        ),
         # A 1-pixel-high and a 1-pixel-wide source (OpenCV's float32-coordinate case).
         "thin-sources": PreCase(
             [phantom(1, 300, np.int16, 6, -1000, 1000), phantom(7, 1, np.int16, 7, -1000, 1000)],
