@@ -63,6 +63,7 @@ __all__ = [
     "pack_preprocess",
     "pack_segment",
     "build_cubin",
+    "default_kernel_cache",
     "build_host_library",
     "HostKernels",
     "CudaPreprocessor",
@@ -565,14 +566,20 @@ def _driver() -> Any:
     return require("pycuda.driver", "gpu", purpose="the CUDA preprocessing kernels")
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "edgemed" / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def default_kernel_cache() -> Path:
+    """Where SourceModule keeps compiled kernels: ``~/.cache/edgemed/kernels``.
+
+    (No environment variable is read here: edgemed reads them in :mod:`edgemed.settings`
+    only; callers that want another place pass ``kernel_cache``.)
+    """
+    return Path.home() / ".cache" / "edgemed" / "kernels"
 
 
-def _load_module(stem: str, cubin_dir: str | os.PathLike[str] | None) -> Any:
+def _load_module(
+    stem: str,
+    cubin_dir: str | os.PathLike[str] | None,
+    kernel_cache: str | os.PathLike[str] | None,
+) -> Any:
     """The compiled ``<stem>.cu``: a stored cubin for this GPU when ``cubin_dir`` has
     one, else pycuda's SourceModule (nvcc at first use, cached under ~/.cache)."""
     cuda = _driver()
@@ -584,6 +591,8 @@ def _load_module(stem: str, cubin_dir: str | os.PathLike[str] | None) -> Any:
             return cuda.module_from_file(str(cubin))
     compiler = require("pycuda.compiler", "gpu", purpose="compiling the CUDA kernels")
     source = (KERNEL_DIR / f"{stem}.cu").read_text()
+    cache = Path(kernel_cache) if kernel_cache is not None else default_kernel_cache()
+    cache.mkdir(parents=True, exist_ok=True)
     # no_extern_c: the sources declare their entry points extern "C" themselves (they
     # also use templates, which an extern "C" wrapper would reject).
     try:
@@ -591,7 +600,7 @@ def _load_module(stem: str, cubin_dir: str | os.PathLike[str] | None) -> Any:
             source,
             no_extern_c=True,
             include_dirs=[str(KERNEL_DIR)],
-            cache_dir=str(_cache_dir()),
+            cache_dir=str(cache),
             options=["-O3"],
         )
     except cuda.CompileError as exc:  # a broken toolchain, not a broken GPU context
@@ -626,8 +635,10 @@ class CudaPreprocessor:
             cannot honour it (RGB, edge channel).
         max_batch: most slices one :meth:`run` takes.
         max_source_pixels: most raw pixels of one slice (``h * w``).
-        cubin_dir: a folder from :func:`build_cubin`; None compiles with SourceModule.
+        cubin_dir: a folder from :func:`build_cubin`; used when it holds cubins for
+            this GPU's architecture, else the sources are compiled with SourceModule.
         coord32: see :func:`pack_preprocess`.
+        kernel_cache: SourceModule's cache folder (default :func:`default_kernel_cache`).
 
     A CUDA context must be current (the caller's; never ``pycuda.autoinit``).
     """
@@ -639,6 +650,7 @@ class CudaPreprocessor:
         max_source_pixels: int,
         cubin_dir: str | os.PathLike[str] | None = None,
         coord32: bool | None = None,
+        kernel_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         check_preprocess_spec(spec)
         if max_batch < 1 or max_source_pixels < 1:
@@ -651,7 +663,7 @@ class CudaPreprocessor:
         raw_bytes = 4 * self.max_batch * self.max_source_pixels  # widest raw type: 4 bytes
         _driver()  # MissingDependencyError (naming the extra) before any allocation
         with cuda_errors("allocating preprocessing buffers"):
-            self._module = _load_module("preprocess", cubin_dir)
+            self._module = _load_module("preprocess", cubin_dir, kernel_cache)
             self._staging = _Staging(self._params_bytes + raw_bytes)
             self._stats = DeviceBuffer(8 * self.max_batch * len(spec.ranges) * 2)
         self._functions: dict[str, Any] = {}
@@ -751,7 +763,7 @@ class CudaSegmentPostprocessor:
         labels: the bundle's label names (for largest_component).
         max_batch: most slices one :meth:`run` takes.
         max_mask_pixels: most pixels of one source slice (``h * w``).
-        cubin_dir, coord32: as :class:`CudaPreprocessor`.
+        cubin_dir, coord32, kernel_cache: as :class:`CudaPreprocessor`.
     """
 
     def __init__(
@@ -762,6 +774,7 @@ class CudaSegmentPostprocessor:
         max_mask_pixels: int,
         cubin_dir: str | os.PathLike[str] | None = None,
         coord32: bool | None = None,
+        kernel_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_batch < 1 or max_mask_pixels < 1:
             raise UsageError("max_batch and max_mask_pixels must be positive")
@@ -775,7 +788,7 @@ class CudaSegmentPostprocessor:
         )
         _driver()  # MissingDependencyError (naming the extra) before any allocation
         with cuda_errors("allocating postprocessing buffers"):
-            self._module = _load_module("postprocess", cubin_dir)
+            self._module = _load_module("postprocess", cubin_dir, kernel_cache)
             self._params = _Staging(self._params_bytes)
             nbytes = self.max_batch * self.max_mask_pixels
             self._masks_host = PinnedBuffer((nbytes,), np.uint8)
