@@ -150,3 +150,13 @@ def test_every_entry_point_the_launchers_name_exists(host_kernels):
             assert hasattr(lib, f"em_preprocess_{suffix}_{out}")
         assert hasattr(lib, f"em_zstats_{suffix}")
     assert hasattr(lib, "em_segment_f32") and hasattr(lib, "em_segment_f16")
+
+
+def test_the_requested_build_is_the_one_loaded(host_kernels):
+    """Under the ASan rerun (SANITIZE_ENV=1) these comparisons really use the ASan build."""
+    import os
+
+    from kernel_cases import SANITIZE_ENV
+
+    sanitized = "_asan_" in host_kernels.path.name
+    assert sanitized == (os.environ.get(SANITIZE_ENV) == "1")
