@@ -109,7 +109,7 @@ class BenchOptions:
     backend: str = "auto"
     precisions: tuple[str, ...] | None = None
     batches: tuple[int, ...] = (1,)
-    iterations: int = 45
+    iterations: int = 30
     warmup: int = 5
     windows: int = 3
     stability_percent: float = 10.0
@@ -202,8 +202,8 @@ def measure(
         warmup: calls made first and not recorded.
         windows: consecutive windows that must agree.
         tolerance_percent: how closely (see :func:`windows_agree`).
-        time_cap_s: after this much measuring time, stop unstable: at once while the
-            minimum has not run, else at the next window boundary.
+        time_cap_s: after this much measuring time, stop (unstable) after the current
+            call; the verdict is made on the complete windows.
         key: the stage the rule watches.
         clock: seconds, monotonic (injectable so that tests control time).
         on_step: ``on_step(done, planned)`` after each measured call (progress bars).
@@ -231,20 +231,28 @@ def measure(
             if elapsed < time_cap_s:
                 continue
             # The cap bounds the run even below the minimum (a slow model, a busy
-            # machine): the figures stand, the stability verdict cannot be made.
-            return Measurement(
-                samples,
-                False,
-                f"time cap of {time_cap_s:g} s reached after {n} of the {minimum} minimum "
-                f"calls: too few for the {windows}-window rule",
-                None,
-                [],
-                size,
-                elapsed,
+            # machine): the figures stand, but the run is not called stable. The spread
+            # of the calls made, in windows as long as they allow, is still reported.
+            cut = max(1, n // windows)
+            verdict = windows_agree(samples[key], cut, windows, tolerance_percent)
+            spread = verdict.spread_percent if math.isfinite(verdict.spread_percent) else None
+            reason = (
+                f"time cap of {time_cap_s:g} s reached after {n} of the {minimum} minimum calls"
             )
-        if (n - minimum) % size:
-            continue  # verdicts only at window boundaries once the minimum has run
-        verdict = windows_agree(samples[key], size, windows, tolerance_percent)
+            if spread is not None:
+                reason += (
+                    f"; the last {windows} windows of {cut} call{'s' if cut > 1 else ''} "
+                    f"differ by {spread:.1f}%"
+                )
+            return Measurement(
+                samples, False, reason, spread, list(verdict.window_means_ms), cut, elapsed
+            )
+        partial = (n - minimum) % size
+        if partial and elapsed < time_cap_s:
+            continue  # verdicts at window boundaries, or when the cap cuts a window short
+        # The rule looks at complete windows only; a cut window's calls still count in
+        # the statistics.
+        verdict = windows_agree(samples[key][: n - partial], size, windows, tolerance_percent)
         shape = f"last {windows} windows of {size} call{'s' if size > 1 else ''}"
         if verdict.stable:
             reason = (

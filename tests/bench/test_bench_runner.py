@@ -62,15 +62,26 @@ def test_time_cap_stops_an_unstable_run_at_a_window_boundary():
     assert not m.stable and m.iterations == 10 and m.elapsed_s == 10
     assert m.reason.startswith("time cap of 10 s reached; last 3 windows of 2 calls differ by")
     assert m.spread_percent == pytest.approx(100 * (1.1**4 - 1), rel=1e-9)
+    # A cap inside a window stops there; the verdict uses the complete windows (1-8).
+    s = Script([10.0 * 1.1**k for k in range(100)])
+    m = measure(s.step, iterations=6, windows=3, time_cap_s=9, clock=s.clock)
+    assert not m.stable and m.iterations == 9 and len(m.samples["end_to_end"]) == 9
+    assert m.window_means_ms == pytest.approx([10 * 1.1**k * 1.05 for k in (2, 4, 6)])
 
 
 def test_time_cap_also_bounds_the_minimum():
     s = Script([float(k) for k in range(1, 100)], seconds_per_call=2.0)
     m = measure(s.step, iterations=30, windows=3, time_cap_s=5, clock=s.clock)
-    assert m.iterations == 3 and not m.stable and m.spread_percent is None  # 6 s >= 5 s
+    assert m.iterations == 3 and not m.stable  # 6 s >= 5 s
     assert m.reason == (
-        "time cap of 5 s reached after 3 of the 30 minimum calls: too few for the 3-window rule"
+        "time cap of 5 s reached after 3 of the 30 minimum calls; "
+        "the last 3 windows of 1 call differ by 200.0%"
     )
+    assert m.window_size == 1 and m.window_means_ms == [1.0, 2.0, 3.0]
+    s = Script([7.0] * 10, seconds_per_call=2.0)  # too few calls for 3 windows at all
+    m = measure(s.step, iterations=30, windows=3, time_cap_s=3, clock=s.clock)
+    assert m.iterations == 2 and m.spread_percent is None and not m.stable
+    assert m.reason == "time cap of 3 s reached after 2 of the 30 minimum calls"
 
 
 def test_progress_callback_and_missing_key():
