@@ -19,6 +19,8 @@
 //   place     stretch: the box is H x W; letterbox: outside the box is pad_value
 //   store     float32, or float16 rounded to nearest even from the same float32 value
 //
+// Needs sm_60 or newer (float64 atomicAdd in em_zstats); built and tested for sm_87/sm_90.
+//
 // Raw pixel types: int16, uint16, uint8, float32 (one entry point per type and output
 // dtype). Grayscale only: RGB/luma and the Sobel edge channel stay on the CPU path.
 #include "edgemed_kernels.h"
