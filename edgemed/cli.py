@@ -398,7 +398,13 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="B",
         help="batch sizes (2D slices per backend call), e.g. 1 4 8 (default 1)",
     )
-    a("--iterations", default="30", help="minimum measured calls per configuration (30)")
+    a(
+        "--iterations",
+        default="30",
+        metavar="N",
+        help="minimum measured calls per configuration, split into --windows windows, "
+        "unless --time-cap comes first (30)",
+    )
     a("--warmup", default="5", help="unmeasured calls first (5)")
     a(
         "--input",
