@@ -1,0 +1,189 @@
+"""Shared pieces of the comparison benchmarks: inputs, machine facts, timing, output.
+
+Every script records the date, the machine (CPU model, cores), library versions and the
+exact command next to its numbers, and writes ``<name>.json`` + ``<name>.md`` into the
+``--out`` folder; ``benchmarks/readme_tables.py`` turns the JSON into the README tables.
+Latency statistics come from :mod:`edgemed.bench.stats` (nearest-rank percentiles).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemed.bench.stats import summarize
+
+__all__ = [
+    "REPO",
+    "ct_small",
+    "dice",
+    "environment",
+    "machine",
+    "phantom",
+    "stats",
+    "timed_rounds",
+    "versions",
+    "write_results",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _export_reference() -> Any:
+    """``edgemed.export.reference`` (the phantoms), also from a checkout whose editable
+    install predates the ``edgemed.export`` mapping: ``export/`` is then loaded under
+    that name from this repository."""
+    try:
+        return importlib.import_module("edgemed.export.reference.phantoms")
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location(
+        "edgemed.export",
+        REPO / "export" / "__init__.py",
+        submodule_search_locations=[str(REPO / "export")],
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["edgemed.export"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("edgemed.export.reference.phantoms")
+
+
+def phantom(size: int, seed: int = 7, region: str = "thorax", spacing_mm: float | None = None):
+    """A seeded synthetic axial CT slice (HU, float32), its spacing and true labels."""
+    phantoms = _export_reference()
+    spacing = spacing_mm if spacing_mm is not None else 400.0 / size  # whole body in view
+    p = phantoms.make_phantom(np.random.default_rng(seed), size, spacing, region)
+    return p.hu.astype(np.float32), (float(p.spacing_mm[0]), float(p.spacing_mm[1])), p.labels
+
+
+def ct_small() -> tuple[np.ndarray, tuple[float, float]]:
+    """pydicom's real ``CT_small.dcm`` in HU (128 x 128) and its pixel spacing, read by
+    edgemed's own reader (as the pipeline would)."""
+    from pydicom.data import get_testdata_file
+
+    from edgemed.io import read_image
+
+    image = read_image(get_testdata_file("CT_small.dcm"))
+    return image.array, (float(image.spacing[0]), float(image.spacing[1]))
+
+
+def dice(a: np.ndarray, b: np.ndarray, labels: int) -> dict[str, Any]:
+    """Per-label Dice of two label masks (``None`` where neither has the label), their
+    mean over labels present, and the fraction of pixels that agree."""
+    per = []
+    for k in range(labels):
+        x, y = a == k, b == k
+        n = int(x.sum()) + int(y.sum())
+        per.append(None if n == 0 else round(2.0 * float((x & y).sum()) / n, 6))
+    present = [d for d in per if d is not None]
+    return {
+        "per_label": per,
+        "mean": round(float(np.mean(present)), 6) if present else None,
+        "pixel_agreement": round(float((a == b).mean()), 6),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, logical cores available to this process, OS and Python."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return {
+        "cpu": model,
+        "cores": cores,
+        "arch": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def versions(*extra: str) -> dict[str, str]:
+    """Versions of edgemed, numpy, OpenCV, ONNX Runtime and the ``extra`` modules."""
+    out = {}
+    for name in ("edgemed", "numpy", "cv2", "onnxruntime", *extra):
+        try:
+            mod = importlib.import_module(name)
+            out["opencv" if name == "cv2" else name] = str(getattr(mod, "__version__", "?"))
+        except ImportError:
+            out[name] = "absent"
+    return out
+
+
+def environment(script: str, extra_modules: Sequence[str] = ()) -> dict[str, Any]:
+    """The header every result carries: date, machine, versions and the exact command."""
+    argv = [Path(sys.executable).as_posix(), f"benchmarks/{script}", *sys.argv[1:]]
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": versions(*extra_modules),
+        "command": shlex.join(argv),
+    }
+
+
+def timed_rounds(
+    cases: dict[str, Callable[[], Any]],
+    *,
+    warmup: int,
+    iterations: int,
+    budget_s: float,
+) -> dict[str, list[float]]:
+    """Run every case once per round, in a rotating order, and time each call (ms).
+
+    Rounds interleave the cases so that load from other processes on a shared machine
+    hits all of them alike; ratios taken within one run are then fair even when the
+    absolute times drift. Stops after ``iterations`` rounds or ``budget_s`` seconds
+    (after at least 20 rounds).
+    """
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    for r in range(iterations):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            cases[name]()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        if r >= 19 and time.perf_counter() - start > budget_s:
+            break
+    return samples
+
+
+def stats(samples_ms: Sequence[float], items: int = 1) -> dict[str, float]:
+    """:func:`edgemed.bench.stats.summarize`, rounded for the JSON."""
+    return {k: round(v, 4) for k, v in summarize(samples_ms, items).items()}
+
+
+def write_results(out_dir: str | os.PathLike[str], name: str, data: dict, markdown: str) -> Path:
+    """Write ``name.json`` and ``name.md`` into ``out_dir``; returns the JSON path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    return path

@@ -1,0 +1,241 @@
+"""edgemed end to end vs the tools people use today, same model, same input, same CPU.
+
+Usage (needs torch and MONAI: the export venv, ``pip install "edgemed[export-test]"``)::
+
+    python benchmarks/cpu_compare.py --out benchmarks/results
+
+Three ways from an in-memory CT slice in HU to a label mask at the slice's own size:
+
+* **edgemed**: ``Pipeline.from_bundle(demo_bundle(), "onnxruntime")(MedicalImage)``
+  (which also computes label statistics, the input id and provenance);
+* **MONAI + PyTorch eager**: ``EnsureChannelFirst`` -> ``ScaleIntensityRange`` per
+  window (clip) + concatenation -> ``Resize`` to 256x256 (bilinear, the inputs are square
+  so this is the bundle's letterbox) -> ``ToTensor`` -> the PyTorch ``UNet2D`` of
+  ``export/reference`` with ``demo_unet.pt``, eval mode, ``torch.inference_mode`` ->
+  ``Activations(softmax)`` -> ``Resize`` back to the slice size -> ``AsDiscrete(argmax)``;
+* **MONAI + ONNX Runtime**: the same transforms around an ONNX Runtime session on the
+  bundle's own ``model.onnx``.
+
+Same arithmetic throughout (window, bilinear resize with half-pixel centres, softmax,
+bilinear resize of the probabilities, argmax); the masks are compared with edgemed's
+(Dice) so that the speed comparison is between equal results. torch and ONNX Runtime run
+with the same number of intra-op threads (edgemed's default: the cores, at most 8).
+Inputs: pydicom's real ``CT_small.dcm`` (128x128) and a 512x512 synthetic CT slice from
+``export/reference/phantoms.py``. Calls are interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from _common import REPO, ct_small, dice, environment, phantom, stats, timed_rounds
+from _common import write_results as _write
+
+import edgemed
+from edgemed import MedicalImage, Pipeline
+from edgemed.backends import create_backend
+from edgemed.backends.ort import default_threads
+
+__all__ = ["main", "monai_chain"]
+
+TARGET_SPEEDUP = 3.0
+
+
+def monai_chain(bundle: edgemed.Bundle, model: Any, *, backend: str, model_ms: list[float]):
+    """A function ``hu (H, W) -> uint8 mask (H, W)`` built from MONAI transforms around
+    ``model``: a torch module (``backend="torch"``) or an ORT session (``"onnxruntime"``).
+    Each call appends the time of the model call alone to ``model_ms``."""
+    import torch
+    from monai.transforms import (
+        Activations,
+        AsDiscrete,
+        Compose,
+        EnsureChannelFirst,
+        Resize,
+        ScaleIntensityRange,
+        ToTensor,
+    )
+
+    spec = bundle.preprocess
+    windows = [
+        ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+        for lo, hi in spec.ranges
+    ]
+    first = EnsureChannelFirst(channel_dim="no_channel")
+    to_model = Compose(
+        [
+            Resize(spatial_size=spec.size, mode="bilinear", align_corners=False),
+            ToTensor(dtype=torch.float32, track_meta=False),
+        ]
+    )
+    softmax = Activations(softmax=True, dim=0)
+    argmax = AsDiscrete(argmax=True, dim=0)
+    name = bundle.input.name
+
+    def run(hu: np.ndarray) -> np.ndarray:
+        x = first(hu)
+        x = torch.cat([w(x) for w in windows], dim=0)
+        x = to_model(x)[None]
+        t0 = time.perf_counter()
+        if backend == "torch":
+            with torch.inference_mode():
+                logits = model(x)[0]
+        else:
+            logits = torch.from_numpy(model.run(None, {name: x.numpy()})[0][0])
+        model_ms.append((time.perf_counter() - t0) * 1e3)
+        probs = softmax(logits)
+        back = Resize(spatial_size=hu.shape, mode="bilinear", align_corners=False)(probs)
+        return argmax(back)[0].numpy().astype(np.uint8)
+
+    return run
+
+
+def _torch_model(threads: int):
+    import torch
+
+    from edgemed.export.reference.unet import UNet2D
+
+    torch.set_num_threads(threads)
+    model = UNet2D(base=16, levels=3)
+    state = torch.load(REPO / "export" / "reference" / "demo_unet.pt", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _ort_session(bundle: edgemed.Bundle, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    path = bundle.root / bundle.artifact("onnx", "fp32").path
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    lines = [
+        "# edgemed vs MONAI transforms + PyTorch eager / ONNX Runtime (CPU, batch 1)",
+        "",
+        f"{env['date']}; {env['machine']['cpu']}, {env['machine']['cores']} cores; "
+        f"{data['threads']} intra-op threads for torch and ONNX Runtime; torch "
+        f"{env['versions'].get('torch')}, MONAI {env['versions'].get('monai')}, "
+        f"ONNX Runtime {env['versions']['onnxruntime']}.",
+        f"Command: `{env['command']}`",
+        "",
+        "| input | pipeline | p50 ms | p90 ms | p99 ms | edgemed speedup (p50) | "
+        "model call p50 ms | outside the model p50 ms | mask Dice vs edgemed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in data["inputs"].items():
+        for tool, t in r["tools"].items():
+            speed = r["speedup_p50"].get(tool)
+            d = r["dice_vs_edgemed"].get(tool)
+            dtext = "-" if d is None else f"{d['mean']:.5f} ({100 * d['pixel_agreement']:.3f} % px)"
+            lines.append(
+                f"| {name} | {tool} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | "
+                f"{t['p99_ms']:.2f} | {'-' if speed is None else f'{speed:.2f}x'} | "
+                f"{r['model_p50_ms'][tool]:.2f} | {r['outside_model_p50_ms'][tool]:.2f} | "
+                f"{dtext} |"
+            )
+    lines += [
+        "",
+        f"Target: edgemed >= {TARGET_SPEEDUP:.0f}x faster end to end than each MONAI chain. "
+        "'Outside the model' is each call's time minus its model call (median): the cost "
+        "of everything around the same network.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=60.0, help="per input")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        import monai  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        print("cpu_compare needs torch and MONAI (pip install 'edgemed[export-test]')")
+        return 2
+    threads = args.threads or default_threads()
+    bundle = edgemed.Bundle.load(edgemed.demo_bundle())
+    pipe = Pipeline(bundle, create_backend("onnxruntime", bundle, "fp32", threads))
+    model_ms: dict[str, list[float]] = {
+        "edgemed": [],
+        "MONAI + PyTorch eager": [],
+        "MONAI + ONNX Runtime": [],
+    }
+    tools = {
+        "MONAI + PyTorch eager": monai_chain(
+            bundle,
+            _torch_model(threads),
+            backend="torch",
+            model_ms=model_ms["MONAI + PyTorch eager"],
+        ),
+        "MONAI + ONNX Runtime": monai_chain(
+            bundle,
+            _ort_session(bundle, threads),
+            backend="onnxruntime",
+            model_ms=model_ms["MONAI + ONNX Runtime"],
+        ),
+    }
+    hu512, sp512, _ = phantom(512)
+    hu128, sp128 = ct_small()
+    inputs = {"CT_small.dcm 128x128": (hu128, sp128), "phantom 512x512": (hu512, sp512)}
+    data: dict[str, Any] = {
+        "benchmark": "cpu_compare",
+        "environment": environment("cpu_compare.py", ("torch", "monai")),
+        "threads": threads,
+        "target_speedup": TARGET_SPEEDUP,
+        "inputs": {},
+    }
+    for name, (hu, spacing) in inputs.items():
+        image = MedicalImage(hu, spacing=spacing, modality="CT")
+        reference = pipe(image).mask
+        cases = {
+            "edgemed": lambda image=image: model_ms["edgemed"].append(pipe(image).timings["infer"])
+        }
+        cases.update({tool: (lambda f=f, hu=hu: f(hu)) for tool, f in tools.items()})
+        samples = timed_rounds(
+            cases, warmup=args.warmup, iterations=args.iterations, budget_s=args.budget_s
+        )
+        summary = {tool: stats(s) for tool, s in samples.items()}
+        # Time outside the model call, per call (the model's share is the same network
+        # for all three; this is what the code around it costs).
+        outside = {
+            tool: round(float(np.median(np.subtract(s, model_ms[tool][-len(s) :]))), 4)
+            for tool, s in samples.items()
+        }
+        model = {
+            tool: round(float(np.median(model_ms[tool][-len(s) :])), 4)
+            for tool, s in samples.items()
+        }
+        ours = summary["edgemed"]["p50_ms"]
+        data["inputs"][name] = {
+            "shape": list(hu.shape),
+            "tools": summary,
+            "model_p50_ms": model,
+            "outside_model_p50_ms": outside,
+            "speedup_p50": {t: round(s["p50_ms"] / ours, 3) for t, s in summary.items()},
+            "outside_model_ratio": {
+                t: round(v / outside["edgemed"], 3) for t, v in outside.items()
+            },
+            "dice_vs_edgemed": {
+                tool: dice(f(hu), reference, len(bundle.labels)) for tool, f in tools.items()
+            },
+        }
+        print(name, {t: s["p50_ms"] for t, s in summary.items()}, file=sys.stderr)
+    pipe.close()
+    _write(args.out, "cpu_compare", data, _markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""benchmarks/readme_tables.py renders known results into the expected README tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("readme_tables", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env(command: str) -> dict:
+    return {
+        "date": "2026-11-25 17:00 UTC",
+        "machine": {"cpu": "Test CPU", "cores": 2},
+        "versions": {"onnxruntime": "1.32.0"},
+        "command": command,
+    }
+
+
+def _stat(p50: float) -> dict:
+    return {"p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2}
+
+
+OVERHEAD = {
+    "benchmark": "pipeline_overhead",
+    "environment": _env("python benchmarks/pipeline_overhead.py --out R"),
+    "target_percent": 10.0,
+    "inputs": {
+        "phantom 512x512": {
+            "end_to_end": _stat(20.5),
+            "infer": _stat(18.25),
+            "overhead_percent_p50": 9.87,
+            "overhead_percent_p90": 12.04,
+        }
+    },
+}
+
+PREPROCESS = {
+    "benchmark": "preprocess_compare",
+    "environment": _env("python benchmarks/preprocess_compare.py"),
+    "cases": [
+        {
+            "slice": "512x512",
+            "batch": 8,
+            "implementations": {
+                "edgemed": _stat(2.0),
+                "OpenCV (plain)": _stat(7.0),
+                "MONAI": _stat(50.0),
+            },
+            "speedup_p50": {"edgemed": 1.0, "OpenCV (plain)": 3.5, "MONAI": 25.0},
+        },
+        {  # a run without MONAI installed: its column shows '-'
+            "slice": "256x256",
+            "batch": 1,
+            "implementations": {"edgemed": _stat(0.1), "OpenCV (plain)": _stat(0.4)},
+            "speedup_p50": {"edgemed": 1.0, "OpenCV (plain)": 4.0},
+        },
+    ],
+}
+
+
+def test_rows_carry_the_numbers_machine_and_command(tables):
+    text = tables.render({"pipeline_overhead": OVERHEAD, "preprocess_compare": PREPROCESS})
+    lines = text.splitlines()
+    assert lines[0] == "## Performance"
+    assert "| phantom 512x512 | 20.50 ms | 18.25 ms | 9.9 % | 12.0 % |" in lines
+    assert "| 512x512 | 8 | 2.000 ms | 7.000 ms | 50.000 ms | 3.50x / 25.00x |" in lines
+    assert "| 256x256 | 1 | 0.100 ms | 0.400 ms | - | 4.00x / - |" in lines
+    sources = [line for line in lines if line.startswith("_Measured")]
+    assert sources == [
+        "_Measured 2026-11-25 17:00 UTC on Test CPU (2 cores) by "
+        "`python benchmarks/pipeline_overhead.py --out R`._",
+        "_Measured 2026-11-25 17:00 UTC on Test CPU (2 cores) by "
+        "`python benchmarks/preprocess_compare.py`._",
+    ]
+    # Tables in the fixed order, whatever the mapping's order.
+    again = tables.render({"preprocess_compare": PREPROCESS, "pipeline_overhead": OVERHEAD})
+    assert again == text
+    assert text.index("Pipeline overhead") < text.index("CPU preprocessing")
+
+
+def test_section_between_markers_is_replaced_and_the_rest_kept(tables, tmp_path):
+    (tmp_path / "pipeline_overhead.json").write_text(json.dumps(OVERHEAD))
+    (tmp_path / "unrelated.json").write_text("{}")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{tables.START}\nold table\n{tables.END}\nafter\n")
+    args = ["--results", str(tmp_path), "--readme", str(readme)]
+    assert tables.main([*args, "--check"]) == 1  # stale
+    assert tables.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# Title\n\nbefore\n{tables.START}\n## Performance\n")
+    assert text.endswith(f"{tables.END}\nafter\n")
+    assert "old table" not in text and "| phantom 512x512 | 20.50 ms |" in text
+    assert tables.main([*args, "--check"]) == 0  # idempotent
+
+
+def test_missing_markers_are_an_error(tables):
+    with pytest.raises(ValueError, match="markers"):
+        tables.replace_section("# no markers\n", "x")
