@@ -6,7 +6,9 @@
 #
 # 1. pycuda: used as installed; else built from the given sdist, else from PyPI's sdist
 #    (pip install --no-binary pycuda pycuda; needs nvcc and the CUDA headers).
-# 2. pytest -m "gpu or kernels": the GPU launchers against the CPU reference (tests/cuda)
+# 2. pytest -m "gpu or kernels" over all tests: the GPU launchers against the CPU
+#    reference (tests/cuda), the TensorRT builder/backend (tests/engine), the pipeline
+#    with CUDA preprocessing (tests/test_pipeline_gpu.py)
 #    and the host-build/nvcc kernel tests (tests/kernels).
 # 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
 #
@@ -45,7 +47,7 @@ fi
 
 echo "== tests: pytest -m 'gpu or kernels'"
 status=0
-"$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests/cuda tests/kernels || status=$?
+"$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests || status=$?
 
 echo "== kernel benchmark"
 "$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }

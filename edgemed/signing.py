@@ -7,7 +7,11 @@ covers the artifacts too: :meth:`edgemed.bundle.Bundle.load` checks the signatur
 first, then hashes each artifact against the (now trusted) manifest, and backends
 parse only bytes that :meth:`~edgemed.bundle.Bundle.read_artifact` hashed again. Files
 in the directory that the manifest does not list are covered by nothing and read by
-nothing.
+nothing, with one exception: the engine cache (``engines/``, or ``--cache DIR``) holds
+TensorRT plans built on the device, after signing. A plan is loaded only when its
+sidecar names the verified ONNX's sha256 and the plan's own sha256 matches, and the
+cache is trusted through its permissions (owned by this user, writable by no one else;
+see :mod:`edgemed.engine.cache`).
 
 Signing raw bytes rather than a canonical re-serialisation is deliberate: no JSON
 parser ever sees unverified bytes, every changed byte (even whitespace) is refused, and
