@@ -19,8 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,12 +198,8 @@ class Pipeline:
                     f"pipeline refuses work after a fatal GPU error ({self._fatal.message})",
                     code="GPU_FATAL",
                 )
-            ids: list[Future[str] | str] = []
             try:
-                outputs, stage_ms = self._run_slices(
-                    [im.slices() for im in images],
-                    after_infer=lambda: ids.extend(self._start_ids(images)),
-                )
+                outputs, stage_ms = self._run_slices([im.slices() for im in images])
             except BackendError as exc:
                 # A fatal CUDA error leaves the context unusable: every later result
                 # would be garbage, so the pipeline stops here (health checks see it).
@@ -215,8 +210,7 @@ class Pipeline:
         results = []
         for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
             t0 = time.perf_counter()
-            ident = ids[i] if isinstance(ids[i], str) else ids[i].result()  # type: ignore[union-attr]
-            result = self._result(image, out, ident)
+            result = self._result(image, out)
             own_post = (time.perf_counter() - t0) * 1e3
             timings = {
                 "read": read_ms[i],
@@ -229,26 +223,11 @@ class Pipeline:
             results.append(result)
         return results
 
-    def _start_ids(self, images: list[MedicalImage]) -> list[Future[str] | str]:
-        """:func:`input_id` of each image: large ones on the hashing thread (started
-        once the last inference is done, so the hash overlaps the single-threaded
-        postprocessing instead of taking a core from the model), small ones here."""
-        out: list[Future[str] | str] = []
-        for image in images:
-            if image.array.nbytes >= _THREADED_ID_BYTES:
-                out.append(_id_executor().submit(input_id, image, self._salt))
-            else:
-                out.append(input_id(image, self._salt))
-        return out
-
-    def _run_slices(
-        self, per_image: list[np.ndarray], after_infer: Callable[[], None] = lambda: None
-    ) -> tuple[list[list[Any]], dict[str, float]]:
+    def _run_slices(self, per_image: list[np.ndarray]) -> tuple[list[list[Any]], dict[str, float]]:
         """All slices of all images through preprocess/infer/postprocess in chunks.
 
-        ``after_infer`` runs once, right after the last backend call. Returns per image
-        the list of per-slice outputs (masks, class dicts or embedding rows) and the
-        summed stage times.
+        Returns per image the list of per-slice outputs (masks, class dicts or
+        embedding rows) and the summed stage times.
         """
         flat = [(i, s) for i, slices in enumerate(per_image) for s in slices]
         out: list[list[Any]] = [[] for _ in per_image]
@@ -261,9 +240,6 @@ class Pipeline:
             t1 = time.perf_counter()
             raw = self.backend.infer({name: batch})
             t2 = time.perf_counter()
-            if start + self.batch_size >= len(flat):
-                after_infer()
-                t2 = time.perf_counter()  # not part of the postprocessing time
             per_slice = self._postprocess(raw, placements)
             t3 = time.perf_counter()
             ms["preprocess"] += (t1 - t0) * 1e3
@@ -283,10 +259,10 @@ class Pipeline:
             return post.classify(first, spec, labels)
         return list(post.embed(first, spec))
 
-    def _result(self, image: MedicalImage, per_slice: list[Any], ident: str) -> Result:
+    def _result(self, image: MedicalImage, per_slice: list[Any]) -> Result:
         prov = dict(self._provenance)
         prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        prov["input_id"] = ident
+        prov["input_id"] = input_id(image, self._salt)
         result = Result(self.bundle.task, image, list(self.bundle.labels), {}, prov)
         log.debug(
             "input %s: %s %s, %d slice(s)",
@@ -315,28 +291,6 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-#: Images at least this large are hashed on the hashing thread (HMAC-SHA256 runs at
-#: ~1 ms per MB on the development CPU; below this size, handing the work to another
-#: thread costs about what it saves).
-_THREADED_ID_BYTES = 512 * 1024
-_executor: tuple[int, ThreadPoolExecutor] | None = None
-_executor_lock = threading.Lock()
-
-
-def _id_executor() -> ThreadPoolExecutor:
-    """One hashing thread per process (recreated in a forked child, where the parent's
-    worker thread does not exist). hashlib releases the GIL on large buffers, so the
-    hash truly runs beside NumPy/OpenCV postprocessing."""
-    global _executor
-    with _executor_lock:
-        if _executor is None or _executor[0] != os.getpid():
-            _executor = (
-                os.getpid(),
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemed-input-id"),
-            )
-        return _executor[1]
 
 
 def input_id(image: MedicalImage, salt: bytes) -> str:
