@@ -110,11 +110,12 @@ def _to_source(probs: np.ndarray, placement: Placement) -> np.ndarray:
     (OpenCV ``INTER_LINEAR``, half-pixel centres) to the source ``(h, w)``: ``(h, w, C)``."""
     p = placement
     box = probs[:, p.top : p.top + p.height, p.left : p.left + p.width]
-    return _resize_hwc(np.ascontiguousarray(box.transpose(1, 2, 0)), p.source)
+    return _resize_hwc(np.ascontiguousarray(box.transpose(1, 2, 0)), p.source, reuse=False)
 
 
-def _resize_hwc(hwc: np.ndarray, source: tuple[int, int]) -> np.ndarray:
-    """``(h, w, C)`` resized to ``source`` with ``INTER_LINEAR`` (unchanged when equal).
+def _resize_hwc(hwc: np.ndarray, source: tuple[int, int], *, reuse: bool = True) -> np.ndarray:
+    """``(h, w, C)`` resized to ``source`` with ``INTER_LINEAR`` (unchanged when equal);
+    with ``reuse``, into this thread's work array (valid until the next call).
 
     Always one multi-channel call: OpenCV picks its code path (IPP or its own) by channel
     count, and the two round the source coordinate differently (see preprocess.cpu), so
@@ -127,7 +128,8 @@ def _resize_hwc(hwc: np.ndarray, source: tuple[int, int]) -> np.ndarray:
     if c == 1:  # cv2.resize drops a size-1 channel axis
         return cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 1)
     # Up to 512 channels in one call; into a reused buffer (see edgemed._scratch).
-    dst = scratch.get("post.resized", (h, w, c), np.float32) if hwc.dtype == np.float32 else None
+    reusable = reuse and hwc.dtype == np.float32
+    dst = scratch.get("post.resized", (h, w, c), np.float32) if reusable else None
     return cv2.resize(hwc, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
@@ -200,8 +202,7 @@ def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     ``threshold``: label ``c + 1`` for the most probable channel ``c`` whose probability
     is ``>= threshold``, 0 where none is.
     """
-    planes = probs_hwc.reshape(*probs_hwc.shape[:2], -1)
-    found = _best_channel(np.moveaxis(planes, -1, 0)) if probs_hwc.ndim == 3 else None
+    found = _best_channel(np.moveaxis(probs_hwc, -1, 0)) if probs_hwc.ndim == 3 else None
     if found is not None:
         return _label(*found, spec)
     if spec.decision == "argmax":
