@@ -16,8 +16,10 @@ import numpy as np
 
 __all__ = ["MAX_BYTES", "scratch"]
 
-#: Arrays larger than this are not kept (a huge one-off slice must not stay resident).
-MAX_BYTES = 64 * 1024 * 1024
+#: Arrays larger than this are not kept, so a huge one-off slice does not stay resident
+#: (a 512x512 slice's largest work array, 5 float32 class planes, is 5 MB; a thread keeps
+#: about 15 MB for it).
+MAX_BYTES = 16 * 1024 * 1024
 
 
 class _Scratch(threading.local):
