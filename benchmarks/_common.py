@@ -149,13 +149,20 @@ def timed_rounds(
     warmup: int,
     iterations: int,
     budget_s: float,
+    block: int = 10,
+    settle: int = 2,
+    returned: dict[str, list[Any]] | None = None,
 ) -> dict[str, list[float]]:
-    """Run every case once per round, in a rotating order, and time each call (ms).
+    """Time every case (ms) in alternating blocks until each has ``iterations`` samples.
 
-    Rounds interleave the cases so that load from other processes on a shared machine
-    hits all of them alike; ratios taken within one run are then fair even when the
-    absolute times drift. Stops after ``iterations`` rounds or ``budget_s`` seconds
-    (after at least 20 rounds).
+    Each round runs, per case in a rotating order, ``settle`` untimed calls and then
+    ``block`` timed ones. Alternating blocks spreads the load of other processes on a
+    shared machine over all cases alike, so ratios taken within one run are fair even
+    when absolute times drift; the settle calls keep one engine's idle worker threads
+    (ONNX Runtime and OpenMP spin for a while after a call) from being billed to the
+    next case. Stops early after ``budget_s`` seconds (once every case has at least 20
+    samples). With ``returned``, what each timed call returned is appended there, in
+    the order of the samples.
     """
     names = list(cases)
     for _ in range(warmup):
@@ -163,13 +170,21 @@ def timed_rounds(
             cases[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
-    for r in range(iterations):
+    r = 0
+    while min(len(v) for v in samples.values()) < iterations:
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
-            cases[name]()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        if r >= 19 and time.perf_counter() - start > budget_s:
+            for _ in range(settle):
+                cases[name]()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                value = cases[name]()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+                if returned is not None:
+                    returned.setdefault(name, []).append(value)
+        r += 1
+        enough = min(len(v) for v in samples.values()) >= 20
+        if enough and time.perf_counter() - start > budget_s:
             break
     return samples
 

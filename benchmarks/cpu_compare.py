@@ -21,7 +21,7 @@ bilinear resize of the probabilities, argmax); the masks are compared with edgem
 (Dice) so that the speed comparison is between equal results. torch and ONNX Runtime run
 with the same number of intra-op threads (edgemed's default: the cores, at most 8).
 Inputs: pydicom's real ``CT_small.dcm`` (128x128) and a 512x512 synthetic CT slice from
-``export/reference/phantoms.py``. Calls are interleaved round by round.
+``export/reference/phantoms.py``. Cases alternate in blocks of calls (see ``_common.timed_rounds``).
 """
 
 from __future__ import annotations
@@ -199,24 +199,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, (hu, spacing) in inputs.items():
         image = MedicalImage(hu, spacing=spacing, modality="CT")
         reference = pipe(image).mask
-        cases = {
-            "edgemed": lambda image=image: model_ms["edgemed"].append(pipe(image).timings["infer"])
-        }
-        cases.update({tool: (lambda f=f, hu=hu: f(hu)) for tool, f in tools.items()})
+        # Each case returns its model-call time, so it pairs with its own sample.
+        cases = {"edgemed": lambda image=image: pipe(image).timings["infer"]}
+        cases.update(
+            {
+                tool: (lambda f=f, hu=hu, ms=model_ms[tool]: (f(hu), ms[-1])[1])
+                for tool, f in tools.items()
+            }
+        )
+        returned: dict[str, list[Any]] = {}
         samples = timed_rounds(
-            cases, warmup=args.warmup, iterations=args.iterations, budget_s=args.budget_s
+            cases,
+            warmup=args.warmup,
+            iterations=args.iterations,
+            budget_s=args.budget_s,
+            returned=returned,
         )
         summary = {tool: stats(s) for tool, s in samples.items()}
         # Time outside the model call, per call (the model's share is the same network
         # for all three; this is what the code around it costs).
         outside = {
-            tool: round(float(np.median(np.subtract(s, model_ms[tool][-len(s) :]))), 4)
+            tool: round(float(np.median(np.subtract(s, returned[tool]))), 4)
             for tool, s in samples.items()
         }
-        model = {
-            tool: round(float(np.median(model_ms[tool][-len(s) :])), 4)
-            for tool, s in samples.items()
-        }
+        model = {tool: round(float(np.median(returned[tool])), 4) for tool, s in samples.items()}
         ours = summary["edgemed"]["p50_ms"]
         data["inputs"][name] = {
             "shape": list(hu.shape),

@@ -6,7 +6,7 @@ Usage (runtime dependencies only)::
 
 Each precision runs through the same pipeline (ONNX Runtime CPU, batch 1). Speed: end to
 end and model time on a 512x512 synthetic CT slice and on pydicom's real
-``CT_small.dcm``, interleaved round by round. Accuracy: the variant's masks against the
+``CT_small.dcm``, in alternating blocks of calls. Accuracy: the variant's masks against the
 FP32 masks (per-label Dice, mean over labels present, pixel agreement) on ``--phantoms``
 synthetic slices (256-512 px, three body regions, seeds disjoint from the ones the model
 was trained with) plus ``CT_small.dcm``; and each precision against the phantoms' true
@@ -98,22 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     speed: dict[str, dict[str, Any]] = {p: {} for p in PRECISIONS}
     for name, image in speed_inputs.items():
-        infer: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-        cases = {
-            p: (
-                lambda p=p, image=image, infer=infer: infer[p].append(
-                    pipes[p](image).timings["infer"]
-                )
-            )
-            for p in PRECISIONS
-        }
+        cases = {p: (lambda p=p, image=image: pipes[p](image).timings["infer"]) for p in PRECISIONS}
+        infer: dict[str, list[float]] = {}
         samples = timed_rounds(
-            cases, warmup=args.warmup, iterations=args.iterations, budget_s=args.budget_s
+            cases,
+            warmup=args.warmup,
+            iterations=args.iterations,
+            budget_s=args.budget_s,
+            returned=infer,
         )
         for p in PRECISIONS:
             speed[p][name] = {
                 "end_to_end": stats(samples[p]),
-                "infer": stats(infer[p][-len(samples[p]) :]),
+                "infer": stats(infer[p]),
             }
         print(
             name, {p: speed[p][name]["end_to_end"]["p50_ms"] for p in PRECISIONS}, file=sys.stderr

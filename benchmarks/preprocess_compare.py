@@ -18,7 +18,7 @@ resize to 256x256, NCHW float32) from in-memory HU slices to the model's input b
 
 Slices of 256x256 and 512x512 (synthetic CT from ``export/reference/phantoms.py``),
 batches of 1 and 8. The outputs are compared (max absolute difference) so that the
-arithmetic is the same. Calls are interleaved round by round.
+arithmetic is the same. Cases alternate in blocks of calls (see ``_common.timed_rounds``).
 """
 
 from __future__ import annotations
