@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--batch-size", type=int, default=8, help="most 2D slices per backend call (default 8)"
         )
+        sp.add_argument(
+            "--preprocess",
+            default="auto",
+            choices=["auto", "cpu", "cuda"],
+            help="where preprocessing runs (auto: CUDA beside TensorRT, else CPU)",
+        )
+        sp.add_argument(
+            "--engine-cache",
+            default=None,
+            metavar="DIR",
+            help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
+        )
 
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
@@ -96,6 +108,8 @@ def _pipeline(args: argparse.Namespace, bundle: str | Path):
         precision=args.precision,
         threads=args.threads or settings.ort_threads,
         batch_size=args.batch_size,
+        preprocess=args.preprocess,
+        engine_cache=args.engine_cache or settings.engine_cache,
     )
 
 
@@ -550,7 +564,12 @@ def _engine_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="version-compatible plan (lean runtime excluded: no host code in the plan)",
     )
-    a("--cache", default=None, metavar="DIR", help="engine cache (default BUNDLE/engines)")
+    a(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
+    )
     a("--no-timing-cache", action="store_true", help="neither read nor update the timing cache")
     a("--force", action="store_true", help="rebuild even if a verified engine exists")
     a("--device", type=int, default=0, help="CUDA device ordinal (default 0)")
@@ -585,12 +604,29 @@ def _cmd_build(args: argparse.Namespace) -> int:
         force=args.force,
         device=args.device,
     )
-    result = build_engine(bundle, options, EngineCache.for_bundle(bundle, args.cache))
+    cache = EngineCache.for_bundle(bundle, args.cache or args.settings.engine_cache)
+    result = build_engine(bundle, options, cache)
     if not result.built:
         print(f"up to date: {result.plan_path} (use --force to rebuild)")
     print(f"  key      {result.key.describe()}, profile {result.key.profile}")
     print(f"  sidecar  {result.plan_path.with_suffix('.json')}")
+    print(f"  kernels  {_build_kernels(cache.root / 'kernels', args.device)}")
     return 0
+
+
+def _build_kernels(out: Path, device: int) -> str:
+    """The CUDA kernels as cubins for this GPU beside the engines, so the runtime needs
+    no compiler; without nvcc, pycuda compiles them at first use instead (and caches)."""
+    import shutil
+
+    from edgemed.cuda.device import query_device
+    from edgemed.cuda.kernels import build_cubin
+
+    if shutil.which("nvcc") is None:
+        return "nvcc not found: compiled by pycuda at first use (needs nvcc then)"
+    major, minor = query_device(device).compute_capability
+    paths = build_cubin(out, f"sm_{major}{minor}")
+    return ", ".join(str(p) for p in paths)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -36,14 +36,18 @@ from edgemed.preprocess import Placement, allocate, preprocess
 from edgemed.settings import load_settings
 
 if TYPE_CHECKING:
+    from edgemed.cuda.stages import CudaStages
+    from edgemed.preprocess import PreprocessSpec
     from edgemed.signing import PublicKeySource
 
-__all__ = ["Pipeline", "Result", "demo_bundle", "input_id", "STAGES"]
+__all__ = ["Pipeline", "Result", "demo_bundle", "input_id", "PREPROCESS_DEVICES", "STAGES"]
 
 log = logging.getLogger("edgemed.pipeline")
 
 #: Timing keys of every result, in milliseconds.
 STAGES = ("read", "preprocess", "infer", "postprocess", "total")
+#: Where preprocessing may run (``Pipeline(preprocess=...)``).
+PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
 
 Input = str | os.PathLike | MedicalImage | np.ndarray
 
@@ -114,9 +118,19 @@ class Pipeline:
     throughput, use one pipeline per thread.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, *, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        *,
+        batch_size: int = 8,
+        preprocess: str = "auto",
+        cubin_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         if batch_size < 1:
             raise UsageError("batch_size must be >= 1")
+        if preprocess not in PREPROCESS_DEVICES:
+            raise UsageError(f"preprocess must be one of {PREPROCESS_DEVICES}, got {preprocess!r}")
         self.bundle = bundle
         self.backend = backend
         if len(backend.inputs) != 1:
@@ -131,6 +145,7 @@ class Pipeline:
         fixed_batch = self._input.shape[0]
         self.batch_size = fixed_batch if isinstance(fixed_batch, int) else batch_size
         self._buffer = allocate(self.spec, self.batch_size)
+        self._gpu = _gpu_stages(bundle, self.spec, backend, self.batch_size, preprocess, cubin_dir)
         self._lock = threading.Lock()
         self._fatal: BackendError | None = None
         self._salt = load_settings().id_salt or secrets.token_bytes(16)
@@ -145,6 +160,7 @@ class Pipeline:
             },
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
+            "preprocess_device": "cuda" if self._gpu is not None else "cpu",
         }
 
     @classmethod
@@ -157,6 +173,8 @@ class Pipeline:
         threads: int | None = None,
         batch_size: int = 8,
         trusted_key: PublicKeySource | None = None,
+        preprocess: str = "auto",
+        engine_cache: str | os.PathLike[str] | None = None,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
@@ -170,11 +188,26 @@ class Pipeline:
             trusted_key: an ed25519 public key (PEM path or bytes, or a key object);
                 the bundle must carry a valid signature by it. ``None`` uses
                 ``EDGEMED_TRUSTED_KEY`` if set, else signatures are not required.
+            preprocess: where preprocessing runs: ``cpu``, ``cuda`` (the CUDA kernels;
+                an error where they cannot run or cannot honour the spec), or ``auto``
+                (``cuda`` with the TensorRT backend when the kernels support the spec,
+                else ``cpu``).
+            engine_cache: TensorRT engine cache (default ``<bundle>/engines``), where
+                ``edgemed build`` also stores the compiled kernels.
         """
         bundle = Bundle.load(path, trusted_key=trusted_key)
-        return cls(
-            bundle, create_backend(backend, bundle, precision, threads), batch_size=batch_size
-        )
+        chosen = create_backend(backend, bundle, precision, threads, engine_cache=engine_cache)
+        try:
+            return cls(
+                bundle,
+                chosen,
+                batch_size=batch_size,
+                preprocess=preprocess,
+                cubin_dir=_cubin_dir(bundle, engine_cache),
+            )
+        except BaseException:
+            chosen.close()
+            raise
 
     # -- running -----------------------------------------------------------------------
 
@@ -233,14 +266,27 @@ class Pipeline:
         out: list[list[Any]] = [[] for _ in per_image]
         ms = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
         name = self._input.name
+        gpu = self._gpu
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start : start + self.batch_size]
+            slices = [s for _, s in chunk]
             t0 = time.perf_counter()
-            batch, placements = preprocess([s for _, s in chunk], self.spec, out=self._buffer)
+            batch: np.ndarray | None
+            if gpu is None:
+                batch, placements = preprocess(slices, self.spec, out=self._buffer)
+            else:
+                batch, placements = gpu.preprocess(slices, self._buffer)
             t1 = time.perf_counter()
-            raw = self.backend.infer({name: batch})
+            if batch is not None:
+                raw = self.backend.infer({name: batch})
+            else:  # only the GPU stages leave the batch on the device (the engine's input)
+                assert gpu is not None
+                raw = gpu.infer()
             t2 = time.perf_counter()
-            per_slice = self._postprocess(raw, placements)
+            if gpu is not None and gpu.masks_on_gpu and batch is None:
+                per_slice: list[Any] = gpu.segment(placements)
+            else:
+                per_slice = self._postprocess(raw, placements)
             t3 = time.perf_counter()
             ms["preprocess"] += (t1 - t0) * 1e3
             ms["infer"] += (t2 - t1) * 1e3
@@ -284,7 +330,11 @@ class Pipeline:
         return result
 
     def close(self) -> None:
-        self.backend.close()
+        try:
+            if self._gpu is not None:
+                self._gpu.close()
+        finally:
+            self.backend.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -318,3 +368,38 @@ def _as_image(item: Input) -> MedicalImage:
     if isinstance(item, (str, os.PathLike)):
         return read_image(item)
     raise UsageError(f"cannot run on a {type(item).__name__}; give a path, MedicalImage or array")
+
+
+def _cubin_dir(bundle: Bundle, engine_cache: str | os.PathLike[str] | None) -> Path:
+    """Where ``edgemed build`` stores the compiled kernels: ``<engine cache>/kernels``."""
+    root = Path(engine_cache) if engine_cache is not None else bundle.root / "engines"
+    return root / "kernels"
+
+
+def _gpu_stages(
+    bundle: Bundle,
+    spec: PreprocessSpec,
+    backend: Backend,
+    batch_size: int,
+    mode: str,
+    cubin_dir: str | os.PathLike[str] | None,
+) -> CudaStages | None:
+    """The CUDA stages for ``mode`` (``None``: preprocessing on the CPU).
+
+    ``cuda`` is honoured or refused, never quietly replaced; ``auto`` takes the GPU only
+    beside TensorRT (with ONNX Runtime on the CPU, GPU preprocessing would add copies).
+    """
+    if mode == "cpu" or (mode == "auto" and backend.name != "tensorrt"):
+        return None
+    # Imported here: edgemed.cuda imports pycuda lazily, but only GPU runs need it at all.
+    from edgemed.cuda.kernels import check_preprocess_spec
+    from edgemed.cuda.stages import CudaStages
+    from edgemed.errors import EdgemedError
+
+    if mode == "auto":
+        try:
+            check_preprocess_spec(spec)
+        except EdgemedError as exc:
+            log.info("preprocessing on the CPU: %s", exc.message)
+            return None
+    return CudaStages(bundle, spec, backend, batch_size, cubin_dir)

@@ -12,6 +12,9 @@ Variables:
         signatures are not required. A relative path resolves against the working
         directory. Whether the file exists and holds a key is checked where it is used
         (``USAGE_KEY_INVALID``), not here.
+    EDGEMED_ENGINE_CACHE: the TensorRT engine cache directory for ``edgemed build`` and
+        the TensorRT backend (default ``<bundle>/engines``; a bundle on read-only
+        storage needs one elsewhere). The compiled CUDA kernels go beside the engines.
     EDGEMED_MAX_FILE_BYTES, EDGEMED_MAX_DECOMPRESSED_BYTES, EDGEMED_MAX_FRAMES,
     EDGEMED_MAX_ELEMENTS: the readers' caps (see ``edgemed.io.read``); the CLI applies
         them at start. A small device lowers them so hostile files are refused before
@@ -38,6 +41,7 @@ class Settings:
     backend: str = "auto"
     id_salt: bytes | None = None
     trusted_key: Path | None = None
+    engine_cache: Path | None = None
     #: Reader caps to apply (name in :data:`READER_CAPS` -> value); empty: the defaults.
     reader_caps: dict[str, int] = field(default_factory=dict)
 
@@ -71,7 +75,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         salt = b""
     if salt is not None and len(salt) < 16:
         raise UsageError("EDGEMED_ID_SALT must be at least 16 bytes, given as hex")
+    cache_text = env.get("EDGEMED_ENGINE_CACHE", "").strip()
     return Settings(
+        engine_cache=Path(cache_text) if cache_text else None,
         log_level=level,
         ort_threads=threads,
         backend=backend,

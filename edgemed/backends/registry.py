@@ -8,6 +8,7 @@ is an error, never a silent substitution.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,16 +17,29 @@ from edgemed.backends.base import Backend
 from edgemed.bundle import Bundle
 from edgemed.errors import BackendError, UsageError
 
-__all__ = ["BACKENDS", "create_backend", "probe", "register"]
+__all__ = ["BACKENDS", "BackendOptions", "create_backend", "probe", "register"]
 
 log = logging.getLogger("edgemed.backends")
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """Backend settings beyond the bundle and precision; each backend reads its own.
+
+    Attributes:
+        threads: ONNX Runtime intra-op threads (None: cores, at most 8).
+        engine_cache: TensorRT engine cache directory (None: ``<bundle>/engines``).
+    """
+
+    threads: int | None = None
+    engine_cache: str | os.PathLike[str] | None = None
+
+
+@dataclass(frozen=True)
 class _Entry:
-    # probe(bundle, precision) -> "" when the backend can run here, else the reason not.
-    probe: Callable[[Bundle, str], str]
-    factory: Callable[[Bundle, str, int | None], Backend]
+    # probe(bundle, precision, options) -> "" when the backend can run here, else why not.
+    probe: Callable[[Bundle, str, BackendOptions], str]
+    factory: Callable[[Bundle, str, BackendOptions], Backend]
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -35,22 +49,27 @@ BACKENDS = ("tensorrt", "onnxruntime")
 
 def register(
     name: str,
-    probe: Callable[[Bundle, str], str],
-    factory: Callable[[Bundle, str, int | None], Backend],
+    probe: Callable[[Bundle, str, BackendOptions], str],
+    factory: Callable[[Bundle, str, BackendOptions], Backend],
 ) -> None:
     """Register a backend: ``probe`` says why it cannot run ("" if it can)."""
     _REGISTRY[name] = _Entry(probe, factory)
 
 
-def probe(name: str, bundle: Bundle, precision: str) -> str:
+def probe(name: str, bundle: Bundle, precision: str, options: BackendOptions | None = None) -> str:
     """Why backend ``name`` cannot run ``bundle`` at ``precision`` here ("" if it can)."""
     if name not in _REGISTRY:
         raise UsageError(f"unknown backend '{name}' (known: auto, {', '.join(_REGISTRY)})")
-    return _REGISTRY[name].probe(bundle, precision)
+    return _REGISTRY[name].probe(bundle, precision, options or BackendOptions())
 
 
 def create_backend(
-    name: str, bundle: Bundle, precision: str = "fp32", threads: int | None = None
+    name: str,
+    bundle: Bundle,
+    precision: str = "fp32",
+    threads: int | None = None,
+    *,
+    engine_cache: str | os.PathLike[str] | None = None,
 ) -> Backend:
     """Create backend ``name`` (or the best one, for ``auto``) for the bundle's artifact.
 
@@ -60,12 +79,13 @@ def create_backend(
         BackendError: the named backend cannot run here (``BACKEND_UNAVAILABLE``).
     """
     bundle.artifact("onnx", precision)  # BUNDLE_ARTIFACT_MISSING before anything else
+    options = BackendOptions(threads=threads, engine_cache=engine_cache)
     if name == "auto":
         skipped: list[str] = []
         for candidate in BACKENDS:
-            why_not = probe(candidate, bundle, precision)
+            why_not = probe(candidate, bundle, precision, options)
             if not why_not:
-                backend = _REGISTRY[candidate].factory(bundle, precision, threads)
+                backend = _REGISTRY[candidate].factory(bundle, precision, options)
                 backend.reason = "auto: " + (
                     "; ".join(skipped) if skipped else f"{candidate} is available"
                 )
@@ -75,38 +95,38 @@ def create_backend(
         raise BackendError(
             "no backend can run here: " + "; ".join(skipped), code="BACKEND_UNAVAILABLE"
         )
-    why_not = probe(name, bundle, precision)
+    why_not = probe(name, bundle, precision, options)
     if why_not:
         raise BackendError(f"backend {name} cannot run: {why_not}", code="BACKEND_UNAVAILABLE")
-    backend = _REGISTRY[name].factory(bundle, precision, threads)
+    backend = _REGISTRY[name].factory(bundle, precision, options)
     backend.reason = "requested"
     return backend
 
 
-def _ort_probe(bundle: Bundle, precision: str) -> str:
+def _ort_probe(bundle: Bundle, precision: str, options: BackendOptions) -> str:
     return "" if available("onnxruntime") else "onnxruntime is not installed"
 
 
-def _ort_factory(bundle: Bundle, precision: str, threads: int | None) -> Backend:
+def _ort_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Backend:
     from edgemed.backends.ort import OnnxRuntimeBackend
 
     model = bundle.read_artifact(bundle.artifact("onnx", precision))
-    return OnnxRuntimeBackend(model, precision=precision, threads=threads)
+    return OnnxRuntimeBackend(model, precision=precision, threads=options.threads)
 
 
-def _trt_probe(bundle: Bundle, precision: str) -> str:
+def _trt_probe(bundle: Bundle, precision: str, options: BackendOptions) -> str:
     # Lazily: the module imports tensorrt only inside its functions.
     from edgemed.backends.tensorrt import probe as trt_probe
 
-    return trt_probe(bundle, precision)
+    return trt_probe(bundle, precision, options.engine_cache)
 
 
-def _trt_factory(bundle: Bundle, precision: str, threads: int | None) -> Backend:
+def _trt_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Backend:
     from edgemed.backends.tensorrt import TensorRTBackend
 
-    # threads is ONNX Runtime's; the engine from <bundle>/engines is never built here
-    # (minutes on a Jetson): `edgemed build` does that, explicitly.
-    return TensorRTBackend.from_bundle(bundle, precision)
+    # The engine is never built here (minutes on a Jetson): `edgemed build` does that,
+    # explicitly, into the same cache.
+    return TensorRTBackend.from_bundle(bundle, precision, cache_dir=options.engine_cache)
 
 
 register("tensorrt", _trt_probe, _trt_factory)

@@ -22,7 +22,8 @@ A CUDA preprocessor can write straight into the input's device memory:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ __all__ = ["TensorRTBackend", "probe"]
 log = logging.getLogger("edgemed.backends")
 
 
-def probe(bundle: Bundle, precision: str, cache_dir: str | Path | None = None) -> str:
+def probe(bundle: Bundle, precision: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """Why the TensorRT backend cannot run ``bundle`` at ``precision`` here ("" if it can).
 
     Checked in order of cost: tensorrt and pycuda import, a GPU is present, and a
@@ -180,7 +181,7 @@ class TensorRTBackend(Backend):
         bundle: Bundle,
         precision: str = "fp32",
         *,
-        cache_dir: str | Path | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
         build: bool = False,
         device: int = 0,
         cuda_graphs: bool = False,
@@ -278,6 +279,11 @@ class TensorRTBackend(Backend):
         must queue on it too)."""
         return self._gpu.stream
 
+    @property
+    def gpu(self) -> CudaDevice:
+        """The GPU this engine runs on (``gpu.active()`` makes its context current)."""
+        return self._gpu
+
     def info(self) -> dict[str, Any]:
         d = super().info()
         if self.engine_path is not None:
@@ -331,8 +337,27 @@ class TensorRTBackend(Backend):
             ptr = self._device_buffers[name].ptr
         return ptr, tuple(shape), self._io[name].dtype
 
-    def infer_device(self) -> dict[str, np.ndarray]:
-        """Run on device inputs already filled (see :meth:`device_input`)."""
+    def device_output(self, name: str) -> tuple[int, tuple[int, ...], Any]:
+        """``(device pointer, shape, dtype)`` of output ``name`` for the current input
+        shapes: a CUDA postprocessor reads it on :attr:`stream` after
+        :meth:`infer_device` (with ``fetch`` leaving it on the GPU)."""
+        if name not in self._io or self._io[name].is_input:
+            raise BackendError(f"the engine has no output '{name}'", code="BACKEND_IO_MISMATCH")
+        shape = trt_compat.dims(self._context.get_tensor_shape(name))
+        if self._gpu.integrated:
+            ptr = self._host_buffers[name].device_ptr
+        else:
+            ptr = self._device_buffers[name].ptr
+        return ptr, shape, self._io[name].dtype
+
+    def infer_device(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run on device inputs already filled (see :meth:`device_input`).
+
+        Args:
+            fetch: the outputs to copy back to the host (default: all). Outputs left
+                out stay on the GPU for :meth:`device_output`; the call then returns
+                without waiting for the stream.
+        """
         if self._closed:
             raise BackendError(f"{self.name} backend is closed", code="BACKEND_CLOSED")
         if set(self._shapes) != set(self._limits):
@@ -342,10 +367,11 @@ class TensorRTBackend(Backend):
         from edgemed.cuda.device import cuda_errors
 
         with self._gpu.active(), cuda_errors("TensorRT inference"):
-            return self._run()
+            return self._run(fetch)
 
-    def _run(self) -> dict[str, np.ndarray]:
-        """Execute with the current shapes, copy outputs back, wait; context is active."""
+    def _run(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Execute with the current shapes, copy outputs back (those in ``fetch``, all by
+        default) and wait for them; the context is active."""
         from edgemed.cuda.device import CudaGraph
 
         stream = self._gpu.stream
@@ -363,12 +389,15 @@ class TensorRTBackend(Backend):
         self._last_shapes = shapes
         results: dict[str, np.ndarray] = {}
         for spec in self._outputs:
+            if fetch is not None and spec.name not in fetch:
+                continue
             shape = trt_compat.dims(self._context.get_tensor_shape(spec.name))
             host = self._host_buffers[spec.name].array.reshape(-1)[: int(np.prod(shape))]
             if not self._gpu.integrated:
                 self._device_buffers[spec.name].download(host, stream)
             results[spec.name] = host.reshape(shape)
-        stream.synchronize()
+        if results:  # nothing fetched: later work on the stream reads the outputs
+            stream.synchronize()
         return results
 
     def _execute(self) -> None:
