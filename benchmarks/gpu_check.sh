@@ -11,6 +11,9 @@
 #    with CUDA preprocessing (tests/test_pipeline_gpu.py)
 #    and the host-build/nvcc kernel tests (tests/kernels).
 # 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
+# 4. with tensorrt: `edgemed build` of the demo bundle's three precisions, then
+#    `edgemed bench` on TensorRT and on ONNX Runtime (outputs under $BENCH_OUT, default
+#    gpu-bench/).
 #
 # PYTHON selects the interpreter (default: python3). Exit status: pytest's, else the bench's.
 set -euo pipefail
@@ -51,4 +54,21 @@ status=0
 
 echo "== kernel benchmark"
 "$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }
+
+echo "== TensorRT: build every precision of the demo bundle, then edgemed bench"
+if "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then
+    work="$(mktemp -d)"
+    "$PYTHON" -c "import edgemed, shutil, sys; shutil.copytree(edgemed.demo_bundle(), sys.argv[1])" \
+        "$work/demo"
+    for p in fp32 fp16 int8; do
+        "$PYTHON" -m edgemed.cli build "$work/demo" --precision "$p" || { [[ $status -ne 0 ]] || status=$?; }
+    done
+    # TensorRT and ONNX Runtime side by side (separate runs: bench takes one backend).
+    "$PYTHON" -m edgemed.cli bench "$work/demo" --backend tensorrt --batch 1 8 \
+        --out "${BENCH_OUT:-gpu-bench}/tensorrt" --quiet || { [[ $status -ne 0 ]] || status=$?; }
+    "$PYTHON" -m edgemed.cli bench "$work/demo" --backend onnxruntime --batch 1 8 \
+        --out "${BENCH_OUT:-gpu-bench}/onnxruntime" --quiet || { [[ $status -ne 0 ]] || status=$?; }
+else
+    echo "tensorrt is not importable here: TensorRT precisions not measured"
+fi
 exit "$status"
