@@ -40,7 +40,7 @@ from edgemed.errors import BackendError, EdgemedError
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from edgemed.cuda.device import CudaDevice, CudaGraph, DeviceBuffer, PinnedBuffer
+    from edgemed.cuda.device import CudaDevice, CudaGraph, DeviceBuffer, PinnedBuffer, StageTimer
 
 __all__ = ["TensorRTBackend", "probe"]
 
@@ -106,7 +106,7 @@ class TensorRTBackend(Backend):
         """Bind a deserialized ``engine`` on ``device`` (see :meth:`from_bundle`)."""
         import tensorrt as trt
 
-        from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, cuda_errors
+        from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, StageTimer, cuda_errors
 
         kind = "integrated" if device.integrated else "discrete"
         super().__init__(
@@ -143,6 +143,8 @@ class TensorRTBackend(Backend):
             self._limits[spec.name] = (trt_compat.dims(lo), trt_compat.dims(hi))
         self._device_buffers: dict[str, DeviceBuffer] = {}
         self._host_buffers: dict[str, PinnedBuffer] = {}
+        self._timer: StageTimer | None = None
+        self._last_ms: dict[str, float] = {}
         with device.active(), cuda_errors("TensorRT execution context"):
             context = engine.create_execution_context()
             if context is None:
@@ -174,6 +176,7 @@ class TensorRTBackend(Backend):
                     raise BackendError(
                         f"TensorRT refused the address of '{name}'", code="ENGINE_INCOMPATIBLE"
                     )
+            self._timer = StageTimer(device.stream, ("h2d", "infer", "d2h"))
 
     @classmethod
     def from_bundle(
@@ -312,6 +315,8 @@ class TensorRTBackend(Backend):
         from edgemed.cuda.device import cuda_errors
 
         with self._gpu.active(), cuda_errors("TensorRT inference"):
+            assert self._timer is not None
+            self._timer.start()
             for spec in self._inputs:
                 arr = feeds[spec.name]
                 self._set_shape(spec.name, tuple(arr.shape))
@@ -319,6 +324,7 @@ class TensorRTBackend(Backend):
                 host.reshape(arr.shape)[...] = arr
                 if not self._gpu.integrated:
                     self._device_buffers[spec.name].upload(host, self._gpu.stream)
+            self._timer.mark("h2d")
             return self._run()
 
     def device_input(self, name: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...], Any]:
@@ -367,6 +373,9 @@ class TensorRTBackend(Backend):
         from edgemed.cuda.device import cuda_errors
 
         with self._gpu.active(), cuda_errors("TensorRT inference"):
+            assert self._timer is not None
+            self._timer.start()
+            self._timer.mark("h2d")  # the input is on the device already: no copy
             return self._run(fetch)
 
     def _run(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
@@ -387,6 +396,9 @@ class TensorRTBackend(Backend):
                 stream.synchronize()
                 self._graph = (shapes, CudaGraph(stream, self._execute))
         self._last_shapes = shapes
+        timer = self._timer
+        assert timer is not None
+        timer.mark("infer")
         results: dict[str, np.ndarray] = {}
         for spec in self._outputs:
             if fetch is not None and spec.name not in fetch:
@@ -396,9 +408,20 @@ class TensorRTBackend(Backend):
             if not self._gpu.integrated:
                 self._device_buffers[spec.name].download(host, stream)
             results[spec.name] = host.reshape(shape)
+        timer.mark("d2h")
         if results:  # nothing fetched: later work on the stream reads the outputs
             stream.synchronize()
+            self._last_ms = timer.elapsed_ms()
         return results
+
+    def last_stage_ms(self) -> dict[str, float]:
+        """GPU milliseconds of the last :meth:`infer` by CUDA events, as ``edgemed
+        bench`` reads them: ``device_h2d``, ``device_infer``, ``device_d2h``, and the
+        copies again as ``h2d``/``d2h`` (absent on integrated GPUs, which copy nothing)."""
+        ms = {f"device_{k}": v for k, v in self._last_ms.items()}
+        if not self._gpu.integrated:
+            ms.update({k: v for k, v in self._last_ms.items() if k in ("h2d", "d2h")})
+        return ms
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self._gpu.stream_handle):

@@ -31,6 +31,7 @@ __all__ = [
     "CudaDevice",
     "CudaGraph",
     "DeviceBuffer",
+    "StageTimer",
     "DeviceInfo",
     "PinnedBuffer",
     "classify_cuda_error",
@@ -310,3 +311,42 @@ class CudaGraph:
     def launch(self) -> None:
         with cuda_errors("CUDA graph launch"):
             self._exec.launch(self._stream)
+
+
+class StageTimer:
+    """GPU time of consecutive stages queued on one stream, from CUDA events.
+
+    :meth:`start`, then :meth:`mark` after each stage's work is queued; once the stream
+    has been synchronised, :meth:`elapsed_ms` gives each stage's device time (the events
+    time the stream itself, not the host's queueing). Create inside ``device.active()``.
+    """
+
+    def __init__(self, stream: Any, stages: tuple[str, ...]) -> None:
+        drv = _driver()
+        self.stages = stages
+        self._stream = stream
+        with cuda_errors("creating CUDA events"):
+            self._events = [drv.Event() for _ in range(len(stages) + 1)]
+        self._marked: list[str] = []
+
+    def start(self) -> None:
+        self._marked = []
+        with cuda_errors("recording a CUDA event"):
+            self._events[0].record(self._stream)
+
+    def mark(self, stage: str) -> None:
+        """The work of ``stage`` (one of :attr:`stages`, in order) is queued."""
+        i = len(self._marked)
+        if i >= len(self.stages) or self.stages[i] != stage:
+            raise BackendError(f"stage {stage!r} marked out of order", code="BACKEND_FAILED")
+        with cuda_errors("recording a CUDA event"):
+            self._events[i + 1].record(self._stream)
+        self._marked.append(stage)
+
+    def elapsed_ms(self) -> dict[str, float]:
+        """Device milliseconds per marked stage (after the stream has been synchronised)."""
+        with cuda_errors("reading CUDA event times"):
+            return {
+                name: float(self._events[i + 1].time_since(self._events[i]))
+                for i, name in enumerate(self._marked)
+            }

@@ -116,3 +116,15 @@ def test_device_input_and_cuda_graphs(gpu, demo):
         with be._gpu.active():
             drv.memcpy_htod(ptr, x)
         np.testing.assert_allclose(be.infer_device()["logits"], ref, atol=1e-5)
+
+
+def test_last_stage_ms_reports_device_times(gpu, demo):
+    from edgemed.backends.tensorrt import TensorRTBackend
+
+    _build(demo, "fp32")
+    with TensorRTBackend.from_bundle(demo, "fp32") as be:
+        be.infer({"image": np.zeros((2, 3, 256, 256), np.float32)})
+        ms = be.last_stage_ms()
+    assert ms["device_infer"] > 0
+    if not be._gpu.integrated:
+        assert ms["h2d"] == ms["device_h2d"] > 0 and ms["device_d2h"] > 0
