@@ -450,6 +450,12 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="stop measuring a configuration after S seconds, stable or not (6)",
     )
     a("--threads", default=None, help="CPU threads for ONNX Runtime (default: cores, <= 8)")
+    a(
+        "--engine-cache",
+        default=None,
+        metavar="DIR",
+        help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
+    )
     a("--no-plots", action="store_true", help="skip the PNG plots")
     a("--quiet", action="store_true", help="no progress bar")
 
@@ -488,6 +494,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=int(_bench_number("--threads", args.threads))
         if args.threads
         else args.settings.ort_threads,
+        engine_cache=args.engine_cache or args.settings.engine_cache,
     )
     sizes = [parse_size(s) for s in args.synthetic]  # usage errors before any reading
     inputs = [from_path(p, i + 1) for i, p in enumerate(args.input)]

@@ -160,7 +160,7 @@ class Pipeline:
             },
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
-            "preprocess_device": "cuda" if self._gpu is not None else "cpu",
+            "preprocess_device": self.preprocess_device,
         }
 
     @classmethod
@@ -208,6 +208,11 @@ class Pipeline:
         except BaseException:
             chosen.close()
             raise
+
+    @property
+    def preprocess_device(self) -> str:
+        """``cuda`` when the CUDA kernels preprocess, else ``cpu``."""
+        return "cuda" if self._gpu is not None else "cpu"
 
     # -- running -----------------------------------------------------------------------
 

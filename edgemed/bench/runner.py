@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -104,6 +105,7 @@ class BenchOptions:
         time_cap_s: measuring time (seconds, warm-up excluded) after which a
             configuration stops, reported unstable.
         threads: ONNX Runtime threads (``None``: the backend's default).
+        engine_cache: TensorRT engine cache (``None``: ``<bundle>/engines``).
     """
 
     backend: str = "auto"
@@ -115,6 +117,7 @@ class BenchOptions:
     stability_percent: float = 10.0
     time_cap_s: float = 6.0
     threads: int | None = None
+    engine_cache: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -142,6 +145,7 @@ class BenchOptions:
     def to_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
+            "engine_cache": None if self.engine_cache is None else str(self.engine_cache),
             "precisions": list(self.precisions) if self.precisions else None,
             "batches": list(self.batches),
             "iterations": self.iterations,
@@ -522,6 +526,9 @@ def _run_config(
         "backend_version": info["backend_version"],
         "backend_device": info["device"],
         "backend_reason": info["backend_reason"],
+        # Where the end-to-end pipeline preprocessed (the per-stage pass uses the CPU
+        # reference functions, so with "cuda" its preprocess figure is the CPU's).
+        "preprocess_device": pipe.preprocess_device,
         "precision": info["precision"],
         "batch": batch,
         "images_per_call": images,
@@ -595,12 +602,16 @@ def run_bench(
     references: list[Any] = []
     has_fp32 = any(a.precision == "fp32" and a.kind == "onnx" for a in bundle.artifacts)
     if has_fp32:
-        ref_backend = create_backend(opts.backend, bundle, "fp32", opts.threads)
+        ref_backend = create_backend(
+            opts.backend, bundle, "fp32", opts.threads, engine_cache=opts.engine_cache
+        )
         with Pipeline(bundle, ref_backend, batch_size=1) as ref:
             references = [ref(inp.image) for inp in inputs]
     configs: list[dict[str, Any]] = []
     for precision in precisions:
-        backend = create_backend(opts.backend, bundle, precision, opts.threads)
+        backend = create_backend(
+            opts.backend, bundle, precision, opts.threads, engine_cache=opts.engine_cache
+        )
         try:
             for batch in opts.batches:
                 pipe = Pipeline(bundle, backend, batch_size=batch)

@@ -46,6 +46,7 @@ def test_bench_demo_bundle_at_tiny_settings(tmp_path):
     assert (c["precision"], c["batch"], c["input"]["label"]) == ("fp32", 1, "CT_small.dcm")
     assert syn["input"]["label"] == "synthetic 512x512" and syn["input"]["shape"] == [512, 512]
     assert c["backend"] == "onnxruntime" and doc["bundle"]["name"].startswith("edgemed-demo")
+    assert c["preprocess_device"] == "cpu" and doc["settings"]["engine_cache"] is None
     for config in (c, syn):
         st = config["stages"]
         assert set(st) == {"read", "preprocess", "h2d", "infer", "d2h", "postprocess", "end_to_end"}
