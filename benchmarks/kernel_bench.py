@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (3 if args.host else 20)
 
     if args.host:
-        from edgemed.cuda.kernels import HostKernels, build_host_library
+        from edgemed.cuda.build import build_host_library
+        from edgemed.cuda.host import HostKernels
 
         lib = HostKernels(build_host_library(tempfile.mkdtemp(prefix="edgemed-bench-")))
         print(

@@ -626,8 +626,8 @@ def _build_kernels(out: Path, device: int) -> str:
     no compiler; without nvcc, pycuda compiles them at first use instead (and caches)."""
     import shutil
 
+    from edgemed.cuda.build import build_cubin
     from edgemed.cuda.device import query_device
-    from edgemed.cuda.kernels import build_cubin
 
     if shutil.which("nvcc") is None:
         return "nvcc not found: compiled by pycuda at first use (needs nvcc then)"

@@ -397,7 +397,7 @@ def _gpu_stages(
     if mode == "cpu" or (mode == "auto" and backend.name != "tensorrt"):
         return None
     # Imported here: edgemed.cuda imports pycuda lazily, but only GPU runs need it at all.
-    from edgemed.cuda.kernels import check_preprocess_spec
+    from edgemed.cuda.packing import check_preprocess_spec
     from edgemed.cuda.stages import CudaStages
     from edgemed.errors import EdgemedError
 

@@ -74,7 +74,7 @@ def test_gpu_preprocess_matches_cpu(device, name, dtype):
 def test_gpu_preprocess_from_stored_cubins(device, tmp_path):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not on PATH")
-    from edgemed.cuda.kernels import build_cubin
+    from edgemed.cuda.build import build_cubin
 
     major, minor = device.compute_capability
     build_cubin(tmp_path, f"sm_{major}{minor}")

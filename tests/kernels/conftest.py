@@ -13,7 +13,8 @@ import shutil
 import pytest
 from kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
-from edgemed.cuda.kernels import HostKernels, build_host_library
+from edgemed.cuda.build import build_host_library
+from edgemed.cuda.host import HostKernels
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,16 @@ from kernel_cases import (
     segment_specs,
 )
 
-from edgemed.cuda import kernels as K
+from edgemed.cuda.build import KERNEL_DIR
+from edgemed.cuda.packing import (
+    MAX_CHANNELS,
+    POST_SLICE_DTYPE,
+    POST_SPEC_DTYPE,
+    PRE_SLICE_DTYPE,
+    PRE_SPEC_DTYPE,
+    RAW_DTYPES,
+    pack_preprocess,
+)
 from edgemed.errors import UsageError
 from edgemed.postprocess import PostprocessSpec, segment
 from edgemed.preprocess import PreprocessSpec, Window, preprocess
@@ -117,7 +126,7 @@ def test_segment_kernel_detects_a_wrong_placement(host_kernels, logits_and_place
 )
 def test_unsupported_specs_are_refused(spec):
     with pytest.raises(UsageError) as exc:
-        K.pack_preprocess(spec, [(8, 8)], np.int16)
+        pack_preprocess(spec, [(8, 8)], np.int16)
     assert exc.value.code == "USAGE_GPU_UNSUPPORTED"
 
 
@@ -134,18 +143,18 @@ def test_unsupported_raw_types_and_mixed_batches_are_refused(host_kernels):
 
 def test_parameter_layouts_match_the_c_structs():
     """The NumPy mirrors have the sizes the header's static_asserts pin."""
-    header = (K.KERNEL_DIR / "edgemed_kernels.h").read_text()
+    header = (KERNEL_DIR / "edgemed_kernels.h").read_text()
     sizes = dict(re.findall(r"static_assert\(sizeof\((\w+)\) == (\d+)", header))
-    assert int(sizes["EmPreSpec"]) == K.PRE_SPEC_DTYPE.itemsize
-    assert int(sizes["EmPreSlice"]) == K.PRE_SLICE_DTYPE.itemsize
-    assert int(sizes["EmPostSpec"]) == K.POST_SPEC_DTYPE.itemsize
-    assert int(sizes["EmPostSlice"]) == K.POST_SLICE_DTYPE.itemsize
-    assert f"#define EM_MAX_CHANNELS {K.MAX_CHANNELS}" in header
+    assert int(sizes["EmPreSpec"]) == PRE_SPEC_DTYPE.itemsize
+    assert int(sizes["EmPreSlice"]) == PRE_SLICE_DTYPE.itemsize
+    assert int(sizes["EmPostSpec"]) == POST_SPEC_DTYPE.itemsize
+    assert int(sizes["EmPostSlice"]) == POST_SLICE_DTYPE.itemsize
+    assert f"#define EM_MAX_CHANNELS {MAX_CHANNELS}" in header
 
 
 def test_every_entry_point_the_launchers_name_exists(host_kernels):
     lib = host_kernels._lib
-    for suffix in K.RAW_DTYPES.values():
+    for suffix in RAW_DTYPES.values():
         for out in ("f32", "f16"):
             assert hasattr(lib, f"em_preprocess_{suffix}_{out}")
         assert hasattr(lib, f"em_zstats_{suffix}")

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
-from edgemed.cuda import kernels as K
+from edgemed.cuda import build
+from edgemed.cuda.packing import RAW_DTYPES
+from edgemed.errors import BackendError
 
 pytestmark = pytest.mark.kernels
 
@@ -26,11 +28,11 @@ REPO = HERE.parent.parent
 def test_nvcc_compiles_every_kernel_without_warnings(tmp_path, arch):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not on PATH")
-    cubins = K.build_cubin(tmp_path, arch, werror=True)
-    assert [p.name for p in cubins] == [f"{s.stem}.{arch}.cubin" for s in K.kernel_sources()]
+    cubins = build.build_cubin(tmp_path, arch, werror=True)
+    assert [p.name for p in cubins] == [f"{s.stem}.{arch}.cubin" for s in build.kernel_sources()]
     blob = b"".join(p.read_bytes() for p in cubins)
     # The entry points the launchers name are in the cubins, unmangled.
-    for suffix in K.RAW_DTYPES.values():
+    for suffix in RAW_DTYPES.values():
         assert f"em_preprocess_{suffix}_f16".encode() in blob
         assert f"em_zstats_{suffix}".encode() in blob
     assert b"em_segment_f32" in blob and b"em_segment_f16" in blob
@@ -42,15 +44,15 @@ def test_nvcc_warnings_are_errors(tmp_path, monkeypatch):
         pytest.skip("nvcc is not on PATH")
     bad = tmp_path / "src"
     bad.mkdir()
-    for p in K.KERNEL_DIR.glob("*.h"):
+    for p in build.KERNEL_DIR.glob("*.h"):
         shutil.copy(p, bad / p.name)
     (bad / "bad.cu").write_text(
         '#include "edgemed_kernels.h"\n'
         'extern "C" __global__ void em_bad(float* x) { int unused = 3; x[0] = 1.0f; }\n'
     )
-    monkeypatch.setattr(K, "KERNEL_DIR", bad)
-    with pytest.raises(K.BackendError) as exc:
-        K.build_cubin(tmp_path / "out", "sm_87", werror=True)
+    monkeypatch.setattr(build, "KERNEL_DIR", bad)
+    with pytest.raises(BackendError) as exc:
+        build.build_cubin(tmp_path / "out", "sm_87", werror=True)
     assert exc.value.code == "GPU_KERNEL_BUILD"
 
 
@@ -125,11 +127,13 @@ def test_asan_build_catches_an_out_of_bounds_write(asan_dir):
     """The sanitizer is live: an output buffer half the needed size aborts with a report."""
     script = f"""
 import numpy as np
-from edgemed.cuda import kernels as K
+from edgemed.cuda.build import build_host_library
+from edgemed.cuda.host import HostKernels
+from edgemed.cuda.packing import pack_preprocess
 from edgemed.preprocess import PreprocessSpec
-lib = K.HostKernels(K.build_host_library({str(asan_dir)!r}, sanitize=True))
+lib = HostKernels(build_host_library({str(asan_dir)!r}, sanitize=True))
 spec = PreprocessSpec(size=(128, 128), clip=(0.0, 1.0))
-launch = K.pack_preprocess(spec, [(64, 64)], np.int16)
+launch = pack_preprocess(spec, [(64, 64)], np.int16)
 raw = np.zeros(64 * 64, np.int16)
 out = np.zeros(128 * 64, np.float32)  # half of 128 x 128
 stats = np.zeros(2)

@@ -1,6 +1,6 @@
 // Shared by preprocess.cu and postprocess.cu: parameter layouts and float helpers.
 //
-// The structs are filled on the host by edgemed/cuda/kernels.py through NumPy structured
+// The structs are filled on the host by edgemed/cuda/packing.py through NumPy structured
 // dtypes with the same field order and sizes; the static_asserts pin the sizes so a
 // change on one side without the other fails to compile rather than reading garbage.
 //
@@ -25,7 +25,7 @@
 
 #define EM_MAX_CHANNELS 16
 
-// ---- parameter blocks (mirrored in edgemed/cuda/kernels.py) ---------------------------
+// ---- parameter blocks (mirrored in edgemed/cuda/packing.py) ---------------------------
 
 enum { EM_SCALE_NONE = 0, EM_SCALE_UNIT = 1, EM_SCALE_ZSCORE = 2 };
 enum { EM_ACT_NONE = 0, EM_ACT_SOFTMAX = 1, EM_ACT_SIGMOID = 2 };
@@ -46,7 +46,7 @@ struct EmPreSpec {
     float hi[EM_MAX_CHANNELS];           // float32(high)
     float inv[EM_MAX_CHANNELS];          // float32(1 / (high - low)), unit scale
 };
-static_assert(sizeof(EmPreSpec) == 304, "EmPreSpec layout changed: update kernels.py");
+static_assert(sizeof(EmPreSpec) == 304, "EmPreSpec layout changed: update cuda/packing.py");
 
 // One per slice of the batch (blockIdx.z).
 struct EmPreSlice {
@@ -57,7 +57,7 @@ struct EmPreSlice {
     int32_t coord32;                  // 1: source coordinate rounded to float32 (no-IPP OpenCV)
     int32_t reserved;
 };
-static_assert(sizeof(EmPreSlice) == 48, "EmPreSlice layout changed: update kernels.py");
+static_assert(sizeof(EmPreSlice) == 48, "EmPreSlice layout changed: update cuda/packing.py");
 
 struct EmPostSpec {
     int32_t channels;    // classes C of the model output
@@ -69,7 +69,7 @@ struct EmPostSpec {
     float threshold;     // float32(threshold), EM_DECIDE_THRESHOLD
     float reserved1[3];
 };
-static_assert(sizeof(EmPostSpec) == 48, "EmPostSpec layout changed: update kernels.py");
+static_assert(sizeof(EmPostSpec) == 48, "EmPostSpec layout changed: update cuda/packing.py");
 
 struct EmPostSlice {
     int64_t out_offset;  // first mask byte of this slice
@@ -78,7 +78,7 @@ struct EmPostSlice {
     int32_t coord32;
     int32_t reserved;
 };
-static_assert(sizeof(EmPostSlice) == 40, "EmPostSlice layout changed: update kernels.py");
+static_assert(sizeof(EmPostSlice) == 40, "EmPostSlice layout changed: update cuda/packing.py");
 
 // ---- float32 arithmetic with one rounding per operation --------------------------------
 

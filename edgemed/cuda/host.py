@@ -1,0 +1,104 @@
+"""The kernels run on the CPU: a :func:`edgemed.cuda.build.build_host_library` library
+driven through ctypes.
+
+:class:`HostKernels` launches the very ``.cu`` kernel bodies, compiled by g++ through
+``host_shim.h``, with the same parameter packing and launch geometry as the GPU
+launchers (:mod:`edgemed.cuda.packing`); memory is plain NumPy arrays. It is for tests
+and ``kernel_bench.py --host``: the bodies run one simulated thread after another, so
+its timings say nothing about GPU speed. No pycuda is needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgemed.cuda.packing import (
+    Geometry,
+    largest_components,
+    pack_preprocess,
+    pack_raw,
+    pack_segment,
+    split_masks,
+)
+from edgemed.errors import UsageError
+from edgemed.postprocess import PostprocessSpec
+from edgemed.preprocess.cpu import Placement
+from edgemed.preprocess.spec import PreprocessSpec
+
+__all__ = ["HostKernels"]
+
+
+def _ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+class HostKernels:
+    """The kernels of a :func:`edgemed.cuda.build.build_host_library` library, run on
+    the CPU via ctypes.
+
+    Same packing and geometry as the GPU launchers; memory is plain NumPy arrays.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lib = ctypes.CDLL(str(self.path))
+        u = ctypes.c_uint
+        vp = ctypes.c_void_p
+        self._pre = self._lib.em_host_launch_preprocess
+        self._pre.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp, vp, ctypes.c_int]
+        self._pre.restype = ctypes.c_int
+        self._seg = self._lib.em_host_launch_segment
+        self._seg.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp]
+        self._seg.restype = ctypes.c_int
+
+    def _launch_pre(self, name: str, geo: Geometry, *arrays: np.ndarray, stage: int = 0) -> None:
+        rc = self._pre(name.encode(), *geo.grid, *geo.block, *map(_ptr, arrays), stage)
+        if rc != 0:
+            raise UsageError(f"no kernel named {name} in {self.path.name}")
+
+    def preprocess(
+        self,
+        raw_slices: Sequence[np.ndarray],
+        spec: PreprocessSpec,
+        slopes: Sequence[float] | None = None,
+        intercepts: Sequence[float] | None = None,
+        coord32: bool | None = None,
+    ) -> tuple[np.ndarray, list[Placement]]:
+        """Raw ``(Y, X)`` slices -> ``(N, C, H, W)`` model input, as the GPU computes it."""
+        dtype, shapes = pack_raw(raw_slices)
+        launch = pack_preprocess(spec, shapes, dtype, slopes, intercepts, coord32)
+        raw = np.concatenate([np.ascontiguousarray(s).ravel() for s in raw_slices])
+        out = np.empty(
+            (len(shapes), len(spec.ranges), spec.height, spec.width), dtype=np.dtype(spec.dtype)
+        )
+        stats = np.zeros(max(1, launch.stats_count), dtype=np.float64)
+        args = (raw, launch.slices, launch.spec, stats, out)
+        if launch.zstats_kernel is not None:
+            for stage in (0, 1):
+                self._launch_pre(launch.zstats_kernel, launch.zstats_geometry, *args, stage=stage)
+        self._launch_pre(launch.kernel, launch.geometry, *args)
+        return out, launch.placements
+
+    def segment(
+        self,
+        logits: np.ndarray,
+        placements: Sequence[Placement],
+        post: PostprocessSpec,
+        labels: Sequence[str] = (),
+        coord32: bool | None = None,
+    ) -> list[np.ndarray]:
+        """``(N, C, H, W)`` logits -> one uint8 mask per slice (``segment``'s result)."""
+        logits = np.ascontiguousarray(logits)
+        launch = pack_segment(post, logits.shape, placements, logits.dtype, coord32)
+        masks = np.zeros(max(1, launch.mask_bytes), dtype=np.uint8)
+        geo = launch.geometry
+        args = (logits, launch.slices, launch.spec, masks)
+        rc = self._seg(launch.kernel.encode(), *geo.grid, *geo.block, *map(_ptr, args))
+        if rc != 0:
+            raise UsageError(f"no kernel named {launch.kernel} in {self.path.name}")
+        return largest_components(split_masks(masks, launch), post, labels)
