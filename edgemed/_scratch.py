@@ -44,6 +44,25 @@ class _Scratch(threading.local):
             self.arrays.pop(key, None)
         return a
 
+    def view(self, key: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """Like :meth:`get`, but any kept array of ``dtype`` with at least as many
+        elements serves (its start, reshaped): for work arrays whose shape changes from
+        call to call (blocks of rows of varying height), which :meth:`get` would
+        reallocate each time. Keys used here are not used with :meth:`get`.
+        """
+        dt = np.dtype(dtype)
+        n = 1
+        for d in shape:
+            n *= d
+        a = self.arrays.get(key)
+        if a is None or a.dtype != dt or a.ndim != 1 or a.size < n:
+            a = np.empty(n, dtype=dt)
+            if a.nbytes <= MAX_BYTES:
+                self.arrays[key] = a
+            else:
+                self.arrays.pop(key, None)
+        return a[:n].reshape(shape)
+
 
 #: The process-wide per-thread store.
 scratch = _Scratch()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -147,7 +150,9 @@ def _planes(hwc: np.ndarray) -> np.ndarray:
     return cv2.transpose(hwc.reshape(h * w, c), dst=dst).reshape(c, h, w)
 
 
-def _best_channel(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _best_channel(
+    planes: np.ndarray, index: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Per pixel, the index (uint8) and value of the largest of ``C`` float32 planes,
     the lowest index on ties: exactly what ``argmax`` over the channel axis picks.
 
@@ -155,17 +160,21 @@ def _best_channel(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     slower): a channel replaces the running best only when strictly greater, and channel
     indices only grow, so the index is ``max(index, c * greater)``. Returns ``None``
     where this cannot reproduce ``argmax``: a NaN anywhere (``argmax`` then picks the
-    first NaN), more than 255 channels, or not float32.
+    first NaN), more than 255 channels, or not float32. The index goes into ``index``
+    (uint8, the planes' pixel shape) when given.
     """
     n = planes.shape[0]
     if n > 255 or planes.dtype != np.float32 or planes.ndim != 3:
         return None
     shape = planes.shape[1:]
-    best = scratch.get("post.best", shape, np.float32)
+    # view(): callers hand in row blocks of varying height (see _decide_planes).
+    best = scratch.view("post.best", shape, np.float32)
     best[...] = planes[0]
-    index = np.zeros(shape, dtype=np.uint8)  # becomes the caller's mask: never reused
-    greater = scratch.get("post.greater", shape, np.bool_)
-    times_c = scratch.get("post.times_c", shape, np.uint8)
+    if index is None:
+        index = np.empty(shape, dtype=np.uint8)  # becomes the caller's mask: never reused
+    index.fill(0)
+    greater = scratch.view("post.greater", shape, np.bool_)
+    times_c = scratch.view("post.times_c", shape, np.uint8)
     for c in range(1, n):
         np.greater(planes[c], best, out=greater)
         np.multiply(greater.view(np.uint8), np.uint8(c), out=times_c)
@@ -188,11 +197,37 @@ def _label(index: np.ndarray, best_p: np.ndarray, spec: PostprocessSpec) -> np.n
 
 
 def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
-    """:func:`decide` on ``(C, h, w)`` planes (the same result)."""
-    found = _best_channel(planes)
-    if found is None:
-        return decide(np.moveaxis(planes, 0, -1), spec)
-    return _label(*found, spec)
+    """:func:`decide` on ``(C, h, w)`` planes (the same result).
+
+    Row block by row block: :func:`_best_channel` makes ~4 passes per channel over its
+    planes, and on blocks that fit in L2 cache (~1.5 MB of planes and work arrays) the
+    later passes read from cache rather than memory (512x512x5: ~0.8 -> ~0.5 ms). Each
+    pixel's comparisons are its own, so blocks give the same result.
+    """
+    n, h, w = planes.shape
+    if n > 255 or planes.dtype != np.float32:
+        found = _best_channel(planes)
+        if found is None:
+            return decide(np.moveaxis(planes, 0, -1), spec)
+        return _label(*found, spec)
+    index = np.empty((h, w), dtype=np.uint8)  # becomes the caller's mask: never reused
+    # Bytes per pixel: C float32 planes, the float32 best, bool and uint8 work, the index.
+    block = max(1, _BLOCK_BYTES // max(1, w * (4 * n + 7)))
+
+    def band(a: int, b: int) -> bool:
+        for r in range(a, b, block):
+            s = min(b, r + block)
+            found = _best_channel(planes[:, r:s], index[r:s])
+            if found is None:
+                return False
+            _label(*found, spec)  # in place: index[r:s] is a view of the mask
+        return True
+
+    # Not over threads: its many short NumPy calls contend for the GIL, and two bands
+    # took longer than one at every size measured (256..1024 squared, 5 channels).
+    if band(0, h):
+        return index
+    return decide(np.moveaxis(planes, 0, -1), spec)  # a NaN somewhere: argmax's rules
 
 
 def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
@@ -281,12 +316,16 @@ def segment(
     masks = []
     for i, p in enumerate(placements):
         # Everything before the resize is per pixel, so only the placement box (not the
-        # letterbox padding) is activated, and the probabilities go straight into the
-        # (h, w, C) layout of the multi-channel resize.
+        # letterbox padding) is activated.
         box = x[i, :, p.top : p.top + p.height, p.left : p.left + p.width]
         if (p.height, p.width) == p.source:
             planes = _activate_box(box, spec.activation, None)
+        elif _plane_resize_exact((p.height, p.width), p.source, box.shape[0]):
+            # Plane by plane: no interleave into (h, w, C) and back (see _resize_planes).
+            planes = _resize_planes(_activate_box(box, spec.activation, None), p.source)
         else:
+            # The probabilities go straight into the (h, w, C) layout of one
+            # multi-channel resize.
             hwc = scratch.get("post.hwc", (p.height, p.width, box.shape[0]), np.float32)
             planes = _planes(_resize_hwc(_activate_box(box, spec.activation, hwc), p.source))
         mask = _decide_planes(planes, spec)
@@ -294,6 +333,139 @@ def segment(
             keep_largest_component(mask, label)
         masks.append(mask)
     return masks
+
+
+# --- resizing plane by plane ----------------------------------------------------------
+
+#: (box (h, w), source (h, w), channels) -> whether :func:`_resize_planes` gives the
+#: bits of the multi-channel resize; filled by :func:`_plane_resize_exact`.
+_PLANE_RESIZE_EXACT: dict[tuple[tuple[int, int], tuple[int, int], int], bool] = {}
+
+
+def _resize_planes(
+    planes: np.ndarray, source: tuple[int, int], *, reuse: bool = True
+) -> np.ndarray:
+    """Contiguous float32 ``(C, h, w)`` planes resized one by one to ``source`` with
+    ``INTER_LINEAR`` and IPP off: ``(C, H, W)``; with ``reuse``, into this thread's work
+    array (valid until the next call).
+
+    Why IPP off: OpenCV hands 1-, 3- and 4-channel resizes to IPP, which rounds the
+    source coordinate differently (see preprocess.cpu); other channel counts run
+    OpenCV's own code. Its own code on single planes is the same arithmetic per element
+    as on the interleaved ``(h, w, C)`` array, except for an exact 2x downscale (an area
+    average whose code depends on the channel count): :func:`_plane_resize_exact` checks
+    each geometry once. ``cv2.ipp.setUseIPP`` is per thread, so no other thread's
+    resizes change. Single planes also spread over OpenCV's threads better (5 planes
+    256->512: ~0.26 ms on 2 cores against ~0.46 ms for the (h, w, 5) call), and the
+    interleave before and the transpose after (~0.8 ms at 512x512) go away.
+    """
+    h, w = source
+    c = planes.shape[0]
+    if reuse:
+        out = scratch.get("post.resized_planes", (c, h, w), np.float32)
+    else:
+        out = np.empty((c, h, w), dtype=np.float32)
+    use_ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        for k in range(c):
+            got = cv2.resize(planes[k], (w, h), dst=out[k], interpolation=cv2.INTER_LINEAR)
+            if not np.shares_memory(got, out[k]):  # OpenCV reallocated: copy it in
+                out[k] = got.reshape(h, w)
+    finally:
+        cv2.ipp.setUseIPP(use_ipp)
+    return out
+
+
+def _plane_resize_exact(box: tuple[int, int], source: tuple[int, int], c: int) -> bool:
+    """Whether :func:`_resize_planes` reproduces :func:`_resize_hwc` bit for bit for
+    this geometry and channel count, as OpenCV runs in this process.
+
+    Checked once per geometry by resizing seeded random probabilities both ways: a
+    coordinate or arithmetic difference between two code paths changes the last bit of
+    a sizeable fraction of random pixels (measured: 10-60 %), so equal results on all of
+    them mean the same code. Exact 2x downscales are known to differ (see
+    :func:`_resize_planes`); one channel has no interleave to save.
+    """
+    (bh, bw), (h, w) = box, source
+    if c == 1 or c > 255 or (bh == 2 * h and bw == 2 * w):
+        return False
+    key = ((bh, bw), (h, w), c)
+    known = _PLANE_RESIZE_EXACT.get(key)
+    if known is not None:
+        return known
+    if max(bh * bw, h * w) * c > (1 << 24):
+        return False  # too large to check cheaply: the interleaved path
+    hwc = np.random.default_rng(0).random((bh, bw, c), dtype=np.float32)
+    want = _resize_hwc(hwc, source, reuse=False)
+    got = _resize_planes(np.ascontiguousarray(hwc.transpose(2, 0, 1)), source, reuse=False)
+    exact = bool(np.array_equal(got, want.transpose(2, 0, 1)))
+    if len(_PLANE_RESIZE_EXACT) >= 256:  # bounded: odd sizes come and go
+        _PLANE_RESIZE_EXACT.clear()
+    _PLANE_RESIZE_EXACT[key] = exact
+    return exact
+
+
+# --- row bands over threads -----------------------------------------------------------
+
+#: Most threads one slice's per-pixel work is split over (the caller's is one of them).
+_MAX_THREADS = 4
+#: Threads to use; ``None``: ``os.cpu_count()``, at most ``_MAX_THREADS`` (1: no pool).
+_THREADS: int | None = None
+#: Below this many pixels a step runs in the caller's thread alone: handing a band to a
+#: worker and waiting for it costs more than the band saves.
+#: Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms): 256x256 0.45 vs 0.41,
+#: 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3; right after an inference (the pipeline)
+#: 256x256 was no faster threaded (0.68 vs 0.73).
+_MIN_PARALLEL_SOFTMAX = 300 * 300
+#: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
+#: current x86-64 and ARM server cores.
+_BLOCK_BYTES = 3 << 19
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_pid = -1
+_pool_lock = threading.Lock()
+
+
+def _parts(pixels: int, least: int) -> int:
+    """How many row bands a step over ``pixels`` pixels is split into (1 below
+    ``least``)."""
+    n = _THREADS if _THREADS is not None else min(os.cpu_count() or 1, _MAX_THREADS)
+    return 1 if pixels < least else max(1, n)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The persistent worker pool (recreated after a fork: a child has no threads)."""
+    global _pool, _pool_size, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgemed-post")
+            _pool_size, _pool_pid = workers, os.getpid()
+        return _pool
+
+
+def _in_bands(fn: Callable[[int, int], Any], rows: int, parts: int) -> list[Any]:
+    """``fn(start, stop)`` over ``parts`` contiguous row bands of ``rows`` rows, the
+    first band in this thread and the others in the pool; the results in band order.
+
+    Why it pays: the steps are NumPy calls on large arrays, which release the GIL, and
+    between inferences ONNX Runtime's threads are idle. Per element, a band does the
+    same operations as the whole array would, so the bits are the same.
+    """
+    edges = [rows * k // parts for k in range(parts + 1)]
+    bands = [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    if len(bands) <= 1:
+        return [fn(0, rows)]
+    pool = _executor(len(bands) - 1)
+    futures: list[Future[Any]] = [pool.submit(fn, a, b) for a, b in bands[1:]]
+    try:
+        first = fn(*bands[0])
+    finally:
+        # The bands write into the caller's arrays: none may outlive this call.
+        for f in futures:
+            f.exception()
+    return [first] + [f.result() for f in futures]
 
 
 def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> np.ndarray:
@@ -312,16 +484,20 @@ def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> n
     # non-innermost axis in channel order, as the loop below does: the same bits.
     e = scratch.get("post.e", box.shape, np.float32)
     total = scratch.get("post.total", box.shape[1:], np.float32)
-    np.max(box, axis=0, out=total)
-    np.subtract(box, total, out=e)
-    np.exp(e, out=e)
-    total[...] = e[0]
-    for c in range(1, e.shape[0]):
-        total += e[c]
+
+    def band(a: int, b: int) -> None:
+        x, eb, tb = box[:, a:b], e[:, a:b], total[a:b]
+        np.max(x, axis=0, out=tb)
+        np.subtract(x, tb, out=eb)
+        np.exp(eb, out=eb)
+        tb[...] = eb[0]
+        for c in range(1, eb.shape[0]):
+            tb += eb[c]
+        np.divide(eb, tb, out=eb)
+
+    _in_bands(band, box.shape[1], _parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX))
     if hwc is None:
-        np.divide(e, total, out=e)
         return e
-    np.divide(e, total, out=e)
     if e.shape[0] <= 512:
         # cv2.merge interleaves contiguous planes ~1.5x faster than NumPy divides into
         # the strided (h, w, C) view; it copies, so the values are the same.
