@@ -385,10 +385,13 @@ def _plane_resize_exact(box: tuple[int, int], source: tuple[int, int], c: int) -
     coordinate or arithmetic difference between two code paths changes the last bit of
     a sizeable fraction of random pixels (measured: 10-60 %), so equal results on all of
     them mean the same code. Exact 2x downscales are known to differ (see
-    :func:`_resize_planes`); one channel has no interleave to save.
+    :func:`_resize_planes`); one channel has no interleave to save. Outputs under
+    4096 pixels are left to the interleaved path: a check over a few pixels can pass by
+    chance (a 1x8 output with 3 channels did, IPP against OpenCV's code), and there is
+    little to save.
     """
     (bh, bw), (h, w) = box, source
-    if c == 1 or c > 255 or (bh == 2 * h and bw == 2 * w):
+    if c == 1 or c > 255 or h * w < 4096 or (bh == 2 * h and bw == 2 * w):
         return False
     key = ((bh, bw), (h, w), c)
     known = _PLANE_RESIZE_EXACT.get(key)
