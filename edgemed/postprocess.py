@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from edgemed._scratch import scratch
+from edgemed._scratch import in_bands, parts, scratch
 from edgemed.errors import BundleError, UsageError
 from edgemed.preprocess.cpu import Placement
 
@@ -335,6 +332,18 @@ def segment(
     return masks
 
 
+#: Row bands of a softmax over threads (see edgemed._scratch.in_bands) from this many
+#: box pixels on.
+#: Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms): 256x256 0.45 vs 0.41,
+#: 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3; right after an inference (the pipeline)
+#: 256x256 was no faster threaded (0.68 vs 0.73).
+_MIN_PARALLEL_SOFTMAX = 300 * 300
+
+#: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
+#: current x86-64 and ARM server cores.
+_BLOCK_BYTES = 3 << 19
+
+
 # --- resizing plane by plane ----------------------------------------------------------
 
 #: (box (h, w), source (h, w), channels) -> whether :func:`_resize_planes` gives the
@@ -409,68 +418,6 @@ def _plane_resize_exact(box: tuple[int, int], source: tuple[int, int], c: int) -
     return exact
 
 
-# --- row bands over threads -----------------------------------------------------------
-
-#: Most threads one slice's per-pixel work is split over (the caller's is one of them).
-_MAX_THREADS = 4
-#: Threads to use; ``None``: ``os.cpu_count()``, at most ``_MAX_THREADS`` (1: no pool).
-_THREADS: int | None = None
-#: Below this many pixels a step runs in the caller's thread alone: handing a band to a
-#: worker and waiting for it costs more than the band saves.
-#: Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms): 256x256 0.45 vs 0.41,
-#: 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3; right after an inference (the pipeline)
-#: 256x256 was no faster threaded (0.68 vs 0.73).
-_MIN_PARALLEL_SOFTMAX = 300 * 300
-#: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
-#: current x86-64 and ARM server cores.
-_BLOCK_BYTES = 3 << 19
-
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_pid = -1
-_pool_lock = threading.Lock()
-
-
-def _parts(pixels: int, least: int) -> int:
-    """How many row bands a step over ``pixels`` pixels is split into (1 below
-    ``least``)."""
-    n = _THREADS if _THREADS is not None else min(os.cpu_count() or 1, _MAX_THREADS)
-    return 1 if pixels < least else max(1, n)
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The persistent worker pool (recreated after a fork: a child has no threads)."""
-    global _pool, _pool_size, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgemed-post")
-            _pool_size, _pool_pid = workers, os.getpid()
-        return _pool
-
-
-def _in_bands(fn: Callable[[int, int], Any], rows: int, parts: int) -> list[Any]:
-    """``fn(start, stop)`` over ``parts`` contiguous row bands of ``rows`` rows, the
-    first band in this thread and the others in the pool; the results in band order.
-
-    Why it pays: the steps are NumPy calls on large arrays, which release the GIL, and
-    between inferences ONNX Runtime's threads are idle. Per element, a band does the
-    same operations as the whole array would, so the bits are the same.
-    """
-    edges = [rows * k // parts for k in range(parts + 1)]
-    bands = [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
-    if len(bands) <= 1:
-        return [fn(0, rows)]
-    pool = _executor(len(bands) - 1)
-    futures: list[Future[Any]] = [pool.submit(fn, a, b) for a, b in bands[1:]]
-    try:
-        first = fn(*bands[0])
-    finally:
-        # The bands write into the caller's arrays: none may outlive this call.
-        for f in futures:
-            f.exception()
-    return [first] + [f.result() for f in futures]
-
-
 def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> np.ndarray:
     """:func:`activate` over axis 0 of a float32 ``(C, h, w)`` box, same arithmetic.
 
@@ -498,7 +445,7 @@ def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> n
             tb += eb[c]
         np.divide(eb, tb, out=eb)
 
-    _in_bands(band, box.shape[1], _parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX))
+    in_bands(band, box.shape[1], parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX))
     if hwc is None:
         return e
     if e.shape[0] <= 512:

@@ -16,7 +16,7 @@ import pytest
 from test_postprocess_exact import _reference
 
 import edgemed
-from edgemed import Pipeline
+from edgemed import Pipeline, _scratch
 from edgemed import postprocess as post
 from edgemed._scratch import scratch
 from edgemed.postprocess import PostprocessSpec
@@ -53,7 +53,7 @@ def _variants(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 def _segment(logits, placements, spec, labels, monkeypatch, *, threads, planes=True):
     with monkeypatch.context() as m:
-        m.setattr(post, "_THREADS", threads)
+        m.setattr(_scratch, "_THREADS", threads)
         m.setattr(post, "_MIN_PARALLEL_SOFTMAX", 0)  # the 256x256 box too
         m.setattr(post, "_BLOCK_BYTES", 7 * 512 * 27)  # blocks of 7 rows: ragged ends
         m.setattr(post, "_PLANE_RESIZE_EXACT", {})
@@ -98,7 +98,7 @@ def test_threaded_softmax_gives_the_same_probabilities(demo_logits, monkeypatch)
         with np.errstate(invalid="ignore"):
             want = post.activate(box, "softmax", axis=0)
             for threads in (1, 2, 3):
-                monkeypatch.setattr(post, "_THREADS", threads)
+                monkeypatch.setattr(_scratch, "_THREADS", threads)
                 monkeypatch.setattr(post, "_MIN_PARALLEL_SOFTMAX", 0)
                 got = post._activate_box(box, "softmax", None)
                 np.testing.assert_array_equal(got, want)  # NaN == NaN here
@@ -139,16 +139,16 @@ def test_the_demo_geometry_takes_the_plane_path(monkeypatch):
 
 def test_bands_cover_every_row_once_and_pass_errors_on():
     seen: list[tuple[int, int]] = []
-    assert post._in_bands(lambda a, b: seen.append((a, b)) or b - a, 7, 3) == [2, 2, 3]
+    assert _scratch.in_bands(lambda a, b: seen.append((a, b)) or b - a, 7, 3) == [2, 2, 3]
     assert sorted(seen) == [(0, 2), (2, 4), (4, 7)]
-    assert post._in_bands(lambda a, b: (a, b), 1, 4) == [(0, 1)]
+    assert _scratch.in_bands(lambda a, b: (a, b), 1, 4) == [(0, 1)]
 
     def fail(a: int, b: int) -> None:
         if a:
             raise ValueError("band")
 
     with pytest.raises(ValueError, match="band"):
-        post._in_bands(fail, 10, 2)
+        _scratch.in_bands(fail, 10, 2)
 
 
 def test_scratch_view_reuses_one_buffer_for_varying_shapes():
