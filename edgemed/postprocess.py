@@ -209,7 +209,8 @@ def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
         return _label(*found, spec)
     index = np.empty((h, w), dtype=np.uint8)  # becomes the caller's mask: never reused
     # Bytes per pixel: C float32 planes, the float32 best, bool and uint8 work, the index.
-    block = max(1, _BLOCK_BYTES // max(1, w * (4 * n + 7)))
+    row_bytes = max(1, w * (4 * n + 7))
+    block = h if h * row_bytes <= _UNBLOCKED_BYTES else max(1, _BLOCK_BYTES // row_bytes)
 
     def band(a: int, b: int) -> bool:
         for r in range(a, b, block):
@@ -340,8 +341,11 @@ def segment(
 _MIN_PARALLEL_SOFTMAX = 300 * 300
 
 #: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
-#: current x86-64 and ARM server cores.
+#: current x86-64 and ARM server cores. Working sets up to _UNBLOCKED_BYTES stay whole:
+#: measured on 5 channels (ms, whole vs 1.5 MB blocks), 256x256 (1.8 MB) 0.114 vs 0.125,
+#: 362x362 (3.5 MB) 0.26 vs 0.29, 512x512 (7 MB) 0.95 vs 0.60.
 _BLOCK_BYTES = 3 << 19
+_UNBLOCKED_BYTES = 4 << 20
 
 
 # --- resizing plane by plane ----------------------------------------------------------

@@ -56,6 +56,7 @@ def _segment(logits, placements, spec, labels, monkeypatch, *, threads, planes=T
         m.setattr(_scratch, "_THREADS", threads)
         m.setattr(post, "_MIN_PARALLEL_SOFTMAX", 0)  # the 256x256 box too
         m.setattr(post, "_BLOCK_BYTES", 7 * 512 * 27)  # blocks of 7 rows: ragged ends
+        m.setattr(post, "_UNBLOCKED_BYTES", 0)
         m.setattr(post, "_PLANE_RESIZE_EXACT", {})
         if not planes:
             m.setattr(post, "_plane_resize_exact", lambda *a: False)
