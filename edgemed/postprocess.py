@@ -333,11 +333,11 @@ def segment(
     return masks
 
 
-#: Row bands of a softmax over threads (see edgemed._scratch.in_bands) from this many
-#: box pixels on.
-#: Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms): 256x256 0.45 vs 0.41,
-#: 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3; right after an inference (the pipeline)
-#: 256x256 was no faster threaded (0.68 vs 0.73).
+#: Row bands of a softmax go over threads (see edgemed._scratch.in_bands) from this
+#: many box pixels on. Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms):
+#: 256x256 0.45 vs 0.41, 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3 in a loop; right
+#: after an inference (in the pipeline, with ONNX Runtime's worker still spinning on the
+#: other core) 256x256 was no faster threaded (0.68 vs 0.73).
 _MIN_PARALLEL_SOFTMAX = 300 * 300
 
 #: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
@@ -350,9 +350,10 @@ _UNBLOCKED_BYTES = 4 << 20
 
 # --- resizing plane by plane ----------------------------------------------------------
 
-#: (box (h, w), source (h, w), channels) -> whether :func:`_resize_planes` gives the
-#: bits of the multi-channel resize; filled by :func:`_plane_resize_exact`.
-_PLANE_RESIZE_EXACT: dict[tuple[tuple[int, int], tuple[int, int], int], bool] = {}
+#: (box (h, w), source (h, w), channels, IPP on, optimised code on) -> whether
+#: :func:`_resize_planes` gives the bits of the multi-channel resize; filled by
+#: :func:`_plane_resize_exact`.
+_PLANE_RESIZE_EXACT: dict[tuple[Any, ...], bool] = {}
 
 
 def _resize_planes(
@@ -369,8 +370,9 @@ def _resize_planes(
     average whose code depends on the channel count): :func:`_plane_resize_exact` checks
     each geometry once. ``cv2.ipp.setUseIPP`` is per thread, so no other thread's
     resizes change. Single planes also spread over OpenCV's threads better (5 planes
-    256->512: ~0.26 ms on 2 cores against ~0.46 ms for the (h, w, 5) call), and the
-    interleave before and the transpose after (~0.8 ms at 512x512) go away.
+    256->512 in a loop: ~0.26 ms on 2 cores against ~0.46 ms for the (h, w, 5) call),
+    and the interleave before and the transpose after go away (in the pipeline at
+    512x512: segment ~3.5 -> ~2.7 ms).
     """
     h, w = source
     c = planes.shape[0]
@@ -392,7 +394,7 @@ def _resize_planes(
 
 def _plane_resize_exact(box: tuple[int, int], source: tuple[int, int], c: int) -> bool:
     """Whether :func:`_resize_planes` reproduces :func:`_resize_hwc` bit for bit for
-    this geometry and channel count, as OpenCV runs in this process.
+    this geometry and channel count, under this thread's OpenCV settings.
 
     Checked once per geometry by resizing seeded random probabilities both ways: a
     coordinate or arithmetic difference between two code paths changes the last bit of
@@ -406,7 +408,8 @@ def _plane_resize_exact(box: tuple[int, int], source: tuple[int, int], c: int) -
     (bh, bw), (h, w) = box, source
     if c == 1 or c > 255 or h * w < 4096 or (bh == 2 * h and bw == 2 * w):
         return False
-    key = ((bh, bw), (h, w), c)
+    # The OpenCV settings the multi-channel call runs under (IPP is per thread).
+    key = ((bh, bw), (h, w), c, cv2.ipp.useIPP(), cv2.useOptimized())
     known = _PLANE_RESIZE_EXACT.get(key)
     if known is not None:
         return known
