@@ -81,6 +81,8 @@ scratch = _Scratch()
 _MAX_THREADS = 4
 #: Threads to use; ``None``: ``os.cpu_count()``, at most ``_MAX_THREADS`` (1: no pool).
 _THREADS: int | None = None
+#: Read once, not per step.
+_CPUS = os.cpu_count() or 1
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -91,7 +93,7 @@ _pool_lock = threading.Lock()
 def parts(pixels: int, least: int) -> int:
     """How many row bands a step over ``pixels`` pixels is split into (1 below
     ``least``)."""
-    n = _THREADS if _THREADS is not None else min(os.cpu_count() or 1, _MAX_THREADS)
+    n = _THREADS if _THREADS is not None else min(_CPUS, _MAX_THREADS)
     return 1 if pixels < least else max(1, n)
 
 

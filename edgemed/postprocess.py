@@ -168,8 +168,9 @@ def _best_channel(
     best = scratch.view("post.best", shape, np.float32)
     best[...] = planes[0]
     if index is None:
-        index = np.empty(shape, dtype=np.uint8)  # becomes the caller's mask: never reused
-    index.fill(0)
+        index = np.zeros(shape, dtype=np.uint8)  # becomes the caller's mask: never reused
+    else:
+        index.fill(0)
     greater = scratch.view("post.greater", shape, np.bool_)
     times_c = scratch.view("post.times_c", shape, np.uint8)
     for c in range(1, n):
@@ -202,15 +203,15 @@ def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     pixel's comparisons are its own, so blocks give the same result.
     """
     n, h, w = planes.shape
-    if n > 255 or planes.dtype != np.float32:
+    # Bytes per pixel: C float32 planes, the float32 best, bool and uint8 work, the index.
+    row_bytes = max(1, w * (4 * n + 7))
+    if n > 255 or planes.dtype != np.float32 or h * row_bytes <= _UNBLOCKED_BYTES:
         found = _best_channel(planes)
         if found is None:
             return decide(np.moveaxis(planes, 0, -1), spec)
         return _label(*found, spec)
     index = np.empty((h, w), dtype=np.uint8)  # becomes the caller's mask: never reused
-    # Bytes per pixel: C float32 planes, the float32 best, bool and uint8 work, the index.
-    row_bytes = max(1, w * (4 * n + 7))
-    block = h if h * row_bytes <= _UNBLOCKED_BYTES else max(1, _BLOCK_BYTES // row_bytes)
+    block = max(1, _BLOCK_BYTES // row_bytes)
 
     def band(a: int, b: int) -> bool:
         for r in range(a, b, block):
@@ -441,18 +442,11 @@ def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> n
     # non-innermost axis in channel order, as the loop below does: the same bits.
     e = scratch.get("post.e", box.shape, np.float32)
     total = scratch.get("post.total", box.shape[1:], np.float32)
-
-    def band(a: int, b: int) -> None:
-        x, eb, tb = box[:, a:b], e[:, a:b], total[a:b]
-        np.max(x, axis=0, out=tb)
-        np.subtract(x, tb, out=eb)
-        np.exp(eb, out=eb)
-        tb[...] = eb[0]
-        for c in range(1, eb.shape[0]):
-            tb += eb[c]
-        np.divide(eb, tb, out=eb)
-
-    in_bands(band, box.shape[1], parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX))
+    n = parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX)
+    if n == 1:
+        _softmax_into(box, e, total)
+    else:
+        in_bands(lambda a, b: _softmax_into(box[:, a:b], e[:, a:b], total[a:b]), len(total), n)
     if hwc is None:
         return e
     if e.shape[0] <= 512:
@@ -464,6 +458,17 @@ def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> n
         return hwc
     hwc[...] = e.transpose(1, 2, 0)
     return hwc
+
+
+def _softmax_into(x: np.ndarray, e: np.ndarray, total: np.ndarray) -> None:
+    """Softmax over axis 0 of ``x`` into ``e`` (``total``: work array of one plane)."""
+    np.max(x, axis=0, out=total)
+    np.subtract(x, total, out=e)
+    np.exp(e, out=e)
+    total[...] = e[0]
+    for c in range(1, e.shape[0]):
+        total += e[c]
+    np.divide(e, total, out=e)
 
 
 def classify(
