@@ -8,7 +8,7 @@ Keeping the intermediates of the last call (per thread, so concurrent callers ne
 share one) removes that cost. Arrays handed to callers are never taken from here.
 
 Also here: a small persistent pool of worker threads (each with its own work arrays)
-over which a step's rows or channels can be split (:func:`in_bands`).
+over which a step's rows can be split (:func:`in_bands`; the softmax of large boxes).
 """
 
 from __future__ import annotations
