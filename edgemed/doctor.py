@@ -158,7 +158,23 @@ def backend_facts(bundle: Any | None) -> dict[str, Any]:
         facts["auto_reason"] = "no backend can run here: " + "; ".join(skipped)
     else:
         facts["auto_reason"] = "; ".join(skipped) if skipped else f"{chosen} is available"
+    facts["preprocess"], facts["preprocess_reason"] = _preprocess_choice(bundle, chosen)
     return facts
+
+
+def _preprocess_choice(bundle: Any, backend: str | None) -> tuple[str, str]:
+    """Where ``--preprocess auto`` would preprocess beside ``backend``, and why (the
+    pipeline's rule: the CUDA kernels beside TensorRT when they support the spec)."""
+    from edgemed.cuda.packing import check_preprocess_spec
+    from edgemed.errors import EdgemedError
+
+    if backend != "tensorrt":
+        return "cpu", f"beside {backend or 'no backend'} the CPU path is used"
+    try:
+        check_preprocess_spec(bundle.preprocess)
+    except EdgemedError as exc:
+        return "cpu", exc.message
+    return "cuda", "the CUDA kernels support this bundle's preprocessing spec"
 
 
 def gather(bundle: Any | None = None) -> dict[str, Any]:
@@ -217,6 +233,7 @@ def format_report(facts: dict[str, Any]) -> str:
         for name, why in b["backends"].items():
             lines.append(f"    {name:12s} {'ok' if not why else 'no: ' + why}")
         lines.append(f"  auto picks   {b['auto'] or 'nothing'} ({b['auto_reason']})")
+        lines.append(f"  preprocess   {b['preprocess']} ({b['preprocess_reason']})")
     return "\n".join(lines)
 
 

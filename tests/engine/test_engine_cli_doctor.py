@@ -115,6 +115,7 @@ def test_doctor_prints_facts_and_exits_0_with_nothing_installed(tmp_path):
     assert (
         "auto picks   onnxruntime (tensorrt not used: the tensorrt module is not installed" in out
     )
+    assert "preprocess   cpu (beside onnxruntime the CPU path is used)" in out
 
 
 def test_doctor_json_is_complete(tmp_path):
@@ -137,6 +138,20 @@ def test_doctor_json_is_complete(tmp_path):
     assert "CPUExecutionProvider" in facts["onnxruntime"]["providers"]
     assert facts["backends"]["auto"] == "onnxruntime"
     assert facts["backends"]["backends"]["onnxruntime"] == ""
+    assert facts["backends"]["preprocess"] == "cpu"
+    assert "onnxruntime" in facts["backends"]["preprocess_reason"]
+
+
+def test_doctor_preprocess_choice_follows_the_pipeline_rule(demo):
+    import dataclasses
+
+    from edgemed.doctor import _preprocess_choice
+
+    assert _preprocess_choice(demo, "tensorrt")[0] == "cuda"  # the demo's spec has kernels
+    assert _preprocess_choice(demo, "onnxruntime")[0] == "cpu"
+    demo.preprocess = dataclasses.replace(demo.preprocess, edges=True)
+    where, why = _preprocess_choice(demo, "tensorrt")
+    assert where == "cpu" and "edge" in why
 
 
 def test_doctor_without_any_backend_says_so(tmp_path):
