@@ -8,10 +8,10 @@ Latency statistics come from :mod:`edgemed.bench.stats` (nearest-rank percentile
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import importlib
 import importlib.util
-import json
 import os
 import platform
 import shlex
@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from edgemed.bench.stats import summarize
+from edgemed.io.writers import atomic_write, write_json
 
 __all__ = [
     "REPO",
+    "arguments",
     "ct_small",
     "dice",
     "environment",
@@ -194,11 +196,25 @@ def stats(samples_ms: Sequence[float], items: int = 1) -> dict[str, float]:
     return {k: round(v, 4) for k, v in summarize(samples_ms, items).items()}
 
 
+def arguments(
+    doc: str, *, iterations: int, warmup: int, budget_s: float, per: str = "input"
+) -> argparse.ArgumentParser:
+    """The parser every comparison script starts from (the first paragraph of ``doc``
+    as its description): ``--out``, ``--iterations``, ``--warmup`` and ``--budget-s``
+    (seconds per ``per``); a script adds its own options to it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--iterations", type=int, default=iterations)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--budget-s", type=float, default=budget_s, help=f"per {per}")
+    return ap
+
+
 def write_results(out_dir: str | os.PathLike[str], name: str, data: dict, markdown: str) -> Path:
-    """Write ``name.json`` and ``name.md`` into ``out_dir``; returns the JSON path."""
+    """Write ``name.json`` and ``name.md`` into ``out_dir`` (atomically, with
+    :mod:`edgemed.io.writers`); returns the JSON path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    path = write_json(out / f"{name}.json", data)
+    text = markdown.rstrip() + "\n"
+    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

@@ -26,14 +26,22 @@ Inputs: pydicom's real ``CT_small.dcm`` (128x128) and a 512x512 synthetic CT sli
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
 
 import numpy as np
-from _common import REPO, ct_small, dice, environment, phantom, stats, timed_rounds
-from _common import write_results as _write
+from _common import (
+    REPO,
+    arguments,
+    ct_small,
+    dice,
+    environment,
+    phantom,
+    stats,
+    timed_rounds,
+    write_results,
+)
 
 import edgemed
 from edgemed import MedicalImage, Pipeline
@@ -151,11 +159,7 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--budget-s", type=float, default=60.0, help="per input")
+    ap = arguments(__doc__, iterations=300, warmup=10, budget_s=60.0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     try:
@@ -168,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     bundle = edgemed.Bundle.load(edgemed.demo_bundle())
     pipe = Pipeline(bundle, create_backend("onnxruntime", bundle, "fp32", threads))
     model_ms: dict[str, list[float]] = {
-        "edgemed": [],
         "MONAI + PyTorch eager": [],
         "MONAI + ONNX Runtime": [],
     }
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(name, {t: s["p50_ms"] for t, s in summary.items()}, file=sys.stderr)
     pipe.close()
-    _write(args.out, "cpu_compare", data, _markdown(data))
+    write_results(args.out, "cpu_compare", data, _markdown(data))
     return 0
 
 

@@ -17,14 +17,13 @@ input is saved as text next to the results.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ct_small, environment, phantom, stats, write_results
+from _common import arguments, ct_small, environment, phantom, stats, write_results
 
 import edgemed
 from edgemed import MedicalImage, Pipeline
@@ -125,11 +124,7 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--iterations", type=int, default=400)
-    ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--budget-s", type=float, default=30.0, help="per input")
+    ap = arguments(__doc__, iterations=400, warmup=30, budget_s=30.0)
     ap.add_argument("--threads", type=int, default=None, help="ORT threads (edgemed default)")
     ap.add_argument("--profile", action="store_true", help="also save pyinstrument profiles")
     args = ap.parse_args(argv)

@@ -17,12 +17,20 @@ a GPU: the same variants on TensorRT are measured by ``benchmarks/gpu_check.sh``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import numpy as np
-from _common import ct_small, dice, environment, phantom, stats, timed_rounds, write_results
+from _common import (
+    arguments,
+    ct_small,
+    dice,
+    environment,
+    phantom,
+    stats,
+    timed_rounds,
+    write_results,
+)
 
 import edgemed
 from edgemed import MedicalImage, Pipeline
@@ -78,11 +86,7 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--iterations", type=int, default=200)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--budget-s", type=float, default=40.0, help="per input")
+    ap = arguments(__doc__, iterations=200, warmup=10, budget_s=40.0)
     ap.add_argument("--phantoms", type=int, default=6)
     args = ap.parse_args(argv)
     pipes = {

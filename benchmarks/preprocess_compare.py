@@ -23,13 +23,12 @@ arithmetic is the same. Cases alternate in blocks of calls (see ``_common.timed_
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import cv2
 import numpy as np
-from _common import environment, phantom, stats, timed_rounds, write_results
+from _common import arguments, environment, phantom, stats, timed_rounds, write_results
 
 import edgemed
 from edgemed.preprocess import allocate, preprocess
@@ -102,11 +101,7 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--budget-s", type=float, default=15.0, help="per case")
+    ap = arguments(__doc__, iterations=300, warmup=10, budget_s=15.0, per="case")
     args = ap.parse_args(argv)
     spec = edgemed.Bundle.load(edgemed.demo_bundle()).preprocess
     try:
