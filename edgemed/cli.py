@@ -617,7 +617,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"up to date: {result.plan_path} (use --force to rebuild)")
     print(f"  key      {result.key.describe()}, profile {result.key.profile}")
     print(f"  sidecar  {result.plan_path.with_suffix('.json')}")
-    print(f"  kernels  {_build_kernels(cache.root / 'kernels', args.device)}")
+    print(f"  kernels  {_build_kernels(cache.kernel_dir, args.device)}")
     return 0
 
 

@@ -30,6 +30,7 @@ from edgemed import postprocess as post
 from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
 from edgemed.bundle import Bundle
+from edgemed.engine.cache import EngineCache
 from edgemed.errors import BackendError, UsageError
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import Placement, allocate, preprocess
@@ -203,7 +204,7 @@ class Pipeline:
                 chosen,
                 batch_size=batch_size,
                 preprocess=preprocess,
-                cubin_dir=_cubin_dir(bundle, engine_cache),
+                cubin_dir=EngineCache.for_bundle(bundle, engine_cache).kernel_dir,
             )
         except BaseException:
             chosen.close()
@@ -373,12 +374,6 @@ def _as_image(item: Input) -> MedicalImage:
     if isinstance(item, (str, os.PathLike)):
         return read_image(item)
     raise UsageError(f"cannot run on a {type(item).__name__}; give a path, MedicalImage or array")
-
-
-def _cubin_dir(bundle: Bundle, engine_cache: str | os.PathLike[str] | None) -> Path:
-    """Where ``edgemed build`` stores the compiled kernels: ``<engine cache>/kernels``."""
-    root = Path(engine_cache) if engine_cache is not None else bundle.root / "engines"
-    return root / "kernels"
 
 
 def _gpu_stages(

@@ -66,7 +66,6 @@ class CudaStages:
         self.on_engine = hasattr(backend, "device_input")
         # The engine's own GPU and stream, or a context of our own for other backends.
         self._device: CudaDevice = backend.gpu if self.on_engine else CudaDevice.open(0)
-        self._own_device = not self.on_engine
         self._pre: CudaPreprocessor | None = None
         self._post: CudaSegmentPostprocessor | None = None
         self._dst: DeviceBuffer | None = None
@@ -163,7 +162,7 @@ class CudaStages:
             return self._post.run(ptr, shape, placements, self.stream, dtype)
 
     def close(self) -> None:
-        if self._own_device:
+        if not self.on_engine:  # the context is ours, not the engine's
             with self._device.active():
                 if self._dst is not None:
                     self._dst.free()

@@ -195,6 +195,12 @@ class EngineCache:
 
     # -- paths ---------------------------------------------------------------------------
 
+    @property
+    def kernel_dir(self) -> Path:
+        """Where ``edgemed build`` puts the CUDA kernels' cubins for this cache's GPUs
+        (the CUDA stages load them from here; trusted like the plans, by permissions)."""
+        return self.root / "kernels"
+
     def plan_path(self, key: EngineKey) -> Path:
         return self.root / f"{key.stem}.plan"
 
