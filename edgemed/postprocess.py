@@ -212,21 +212,16 @@ def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
         return _label(*found, spec)
     index = np.empty((h, w), dtype=np.uint8)  # becomes the caller's mask: never reused
     block = max(1, _BLOCK_BYTES // row_bytes)
-
-    def band(a: int, b: int) -> bool:
-        for r in range(a, b, block):
-            s = min(b, r + block)
-            found = _best_channel(planes[:, r:s], index[r:s])
-            if found is None:
-                return False
-            _label(*found, spec)  # in place: index[r:s] is a view of the mask
-        return True
-
-    # Not over threads: its many short NumPy calls contend for the GIL, and two bands
-    # took longer than one at every size measured (256..1024 squared, 5 channels).
-    if band(0, h):
-        return index
-    return decide(np.moveaxis(planes, 0, -1), spec)  # a NaN somewhere: argmax's rules
+    # Not over threads (edgemed._scratch.in_bands): its many short NumPy calls contend
+    # for the GIL, and two bands took longer than one at every size measured (256..1024
+    # squared, 5 channels).
+    for r in range(0, h, block):
+        s = min(h, r + block)
+        found = _best_channel(planes[:, r:s], index[r:s])
+        if found is None:
+            return decide(np.moveaxis(planes, 0, -1), spec)  # a NaN somewhere: argmax's rules
+        _label(*found, spec)  # in place: index[r:s] is a view of the mask
+    return index
 
 
 def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:

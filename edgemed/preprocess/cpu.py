@@ -221,7 +221,7 @@ def preprocess(
                     target[...] = v
             if c == 0 and spec.edges:
                 base = _canvas(v, p, spec)
-                if base is v and not direct:
+                if base is v and not (direct or np.shares_memory(v, target)):
                     base = v.copy()  # v is scratch: the next channel overwrites it
         if base is not None:
             gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
