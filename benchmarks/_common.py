@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemed.bench.monitor import cpu_model
 from edgemed.bench.stats import summarize
 from edgemed.io.writers import atomic_write, write_json
 
@@ -73,12 +74,10 @@ def phantom(size: int, seed: int = 7, region: str = "thorax", spacing_mm: float 
 
 def ct_small() -> tuple[np.ndarray, tuple[float, float]]:
     """pydicom's real ``CT_small.dcm`` in HU (128 x 128) and its pixel spacing, read by
-    edgemed's own reader (as the pipeline would)."""
-    from pydicom.data import get_testdata_file
+    edgemed's own reader (as the pipeline would; :func:`edgemed.bench.inputs.ct_small`)."""
+    from edgemed.bench.inputs import ct_small as bench_ct_small
 
-    from edgemed.io import read_image
-
-    image = read_image(get_testdata_file("CT_small.dcm"))
+    image = bench_ct_small().image
     return image.array, (float(image.spacing[0]), float(image.spacing[1]))
 
 
@@ -100,21 +99,12 @@ def dice(a: np.ndarray, b: np.ndarray, labels: int) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """CPU model, logical cores available to this process, OS and Python."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": cores,
         "arch": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
