@@ -56,7 +56,7 @@ from edgemed.bundle import Bundle
 from edgemed.errors import UsageError
 from edgemed.io import read_image
 from edgemed.pipeline import Pipeline
-from edgemed.preprocess import Placement, allocate, preprocess
+from edgemed.preprocess import allocate, preprocess
 
 __all__ = [
     "STAGES",
@@ -378,18 +378,10 @@ def _staged_step(
     chunks = [flat[i : i + batch] for i in range(0, len(flat), batch)]
     spec, backend, bundle = pipe.spec, pipe.backend, pipe.bundle
     in_name = backend.inputs[0].name
-    out_name = backend.outputs[0].name
     buffer = allocate(spec, batch)
     hook = getattr(backend, "last_stage_ms", None)
     last: list[Any] = []
     names = post.label_names(bundle.labels, max(1, len(bundle.labels)))
-
-    def head(raw: np.ndarray, placements: list[Placement]) -> list[Any]:
-        if bundle.task == "segmentation":
-            return post.segment(raw, placements, bundle.postprocess, bundle.labels)
-        if bundle.task == "classification":
-            return post.classify(raw, bundle.postprocess, bundle.labels)
-        return list(post.embed(raw, bundle.postprocess))
 
     def step() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -410,7 +402,7 @@ def _staged_step(
             if hook is not None:
                 for k, v in hook().items():
                     copies[k] = copies.get(k, 0.0) + float(v)
-            outputs += head(raw[out_name], placements)
+            outputs += pipe._postprocess(raw, placements)  # the pipeline's own head
             t3 = clock()
             pre, inf, pst = pre + (t1 - t0), inf + (t2 - t1), pst + (t3 - t2)
         t0 = clock()
