@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgemed.bench.monitor import cpu_model
+from edgemed.bench.runner import label_dice
 from edgemed.bench.stats import summarize
 from edgemed.io.writers import atomic_write, write_json
 
@@ -84,11 +85,7 @@ def ct_small() -> tuple[np.ndarray, tuple[float, float]]:
 def dice(a: np.ndarray, b: np.ndarray, labels: int) -> dict[str, Any]:
     """Per-label Dice of two label masks (``None`` where neither has the label), their
     mean over labels present, and the fraction of pixels that agree."""
-    per = []
-    for k in range(labels):
-        x, y = a == k, b == k
-        n = int(x.sum()) + int(y.sum())
-        per.append(None if n == 0 else round(2.0 * float((x & y).sum()) / n, 6))
+    per = label_dice(a, b, labels)
     present = [d for d in per if d is not None]
     return {
         "per_label": per,

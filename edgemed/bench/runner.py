@@ -64,6 +64,7 @@ __all__ = [
     "BenchOptions",
     "Measurement",
     "compare_outputs",
+    "label_dice",
     "measure",
     "run_bench",
 ]
@@ -284,6 +285,17 @@ def measure(
 # -- accuracy ------------------------------------------------------------------------
 
 
+def label_dice(a: np.ndarray, b: np.ndarray, n: int) -> list[float | None]:
+    """Dice of two label masks for each label ``0..n-1``, rounded to 6 digits; ``None``
+    where neither mask has the label."""
+    out: list[float | None] = []
+    for i in range(n):
+        sa, sb = a == i, b == i
+        total = int(sa.sum()) + int(sb.sum())
+        out.append(None if total == 0 else round(2.0 * int((sa & sb).sum()) / total, 6))
+    return out
+
+
 def compare_outputs(task: str, result: Any, reference: Any, labels: Sequence[str]) -> dict:
     """How one precision's result agrees with the FP32 result on the same input.
 
@@ -297,11 +309,7 @@ def compare_outputs(task: str, result: Any, reference: Any, labels: Sequence[str
             raise UsageError(f"mask shapes differ: {a.shape} vs {b.shape}")
         n = max(int(a.max(initial=0)), int(b.max(initial=0)), len(labels) - 1) + 1
         names = post.label_names(labels, n)
-        dice: dict[str, float | None] = {}
-        for i, name in enumerate(names):
-            sa, sb = a == i, b == i
-            total = int(sa.sum()) + int(sb.sum())
-            dice[name] = None if total == 0 else round(2.0 * int((sa & sb).sum()) / total, 6)
+        dice = dict(zip(names, label_dice(a, b, n), strict=True))
         present = [v for v in dice.values() if v is not None]
         return {
             "metric": "dice",
