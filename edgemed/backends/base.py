@@ -59,15 +59,20 @@ class Backend(abc.ABC):
         self.reason = ""
         self._closed = False
 
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> list[TensorSpec]:
-        """Model inputs, in the model's order."""
+    # What the engine reports, in the model's order: set by each backend's constructor
+    # (or :attr:`inputs` / :attr:`outputs` overridden, as a wrapper does).
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
 
     @property
-    @abc.abstractmethod
+    def inputs(self) -> list[TensorSpec]:
+        """Model inputs, in the model's order."""
+        return self._inputs
+
+    @property
     def outputs(self) -> list[TensorSpec]:
         """Model outputs, in the model's order."""
+        return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model once.

@@ -89,14 +89,6 @@ class OnnxRuntimeBackend(Backend):
         self._binding = self._session.io_binding()
         self._buffers: dict[tuple[tuple[int, ...], ...], dict[str, np.ndarray]] = {}
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def _output_shape(self, out: TensorSpec, feeds: Mapping[str, np.ndarray]) -> tuple | None:
         """Resolve an output's shape from the inputs' dynamic dims, or None if unknown."""
         dims: dict[str, int] = {}

@@ -125,16 +125,9 @@ class TensorRTBackend(Backend):
         self._shapes: dict[str, tuple[int, ...]] = {}
         io = trt_compat.io_tensors(trt, engine)
         names = dict(axis_names or {})
-        self._inputs = [
-            TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype)
-            for t in io
-            if t.is_input
-        ]
-        self._outputs = [
-            TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype)
-            for t in io
-            if not t.is_input
-        ]
+        specs = [TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype) for t in io]
+        self._inputs = [s for s, t in zip(specs, io, strict=True) if t.is_input]
+        self._outputs = [s for s, t in zip(specs, io, strict=True) if not t.is_input]
         self._io = {t.name: t for t in io}
         # Profile 0's min and max per input: shapes outside are refused up front.
         self._limits: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -269,14 +262,6 @@ class TensorRTBackend(Backend):
     # -- Backend protocol ----------------------------------------------------------------
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def stream(self) -> Any:
         """The CUDA stream all work is queued on (a preprocessor writing device inputs
         must queue on it too)."""
@@ -337,11 +322,7 @@ class TensorRTBackend(Backend):
             raise BackendError(f"the engine has no input '{name}'", code="BACKEND_IO_MISMATCH")
         with self._gpu.active():
             self._set_shape(name, tuple(int(d) for d in shape))
-        if self._gpu.integrated:
-            ptr = self._host_buffers[name].device_ptr
-        else:
-            ptr = self._device_buffers[name].ptr
-        return ptr, tuple(shape), self._io[name].dtype
+        return self._address(name), tuple(shape), self._io[name].dtype
 
     def device_output(self, name: str) -> tuple[int, tuple[int, ...], Any]:
         """``(device pointer, shape, dtype)`` of output ``name`` for the current input
@@ -350,11 +331,14 @@ class TensorRTBackend(Backend):
         if name not in self._io or self._io[name].is_input:
             raise BackendError(f"the engine has no output '{name}'", code="BACKEND_IO_MISMATCH")
         shape = trt_compat.dims(self._context.get_tensor_shape(name))
+        return self._address(name), shape, self._io[name].dtype
+
+    def _address(self, name: str) -> int:
+        """The device address of tensor ``name``: its mapped pinned buffer on an
+        integrated GPU, else its device buffer."""
         if self._gpu.integrated:
-            ptr = self._host_buffers[name].device_ptr
-        else:
-            ptr = self._device_buffers[name].ptr
-        return ptr, shape, self._io[name].dtype
+            return self._host_buffers[name].device_ptr
+        return self._device_buffers[name].ptr
 
     def infer_device(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Run on device inputs already filled (see :meth:`device_input`).

@@ -106,7 +106,12 @@ def build_host_library(
     out.mkdir(parents=True, exist_ok=True)
     lib = out / f"libedgemed_kernels_{'asan_' if sanitize else ''}{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        _run_compiler([cxx, *flags, "-x", "c++", *map(str, sources), "-o", str(tmp)], "host build")
-        os.replace(tmp, lib)
+        from edgemed.io.writers import atomic_write
+
+        atomic_write(
+            lib,
+            lambda tmp: _run_compiler(
+                [cxx, *flags, "-x", "c++", *map(str, sources), "-o", tmp], "host build"
+            ),
+        )
     return lib
