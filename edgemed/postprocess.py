@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgemed._scratch import in_bands, parts, scratch
+from edgemed._scratch import scratch
 from edgemed.errors import BundleError, UsageError
 from edgemed.preprocess.cpu import Placement
 
@@ -212,9 +212,8 @@ def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
         return _label(*found, spec)
     index = np.empty((h, w), dtype=np.uint8)  # becomes the caller's mask: never reused
     block = max(1, _BLOCK_BYTES // row_bytes)
-    # Not over threads (edgemed._scratch.in_bands): its many short NumPy calls contend
-    # for the GIL, and two bands took longer than one at every size measured (256..1024
-    # squared, 5 channels).
+    # Not over threads: its many short NumPy calls contend for the GIL, and two bands
+    # took longer than one at every size measured (256..1024 squared, 5 channels).
     for r in range(0, h, block):
         s = min(h, r + block)
         found = _best_channel(planes[:, r:s], index[r:s])
@@ -329,13 +328,6 @@ def segment(
     return masks
 
 
-#: Row bands of a softmax go over threads (see edgemed._scratch.in_bands) from this
-#: many box pixels on. Softmax over 5 channels, 1 vs 2 threads on 2 cores (ms):
-#: 256x256 0.45 vs 0.41, 362x362 0.98 vs 0.69, 512x512 2.2 vs 1.3 in a loop; right
-#: after an inference (in the pipeline, with ONNX Runtime's worker still spinning on the
-#: other core) 256x256 was no faster threaded (0.68 vs 0.73).
-_MIN_PARALLEL_SOFTMAX = 300 * 300
-
 #: Working set of one decision block (see _decide_planes); L2 is 1-2 MB per core on
 #: current x86-64 and ARM server cores. Working sets up to _UNBLOCKED_BYTES stay whole:
 #: measured on 5 channels (ms, whole vs 1.5 MB blocks), 256x256 (1.8 MB) 0.114 vs 0.125,
@@ -437,11 +429,7 @@ def _activate_box(box: np.ndarray, activation: str, hwc: np.ndarray | None) -> n
     # non-innermost axis in channel order, as the loop below does: the same bits.
     e = scratch.get("post.e", box.shape, np.float32)
     total = scratch.get("post.total", box.shape[1:], np.float32)
-    n = parts(box.shape[1] * box.shape[2], _MIN_PARALLEL_SOFTMAX)
-    if n == 1:
-        _softmax_into(box, e, total)
-    else:
-        in_bands(lambda a, b: _softmax_into(box[:, a:b], e[:, a:b], total[a:b]), len(total), n)
+    _softmax_into(box, e, total)
     if hwc is None:
         return e
     if e.shape[0] <= 512:

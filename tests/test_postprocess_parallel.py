@@ -1,11 +1,11 @@
 """The segmentation fast paths give the bits of the plain recipe on real model output.
 
-``postprocess.segment`` may split the softmax into row bands over threads, resize the
-probability planes one by one (IPP off, where a per-geometry check says OpenCV's code
-then matches the multi-channel call) and decide in row blocks. Every one of these must
-leave masks and probabilities unchanged: checked here on the demo model's logits for a
-512x512 slice and an odd letterboxed one (511x300), with ties, saturation and NaN,
-against the single-threaded path and the plain NumPy/OpenCV recipe.
+``postprocess.segment`` may softmax the box into reused planes, resize the probability
+planes one by one (IPP off, where a per-geometry check says OpenCV's code then matches
+the multi-channel call) and decide in row blocks. Every one of these must leave masks
+and probabilities unchanged: checked here on the demo model's logits for a 512x512 slice
+and an odd letterboxed one (511x300), with ties, saturation and NaN, against the
+interleaved path and the plain NumPy/OpenCV recipe.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from test_postprocess_exact import _reference
 
 import edgemed
-from edgemed import Pipeline, _scratch
+from edgemed import Pipeline
 from edgemed import postprocess as post
 from edgemed._scratch import scratch
 from edgemed.postprocess import PostprocessSpec
@@ -51,10 +51,8 @@ def _variants(logits: np.ndarray) -> dict[str, np.ndarray]:
     return {"real": logits, "ties": tied, "nan": nan}
 
 
-def _segment(logits, placements, spec, labels, monkeypatch, *, threads, planes=True):
+def _segment(logits, placements, spec, labels, monkeypatch, *, planes=True):
     with monkeypatch.context() as m:
-        m.setattr(_scratch, "_THREADS", threads)
-        m.setattr(post, "_MIN_PARALLEL_SOFTMAX", 0)  # the 256x256 box too
         m.setattr(post, "_BLOCK_BYTES", 7 * 512 * 27)  # blocks of 7 rows: ragged ends
         m.setattr(post, "_UNBLOCKED_BYTES", 0)
         m.setattr(post, "_PLANE_RESIZE_EXACT", {})
@@ -67,7 +65,7 @@ def _segment(logits, placements, spec, labels, monkeypatch, *, threads, planes=T
 @pytest.mark.parametrize("case", ["real", "ties", "nan"])
 @pytest.mark.parametrize("decision", ["argmax", "threshold"])
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-def test_threaded_and_plane_paths_equal_the_sequential_one(
+def test_plane_and_blocked_paths_equal_the_recipe(
     demo_logits, case, decision, activation, monkeypatch
 ):
     logits, placements, labels = demo_logits
@@ -76,14 +74,8 @@ def test_threaded_and_plane_paths_equal_the_sequential_one(
     with np.errstate(invalid="ignore"):
         want = _reference(x, placements, spec)
     got = {
-        "sequential, interleaved": _segment(
-            x, placements, spec, labels, monkeypatch, threads=1, planes=False
-        ),
-        "sequential, planes": _segment(x, placements, spec, labels, monkeypatch, threads=1),
-        "3 threads, planes": _segment(x, placements, spec, labels, monkeypatch, threads=3),
-        "2 threads, interleaved": _segment(
-            x, placements, spec, labels, monkeypatch, threads=2, planes=False
-        ),
+        "interleaved": _segment(x, placements, spec, labels, monkeypatch, planes=False),
+        "planes": _segment(x, placements, spec, labels, monkeypatch),
     }
     for name, masks in got.items():
         for g, w in zip(masks, want, strict=True):
@@ -91,18 +83,15 @@ def test_threaded_and_plane_paths_equal_the_sequential_one(
             np.testing.assert_array_equal(g, w, err_msg=name)
 
 
-def test_threaded_softmax_gives_the_same_probabilities(demo_logits, monkeypatch):
+def test_box_softmax_gives_the_same_probabilities(demo_logits):
     logits, placements, _ = demo_logits
     for x in _variants(logits).values():
         p = placements[1]
         box = x[1, :, p.top : p.top + p.height, p.left : p.left + p.width]
         with np.errstate(invalid="ignore"):
             want = post.activate(box, "softmax", axis=0)
-            for threads in (1, 2, 3):
-                monkeypatch.setattr(_scratch, "_THREADS", threads)
-                monkeypatch.setattr(post, "_MIN_PARALLEL_SOFTMAX", 0)
-                got = post._activate_box(box, "softmax", None)
-                np.testing.assert_array_equal(got, want)  # NaN == NaN here
+            got = post._activate_box(box, "softmax", None)
+        np.testing.assert_array_equal(got, want)  # NaN == NaN here
 
 
 @pytest.mark.parametrize("c", [2, 3, 4, 5, 6, 9])
@@ -136,20 +125,6 @@ def test_the_demo_geometry_takes_the_plane_path(monkeypatch):
     before = cv2.ipp.useIPP()
     assert post._plane_resize_exact((256, 256), (512, 512), 5)
     assert cv2.ipp.useIPP() == before
-
-
-def test_bands_cover_every_row_once_and_pass_errors_on():
-    seen: list[tuple[int, int]] = []
-    assert _scratch.in_bands(lambda a, b: seen.append((a, b)) or b - a, 7, 3) == [2, 2, 3]
-    assert sorted(seen) == [(0, 2), (2, 4), (4, 7)]
-    assert _scratch.in_bands(lambda a, b: (a, b), 1, 4) == [(0, 1)]
-
-    def fail(a: int, b: int) -> None:
-        if a:
-            raise ValueError("band")
-
-    with pytest.raises(ValueError, match="band"):
-        _scratch.in_bands(fail, 10, 2)
 
 
 def test_scratch_view_reuses_one_buffer_for_varying_shapes():
