@@ -42,6 +42,7 @@ from _common import (
     timed_rounds,
     write_results,
 )
+from preprocess_compare import monai_slice
 
 import edgemed
 from edgemed import MedicalImage, Pipeline
@@ -58,36 +59,15 @@ def monai_chain(bundle: edgemed.Bundle, model: Any, *, backend: str, model_ms: l
     ``model``: a torch module (``backend="torch"``) or an ORT session (``"onnxruntime"``).
     Each call appends the time of the model call alone to ``model_ms``."""
     import torch
-    from monai.transforms import (
-        Activations,
-        AsDiscrete,
-        Compose,
-        EnsureChannelFirst,
-        Resize,
-        ScaleIntensityRange,
-        ToTensor,
-    )
+    from monai.transforms import Activations, AsDiscrete, Resize
 
-    spec = bundle.preprocess
-    windows = [
-        ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
-        for lo, hi in spec.ranges
-    ]
-    first = EnsureChannelFirst(channel_dim="no_channel")
-    to_model = Compose(
-        [
-            Resize(spatial_size=spec.size, mode="bilinear", align_corners=False),
-            ToTensor(dtype=torch.float32, track_meta=False),
-        ]
-    )
+    to_model = monai_slice(bundle.preprocess)
     softmax = Activations(softmax=True, dim=0)
     argmax = AsDiscrete(argmax=True, dim=0)
     name = bundle.input.name
 
     def run(hu: np.ndarray) -> np.ndarray:
-        x = first(hu)
-        x = torch.cat([w(x) for w in windows], dim=0)
-        x = to_model(x)[None]
+        x = to_model(hu)[None]
         t0 = time.perf_counter()
         if backend == "torch":
             with torch.inference_mode():

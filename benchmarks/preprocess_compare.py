@@ -33,7 +33,7 @@ from _common import arguments, environment, phantom, stats, timed_rounds, write_
 import edgemed
 from edgemed.preprocess import allocate, preprocess
 
-__all__ = ["main", "monai_preprocess", "opencv_preprocess"]
+__all__ = ["main", "monai_preprocess", "monai_slice", "opencv_preprocess"]
 
 TARGET_SPEEDUP = 3.0
 
@@ -50,8 +50,9 @@ def opencv_preprocess(slices: list[np.ndarray], spec: edgemed.PreprocessSpec) ->
     return np.stack(out).astype(np.float32)
 
 
-def monai_preprocess(spec: edgemed.PreprocessSpec):
-    """A function ``slices -> (N, C, H, W) torch tensor`` from MONAI transforms."""
+def monai_slice(spec: edgemed.PreprocessSpec):
+    """A function ``hu (H, W) -> (C, h, w) torch tensor`` from MONAI transforms: the
+    windows, their concatenation and the resize to the model input."""
     import torch
     from monai.transforms import EnsureChannelFirst, Resize, ScaleIntensityRange, ToTensor
 
@@ -63,14 +64,19 @@ def monai_preprocess(spec: edgemed.PreprocessSpec):
     resize = Resize(spatial_size=spec.size, mode="bilinear", align_corners=False)
     tensor = ToTensor(dtype=torch.float32, track_meta=False)
 
-    def run(slices: list[np.ndarray]):
-        items = []
-        for hu in slices:
-            x = first(hu)
-            items.append(tensor(resize(torch.cat([w(x) for w in windows], dim=0))))
-        return torch.stack(items)
+    def run(hu: np.ndarray):
+        x = first(hu)
+        return tensor(resize(torch.cat([w(x) for w in windows], dim=0)))
 
     return run
+
+
+def monai_preprocess(spec: edgemed.PreprocessSpec):
+    """A function ``slices -> (N, C, H, W) torch tensor`` from MONAI transforms."""
+    import torch
+
+    one = monai_slice(spec)
+    return lambda slices: torch.stack([one(hu) for hu in slices])
 
 
 def _markdown(data: dict[str, Any]) -> str:
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = {k: stats(v, batch) for k, v in samples.items()}
             ours = preprocess(slices, spec)[0]
             diffs = {
-                k: float(np.abs(np.asarray(f()[0] if k == "edgemed" else f()) - ours).max())
+                k: float(np.abs(np.asarray(f()) - ours).max())
                 for k, f in impls.items()
                 if k != "edgemed"
             }

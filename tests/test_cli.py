@@ -5,23 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EDGEMED_ORT_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
+from cli_run import cli
 
 
 def _one_error_line(proc, code: str) -> None:
@@ -166,14 +153,7 @@ def _limit_file_size() -> None:  # runs in the child: a real EFBIG from the kern
 
 def test_full_disk_gives_exit_7_and_no_file_that_looks_complete(tmp_path, ct_small_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", "run", ct_small_path, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_limit_file_size,
-        env=dict(os.environ, EDGEMED_ORT_THREADS="1"),
-    )
+    proc = cli("run", ct_small_path, "--out", str(out), preexec_fn=_limit_file_size)
     assert proc.returncode == 7, proc.stderr
     _one_error_line(proc, "OUTPUT_WRITE_FAILED")
     names = sorted(p.name for p in out.iterdir())
@@ -184,12 +164,10 @@ def test_full_disk_gives_exit_7_and_no_file_that_looks_complete(tmp_path, ct_sma
 
 
 def test_reader_caps_from_the_environment(ct_small_path, tmp_path):
-    env = dict(os.environ, EDGEMED_MAX_FILE_BYTES="10000")  # CT_small is ~39 kB
-    args = [sys.executable, "-m", "edgemed.cli", "run", ct_small_path, "--out", str(tmp_path)]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    args = ("run", ct_small_path, "--out", str(tmp_path))
+    proc = cli(*args, env={"EDGEMED_MAX_FILE_BYTES": "10000"})  # CT_small is ~39 kB
     assert proc.returncode == 3
     _one_error_line(proc, "INPUT_INVALID")
-    env["EDGEMED_MAX_FILE_BYTES"] = "lots"
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    proc = cli(*args, env={"EDGEMED_MAX_FILE_BYTES": "lots"})
     assert proc.returncode == 2
     _one_error_line(proc, "USAGE")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgemed.errors import UsageError
@@ -29,3 +31,26 @@ def test_reader_caps_parse_and_reject_bad_values():
     assert load_settings({}).reader_caps == {}
     with pytest.raises(UsageError):
         load_settings({"EDGEMED_MAX_ELEMENTS": "-1"})
+
+
+def test_salt_cache_and_trusted_key():
+    s = load_settings(
+        {
+            "EDGEMED_ID_SALT": "00" * 16,
+            "EDGEMED_ENGINE_CACHE": " /var/cache/edgemed ",
+            "EDGEMED_TRUSTED_KEY": "keys/public_key.pem",
+        }
+    )
+    assert s.id_salt == bytes(16)
+    assert s.engine_cache == Path("/var/cache/edgemed")
+    assert s.trusted_key == Path("keys/public_key.pem")
+    blank = load_settings(
+        {"EDGEMED_ID_SALT": " ", "EDGEMED_ENGINE_CACHE": "", "EDGEMED_TRUSTED_KEY": " "}
+    )
+    assert (blank.id_salt, blank.engine_cache, blank.trusted_key) == (None, None, None)
+
+
+@pytest.mark.parametrize("salt", ["00" * 15, "zz" * 16, "0" * 33])
+def test_short_or_non_hex_salt_is_a_usage_error(salt):
+    with pytest.raises(UsageError, match="EDGEMED_ID_SALT"):
+        load_settings({"EDGEMED_ID_SALT": salt})

@@ -181,10 +181,6 @@ class CudaDevice:
         return self.info.integrated
 
     @property
-    def total_memory(self) -> int:
-        return self.info.total_memory
-
-    @property
     def stream_handle(self) -> int:
         """The raw ``CUstream`` handle (for ``execute_async_v3``)."""
         return int(self.stream.handle)
@@ -275,7 +271,6 @@ class PinnedBuffer:
             self.array: np.ndarray = drv.pagelocked_empty(
                 tuple(shape), np.dtype(dtype), mem_flags=flags
             )
-        self.mapped = mapped
         self._device_ptr = int(self.array.base.get_device_pointer()) if mapped else None
 
     @property

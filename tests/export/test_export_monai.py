@@ -76,13 +76,22 @@ def data(tmp_path_factory, ct_small_path, ct_small_hu):
 
 
 def _api_export(
-    data: Path, out: Path, model: str, kwargs: dict, task: str, labels, tolerance: float = 1e-4
+    data: Path,
+    out: Path,
+    model: str,
+    kwargs: dict,
+    task: str,
+    labels,
+    tolerance: float = 1e-4,
+    channels: int = 1,
 ) -> Path:
+    """Export with LENIENT gates, from ``data``'s spec.json, calib/ and val/ (also used
+    by test_export_torchvision.py)."""
     export_bundle(
         ExportConfig(
             model=model,
             model_kwargs=kwargs,
-            input_shape=(1, 1, SIZE, SIZE),
+            input_shape=(1, channels, SIZE, SIZE),
             task=task,
             labels=labels,
             preprocess=str(data / "spec.json"),

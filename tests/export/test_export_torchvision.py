@@ -22,24 +22,15 @@ import tv_resnet  # noqa: E402  (tests/export is on sys.path)
 if not tv_resnet.available():
     pytest.skip("torchvision is not installed (export-test extra)", allow_module_level=True)
 
-from test_export_monai import LENIENT, _write_real_images  # noqa: E402
+from test_export_monai import _api_export, _write_real_images  # noqa: E402
 
 import edgemed  # noqa: E402
-from edgemed.export import ExportConfig, export_bundle  # noqa: E402
+from edgemed.export.reference.build_demo import PREPROCESS as DEMO_PREPROCESS  # noqa: E402
 
 SIZE = 64
 LABELS = ("a", "b", "c", "d")
-PREPROCESS = {  # the demo's three CT windows: ResNet takes three channels
-    "size": [SIZE, SIZE],
-    "windows": [
-        {"center": -600, "width": 1500},
-        {"center": 40, "width": 400},
-        {"center": 400, "width": 1800},
-    ],
-    "scale": "unit",
-    "resize": "letterbox",
-    "dtype": "float32",
-}
+# The demo's three CT windows (ResNet takes three channels), at SIZE x SIZE.
+PREPROCESS = {**DEMO_PREPROCESS, "size": [SIZE, SIZE]}
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +39,13 @@ def resnet(tmp_path_factory, ct_small_path, ct_small_hu):
     _write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
     _write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
     (root / "spec.json").write_text(json.dumps({"preprocess": PREPROCESS}))
-    out = root / "bundle"
     try:
-        export_bundle(
-            ExportConfig(
-                model="tv_resnet:resnet18",
-                model_kwargs={"num_classes": len(LABELS)},
-                input_shape=(1, 3, SIZE, SIZE),
-                task="classification",
-                labels=LABELS,
-                preprocess=str(root / "spec.json"),
-                calibration=root / "calib",
-                validation=root / "val",
-                thresholds=LENIENT,
-                seed=0,
-                out=out,
-            )
-        )
+        return _api_export(
+            root, root / "bundle", "tv_resnet:resnet18", {"num_classes": len(LABELS)},
+            "classification", LABELS, channels=3,
+        )  # fmt: skip
     finally:
         tv_resnet.unbind()
-    return out
 
 
 def test_resnet18_exports_with_parity(resnet):

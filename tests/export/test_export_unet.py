@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("modelopt.onnx.quantization")
+
+import cli_run  # noqa: E402  (tests/ is on sys.path: tests/cli_run.py)
 
 import edgemed  # noqa: E402
 from edgemed.export import ExportConfig, export_bundle  # noqa: E402
@@ -36,16 +36,8 @@ FACTORY = "edgemed.export.reference.unet:UNet2D"
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EDGEMED_ORT_THREADS="1")
     # cwd outside the checkout: the installed edgemed (with edgemed.export) runs.
-    return subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    return cli_run.cli(*args, cwd=cwd, timeout=300)
 
 
 def _write_images(folder: Path, seed: int, n: int, ct_small: str) -> None:
@@ -190,6 +182,22 @@ def test_bad_calibration_fails_the_gate_with_exit_6_and_a_table(data, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".never*"))  # nothing left behind
 
 
+def _config(data: Path, out: Path, **overrides) -> ExportConfig:
+    """The demo U-Net on ``data``'s spec.json, calib/ and val/; ``overrides`` replace fields."""
+    fields = dict(
+        model=FACTORY,
+        weights=WEIGHTS,
+        input_shape=(1, 3, SIZE, SIZE),
+        task="segmentation",
+        labels=LABELS,
+        preprocess=str(data / "spec.json"),
+        calibration=data / "calib",
+        validation=data / "val",
+        out=out,
+    )
+    return ExportConfig(**{**fields, **overrides})
+
+
 def test_torchscript_file_falls_back_with_the_reason(tmp_path, data):
     import torch
 
@@ -200,15 +208,13 @@ def test_torchscript_file_falls_back_with_the_reason(tmp_path, data):
     path = tmp_path / "unet.ts"
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, SIZE, SIZE)), str(path))
     result = export_bundle(
-        ExportConfig(
+        _config(
+            data,
+            tmp_path / "b",
             model=str(path),
-            input_shape=(1, 3, SIZE, SIZE),
-            task="segmentation",
-            labels=LABELS,
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
+            weights=None,
+            validation=None,
             precisions=("fp32",),
-            out=tmp_path / "b",
         )  # fmt: skip
     )
     onnx_info = result.manifest["provenance"]["export"]["onnx"]
@@ -236,19 +242,7 @@ def test_shape_must_fit_the_preprocessing(data, tmp_path):
 
 def test_excluded_op_types_stay_unquantized(data, tmp_path):
     result = export_bundle(
-        ExportConfig(
-            model=FACTORY,
-            weights=WEIGHTS,
-            input_shape=(1, 3, SIZE, SIZE),
-            task="segmentation",
-            labels=LABELS,
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
-            validation=data / "val",
-            precisions=("int8",),
-            exclude_op_types=("ConvTranspose",),
-            out=tmp_path / "b",
-        )  # fmt: skip
+        _config(data, tmp_path / "b", precisions=("int8",), exclude_op_types=("ConvTranspose",))
     )
     model = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -291,16 +285,14 @@ def test_other_tasks_get_their_gates(task, data, tmp_path):
     # Random weights: agreement is measured, not demanded (the gate logic has its own tests).
     lenient = Thresholds(min_top1_agreement=0.0, max_prob_diff=1.0, min_cosine=0.0)
     result = export_bundle(
-        ExportConfig(
+        _config(
+            data,
+            tmp_path / "b",
             model=str(path),
-            input_shape=(1, 3, SIZE, SIZE),
+            weights=None,
             task=task,
             labels=("a", "b", "c") if task == "classification" else (),
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
-            validation=data / "val",
             thresholds=lenient,
-            out=tmp_path / "b",
         )  # fmt: skip
     )
     acc = result.manifest["provenance"]["accuracy"]
@@ -320,18 +312,7 @@ def test_other_tasks_get_their_gates(task, data, tmp_path):
 def test_fixed_batch_of_two(data, tmp_path):
     """No dynamic axes: calibration, parity and gates all feed exactly 2 inputs per run."""
     result = export_bundle(
-        ExportConfig(
-            model=FACTORY,
-            weights=WEIGHTS,
-            input_shape=(2, 3, SIZE, SIZE),
-            dynamic=(),
-            task="segmentation",
-            labels=LABELS,
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
-            validation=data / "val",
-            out=tmp_path / "b",
-        )  # fmt: skip
+        _config(data, tmp_path / "b", input_shape=(2, 3, SIZE, SIZE), dynamic=())
     )
     b = edgemed.Bundle.load(tmp_path / "b")
     assert b.input.shape == (2, 3, SIZE, SIZE) and b.precisions == ["fp32", "fp16", "int8"]
