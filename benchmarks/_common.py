@@ -121,9 +121,20 @@ def versions(*extra: str) -> dict[str, str]:
     return out
 
 
+def _python() -> str:
+    """The interpreter as a reader can retype it: relative to the checkout when it is a
+    venv inside it (``.venv-test/bin/python``), else plain ``python`` (the path of a
+    private venv elsewhere says nothing to anyone else; the versions are recorded)."""
+    exe = Path(sys.executable)
+    try:
+        return exe.relative_to(REPO).as_posix()
+    except ValueError:
+        return "python"
+
+
 def environment(script: str, extra_modules: Sequence[str] = ()) -> dict[str, Any]:
     """The header every result carries: date, machine, versions and the exact command."""
-    argv = [Path(sys.executable).as_posix(), f"benchmarks/{script}", *sys.argv[1:]]
+    argv = [_python(), f"benchmarks/{script}", *sys.argv[1:]]
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
