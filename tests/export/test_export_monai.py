@@ -49,7 +49,6 @@ LENIENT = Thresholds(
     max_prob_diff=1.0,
     min_cosine=0.0,
 )
-TOLERANCE = {"basic_unet": 1e-4, "seg_resnet": 1e-3, "densenet": 1e-4}  # parity, max rel
 LENIENT_CLI = ("--max-dice-drop", "1", "--max-class-dice-drop", "1",
                "--min-top1-agreement", "0", "--max-prob-diff", "1")  # fmt: skip
 
@@ -59,7 +58,10 @@ def _write_real_images(folder: Path, ct_small_path: str, hu: np.ndarray, flip: b
     folder.mkdir(parents=True)
     (folder / "ct.dcm").write_bytes(Path(ct_small_path).read_bytes())
     img = hu[:, ::-1] if flip else hu
-    ok, png = cv2.imencode(".png", np.clip(img + 1024, 0, 65535).astype(np.uint16))
+    # PNG has no rescale: the spec windows the stored values as they are, so they are HU
+    # (negatives clipped to 0). HU+1024 here saturated the soft-tissue window to 1.0 on
+    # 84% of the slice, a near-blank image no real calibration set holds.
+    ok, png = cv2.imencode(".png", np.clip(img, 0, 65535).astype(np.uint16))
     assert ok
     (folder / "ct.png").write_bytes(png.tobytes())
     vol = np.stack([img, np.ascontiguousarray(img.T)])
@@ -82,7 +84,6 @@ def _api_export(
     kwargs: dict,
     task: str,
     labels,
-    tolerance: float = 1e-4,
     channels: int = 1,
 ) -> Path:
     """Export with LENIENT gates, from ``data``'s spec.json, calib/ and val/ (also used
@@ -99,7 +100,6 @@ def _api_export(
             validation=data / "val",
             thresholds=LENIENT,
             seed=0,
-            parity_tolerance=tolerance,
             out=out,
         )
     )
@@ -135,12 +135,13 @@ def basic_unet(data):
 def seg_resnet(data):
     kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_filters": 8}
     model = "monai.networks.nets:SegResNet"
-    # Random inputs agree to ~1e-6, but one real calibration slice gives max abs 2.4e-4,
-    # max rel 1.03e-4: just over the default 1e-4 (likely GroupNorm on the mostly
-    # window-saturated PNG slice: a tiny variance; not investigated further). Bounded at 1e-3.
-    return _api_export(
-        data, data / "segresnet", model, kwargs, "segmentation", SEG_LABELS, TOLERANCE["seg_resnet"]
-    )
+    # Parity holds at the default 1e-4. It did not (1.03e-4) when the PNG slice was
+    # window-saturated (see _write_real_images): SegResNet's first GroupNorm then sees
+    # channels with |mean|/std ~ 10, and ONNX Runtime's float32 mean (InstanceNormalization)
+    # is ~2e-6 off where PyTorch's is ~1e-7; divided by the std, the network carries that
+    # to 2.4e-4 at the output. Both are within float32 summation error: --parity-tolerance
+    # is the escape for such inputs.
+    return _api_export(data, data / "segresnet", model, kwargs, "segmentation", SEG_LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_monai_model_exports_with_parity(name, request):
     assert prov["export"]["source"]["kind"] == "factory"
     assert prov["export"]["source"]["model"].startswith("monai.networks.nets:")
     parity = prov["parity"]
-    assert parity["tolerance"] == TOLERANCE[name]
+    assert parity["tolerance"] == 1e-4  # the default, for every model
     assert "real (calibration images)" in parity["cases"]
     for case in parity["cases"].values():
         assert 0 <= case["max_rel"] <= parity["tolerance"]
