@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # GPU check for the CUDA kernels: run on a machine with an NVIDIA GPU (no internet needed
-# when pycuda is already importable or a local sdist is given).
+# when pycuda is already importable, a local sdist is given, or GPU_KIT names a kit made
+# by benchmarks/gpu_kit.sh, whose header shows the whole offline recipe).
 #
 #   benchmarks/gpu_check.sh [path/to/pycuda-<version>.tar.gz]
 #
-# 1. pycuda: used as installed; else built from the given sdist, else from PyPI's sdist
-#    (pip install --no-binary pycuda pycuda; needs nvcc and the CUDA headers).
-# 2. pytest -m "gpu or kernels" over all tests: the GPU launchers against the CPU
-#    reference (tests/cuda), the TensorRT builder/backend (tests/engine), the pipeline
-#    with CUDA preprocessing (tests/test_pipeline_gpu.py)
-#    and the host-build/nvcc kernel tests (tests/kernels).
+# 1. pycuda: used as installed; else built from the given sdist or the one in $GPU_KIT
+#    (with a kit, into $PYCUDA_TARGET, default /tmp/site, put on PYTHONPATH), else from
+#    PyPI's sdist (pip install --no-binary pycuda pycuda; needs nvcc and the CUDA headers).
+# 2. pytest -m "gpu or kernels" over the GPU-facing tests: the GPU launchers against the
+#    CPU reference (tests/cuda), the TensorRT builder/backend (tests/engine), the pipeline
+#    with CUDA preprocessing (tests/test_pipeline_gpu.py) and the host-build/nvcc kernel
+#    tests (tests/kernels).
 # 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
 # 4. with tensorrt: `edgemed build` of the demo bundle's three precisions, then
 #    `edgemed bench` on TensorRT and on ONNX Runtime (outputs under $BENCH_OUT, default
@@ -20,6 +22,10 @@ set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
 SDIST="${1:-}"
+if [[ -z "$SDIST" && -n "${GPU_KIT:-}" ]]; then
+    SDIST="$(ls "$GPU_KIT"/pycuda-*.tar.gz | head -n 1)"
+fi
+[[ -z "$SDIST" ]] || SDIST="$(realpath "$SDIST")"  # given from the caller's folder
 cd "$(dirname "$0")/.."
 
 echo "== GPU"
@@ -37,10 +43,16 @@ if ! "$PYTHON" -c "import pycuda.driver" >/dev/null 2>&1; then
         export CUDA_ROOT="$(dirname "$(dirname "$(command -v nvcc)")")"
     fi
     if [[ -n "$SDIST" ]]; then
-        echo "building pycuda from $SDIST"
-        # Offline, build isolation cannot fetch setuptools/numpy: use the installed ones.
-        "$PYTHON" -m pip install --no-build-isolation "$SDIST" ||
-            "$PYTHON" -m pip install "$SDIST"
+        target=()  # with a kit: beside its wheels, in a folder put on PYTHONPATH
+        if [[ -n "${GPU_KIT:-}${PYCUDA_TARGET:-}" ]]; then
+            target=(--target "${PYCUDA_TARGET:-/tmp/site}")
+            export PYTHONPATH="${PYCUDA_TARGET:-/tmp/site}${PYTHONPATH:+:$PYTHONPATH}"
+        fi
+        echo "building pycuda from $SDIST ${target[*]}"
+        # Offline, build isolation cannot fetch setuptools/numpy: use the installed ones;
+        # its dependencies come from the kit's wheels (or are there already).
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation \
+            "${target[@]}" "$SDIST"
     else
         echo "building pycuda from its sdist (pip install --no-binary pycuda pycuda)"
         "$PYTHON" -m pip install --no-binary pycuda pycuda
@@ -50,7 +62,8 @@ fi
 
 echo "== tests: pytest -m 'gpu or kernels'"
 status=0
-"$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests || status=$?
+"$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests/cuda tests/engine tests/kernels \
+    tests/test_pipeline_gpu.py || status=$?
 
 echo "== kernel benchmark"
 "$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }
