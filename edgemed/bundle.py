@@ -9,11 +9,14 @@
                "dtype": "float32"},
      "outputs": [{"name": "logits", "shape": ["batch", 5, 256, 256], "dtype": "float32"}],
      "preprocess": {...PreprocessSpec...}, "postprocess": {...PostprocessSpec...},
+     "modalities": ["CT"],   # optional: the DICOM Modality codes the model is made for
      "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32",
                     "sha256": "...", "bytes": 123}],
      "provenance": {...free-form: how it was made...}}
 
-String entries in a shape are named dynamic axes. Every artifact's sha256 is checked
+String entries in a shape are named dynamic axes. ``modalities`` (absent or empty:
+any) lets the pipeline refuse a DICOM input of another modality (``INPUT_MODALITY``):
+a CT model's HU windows make nonsense of MR signal. Every artifact's sha256 is checked
 when the bundle loads, and :meth:`Bundle.read_artifact` hashes the very bytes it hands
 to a backend, so nothing unverified is ever parsed.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from edgemed.preprocess.spec import PreprocessSpec
 from edgemed.settings import trusted_key_path
 
 __all__ = [
+    "MODALITY_CODE",
     "SCHEMA_VERSION",
     "TASKS",
     "Artifact",
@@ -68,6 +73,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "outputs",
         "preprocess",
         "postprocess",
+        "modalities",
         "artifacts",
         "provenance",
     }
@@ -75,6 +81,8 @@ _TOP_LEVEL_KEYS = frozenset(
 
 
 _HEX = frozenset("0123456789abcdef")
+#: A DICOM Modality value (VR CS): upper-case letters, digits and underscores, at most 16.
+MODALITY_CODE = re.compile(r"[A-Z0-9_]{1,16}")
 
 
 def _stays_inside(path: str) -> bool:
@@ -138,6 +146,8 @@ class Bundle:
     artifacts: list[Artifact]
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: DICOM Modality codes the model is made for (empty: any); see the module doc.
+    modalities: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
     manifest_sha256: str = ""
@@ -267,6 +277,11 @@ class Bundle:
             labels = data.get("labels", [])
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
                 raise bad("labels must be a list of strings")
+            modalities = data.get("modalities", [])
+            if not isinstance(modalities, list) or not all(
+                isinstance(m, str) and MODALITY_CODE.fullmatch(m) for m in modalities
+            ):
+                raise bad("modalities must be a list of DICOM Modality codes such as 'CT'")
             artifacts = []
             for a in data["artifacts"]:
                 art = Artifact(
@@ -300,6 +315,7 @@ class Bundle:
                 artifacts=artifacts,
                 description=str(data.get("description", "")),
                 provenance=dict(data.get("provenance", {})),
+                modalities=tuple(modalities),
             )
         except BundleError:
             raise
@@ -382,6 +398,7 @@ class Bundle:
             "outputs": [o.to_dict() for o in self.outputs],
             "preprocess": self.preprocess.to_dict(),
             "postprocess": self.postprocess.to_dict(),
+            **({"modalities": list(self.modalities)} if self.modalities else {}),
             "artifacts": [
                 {k: v for k, v in a.__dict__.items() if v is not None} for a in self.artifacts
             ],

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DIR",
             help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
         )
+        sp.add_argument(
+            "--any-modality",
+            action="store_true",
+            help="run DICOM inputs whose Modality the bundle does not list (refused, "
+            "INPUT_MODALITY, by default)",
+        )
 
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
@@ -110,6 +116,7 @@ def _pipeline(args: argparse.Namespace, bundle: str | Path):
         batch_size=args.batch_size,
         preprocess=args.preprocess,
         engine_cache=args.engine_cache or settings.engine_cache,
+        check_modality=not args.any_modality,
     )
 
 
@@ -227,6 +234,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  {bundle.description}" if bundle.description else None,
         f"  path         {bundle.root}",
         f"  labels       {', '.join(f'{i}:{n}' for i, n in enumerate(bundle.labels))}",
+        f"  modalities   {', '.join(bundle.modalities) or 'any'} (DICOM inputs)",
         f"  input        {bundle.input.name} {bundle.input.layout or ''} "
         f"[{', '.join(str(s) for s in bundle.input.shape)}] {bundle.input.dtype}",
         *(
@@ -302,6 +310,7 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     a("--dynamic", default="batch", help="dynamic axes: batch,height,width (default batch)")
     a("--task", required=True, choices=["segmentation", "classification", "embedding"])
     a("--labels", default=None, help="class names, comma-separated (label 0 first)")
+    a("--modalities", default=None, help="DICOM modalities the model is for, e.g. CT (default any)")
     a("--preprocess", default="demo", help="demo, or a JSON spec (or a bundle.json)")
     a("--calibration", required=True, help="folder of calibration images (DICOM, NIfTI, PNG)")
     a("--validation", default=None, help="folder of validation images (default: split)")
@@ -347,6 +356,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         dynamic=args.dynamic,
         task=args.task,
         labels=args.labels,
+        modalities=args.modalities,
         preprocess=args.preprocess,
         calibration=args.calibration,
         validation=args.validation,

@@ -31,7 +31,7 @@ from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
 from edgemed.bundle import Bundle
 from edgemed.engine.cache import EngineCache
-from edgemed.errors import BackendError, UsageError
+from edgemed.errors import BackendError, InputError, UsageError
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import Placement, allocate, preprocess
 from edgemed.settings import load_settings
@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     from edgemed.preprocess import PreprocessSpec
     from edgemed.signing import PublicKeySource
 
-__all__ = ["Pipeline", "Result", "demo_bundle", "input_id", "PREPROCESS_DEVICES", "STAGES"]
+__all__ = [
+    "Pipeline",
+    "Result",
+    "check_modality",
+    "demo_bundle",
+    "input_id",
+    "PREPROCESS_DEVICES",
+    "STAGES",
+]
 
 log = logging.getLogger("edgemed.pipeline")
 
@@ -127,6 +135,7 @@ class Pipeline:
         batch_size: int = 8,
         preprocess: str = "auto",
         cubin_dir: str | os.PathLike[str] | None = None,
+        check_modality: bool = True,
     ) -> None:
         if batch_size < 1:
             raise UsageError("batch_size must be >= 1")
@@ -134,6 +143,8 @@ class Pipeline:
             raise UsageError(f"preprocess must be one of {PREPROCESS_DEVICES}, got {preprocess!r}")
         self.bundle = bundle
         self.backend = backend
+        #: DICOM modalities this pipeline accepts (empty: any); see :func:`check_modality`.
+        self.modalities = bundle.modalities if check_modality else ()
         if len(backend.inputs) != 1:
             raise BackendError(
                 f"edgemed runs single-input models; this one has {len(backend.inputs)}",
@@ -176,6 +187,7 @@ class Pipeline:
         trusted_key: PublicKeySource | None = None,
         preprocess: str = "auto",
         engine_cache: str | os.PathLike[str] | None = None,
+        check_modality: bool = True,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
@@ -195,6 +207,8 @@ class Pipeline:
                 else ``cpu``).
             engine_cache: TensorRT engine cache (default ``<bundle>/engines``), where
                 ``edgemed build`` also stores the compiled kernels.
+            check_modality: refuse DICOM inputs whose Modality the bundle does not
+                list (``INPUT_MODALITY``); False runs them anyway.
         """
         bundle = Bundle.load(path, trusted_key=trusted_key)
         chosen = create_backend(backend, bundle, precision, threads, engine_cache=engine_cache)
@@ -205,6 +219,7 @@ class Pipeline:
                 batch_size=batch_size,
                 preprocess=preprocess,
                 cubin_dir=EngineCache.for_bundle(bundle, engine_cache).kernel_dir,
+                check_modality=check_modality,
             )
         except BaseException:
             chosen.close()
@@ -229,7 +244,9 @@ class Pipeline:
         images, read_ms = [], []
         for item in items:
             t0 = time.perf_counter()
-            images.append(_as_image(item))
+            image = _as_image(item)
+            check_modality(image, self.modalities, item)
+            images.append(image)
             read_ms.append((time.perf_counter() - t0) * 1e3)
         with self._lock:
             if self._fatal is not None:
@@ -358,6 +375,23 @@ def input_id(image: MedicalImage, salt: bytes) -> str:
     """
     pixels = np.ascontiguousarray(image.array)
     return hmac.new(salt, pixels.data, hashlib.sha256).hexdigest()[:32]
+
+
+def check_modality(image: MedicalImage, modalities: Sequence[str], source: object = None) -> None:
+    """Refuse a DICOM image whose Modality is not in ``modalities`` (empty: any).
+
+    Only DICOM declares a modality; NIfTI, raster files and arrays cannot be checked
+    and pass. Raises ``InputError`` ``INPUT_MODALITY`` (the code is not patient data).
+    """
+    if not modalities or image.metadata.get("format") != "dicom":
+        return
+    if image.modality not in modalities:
+        raise InputError(
+            f"DICOM modality {image.modality} is not one this model is made for "
+            f"({', '.join(modalities)}); --any-modality (check_modality=False) runs it anyway",
+            code="INPUT_MODALITY",
+            path=source if isinstance(source, (str, os.PathLike)) else None,
+        )
 
 
 def _as_image(item: Input) -> MedicalImage:

@@ -186,7 +186,11 @@ def export_bundle(
     axes = dynamic_axes(config.input_shape, config.dynamic)
     t = time.perf_counter()
     calib, val, split = calibration.collect(
-        config.calibration, config.validation, pre, config.max_calibration_slices
+        config.calibration,
+        config.validation,
+        pre,
+        config.max_calibration_slices,
+        config.modalities,
     )
     t = _lap(seconds, "data", t)
     say(
@@ -320,6 +324,7 @@ def _build(
         "description": config.description,
         "task": config.task,
         "labels": list(config.labels),
+        **({"modalities": list(config.modalities)} if config.modalities else {}),
         "input": {
             "name": fp32.input_name,
             "layout": "NCHW",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from edgemed.bundle import sha256_file
 from edgemed.errors import UsageError
 from edgemed.io import read_image
 from edgemed.io.read import detect_format
+from edgemed.pipeline import check_modality
 from edgemed.preprocess import Placement, PreprocessSpec, preprocess
 
 __all__ = ["ImageSet", "load_images", "split_by_hash", "VALIDATION_EVERY"]
@@ -127,18 +129,27 @@ def _even_subset(total: int, cap: int) -> np.ndarray:
 
 
 def load_images(
-    sources: list[_Source], spec: PreprocessSpec, max_slices: int, *, role: str
+    sources: list[_Source],
+    spec: PreprocessSpec,
+    max_slices: int,
+    *,
+    role: str,
+    modalities: Sequence[str] = (),
 ) -> ImageSet:
     """Read and preprocess ``sources``; at most ``max_slices`` slices, evenly chosen.
 
     Raises:
         InputError: an image cannot be read (its file named; it is not skipped: a
-            calibration set that silently shrinks would change the model).
+            calibration set that silently shrinks would change the model), or is a
+            DICOM image of a modality outside ``modalities`` (``INPUT_MODALITY``: the
+            runtime would refuse it, so it must not shape the model either).
         UsageError: no images at all.
     """
     if not sources:
         raise UsageError(f"no {role} images found (DICOM, NIfTI, PNG/JPEG/TIFF or NPY)")
     images = [read_image(s.path) for s in sources]
+    for src, image in zip(sources, images, strict=True):
+        check_modality(image, modalities, src.path)
     counts = [im.num_slices for im in images]
     keep = set(_even_subset(sum(counts), max_slices).tolist())
     # The model takes float32 (the exported FP32 graph); the spec's arithmetic is
@@ -168,7 +179,11 @@ def load_images(
 
 
 def collect(
-    calibration: Path, validation: Path | None, spec: PreprocessSpec, max_slices: int
+    calibration: Path,
+    validation: Path | None,
+    spec: PreprocessSpec,
+    max_slices: int,
+    modalities: Sequence[str] = (),
 ) -> tuple[ImageSet, ImageSet, dict[str, Any]]:
     """Calibration and validation sets, and how they were chosen (for the report)."""
     calib_src, skipped = _sources(calibration)
@@ -186,8 +201,8 @@ def collect(
         overlap = {s.sha256 for s in calib_src} & {s.sha256 for s in val_src}
         if overlap:
             how += f" ({len(overlap)} image(s) also in the calibration folder)"
-    calib = load_images(calib_src, spec, max_slices, role="calibration")
+    calib = load_images(calib_src, spec, max_slices, role="calibration", modalities=modalities)
     calib.skipped = skipped
-    val = load_images(val_src, spec, max_slices, role="validation")
+    val = load_images(val_src, spec, max_slices, role="validation", modalities=modalities)
     val.skipped = val_skipped
     return calib, val, {"split": how}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemed.bundle import PRECISIONS, TASKS
+from edgemed.bundle import MODALITY_CODE, PRECISIONS, TASKS
 from edgemed.errors import BundleError, UsageError
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.spec import PreprocessSpec
@@ -102,6 +102,8 @@ class ExportConfig:
         dynamic: named dynamic axes (``batch``, ``height``, ``width``).
         task: ``segmentation``, ``classification`` or ``embedding``.
         labels: class names (segmentation: one per output channel).
+        modalities: DICOM Modality codes the model is made for (e.g. ``CT``); the
+            runtime refuses DICOM inputs of others, and so does calibration. Empty: any.
         preprocess: ``"demo"`` (the demo bundle's spec), a JSON file holding a
             preprocessing spec, or a bundle.json-like file with ``preprocess`` (and
             optionally ``postprocess``) keys; or the same JSON data as a dict.
@@ -135,6 +137,7 @@ class ExportConfig:
     calibration: Path
     out: Path
     labels: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
     weights: Path | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dynamic: tuple[str, ...] = ("batch",)
@@ -161,6 +164,7 @@ class ExportConfig:
         self.input_shape = parse_shape(self.input_shape)
         self.dynamic = parse_list(self.dynamic)
         self.labels = parse_list(self.labels)
+        self.modalities = tuple(m.upper() for m in parse_list(self.modalities))
         self.precisions = parse_list(self.precisions)
         self.exclude_nodes = parse_list(self.exclude_nodes)
         self.exclude_op_types = parse_list(self.exclude_op_types)
@@ -186,6 +190,9 @@ class ExportConfig:
         dynamic_axes(self.input_shape, self.dynamic)  # validates the names
         if len(set(self.labels)) != len(self.labels):
             raise UsageError("--labels must be distinct")
+        odd = [m for m in self.modalities if not MODALITY_CODE.fullmatch(m)]
+        if odd:
+            raise UsageError(f"--modalities takes DICOM Modality codes (CT, MR, ...), got {odd}")
         for folder, option in (
             (self.calibration, "--calibration"),
             (self.validation, "--validation"),

@@ -51,7 +51,7 @@ PREPROCESS: dict[str, Any] = {
 
 DEMO: dict[str, Any] = {
     "name": "edgemed-demo-ct-tissue",
-    "version": "0.2.0",
+    "version": "0.2.1",  # 0.2.1: declares its modality (CT); same models as 0.2.0
     "description": (
         "DEMONSTRATION MODEL, NOT FOR CLINICAL USE. A small 2D U-Net that labels axial "
         "CT slices (HU) as background/air, lung, fat, soft tissue or bone. Trained only "
@@ -118,6 +118,7 @@ def build_demo(
             dynamic=("batch",),  # the spec fixes 256x256: TensorRT profiles vary the batch only
             task="segmentation",
             labels=LABELS,
+            modalities=("CT",),  # HU windows: MR/NM/... DICOM is refused at run time
             preprocess=PREPROCESS,
             postprocess={"activation": "softmax", "decision": "argmax"},
             calibration=Path(tmp) / "calibration",
