@@ -155,7 +155,10 @@ class Pipeline:
         # float16): the spec's arithmetic is the same, only the final cast differs.
         self.spec = dataclasses.replace(bundle.preprocess, dtype=str(self._input.dtype))
         fixed_batch = self._input.shape[0]
-        self.batch_size = fixed_batch if isinstance(fixed_batch, int) else batch_size
+        if isinstance(fixed_batch, int):
+            self.batch_size = fixed_batch
+        else:  # an engine built for at most N slices per call gets at most N
+            self.batch_size = min(batch_size, backend.max_batch or batch_size)
         self._buffer = allocate(self.spec, self.batch_size)
         self._gpu = _gpu_stages(bundle, self.spec, backend, self.batch_size, preprocess, cubin_dir)
         self._lock = threading.Lock()

@@ -88,8 +88,7 @@ class Backend(abc.ABC):
             BackendError: ``BACKEND_CLOSED``, ``BACKEND_IO_MISMATCH`` or
                 ``BACKEND_INFERENCE_FAILED``.
         """
-        if self._closed:
-            raise BackendError(f"{self.name} backend is closed", code="BACKEND_CLOSED")
+        self._check_open()
         specs = {s.name: s for s in self.inputs}
         if set(feeds) != set(specs):
             raise BackendError(
@@ -113,6 +112,16 @@ class Backend(abc.ABC):
                     f"input '{name}' must be C-contiguous", code="BACKEND_IO_MISMATCH"
                 )
         return self._infer(feeds)
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the loaded model accepts when its batch axis is dynamic
+        (a TensorRT profile's maximum); ``None`` where any batch runs."""
+        return None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.name} backend is closed", code="BACKEND_CLOSED")
 
     @abc.abstractmethod
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -123,6 +123,9 @@ class TensorRTBackend(Backend):
         self._graph: tuple[tuple[tuple[int, ...], ...], CudaGraph] | None = None
         self._last_shapes: tuple[tuple[int, ...], ...] | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
+        # Inputs a caller has claimed with device_input(): the buffers of the others
+        # hold nothing anyone wrote, so infer_device() refuses to run without them all.
+        self._device_inputs: set[str] = set()
         io = trt_compat.io_tensors(trt, engine)
         names = dict(axis_names or {})
         specs = [TensorSpec(t.name, _named_shape(t.shape, names.get(t.name)), t.dtype) for t in io]
@@ -259,6 +262,14 @@ class TensorRTBackend(Backend):
 
     engine_path: Path | None = None
 
+    @property
+    def max_batch(self) -> int | None:
+        """The profile's largest batch (axis 0 of the first input; ``None`` when fixed)."""
+        spec = self._inputs[0]
+        if isinstance(spec.shape[0], int):
+            return None
+        return self._limits[spec.name][1][0]
+
     # -- Backend protocol ----------------------------------------------------------------
 
     @property
@@ -318,16 +329,19 @@ class TensorRTBackend(Backend):
         Whatever is queued on :attr:`stream` that writes ``shape`` elements of ``dtype``
         at the pointer (C order) is the input of the next :meth:`infer_device`.
         """
+        self._check_open()
         if name not in self._limits:
             raise BackendError(f"the engine has no input '{name}'", code="BACKEND_IO_MISMATCH")
         with self._gpu.active():
             self._set_shape(name, tuple(int(d) for d in shape))
+        self._device_inputs.add(name)
         return self._address(name), tuple(shape), self._io[name].dtype
 
     def device_output(self, name: str) -> tuple[int, tuple[int, ...], Any]:
         """``(device pointer, shape, dtype)`` of output ``name`` for the current input
         shapes: a CUDA postprocessor reads it on :attr:`stream` after
         :meth:`infer_device` (with ``fetch`` leaving it on the GPU)."""
+        self._check_open()
         if name not in self._io or self._io[name].is_input:
             raise BackendError(f"the engine has no output '{name}'", code="BACKEND_IO_MISMATCH")
         shape = trt_compat.dims(self._context.get_tensor_shape(name))
@@ -348,9 +362,8 @@ class TensorRTBackend(Backend):
                 out stay on the GPU for :meth:`device_output`; the call then returns
                 without waiting for the stream.
         """
-        if self._closed:
-            raise BackendError(f"{self.name} backend is closed", code="BACKEND_CLOSED")
-        if set(self._shapes) != set(self._limits):
+        self._check_open()
+        if self._device_inputs != set(self._limits):
             raise BackendError(
                 "call device_input() for every input first", code="BACKEND_IO_MISMATCH"
             )

@@ -213,6 +213,7 @@ def _build_on(
                 progress(f"replacing the cached engine ({exc.code}: {exc.message})")
 
     onnx = bundle.read_artifact(artifact)  # the verified bytes, and only these, are parsed
+    cache.ensure_root()  # 0700 before the timing cache or the plan lands in it
     errors: list[str] = []
     logger = make_logger(errors)
     start = time.monotonic()

@@ -9,8 +9,10 @@ the bundle is read-only on the device)::
 
 The key, as Holoscan does it, is the ONNX sha256 + GPU name + compute capability +
 TensorRT version + precision + profile (plus the compatibility options, which change
-the plan). A plan is only ever used under the exact key it was built for: anything
-else is ``ENGINE_INCOMPATIBLE`` (or a rebuild, when the caller allows one).
+the plan). A plan is only ever used under the key it was built for: anything else is
+``ENGINE_INCOMPATIBLE`` (or a rebuild, when the caller allows one). The one exception is
+TensorRT's own: a plan built hardware-compatible (``edgemed build --hardware-compat``)
+serves the other GPUs TensorRT says it runs on (see :func:`_portable_fields`).
 
 An engine is executable code, so :meth:`EngineCache.open` checks, in order, before a
 single plan byte reaches the deserializer: the sidecar parses and describes the
@@ -182,6 +184,28 @@ def _key_from_sidecar(data: Any) -> EngineKey:
     return EngineKey(**fields)
 
 
+def _portable_fields(built: EngineKey, here: EngineKey) -> tuple[str, ...]:
+    """The GPU fields in which a hardware-compatible plan may differ from this GPU.
+
+    TensorRT's ``AMPERE_PLUS`` plans run on any GPU of compute capability 8.0 or newer,
+    ``SAME_COMPUTE_CAPABILITY`` plans on any GPU of the capability they were built on.
+    """
+    if built.hardware_compat == "ampere_plus" and _cc(here.compute_capability) >= (8, 0):
+        return ("gpu_name", "compute_capability")
+    if (
+        built.hardware_compat == "same_compute_capability"
+        and built.compute_capability == here.compute_capability
+    ):
+        return ("gpu_name",)
+    return ()
+
+
+def _cc(text: str) -> tuple[int, int]:
+    """``"8.7"`` -> ``(8, 7)``; ``(0, 0)`` for anything else (never portable)."""
+    major, _, minor = text.partition(".")
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
+
+
 class EngineCache:
     """A directory of plans and sidecars (see the module docstring)."""
 
@@ -214,6 +238,13 @@ class EngineCache:
 
     # -- writing -------------------------------------------------------------------------
 
+    def ensure_root(self) -> None:
+        """Create the cache directory with mode 0700 (only the service user may add or
+        swap engines). Call it before anything is written into the cache: a directory
+        made by a plain file write would take the umask's mode, and a group-writable
+        cache is refused when engines load."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
     def store(
         self, key: EngineKey, plan: bytes, profile: Profile, extra: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -224,8 +255,7 @@ class EngineCache:
         Returns:
             The sidecar as written.
         """
-        # 0700 when created here: only the service user may add or swap engines.
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ensure_root()
         if profile.canonical() != key.profile:
             raise ValueError("profile does not match the key")
         sidecar: dict[str, Any] = {"schema": SIDECAR_SCHEMA, **key.to_dict()}
@@ -278,7 +308,9 @@ class EngineCache:
                 ``ENGINE_INCOMPATIBLE`` (engines exist, but for another GPU or TensorRT
                 version, or another profile when ``any_profile`` is False).
         """
-        relaxed = ("profile", "hardware_compat", "version_compat") if any_profile else ()
+        relaxed: tuple[str, ...] = ("profile", "hardware_compat", "version_compat")
+        if not any_profile:
+            relaxed = ()
         same_model: list[tuple[EngineKey, dict[str, Any]]] = []
         usable: list[tuple[EngineKey, dict[str, Any]]] = []
         for key, data in self.entries():
@@ -287,7 +319,8 @@ class EngineCache:
             if not self.plan_path(key).is_file():
                 continue  # a sidecar left without its plan is nobody's engine
             same_model.append((key, data))
-            if all(f in relaxed for f in want.differences(key)):
+            allowed = relaxed + _portable_fields(key, want)
+            if all(f in allowed for f in want.differences(key)):
                 usable.append((key, data))
         for key, _ in usable:
             if key == want:

@@ -21,3 +21,17 @@ def demo_copy(tmp_path):
 @pytest.fixture
 def demo(demo_copy) -> Bundle:
     return Bundle.load(demo_copy)
+
+
+@pytest.fixture
+def standin_gpu(monkeypatch):
+    """A stand-in GPU, pycuda and TensorRT (see ``standin_trt.py``) in ``sys.modules``.
+
+    Returns the :class:`standin_trt.Sim` (change its GPU before use; ``sim.trt`` is the
+    stand-in ``tensorrt`` module, whose ``__version__`` may be changed too)."""
+    from standin_trt import Sim, install
+
+    sim = Sim()
+    sim.trt = install(monkeypatch, sim)
+    monkeypatch.delenv("EDGEMED_ENGINE_CACHE", raising=False)
+    return sim

@@ -256,6 +256,32 @@ def test_select_never_reuses_another_gpu_or_tensorrt(stored, key, field):
     assert "Orin" in e.value.message and "10.3.0.30" in e.value.message
 
 
+@pytest.mark.parametrize(
+    ("compat", "built_on", "here", "portable"),
+    [
+        ("ampere_plus", ("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0"), True),
+        ("ampere_plus", ("NVIDIA A100-SXM4-80GB", "8.0"), ("Tesla T4", "7.5"), False),
+        ("same_compute_capability", ("NVIDIA L4", "8.9"), ("NVIDIA L40S", "8.9"), True),
+        ("same_compute_capability", ("NVIDIA L4", "8.9"), ("NVIDIA H100 80GB HBM3", "9.0"), False),
+        ("none", ("NVIDIA L4", "8.9"), ("NVIDIA L40S", "8.9"), False),
+    ],
+)
+def test_hardware_compatible_plans_serve_the_gpus_tensorrt_allows(
+    cache, key, profile, compat, built_on, here, portable
+):
+    built = dataclasses.replace(
+        key, gpu_name=built_on[0], compute_capability=built_on[1], hardware_compat=compat
+    )
+    cache.store(built, PLAN, profile)
+    want = dataclasses.replace(key, gpu_name=here[0], compute_capability=here[1])
+    if portable:
+        assert cache.select(want) == built
+        return
+    with pytest.raises(BackendError) as e:
+        cache.select(want)
+    assert e.value.code == "ENGINE_INCOMPATIBLE"
+
+
 def test_select_ignores_other_models_and_precisions(stored, key):
     for field in ("onnx_sha256", "precision"):
         other = dataclasses.replace(key, **{field: CHANGED[field]})
