@@ -141,6 +141,13 @@ def derive_profile(tensor: TensorInfo, overrides: Mapping[str, str] | None = Non
             continue
         if dim in overrides:
             r = parse_range(overrides[dim], dim)
+            if i == 0 and r[0] != 1:
+                # The pipeline sends what it has: one image, or a volume's last few slices.
+                raise UsageError(
+                    f"the batch range of '{dim}' must start at 1 (1:OPT:MAX), got "
+                    f"{overrides[dim]!r}: single images and the last slices of a volume "
+                    "come in smaller batches"
+                )
         elif i == 0:
             r = DEFAULT_BATCH
         else:

@@ -26,8 +26,10 @@ def test_batch_override(demo):
 
 
 def test_single_number_fixes_an_axis(demo):
-    p = derive_profile(demo.input, {"batch": "2"})
-    assert p.min == p.opt == p.max == (2, 3, 256, 256)
+    p = derive_profile(demo.input, {"batch": "1"})
+    assert p.min == p.opt == p.max == (1, 3, 256, 256)
+    p = derive_profile(TensorInfo("x", (1, 1, "h", "w")), {"h": "64", "w": "32:64:128"})
+    assert (p.min, p.max) == ((1, 1, 64, 32), (1, 1, 64, 128))
 
 
 def test_all_dynamic_axes_need_ranges_beyond_the_first():
@@ -45,6 +47,8 @@ def test_all_dynamic_axes_need_ranges_beyond_the_first():
         {"batch": "8:1:4"},  # opt below min
         {"batch": "1:8:4"},  # opt above max
         {"batch": "0:1:2"},  # zero
+        {"batch": "2:4:8"},  # the pipeline sends single images: the batch starts at 1
+        {"batch": "8"},  # 8:8:8, the same
         {"batch": "-1:1:2"},
         {"batch": "1:2"},  # two parts
         {"batch": "a:b:c"},
