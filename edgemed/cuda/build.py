@@ -56,7 +56,7 @@ def build_cubin(
         ``cubin_dir=out_dir``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # loaded only if others cannot write
     flags = ["-cubin", f"-arch={arch}", "-O3", "-I", str(KERNEL_DIR)]
     if werror:
         flags += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
@@ -78,7 +78,10 @@ def build_cubin(
             failures.append(f"{src.name} for {arch} ({' '.join(cmd)}):\n{err.strip()}")
     if failures:
         raise BackendError("nvcc failed: " + "\n".join(failures), code="GPU_KERNEL_BUILD")
-    return [dst for _src, dst, _cmd, _proc in jobs]
+    cubins = [dst for _src, dst, _cmd, _proc in jobs]
+    for cubin in cubins:  # nvcc writes with the umask's mode: narrow it as plans are
+        os.chmod(cubin, 0o600)
+    return cubins
 
 
 def build_host_library(

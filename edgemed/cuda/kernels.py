@@ -39,6 +39,7 @@ from edgemed.cuda.packing import (
     pack_segment,
     split_masks,
 )
+from edgemed.engine.cache import check_private
 from edgemed.errors import BackendError, UsageError
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.cpu import Placement
@@ -82,6 +83,9 @@ def _load_module(
     if cubin_dir is not None:
         cubin = Path(cubin_dir) / f"{stem}.{arch}.cubin"
         if cubin.exists():
+            # GPU code from a file: trusted as the engines beside it are, by who can
+            # write it (the engine cache above is checked when its engine loads).
+            check_private(cubin.parent, cubin, what="a CUDA cubin")
             return cuda.module_from_file(str(cubin))
     compiler = require("pycuda.compiler", "gpu", purpose="compiling the CUDA kernels")
     source = (KERNEL_DIR / f"{stem}.cu").read_text()

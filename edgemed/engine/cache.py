@@ -48,6 +48,7 @@ from edgemed.io.writers import atomic_write
 __all__ = [
     "KEY_FIELDS",
     "SIDECAR_SCHEMA",
+    "check_private",
     "EngineCache",
     "EngineKey",
     "default_cache_dir",
@@ -206,6 +207,29 @@ def _cc(text: str) -> tuple[int, int]:
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
 
 
+def check_private(*paths: Path, what: str) -> None:
+    """Refuse files (and their directories) that someone else could have written.
+
+    Plans' sidecars and the kernels' cubins are not signed: what makes them trustworthy
+    is that only this user (or root) can write the cache. Executable code another user
+    can replace is never loaded (``ENGINE_INTEGRITY``); ``what`` names it in the message.
+    """
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    for path in paths:
+        st = path.stat()
+        kind_ok = stat.S_ISDIR(st.st_mode) if path.is_dir() else stat.S_ISREG(st.st_mode)
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        foreign = uid is not None and st.st_uid not in (uid, 0)
+        if not kind_ok or writable or foreign:
+            who = "owned by another user" if foreign else "writable by other users"
+            raise BackendError(
+                f"{path.name} is {who}; {what} is executable code, so it is not loaded "
+                "(rebuild it in a cache only you can write: --cache DIR, or chmod go-w)",
+                code="ENGINE_INTEGRITY",
+                path=path,
+            )
+
+
 class EngineCache:
     """A directory of plans and sidecars (see the module docstring)."""
 
@@ -356,7 +380,7 @@ class EngineCache:
                 code="ENGINE_MISSING",
                 path=plan_path,
             )
-        self._check_ownership(self.root, sidecar_path, plan_path)
+        check_private(self.root, sidecar_path, plan_path, what="an engine")
         try:
             data = json.loads(sidecar_path.read_text(encoding="utf-8"))
             found = _key_from_sidecar(data)
@@ -409,29 +433,6 @@ class EngineCache:
                 path=plan_path,
             )
         return plan, data
-
-    @staticmethod
-    def _check_ownership(*paths: Path) -> None:
-        """Refuse files (and the cache directory) that someone else could have written.
-
-        The sidecar is not signed: what makes it trustworthy is that only this user (or
-        root) can write the cache. A plan another user can replace is never loaded.
-        """
-        uid = os.geteuid() if hasattr(os, "geteuid") else None
-        for path in paths:
-            st = path.stat()
-            kind_ok = stat.S_ISDIR(st.st_mode) if path.is_dir() else stat.S_ISREG(st.st_mode)
-            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-            foreign = uid is not None and st.st_uid not in (uid, 0)
-            if not kind_ok or writable or foreign:
-                who = "owned by another user" if foreign else "writable by other users"
-                raise BackendError(
-                    f"{path.name} is {who}; an engine is executable code, so it is not "
-                    "loaded (rebuild it in a cache only you can write: --cache DIR, or "
-                    "chmod go-w)",
-                    code="ENGINE_INTEGRITY",
-                    path=path,
-                )
 
     def open(self, key: EngineKey, deserialize: Callable[[bytes], T]) -> T:
         """Verify the plan for ``key`` (:meth:`read_verified`), then ``deserialize`` it.

@@ -208,3 +208,33 @@ def test_without_pycuda_the_launchers_name_the_extra(monkeypatch):
     with pytest.raises(MissingDependencyError) as exc:
         CudaPreprocessor(PreprocessSpec(size=(8, 8), clip=(0.0, 1.0)), 1, 64)
     assert exc.value.extra == "gpu"
+
+
+def test_stored_cubins_load_only_when_no_one_else_can_write_them(fake_gpu, tmp_path, monkeypatch):
+    """A cubin is GPU code from a file: trusted, like the engines, by who can write it."""
+    import pycuda.driver as drv
+
+    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.errors import BackendError
+
+    major, minor = drv.Context.get_device().compute_capability()
+    kernels = tmp_path / "kernels"
+    kernels.mkdir(mode=0o700)
+    cubin = kernels / f"preprocess.sm_{major}{minor}.cubin"
+    cubin.write_bytes(b"cubin")
+    loaded: list[str] = []
+    module = drv.module_from_file
+    monkeypatch.setattr(drv, "module_from_file", lambda p: loaded.append(p) or module(p))
+    spec = CASES["ct-demo-128to256"].spec
+    for mode, target in ((0o620, cubin), (0o770, kernels)):  # group-writable file, then folder
+        cubin.chmod(0o600)
+        kernels.chmod(0o700)
+        target.chmod(mode)
+        with pytest.raises(BackendError) as e:
+            CudaPreprocessor(spec, 1, 128 * 128, cubin_dir=kernels)
+        assert e.value.code == "ENGINE_INTEGRITY" and e.value.path == str(target)
+    assert loaded == []  # never handed to the driver
+    kernels.chmod(0o700)
+    cubin.chmod(0o600)
+    CudaPreprocessor(spec, 1, 128 * 128, cubin_dir=kernels)
+    assert loaded == [str(cubin)]
