@@ -164,16 +164,24 @@ def backend_facts(bundle: Any | None) -> dict[str, Any]:
 
 def _preprocess_choice(bundle: Any, backend: str | None) -> tuple[str, str]:
     """Where ``--preprocess auto`` would preprocess beside ``backend``, and why (the
-    pipeline's rule: the CUDA kernels beside TensorRT when they support the spec)."""
+    pipeline's rule: the CUDA kernels beside TensorRT when they support the spec and
+    can be loaded: cubins in the bundle's engine cache, or nvcc)."""
+    from edgemed.cuda.device import query_device
+    from edgemed.cuda.kernels import kernels_unavailable
     from edgemed.cuda.packing import check_preprocess_spec
+    from edgemed.engine.cache import EngineCache
     from edgemed.errors import EdgemedError
 
     if backend != "tensorrt":
         return "cpu", f"beside {backend or 'no backend'} the CPU path is used"
     try:
         check_preprocess_spec(bundle.preprocess)
+        arch = "sm_" + query_device(0).cc.replace(".", "")
     except EdgemedError as exc:
         return "cpu", exc.message
+    missing = kernels_unavailable(EngineCache.for_bundle(bundle).kernel_dir, arch)
+    if missing:
+        return "cpu", missing
     return "cuda", "the CUDA kernels support this bundle's preprocessing spec"
 
 

@@ -424,7 +424,9 @@ def _gpu_stages(
     """The CUDA stages for ``mode`` (``None``: preprocessing on the CPU).
 
     ``cuda`` is honoured or refused, never quietly replaced; ``auto`` takes the GPU only
-    beside TensorRT (with ONNX Runtime on the CPU, GPU preprocessing would add copies).
+    beside TensorRT (with ONNX Runtime on the CPU, GPU preprocessing would add copies)
+    and only where the kernels can be loaded (cubins stored by ``edgemed build``, or
+    nvcc to compile them), else the CPU with one warning saying why.
     """
     if mode == "cpu" or (mode == "auto" and backend.name != "tensorrt"):
         return None
@@ -439,4 +441,14 @@ def _gpu_stages(
         except EdgemedError as exc:
             log.info("preprocessing on the CPU: %s", exc.message)
             return None
+    gpu = getattr(backend, "gpu", None)
+    if gpu is not None:  # the engine's GPU: can its kernels be loaded at all?
+        from edgemed.cuda.kernels import kernels_unavailable
+
+        missing = kernels_unavailable(cubin_dir, "sm_" + gpu.info.cc.replace(".", ""))
+        if missing and mode == "auto":
+            log.warning("preprocessing on the CPU: %s", missing)
+            return None
+        if missing:
+            raise BackendError(missing, code="GPU_TOOLCHAIN")
     return CudaStages(bundle, spec, backend, batch_size, cubin_dir)

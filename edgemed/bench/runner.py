@@ -616,8 +616,14 @@ def run_bench(
             for batch in opts.batches:
                 pipe = Pipeline(bundle, backend, batch_size=batch)
                 if pipe.batch_size != batch:
+                    takes = (
+                        f"at most {pipe.batch_size} (its engine's profile: rebuild with "
+                        "`edgemed build --batch 1:OPT:MAX`)"
+                        if backend.max_batch is not None
+                        else f"exactly {pipe.batch_size}"
+                    )
                     raise UsageError(
-                        f"the model takes batches of exactly {pipe.batch_size}, not {batch}",
+                        f"the model takes batches of {takes}, not {batch}",
                         code="USAGE_BATCH_FIXED",
                     )
                 for i, inp in enumerate(inputs):

@@ -16,6 +16,7 @@ without it.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgemed._lazy import require
-from edgemed.cuda.build import KERNEL_DIR
+from edgemed.cuda.build import KERNEL_DIR, kernel_sources
 from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, cuda_errors
 from edgemed.cuda.packing import (
     POST_SLICE_DTYPE,
@@ -45,7 +46,12 @@ from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec
 
-__all__ = ["default_kernel_cache", "CudaPreprocessor", "CudaSegmentPostprocessor"]
+__all__ = [
+    "default_kernel_cache",
+    "kernels_unavailable",
+    "CudaPreprocessor",
+    "CudaSegmentPostprocessor",
+]
 
 _ALIGN = 256  # offsets inside the staging buffer: device allocations are 256-aligned
 
@@ -70,6 +76,26 @@ def default_kernel_cache() -> Path:
     return Path.home() / ".cache" / "edgemed" / "kernels"
 
 
+def kernels_unavailable(cubin_dir: str | os.PathLike[str] | None, arch: str) -> str:
+    """Why the kernels cannot be loaded for ``arch`` (``sm_87``) here; ``""`` if they can.
+
+    They load from cubins that ``edgemed build`` stored for this architecture, or are
+    compiled by pycuda, which needs nvcc. A device image often has neither compiler nor
+    cubins (engines built elsewhere): say so before any work is queued.
+    """
+    if cubin_dir is not None and all(
+        (Path(cubin_dir) / f"{src.stem}.{arch}.cubin").is_file() for src in kernel_sources()
+    ):
+        return ""
+    if shutil.which("nvcc") is not None:
+        return ""
+    where = f" in {cubin_dir}" if cubin_dir is not None else ""
+    return (
+        f"no CUDA kernel cubins for {arch}{where} and no nvcc on PATH to compile them "
+        "(run `edgemed build` where nvcc is, or preprocess on the CPU)"
+    )
+
+
 def _load_module(
     stem: str,
     cubin_dir: str | os.PathLike[str] | None,
@@ -87,6 +113,9 @@ def _load_module(
             # write it (the engine cache above is checked when its engine loads).
             check_private(cubin.parent, cubin, what="a CUDA cubin")
             return cuda.module_from_file(str(cubin))
+    missing = kernels_unavailable(cubin_dir, arch)
+    if missing:
+        raise BackendError(missing, code="GPU_TOOLCHAIN")
     compiler = require("pycuda.compiler", "gpu", purpose="compiling the CUDA kernels")
     source = (KERNEL_DIR / f"{stem}.cu").read_text()
     cache = Path(kernel_cache) if kernel_cache is not None else default_kernel_cache()
@@ -103,6 +132,8 @@ def _load_module(
         )
     except cuda.CompileError as exc:  # a broken toolchain, not a broken GPU context
         raise BackendError(f"compiling {stem}.cu: {exc}", code="GPU_KERNEL_BUILD") from exc
+    except OSError as exc:  # nvcc could not be run at all (pytools' ExecError)
+        raise BackendError(f"compiling {stem}.cu: {exc}", code="GPU_TOOLCHAIN") from exc
 
 
 class _Staging:

@@ -10,6 +10,7 @@ kernels and TensorRT's numerics (tests/engine/test_engine_gpu.py, on a GPU).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from edgemed.backends.tensorrt import TensorRTBackend
 from edgemed.bundle import Bundle
 from edgemed.cli import main
 from edgemed.engine.builder import BuildOptions, build_engine
-from edgemed.errors import BackendError
+from edgemed.errors import BackendError, UsageError
 from edgemed.pipeline import Pipeline, demo_bundle
 
 IN = 3 * 256 * 256 * 4  # bytes of one input slice (float32)
@@ -411,3 +412,71 @@ def test_device_output_after_close_is_backend_closed(standin_gpu, demo):
     with pytest.raises(BackendError) as e:
         be.device_output("logits")
     assert e.value.code == "BACKEND_CLOSED"
+
+
+# -- where preprocessing runs beside TensorRT, and edgemed bench on TensorRT ----------------
+
+
+def _without_nvcc(monkeypatch) -> None:
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in path if not Path(p, "nvcc").exists()))
+
+
+def test_auto_preprocesses_on_the_cpu_where_kernels_cannot_load(
+    standin_gpu, demo_copy, ct_small_path, monkeypatch, caplog
+):
+    """A device image with engines built elsewhere: no stored cubins, no nvcc."""
+    build(Bundle.load(demo_copy))
+    _without_nvcc(monkeypatch)
+    with Pipeline.from_bundle(demo_copy, "tensorrt") as pipe:  # preprocess="auto"
+        result = pipe(ct_small_path)
+    assert result.provenance["preprocess_device"] == "cpu"
+    assert any("no CUDA kernel cubins for sm_90" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendError) as e:  # asked for explicitly: refused, not replaced
+        Pipeline.from_bundle(demo_copy, "tensorrt", preprocess="cuda")
+    assert e.value.code == "GPU_TOOLCHAIN" and "edgemed build" in e.value.message
+
+
+def test_bench_on_tensorrt_reports_copies_and_device_times(standin_gpu, demo_copy, monkeypatch):
+    from edgemed.bench.inputs import synthetic
+    from edgemed.bench.runner import BenchOptions, run_bench
+
+    build(Bundle.load(demo_copy))
+    _without_nvcc(monkeypatch)  # no kernels here: bench's pipeline preprocesses on the CPU
+    opts = BenchOptions(
+        backend="tensorrt", precisions=("fp32",), batches=(1, 8), iterations=2, warmup=1,
+        windows=2, time_cap_s=2.0,
+    )  # fmt: skip
+    doc = run_bench(demo_copy, [synthetic((64, 64))], opts)
+    assert [(c["backend"], c["batch"]) for c in doc["configs"]] == [
+        ("tensorrt", 1),
+        ("tensorrt", 8),
+    ]
+    for c in doc["configs"]:
+        assert c["stages"]["h2d"]["count"] >= 2 and c["stages"]["d2h"]["count"] >= 2
+        # CUDA-event times next to the host's, per stage (the stand-in's events tick too)
+        assert set(c["device_stages"]) == {"h2d", "infer", "d2h"}
+        assert all(s["count"] >= 2 for s in c["device_stages"].values())
+        assert c["accuracy"]["is_reference"] and c["accuracy"]["pixel_agreement"] == 1.0
+    with pytest.raises(UsageError) as e:  # the default profile is 1:8:8
+        run_bench(demo_copy, [synthetic((64, 64))], dataclasses.replace(opts, batches=(16,)))
+    assert e.value.code == "USAGE_BATCH_FIXED" and "at most 8" in e.value.message
+
+
+def test_doctor_says_where_auto_preprocesses_and_why(standin_gpu, demo, monkeypatch):
+    from edgemed.cuda.build import kernel_sources
+    from edgemed.doctor import backend_facts
+
+    build(demo)
+    _without_nvcc(monkeypatch)
+    facts = backend_facts(demo)
+    assert facts["auto"] == "tensorrt"
+    assert (
+        facts["preprocess"] == "cpu"
+        and "no CUDA kernel cubins for sm_90" in facts["preprocess_reason"]
+    )
+    kernels = demo.root / "engines" / "kernels"  # what `edgemed build` stores with nvcc
+    kernels.mkdir(mode=0o700)
+    for src in kernel_sources():
+        (kernels / f"{src.stem}.sm_90.cubin").write_bytes(b"cubin")
+    assert backend_facts(demo)["preprocess"] == "cuda"
