@@ -35,3 +35,28 @@ def standin_gpu(monkeypatch):
     sim.trt = install(monkeypatch, sim)
     monkeypatch.delenv("EDGEMED_ENGINE_CACHE", raising=False)
     return sim
+
+
+@pytest.fixture(scope="session")
+def host_kernel_library(tmp_path_factory):
+    """edgemed's ``.cu`` kernels built for the host by g++ (``edgemed.cuda.host``)."""
+    import shutil
+
+    from edgemed.cuda.build import build_host_library
+    from edgemed.cuda.host import HostKernels
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed: the host build of the kernels needs it")
+    return HostKernels(build_host_library(tmp_path_factory.mktemp("kernels-host")))
+
+
+@pytest.fixture
+def standin_gpu_with_kernels(monkeypatch, host_kernel_library):
+    """:func:`standin_gpu` whose pycuda also loads and runs edgemed's CUDA kernels (their
+    host build), so the whole GPU pipeline runs: kernels -> engine -> kernels."""
+    from standin_trt import Sim, install
+
+    sim = Sim()
+    sim.trt = install(monkeypatch, sim, host_kernel_library)
+    monkeypatch.delenv("EDGEMED_ENGINE_CACHE", raising=False)
+    return sim

@@ -216,9 +216,13 @@ def make_pycuda(sim: Sim) -> dict[str, types.ModuleType]:
             self.t: float | None = None
 
         def record(self, stream=None) -> Event:
-            self.t = None
+            self.t, self.stream = None, stream
             on(stream, lambda: setattr(self, "t", time.perf_counter()))
             return self
+
+        def synchronize(self) -> None:  # waits for its stream (at least up to the record)
+            if self.t is None and getattr(self, "stream", None) is not None:
+                self.stream.synchronize()
 
         def time_since(self, start: Event) -> float:
             if self.t is None or start.t is None:
@@ -596,9 +600,58 @@ def make_tensorrt(sim: Sim, drv: types.ModuleType) -> types.ModuleType:
     return trt
 
 
-def install(monkeypatch, sim: Sim) -> types.ModuleType:
-    """Put the stand-ins into ``sys.modules`` (``monkeypatch`` undoes it); returns tensorrt."""
+def add_kernels(modules: dict[str, types.ModuleType], sim: Sim, host: Any) -> None:
+    """Let the stand-in pycuda load and launch edgemed's kernels: ``host`` is
+    :class:`edgemed.cuda.host.HostKernels` (the same ``.cu`` sources built by g++), whose
+    bodies then run on the stand-in's "device memory" in stream order, as on a GPU.
+    Every pointer a launch passes must lie in a live GPU-visible allocation."""
+    drv = modules["pycuda.driver"]
+    drv.CompileError = type("CompileError", (drv.Error,), {})
+    drv.Context.get_device = staticmethod(lambda: drv.Device(0))
+
+    class Function:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __call__(self, *args, grid, block, stream=None) -> None:
+            ptrs = [int(a) for a in args]
+            sim.count("kernel")
+
+            def run() -> None:
+                for a, p in zip(args, ptrs, strict=True):
+                    if isinstance(a, np.uintp):  # a pointer (np.int32: a stage number)
+                        drv.check(p, 1)
+                launch = host._seg if self.name.startswith("em_segment") else host._pre
+                if launch(self.name.encode(), *grid, *block, *ptrs) != 0:
+                    raise _Fault(f"kernel {self.name} failed")
+
+            stream.enqueue(run) if stream is not None else run()
+
+    class Module:
+        def get_function(self, name: str) -> Function:
+            return Function(name)
+
+    def memset(dst, value: int, n: int, stream=None) -> None:
+        def run() -> None:
+            drv.check(int(dst), n)
+            ctypes.memset(int(dst), value, n)
+
+        stream.enqueue(run) if stream is not None else run()
+
+    drv.memset_d8_async = memset
+    drv.module_from_file = lambda path: (sim.count("module_from_file"), Module())[1]
+    compiler = types.ModuleType("pycuda.compiler")
+    compiler.SourceModule = lambda source, **kw: (sim.count("compile"), Module())[1]
+    modules["pycuda"].compiler = compiler
+    modules["pycuda.compiler"] = compiler
+
+
+def install(monkeypatch, sim: Sim, host: Any = None) -> types.ModuleType:
+    """Put the stand-ins into ``sys.modules`` (``monkeypatch`` undoes it); returns tensorrt.
+    With ``host`` (see :func:`add_kernels`), the CUDA kernels run too."""
     modules = make_pycuda(sim)
+    if host is not None:
+        add_kernels(modules, sim, host)
     trt = make_tensorrt(sim, modules["pycuda.driver"])
     for name, module in {**modules, "tensorrt": trt}.items():
         monkeypatch.setitem(sys.modules, name, module)
