@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
             help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
         )
         sp.add_argument(
+            "--cuda-graphs",
+            action="store_true",
+            help="TensorRT: replay a CUDA graph while calls keep one shape",
+        )
+        sp.add_argument(
             "--any-modality",
             action="store_true",
             help="run DICOM inputs whose Modality the bundle does not list (refused, "
@@ -117,6 +122,7 @@ def _pipeline(args: argparse.Namespace, bundle: str | Path):
         preprocess=args.preprocess,
         engine_cache=args.engine_cache or settings.engine_cache,
         check_modality=not args.any_modality,
+        cuda_graphs=args.cuda_graphs,
     )
 
 

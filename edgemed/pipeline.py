@@ -191,6 +191,7 @@ class Pipeline:
         preprocess: str = "auto",
         engine_cache: str | os.PathLike[str] | None = None,
         check_modality: bool = True,
+        cuda_graphs: bool = False,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
@@ -212,9 +213,19 @@ class Pipeline:
                 ``edgemed build`` also stores the compiled kernels.
             check_modality: refuse DICOM inputs whose Modality the bundle does not
                 list (``INPUT_MODALITY``); False runs them anyway.
+            cuda_graphs: TensorRT: replay a captured CUDA graph while consecutive calls
+                have one shape (less launch overhead for small models; no effect when
+                ``auto`` picks ONNX Runtime).
         """
         bundle = Bundle.load(path, trusted_key=trusted_key)
-        chosen = create_backend(backend, bundle, precision, threads, engine_cache=engine_cache)
+        chosen = create_backend(
+            backend,
+            bundle,
+            precision,
+            threads,
+            engine_cache=engine_cache,
+            cuda_graphs=cuda_graphs,
+        )
         try:
             return cls(
                 bundle,

@@ -29,10 +29,12 @@ class BackendOptions:
     Attributes:
         threads: ONNX Runtime intra-op threads (None: cores, at most 8).
         engine_cache: TensorRT engine cache directory (None: ``<bundle>/engines``).
+        cuda_graphs: TensorRT: capture a CUDA graph for repeated calls of one shape.
     """
 
     threads: int | None = None
     engine_cache: str | os.PathLike[str] | None = None
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,22 @@ def create_backend(
     threads: int | None = None,
     *,
     engine_cache: str | os.PathLike[str] | None = None,
+    cuda_graphs: bool = False,
 ) -> Backend:
     """Create backend ``name`` (or the best one, for ``auto``) for the bundle's artifact.
 
+    ``cuda_graphs`` is a TensorRT option: with ``auto`` choosing ONNX Runtime it has no
+    effect (logged); asked of a named backend other than TensorRT it is an error.
+
     Raises:
-        UsageError: unknown backend name.
+        UsageError: unknown backend name, or CUDA graphs asked of a backend without them.
         BundleError: the bundle has no artifact of that precision.
         BackendError: the named backend cannot run here (``BACKEND_UNAVAILABLE``).
     """
     bundle.artifact("onnx", precision)  # BUNDLE_ARTIFACT_MISSING before anything else
-    options = BackendOptions(threads=threads, engine_cache=engine_cache)
+    if cuda_graphs and name not in ("auto", "tensorrt"):
+        raise UsageError(f"CUDA graphs are a TensorRT option; backend {name} has none")
+    options = BackendOptions(threads=threads, engine_cache=engine_cache, cuda_graphs=cuda_graphs)
     if name == "auto":
         skipped: list[str] = []
         for candidate in BACKENDS:
@@ -90,6 +98,8 @@ def create_backend(
                     "; ".join(skipped) if skipped else f"{candidate} is available"
                 )
                 log.info("backend %s chosen (%s)", candidate, backend.reason)
+                if cuda_graphs and candidate != "tensorrt":
+                    log.info("CUDA graphs not used: %s has none", candidate)
                 return backend
             skipped.append(f"{candidate} not used: {why_not}")
         raise BackendError(
@@ -126,7 +136,9 @@ def _trt_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Bac
 
     # The engine is never built here (minutes on a Jetson): `edgemed build` does that,
     # explicitly, into the same cache.
-    return TensorRTBackend.from_bundle(bundle, precision, cache_dir=options.engine_cache)
+    return TensorRTBackend.from_bundle(
+        bundle, precision, cache_dir=options.engine_cache, cuda_graphs=options.cuda_graphs
+    )
 
 
 register("tensorrt", _trt_probe, _trt_factory)

@@ -287,6 +287,7 @@ class TensorRTBackend(Backend):
         d = super().info()
         if self.engine_path is not None:
             d["engine"] = self.engine_path.name
+        d["cuda_graphs"] = self._cuda_graphs
         return d
 
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:

@@ -513,3 +513,27 @@ def test_gpu_pipeline_kernels_write_the_engine_input_and_read_its_output(
         # only at near-ties (tests/kernels checks which pixels); here all but a handful.
         assert (g.mask == r.mask).mean() >= 0.9999
     assert len(np.unique(refs[0].mask)) >= 4
+
+
+def test_pipeline_cuda_graphs_replay_with_cuda_preprocessing(
+    standin_gpu_with_kernels, demo_copy, ct_small_path
+):
+    """--cuda-graphs through the pipeline: the engine's launch is captured on the second
+    same-shape call and replayed after, with the kernels writing its input each time."""
+    sim = standin_gpu_with_kernels
+    build(Bundle.load(demo_copy))
+    with Pipeline.from_bundle(demo_copy, "tensorrt", preprocess="cuda") as plain:
+        want = plain(ct_small_path).mask
+    with Pipeline.from_bundle(demo_copy, "tensorrt", preprocess="cuda", cuda_graphs=True) as pipe:
+        results = [pipe(ct_small_path) for _ in range(4)]
+    assert (sim.n("begin_capture"), sim.n("graph_launch")) == (1, 2)  # captured at call 2
+    for r in results:
+        np.testing.assert_array_equal(r.mask, want)
+        assert r.provenance["cuda_graphs"] is True
+
+
+def test_cuda_graphs_are_a_tensorrt_option(demo_copy):
+    with pytest.raises(UsageError):
+        Pipeline.from_bundle(demo_copy, "onnxruntime", cuda_graphs=True)
+    with Pipeline.from_bundle(demo_copy, "auto", cuda_graphs=True) as pipe:  # ORT here
+        assert pipe.backend.name == "onnxruntime"
