@@ -79,6 +79,8 @@ if "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then
     # TensorRT and ONNX Runtime side by side (separate runs: bench takes one backend).
     "$PYTHON" -m edgemed.cli bench "$work/demo" --backend tensorrt --batch 1 8 \
         --out "${BENCH_OUT:-gpu-bench}/tensorrt" --quiet || { [[ $status -ne 0 ]] || status=$?; }
+    "$PYTHON" -m edgemed.cli bench "$work/demo" --backend tensorrt --batch 1 --cuda-graphs \
+        --out "${BENCH_OUT:-gpu-bench}/tensorrt-graphs" --quiet || { [[ $status -ne 0 ]] || status=$?; }
     "$PYTHON" -m edgemed.cli bench "$work/demo" --backend onnxruntime --batch 1 8 \
         --out "${BENCH_OUT:-gpu-bench}/onnxruntime" --quiet || { [[ $status -ne 0 ]] || status=$?; }
 else

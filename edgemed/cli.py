@@ -472,6 +472,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DIR",
         help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
     )
+    a("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs (one shape)")
     a("--no-plots", action="store_true", help="skip the PNG plots")
     a("--quiet", action="store_true", help="no progress bar")
 
@@ -511,6 +512,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.threads
         else args.settings.ort_threads,
         engine_cache=args.engine_cache or args.settings.engine_cache,
+        cuda_graphs=args.cuda_graphs,
     )
     sizes = [parse_size(s) for s in args.synthetic]  # usage errors before any reading
     inputs = [from_path(p, i + 1) for i, p in enumerate(args.input)]

@@ -107,6 +107,7 @@ class BenchOptions:
             configuration stops, reported unstable.
         threads: ONNX Runtime threads (``None``: the backend's default).
         engine_cache: TensorRT engine cache (``None``: ``<bundle>/engines``).
+        cuda_graphs: TensorRT: replay a CUDA graph while calls keep one shape.
     """
 
     backend: str = "auto"
@@ -119,6 +120,7 @@ class BenchOptions:
     time_cap_s: float = 6.0
     threads: int | None = None
     engine_cache: str | os.PathLike[str] | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -147,6 +149,7 @@ class BenchOptions:
         return {
             "backend": self.backend,
             "engine_cache": None if self.engine_cache is None else str(self.engine_cache),
+            "cuda_graphs": self.cuda_graphs,
             "precisions": list(self.precisions) if self.precisions else None,
             "batches": list(self.batches),
             "iterations": self.iterations,
@@ -529,6 +532,7 @@ def _run_config(
         # Where the end-to-end pipeline preprocessed (the per-stage pass uses the CPU
         # reference functions, so with "cuda" its preprocess figure is the CPU's).
         "preprocess_device": pipe.preprocess_device,
+        "cuda_graphs": bool(info.get("cuda_graphs", False)),
         "precision": info["precision"],
         "batch": batch,
         "images_per_call": images,
@@ -610,7 +614,12 @@ def run_bench(
     configs: list[dict[str, Any]] = []
     for precision in precisions:
         backend = create_backend(
-            opts.backend, bundle, precision, opts.threads, engine_cache=opts.engine_cache
+            opts.backend,
+            bundle,
+            precision,
+            opts.threads,
+            engine_cache=opts.engine_cache,
+            cuda_graphs=opts.cuda_graphs,
         )
         try:
             for batch in opts.batches:

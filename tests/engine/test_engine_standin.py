@@ -458,9 +458,25 @@ def test_bench_on_tensorrt_reports_copies_and_device_times(standin_gpu, demo_cop
         assert set(c["device_stages"]) == {"h2d", "infer", "d2h"}
         assert all(s["count"] >= 2 for s in c["device_stages"].values())
         assert c["accuracy"]["is_reference"] and c["accuracy"]["pixel_agreement"] == 1.0
+    assert not any(c["cuda_graphs"] for c in doc["configs"])
+    _valid_bench_json(doc)
     with pytest.raises(UsageError) as e:  # the default profile is 1:8:8
         run_bench(demo_copy, [synthetic((64, 64))], dataclasses.replace(opts, batches=(16,)))
     assert e.value.code == "USAGE_BATCH_FIXED" and "at most 8" in e.value.message
+    # --cuda-graphs: the measured calls (one shape) replay the captured graph.
+    doc = run_bench(demo_copy, [synthetic((64, 64))], dataclasses.replace(opts, cuda_graphs=True))
+    assert all(c["cuda_graphs"] for c in doc["configs"]) and doc["settings"]["cuda_graphs"]
+    assert standin_gpu.n("graph_launch") >= 4
+    _valid_bench_json(doc)
+
+
+def _valid_bench_json(doc) -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads(resources.files("edgemed").joinpath("data/bench.schema.json").read_text())
+    jsonschema.validate(json.loads(json.dumps(doc)), schema)
 
 
 def test_doctor_says_where_auto_preprocesses_and_why(standin_gpu, demo, monkeypatch):
