@@ -649,8 +649,7 @@ def _build_kernels(out: Path, device: int) -> str:
 
     if shutil.which("nvcc") is None:
         return "nvcc not found: compiled by pycuda at first use (needs nvcc then)"
-    major, minor = query_device(device).compute_capability
-    paths = build_cubin(out, f"sm_{major}{minor}")
+    paths = build_cubin(out, query_device(device).arch)
     return ", ".join(str(p) for p in paths)
 
 

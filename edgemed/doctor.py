@@ -176,7 +176,7 @@ def _preprocess_choice(bundle: Any, backend: str | None) -> tuple[str, str]:
         return "cpu", f"beside {backend or 'no backend'} the CPU path is used"
     try:
         check_preprocess_spec(bundle.preprocess)
-        arch = "sm_" + query_device(0).cc.replace(".", "")
+        arch = query_device(0).arch
     except EdgemedError as exc:
         return "cpu", exc.message
     missing = kernels_unavailable(EngineCache.for_bundle(bundle).kernel_dir, arch)

@@ -456,7 +456,7 @@ def _gpu_stages(
     if gpu is not None:  # the engine's GPU: can its kernels be loaded at all?
         from edgemed.cuda.kernels import kernels_unavailable
 
-        missing = kernels_unavailable(cubin_dir, "sm_" + gpu.info.cc.replace(".", ""))
+        missing = kernels_unavailable(cubin_dir, gpu.info.arch)
         if missing and mode == "auto":
             log.warning("preprocessing on the CPU: %s", missing)
             return None

@@ -108,6 +108,11 @@ class DeviceInfo:
         """Compute capability as ``"major.minor"`` (cache keys use this form)."""
         return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
 
+    @property
+    def arch(self) -> str:
+        """The nvcc architecture, ``sm_<major><minor>`` (cubin file names use it)."""
+        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+
 
 def query_device(ordinal: int = 0) -> DeviceInfo:
     """Describe GPU ``ordinal`` without creating a context.

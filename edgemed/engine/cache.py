@@ -332,9 +332,9 @@ class EngineCache:
                 ``ENGINE_INCOMPATIBLE`` (engines exist, but for another GPU or TensorRT
                 version, or another profile when ``any_profile`` is False).
         """
-        relaxed: tuple[str, ...] = ("profile", "hardware_compat", "version_compat")
-        if not any_profile:
-            relaxed = ()
+        relaxed: tuple[str, ...] = (
+            ("profile", "hardware_compat", "version_compat") if any_profile else ()
+        )
         same_model: list[tuple[EngineKey, dict[str, Any]]] = []
         usable: list[tuple[EngineKey, dict[str, Any]]] = []
         for key, data in self.entries():

@@ -29,10 +29,14 @@ def standin_gpu(monkeypatch):
 
     Returns the :class:`standin_trt.Sim` (change its GPU before use; ``sim.trt`` is the
     stand-in ``tensorrt`` module, whose ``__version__`` may be changed too)."""
+    return _standin(monkeypatch)
+
+
+def _standin(monkeypatch, host_kernels=None):
     from standin_trt import Sim, install
 
     sim = Sim()
-    sim.trt = install(monkeypatch, sim)
+    sim.trt = install(monkeypatch, sim, host_kernels)
     monkeypatch.delenv("EDGEMED_ENGINE_CACHE", raising=False)
     return sim
 
@@ -54,9 +58,4 @@ def host_kernel_library(tmp_path_factory):
 def standin_gpu_with_kernels(monkeypatch, host_kernel_library):
     """:func:`standin_gpu` whose pycuda also loads and runs edgemed's CUDA kernels (their
     host build), so the whole GPU pipeline runs: kernels -> engine -> kernels."""
-    from standin_trt import Sim, install
-
-    sim = Sim()
-    sim.trt = install(monkeypatch, sim, host_kernel_library)
-    monkeypatch.delenv("EDGEMED_ENGINE_CACHE", raising=False)
-    return sim
+    return _standin(monkeypatch, host_kernel_library)

@@ -55,6 +55,11 @@ def live(sim, kind: str) -> list[int]:
     return sorted(n for n, k, _ in sim.mem.values() if k == kind)
 
 
+def _without_nvcc(monkeypatch) -> None:
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in path if not Path(p, "nvcc").exists()))
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -66,9 +71,7 @@ def test_cli_build_writes_private_plan_sidecar_and_reused_timing_cache(
     standin_gpu, demo_copy, capsys, monkeypatch
 ):
     sim = standin_gpu
-    # No nvcc on PATH: `edgemed build` then skips compiling kernels (minutes, not our subject).
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    monkeypatch.setenv("PATH", os.pathsep.join(p for p in path if not Path(p, "nvcc").exists()))
+    _without_nvcc(monkeypatch)  # `edgemed build` then skips compiling kernels (not our subject)
     assert main(["build", str(demo_copy)]) == 0
     out = capsys.readouterr().out
     assert "building fp32 engine for NVIDIA H100 80GB HBM3 (cc 9.0), TensorRT 10.13.0.35" in out
@@ -118,7 +121,8 @@ def test_engine_cache_dir_is_private_whatever_the_umask(standin_gpu, demo):
         result, _ = build(demo)
     finally:
         os.umask(old)
-    TensorRTBackend.from_bundle(demo, "fp32").close()  # ENGINE_INTEGRITY: engines/ is 0775
+    # Loads: under umask 002 a 0775 engines/ would be refused (ENGINE_INTEGRITY).
+    TensorRTBackend.from_bundle(demo, "fp32").close()
     assert mode(result.plan_path.parent) == 0o700
 
 
@@ -415,11 +419,6 @@ def test_device_output_after_close_is_backend_closed(standin_gpu, demo):
 
 
 # -- where preprocessing runs beside TensorRT, and edgemed bench on TensorRT ----------------
-
-
-def _without_nvcc(monkeypatch) -> None:
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    monkeypatch.setenv("PATH", os.pathsep.join(p for p in path if not Path(p, "nvcc").exists()))
 
 
 def test_auto_preprocesses_on_the_cpu_where_kernels_cannot_load(
