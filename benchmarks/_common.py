@@ -26,7 +26,7 @@ import numpy as np
 from edgemed.bench.monitor import cpu_model
 from edgemed.bench.runner import label_dice
 from edgemed.bench.stats import summarize
-from edgemed.io.writers import atomic_write, write_json
+from edgemed.fsutil import atomic_write, write_json
 
 __all__ = [
     "REPO",

@@ -95,7 +95,7 @@ class GpuTimer:
         import pycuda.driver as cuda
 
         from edgemed.cuda.device import CudaDevice, DeviceBuffer
-        from edgemed.cuda.kernels import CudaPreprocessor, CudaSegmentPostprocessor
+        from edgemed.cuda.launchers import CudaPreprocessor, CudaSegmentPostprocessor
 
         self.cuda = cuda
         self.device = CudaDevice.open(0)

@@ -40,7 +40,7 @@ from typing import Any
 
 from edgemed import signing
 from edgemed.errors import BundleError
-from edgemed.io.writers import write_json
+from edgemed.fsutil import sha256_file, write_json
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.spec import PreprocessSpec
 from edgemed.settings import trusted_key_path
@@ -52,7 +52,6 @@ __all__ = [
     "Artifact",
     "Bundle",
     "TensorInfo",
-    "sha256_file",
     "write_manifest",
 ]
 
@@ -89,15 +88,6 @@ def _stays_inside(path: str) -> bool:
     """True for a relative artifact path that cannot leave the bundle directory."""
     rel = Path(path)
     return not rel.is_absolute() and ".." not in rel.parts
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

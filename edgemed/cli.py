@@ -127,7 +127,8 @@ def _pipeline(args: argparse.Namespace, bundle: str | Path):
 
 
 def _write_outputs(result, out: Path) -> list[Path]:
-    from edgemed.io.writers import write_json, write_mask_nifti, write_overlay_png
+    from edgemed.fsutil import write_json
+    from edgemed.io.writers import write_mask_nifti, write_overlay_png
 
     written = []
     if result.mask is not None:
@@ -194,7 +195,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edgemed.io.writers import write_json
+    from edgemed.fsutil import write_json
     from edgemed.pipeline import demo_bundle
 
     out = Path(args.out)
@@ -557,7 +558,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- TensorRT engines: build, doctor (edgemed.engine, edgemed.doctor; `gpu` extra) ------
+# -- TensorRT engines: build, doctor (edgemed.backends.tensorrt, edgemed.doctor; `gpu` extra) ------
 
 
 def _engine_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -604,9 +605,9 @@ def _engine_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
+    from edgemed.backends.tensorrt.cache import EngineCache
     from edgemed.bundle import Bundle
-    from edgemed.engine.builder import BuildOptions, build_engine
-    from edgemed.engine.cache import EngineCache
 
     ranges: dict[str, str] = {}
     for item in args.dim:
@@ -683,8 +684,8 @@ def _apply_reader_caps(settings: Settings) -> None:
     """EDGEMED_MAX_* settings become the readers' caps for this process."""
     import edgemed.io.read as reader
 
-    for name, value in settings.reader_caps.items():
-        setattr(reader, name, value)
+    for name, value in vars(settings.limits).items():
+        setattr(reader, name.upper(), value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

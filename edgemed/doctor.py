@@ -166,10 +166,10 @@ def _preprocess_choice(bundle: Any, backend: str | None) -> tuple[str, str]:
     """Where ``--preprocess auto`` would preprocess beside ``backend``, and why (the
     pipeline's rule: the CUDA kernels beside TensorRT when they support the spec and
     can be loaded: cubins in the bundle's engine cache, or nvcc)."""
+    from edgemed.backends.tensorrt.cache import EngineCache
     from edgemed.cuda.device import query_device
-    from edgemed.cuda.kernels import kernels_unavailable
+    from edgemed.cuda.launchers import kernels_unavailable
     from edgemed.cuda.packing import check_preprocess_spec
-    from edgemed.engine.cache import EngineCache
     from edgemed.errors import EdgemedError
 
     if backend != "tensorrt":

@@ -29,8 +29,8 @@ import numpy as np
 from edgemed import postprocess as post
 from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
+from edgemed.backends.tensorrt.cache import EngineCache
 from edgemed.bundle import Bundle
-from edgemed.engine.cache import EngineCache
 from edgemed.errors import BackendError, InputError, UsageError
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import Placement, allocate, preprocess
@@ -454,7 +454,7 @@ def _gpu_stages(
             return None
     gpu = getattr(backend, "gpu", None)
     if gpu is not None:  # the engine's GPU: can its kernels be loaded at all?
-        from edgemed.cuda.kernels import kernels_unavailable
+        from edgemed.cuda.launchers import kernels_unavailable
 
         missing = kernels_unavailable(cubin_dir, gpu.info.arch)
         if missing and mode == "auto":

@@ -25,13 +25,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-__all__ = ["READER_CAPS", "Settings", "load_settings", "trusted_key_path"]
+from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
 
-#: Caps of edgemed.io.read that EDGEMED_<NAME> overrides (positive integers).
-READER_CAPS = ("MAX_FILE_BYTES", "MAX_DECOMPRESSED_BYTES", "MAX_FRAMES", "MAX_ELEMENTS")
+__all__ = [
+    "PRECISIONS",
+    "PREPROCESS_DEVICES",
+    "Options",
+    "Settings",
+    "load_settings",
+    "trusted_key_path",
+]
+
+#: Where preprocessing may run.
+PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
+#: Model variants a bundle may carry.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,8 @@ class Settings:
     id_salt: bytes | None = None
     trusted_key: Path | None = None
     engine_cache: Path | None = None
-    #: Reader caps to apply (name in :data:`READER_CAPS` -> value); empty: the defaults.
-    reader_caps: dict[str, int] = field(default_factory=dict)
+    #: The readers' caps (the defaults where no EDGEMED_MAX_* variable lowers them).
+    limits: ReaderLimits = field(default=DEFAULT_LIMITS)
 
 
 def trusted_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -63,7 +75,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     env = os.environ if environ is None else environ
     threads = _positive_int(env, "EDGEMED_ORT_THREADS")
-    caps = {name: value for name in READER_CAPS if (value := _positive_int(env, "EDGEMED_" + name))}
+    caps = {
+        attr: value
+        for var, attr in ReaderLimits.env_names().items()
+        if (value := _positive_int(env, var))
+    }
     level = env.get("EDGEMED_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")
@@ -83,7 +99,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backend=backend,
         id_salt=salt,
         trusted_key=trusted_key_path(env),
-        reader_caps=caps,
+        limits=replace(DEFAULT_LIMITS, **caps) if caps else DEFAULT_LIMITS,
     )
 
 
@@ -100,3 +116,87 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     if value <= 0:
         raise UsageError(f"{name} must be a positive integer, got {text!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a pipeline runs: one object from the caller down to the backend.
+
+    Build it with :meth:`resolve` (what was given, then ``EDGEMED_*``, then defaults);
+    the constructor alone reads no environment.
+
+    Attributes:
+        backend: ``auto`` or a registered backend name (``EDGEMED_BACKEND``).
+        precision: which artifact runs (``fp32``, ``fp16``, ``int8``); never substituted.
+        threads: CPU threads for ONNX Runtime (``EDGEMED_ORT_THREADS``; None: cores,
+            at most 8).
+        engine_cache: TensorRT engine cache (``EDGEMED_ENGINE_CACHE``; None:
+            ``<bundle>/engines``); the compiled CUDA kernels go beside the engines.
+        batch_size: most 2D slices per backend call.
+        preprocess: ``auto``, ``cpu`` or ``cuda`` (see :data:`PREPROCESS_DEVICES`).
+        cuda_graphs: replay a captured CUDA graph while calls keep one shape (a backend
+            option; only backends that declare it accept it).
+        check_modality: refuse DICOM inputs whose Modality the bundle does not list.
+        trusted_key: ed25519 public key (PEM path or bytes, or a key object) bundles
+            must be signed with (``EDGEMED_TRUSTED_KEY``; None: signatures optional).
+        id_salt: salt of the input ids in results and logs (``EDGEMED_ID_SALT``;
+            None: random per pipeline).
+        limits: the readers' caps (``EDGEMED_MAX_*``).
+    """
+
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None
+    engine_cache: Path | None = None
+    batch_size: int = 8
+    preprocess: str = "auto"
+    cuda_graphs: bool = False
+    check_modality: bool = True
+    trusted_key: Any = None
+    id_salt: bytes | None = None
+    limits: ReaderLimits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        from edgemed.errors import UsageError
+
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise UsageError("batch_size must be >= 1")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise UsageError("threads must be >= 1")
+        if self.preprocess not in PREPROCESS_DEVICES:
+            raise UsageError(
+                f"preprocess must be one of {PREPROCESS_DEVICES}, got {self.preprocess!r}"
+            )
+        if not isinstance(self.backend, str) or not self.backend:
+            raise UsageError("backend must be a backend name or 'auto'")
+        if self.engine_cache is not None and not isinstance(self.engine_cache, Path):
+            object.__setattr__(self, "engine_cache", Path(self.engine_cache))
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Options:
+        """Options from ``given`` (``None`` values count as not given), then the
+        ``EDGEMED_*`` variables of ``environ`` (``os.environ`` by default), then the
+        defaults. Bad variables raise ``UsageError``.
+        """
+        from edgemed.errors import UsageError
+
+        known = {f.name for f in fields(cls)}
+        unknown = set(given) - known
+        if unknown:
+            raise UsageError(f"unknown options {sorted(unknown)}")
+        s = load_settings(environ)
+        from_env: dict[str, Any] = {
+            "backend": s.backend,
+            "threads": s.ort_threads,
+            "engine_cache": s.engine_cache,
+            "trusted_key": s.trusted_key,
+            "id_salt": s.id_salt,
+            "limits": s.limits,
+        }
+        values = {k: v for k, v in from_env.items() if v is not None}
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (``None`` values leave a field as it is)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

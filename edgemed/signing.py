@@ -11,7 +11,7 @@ nothing, with one exception: the engine cache (``engines/``, or ``--cache DIR``)
 TensorRT plans built on the device, after signing. A plan is loaded only when its
 sidecar names the verified ONNX's sha256 and the plan's own sha256 matches, and the
 cache is trusted through its permissions (owned by this user, writable by no one else;
-see :mod:`edgemed.engine.cache`).
+see :mod:`edgemed.backends.tensorrt.cache`).
 
 Signing raw bytes rather than a canonical re-serialisation is deliberate: no JSON
 parser ever sees unverified bytes, every changed byte (even whitespace) is refused, and
@@ -312,7 +312,7 @@ def sign_bundle(
     """
     # Deferred: edgemed.bundle imports this module.
     from edgemed.bundle import Bundle
-    from edgemed.io.writers import atomic_write
+    from edgemed.fsutil import atomic_write
 
     private = load_private_key(key)
     root = Path(bundle_dir)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgemed.bundle import sha256_file
 from edgemed.errors import UsageError
+from edgemed.fsutil import sha256_file
 from edgemed.io import read_image
 from edgemed.io.read import detect_format
 from edgemed.pipeline import check_modality

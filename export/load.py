@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from edgemed._lazy import require
-from edgemed.bundle import sha256_file
 from edgemed.errors import ExportError, UsageError
+from edgemed.fsutil import sha256_file
 
 __all__ = ["LoadedModel", "load_model", "state_dict_sha256"]
 

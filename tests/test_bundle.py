@@ -18,8 +18,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgemed.bundle import SCHEMA_VERSION, Bundle, sha256_file, write_manifest
+from edgemed.bundle import SCHEMA_VERSION, Bundle, write_manifest
 from edgemed.errors import BundleError
+from edgemed.fsutil import sha256_file
 
 
 def _conv_model(seed: int = 0) -> bytes:

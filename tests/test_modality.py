@@ -23,7 +23,7 @@ from edgemed.bundle import Bundle
 from edgemed.errors import BundleError, InputError, UsageError
 from edgemed.export.calibration import collect
 from edgemed.export.config import ExportConfig
-from edgemed.io.writers import write_json
+from edgemed.fsutil import write_json
 
 MR = get_testdata_file("MR_small.dcm")
 

@@ -51,8 +51,8 @@ def test_tensorrt_pipeline_writes_into_the_engine_and_segments_on_the_gpu(
     gpu, ct_small_path, tmp_path
 ):
     pytest.importorskip("tensorrt", reason="tensorrt is not installed")
+    from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
     from edgemed.bundle import Bundle
-    from edgemed.engine.builder import BuildOptions, build_engine
 
     root = tmp_path / "demo"
     shutil.copytree(demo_bundle(), root)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgemed.errors import UsageError
+from edgemed.limits import ReaderLimits
 from edgemed.settings import load_settings
 
 
@@ -27,8 +28,9 @@ def test_bad_values_are_usage_errors(env):
 
 def test_reader_caps_parse_and_reject_bad_values():
     s = load_settings({"EDGEMED_MAX_FILE_BYTES": "1000", "EDGEMED_MAX_FRAMES": "8"})
-    assert s.reader_caps == {"MAX_FILE_BYTES": 1000, "MAX_FRAMES": 8}
-    assert load_settings({}).reader_caps == {}
+    assert (s.limits.max_file_bytes, s.limits.max_frames) == (1000, 8)
+    assert s.limits.max_elements == ReaderLimits().max_elements
+    assert load_settings({}).limits == ReaderLimits()
     with pytest.raises(UsageError):
         load_settings({"EDGEMED_MAX_ELEMENTS": "-1"})
 

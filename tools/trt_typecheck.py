@@ -13,7 +13,7 @@ What it does:
 2. Patch the three places where those stubs trip mypy: parameters named ``in`` (a
    keyword) are renamed ``in_``; ``add_scale_nd`` has a default before a non-default
    parameter (``channel_axis`` gets a default); ``import tensorrt_libs`` is dropped.
-3. Run mypy on ``edgemed/backends/tensorrt.py`` and ``edgemed/engine/`` (or on the
+3. Run mypy on ``edgemed/backends/tensorrt/backend.py`` and ``edgemed/backends/tensorrt/`` (or on the
    paths given) with ``mypy_path`` pointing at ``.typings`` and errors inside the stub
    modules ignored. ``tensorrt`` must resolve to the stubs: a missing stub is an error,
    never a silent ``Any``.
@@ -35,7 +35,7 @@ TYPINGS = ROOT / ".typings"
 STUBS = "tensorrt-stubs==10.13.0.35.1"
 PACKAGES = ("tensorrt", "tensorrt_bindings")
 MARKER = TYPINGS / f".{STUBS}.patched"
-DEFAULT_TARGETS = ("edgemed/backends/tensorrt.py", "edgemed/engine")
+DEFAULT_TARGETS = ("edgemed/backends/tensorrt",)
 
 MYPY_INI = """\
 [mypy]

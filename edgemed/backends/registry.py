@@ -126,13 +126,13 @@ def _ort_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Bac
 
 def _trt_probe(bundle: Bundle, precision: str, options: BackendOptions) -> str:
     # Lazily: the module imports tensorrt only inside its functions.
-    from edgemed.backends.tensorrt import probe as trt_probe
+    from edgemed.backends.tensorrt.backend import probe as trt_probe
 
     return trt_probe(bundle, precision, options.engine_cache)
 
 
 def _trt_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Backend:
-    from edgemed.backends.tensorrt import TensorRTBackend
+    from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     # The engine is never built here (minutes on a Jetson): `edgemed build` does that,
     # explicitly, into the same cache.

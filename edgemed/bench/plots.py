@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgemed._lazy import require
-from edgemed.io.writers import atomic_write
+from edgemed.fsutil import atomic_write
 
 __all__ = ["STAGE_COLOURS", "write_plots"]
 

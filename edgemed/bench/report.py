@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemed.bench.runner import STAGES
-from edgemed.io.writers import atomic_write, write_json
+from edgemed.fsutil import atomic_write, write_json
 
 __all__ = [
     "CSV_COLUMNS",

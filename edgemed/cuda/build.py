@@ -1,9 +1,9 @@
 """Compiling the kernel sources: cubins with nvcc, and a host library with g++.
 
-The kernels live in ``edgemed/preprocess/kernels/*.cu`` (:data:`KERNEL_DIR`, package
+The kernels live in ``edgemed/cuda/kernels/*.cu`` (:data:`KERNEL_DIR`, package
 data), each one translation unit. :func:`build_cubin` compiles them with nvcc for one
 GPU architecture (``edgemed build`` stores the cubins beside the engines; the launchers
-in :mod:`edgemed.cuda.kernels` load them). :func:`build_host_library` compiles the same
+in :mod:`edgemed.cuda.launchers` load them). :func:`build_host_library` compiles the same
 files as C++ through ``host_shim.h`` with g++ into one shared library, which
 :class:`edgemed.cuda.host.HostKernels` drives through ctypes, so the kernel bodies run,
 and are tested, without a GPU. Neither needs pycuda.
@@ -21,7 +21,7 @@ from edgemed.errors import BackendError
 __all__ = ["KERNEL_DIR", "kernel_sources", "build_cubin", "build_host_library"]
 
 #: Folder holding the ``.cu`` sources and their headers (package data).
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "preprocess" / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 
 
 def kernel_sources() -> list[Path]:
@@ -52,7 +52,7 @@ def build_cubin(
         werror: treat every nvcc and host-compiler warning as an error (the tests do).
 
     Returns:
-        The cubin paths. :class:`edgemed.cuda.kernels.CudaPreprocessor` loads them with
+        The cubin paths. :class:`edgemed.cuda.launchers.CudaPreprocessor` loads them with
         ``cubin_dir=out_dir``.
     """
     out = Path(out_dir)
@@ -109,7 +109,7 @@ def build_host_library(
     out.mkdir(parents=True, exist_ok=True)
     lib = out / f"libedgemed_kernels_{'asan_' if sanitize else ''}{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        from edgemed.io.writers import atomic_write
+        from edgemed.fsutil import atomic_write
 
         atomic_write(
             lib,

@@ -1,10 +1,10 @@
 """Kernel parameters and launch geometry: the C-struct mirrors and their packing.
 
-The kernels live in ``edgemed/preprocess/kernels/*.cu`` (their header comments state the
+The kernels live in ``edgemed/cuda/kernels/*.cu`` (their header comments state the
 arithmetic; it is :mod:`edgemed.preprocess.cpu`'s, step by step). This module packs the
 per-launch and per-slice parameter blocks (NumPy structured arrays laid out as the C
 structs in ``edgemed_kernels.h``) and chooses the launch geometry. It is pure NumPy,
-shared by the GPU launchers (:mod:`edgemed.cuda.kernels`) and the host build
+shared by the GPU launchers (:mod:`edgemed.cuda.launchers`) and the host build
 (:mod:`edgemed.cuda.host`), so tests exercise the very packing the GPU uses.
 
 Coordinates: OpenCV computes the bilinear source coordinate in float64 when its IPP code

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgemed.bundle import Bundle
 from edgemed.cuda.device import CudaDevice, DeviceBuffer, cuda_errors
-from edgemed.cuda.kernels import CudaPreprocessor, CudaSegmentPostprocessor
+from edgemed.cuda.launchers import CudaPreprocessor, CudaSegmentPostprocessor
 from edgemed.cuda.packing import check_preprocess_spec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec

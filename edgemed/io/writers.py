@@ -6,25 +6,20 @@ place, so a crash or a full disk never leaves a file that looks complete.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
-from edgemed.errors import OutputError
+from edgemed.fsutil import atomic_write
 from edgemed.io.image import MedicalImage
 
 __all__ = [
     "PALETTE",
-    "atomic_write",
     "nifti_affine",
     "render_overlay",
-    "write_json",
     "write_mask_nifti",
     "write_overlay_png",
 ]
@@ -41,47 +36,6 @@ PALETTE = [
     (0, 220, 220),  # 7 cyan
     (255, 105, 180),  # 8 pink
 ]
-
-
-def _fsync(path: str | os.PathLike[str], *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it.
-
-    Raises:
-        OutputError: ``OUTPUT_WRITE_FAILED`` (directory unwritable, disk full, ...).
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Keep the real suffix last: some writers pick the format from it. os.open with
-        # 0o666 lets the umask decide the final mode (mkstemp would leave 0600).
-        tmp = str(path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}")
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        write(tmp)
-        _fsync(tmp)  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        tmp = None
-        _fsync(path.parent, directory=True)  # and the rename survives a power cut
-    except OSError as exc:
-        raise OutputError(f"cannot write {path.name} ({exc.strerror or exc})", path=path) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def nifti_affine(image: MedicalImage) -> np.ndarray:

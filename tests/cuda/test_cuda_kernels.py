@@ -45,7 +45,7 @@ def device():
 
 def _preprocess_on_gpu(device, case, cubin_dir=None):
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     spec = case.spec
     n = len(case.raw)
@@ -88,7 +88,7 @@ def test_gpu_preprocessor_is_reusable_across_batches(device):
     """The pinned staging buffer is reused: the second, smaller batch must not see the
     first one's pixels or parameters."""
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     first, second = CASES["batch3-zscore-letterbox"], CASES["batch3-zscore-letterbox"]
     spec = first.spec
@@ -106,7 +106,7 @@ def test_gpu_preprocessor_is_reusable_across_batches(device):
 
 
 def test_gpu_preprocessor_refuses_what_the_kernel_lacks(device):
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     spec = PreprocessSpec(size=(64, 64), windows=(Window(40.0, 400.0),), edges=True)
     with device.active(), pytest.raises(UsageError) as exc:
@@ -118,7 +118,7 @@ def test_gpu_preprocessor_refuses_what_the_kernel_lacks(device):
 @pytest.mark.parametrize("name", sorted(segment_specs()))
 def test_gpu_segment_matches_cpu(device, name, logits_dtype):
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaSegmentPostprocessor
+    from edgemed.cuda.launchers import CudaSegmentPostprocessor
 
     logits, placements = demo_logits()
     logits = np.ascontiguousarray(logits.astype(logits_dtype))

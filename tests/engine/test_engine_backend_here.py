@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgemed.backends import create_backend
-from edgemed.backends.tensorrt import TensorRTBackend, _named_shape, probe
+from edgemed.backends.tensorrt.backend import TensorRTBackend, _named_shape, probe
 from edgemed.errors import BackendError, MissingDependencyError
 
 

@@ -10,9 +10,10 @@ import stat
 
 import pytest
 
-from edgemed.engine.cache import KEY_FIELDS, EngineCache, EngineKey, write_private
-from edgemed.engine.profiles import derive_profile
+from edgemed.backends.tensorrt.cache import KEY_FIELDS, EngineCache, EngineKey
+from edgemed.backends.tensorrt.profiles import derive_profile
 from edgemed.errors import BackendError, OutputError
+from edgemed.fsutil import write_private
 
 PLAN = bytes(range(256)) * 64 + b"plain TensorRT plan bytes"
 
@@ -299,7 +300,7 @@ def test_select_accepts_another_profile_unless_exact_is_required(stored, key):
 
 
 def test_select_prefers_the_wanted_profile(stored, key, profile):
-    from edgemed.engine.profiles import Profile
+    from edgemed.backends.tensorrt.profiles import Profile
 
     p2 = Profile("image", (1, 3, 256, 256), (4, 3, 256, 256), (16, 3, 256, 256))
     k2 = dataclasses.replace(key, profile=p2.canonical())

@@ -14,9 +14,9 @@ import pytest
 
 from edgemed._lazy import available
 from edgemed.backends import create_backend, probe
+from edgemed.backends.tensorrt.builder import BuildOptions, _elapsed_lines, build_engine
 from edgemed.bundle import Bundle
 from edgemed.doctor import backend_facts, format_report, gather
-from edgemed.engine.builder import BuildOptions, _elapsed_lines, build_engine
 from edgemed.errors import BundleError, MissingDependencyError, UsageError
 
 BLOCK = "import sys\nfor m in ('tensorrt', 'pycuda', 'pycuda.driver'): sys.modules[m] = None\n"

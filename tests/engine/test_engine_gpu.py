@@ -31,7 +31,7 @@ def gpu():
 
 
 def _build(bundle, precision, **kw):
-    from edgemed.engine.builder import BuildOptions, build_engine
+    from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
 
     lines: list[str] = []
     options = BuildOptions(precision=precision, ranges={"batch": "1:2:4"}, **kw)
@@ -55,7 +55,7 @@ def test_build_writes_a_verified_plain_plan(gpu, demo):
 @pytest.mark.parametrize(("precision", "tol"), [("fp32", 1e-3), ("fp16", None)])
 def test_tensorrt_matches_onnxruntime(gpu, demo, precision, tol):
     from edgemed.backends import create_backend
-    from edgemed.backends.tensorrt import TensorRTBackend
+    from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     _build(demo, precision)
     x = np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)
@@ -86,7 +86,7 @@ def test_auto_picks_tensorrt_when_an_engine_exists(gpu, demo):
 
 
 def test_tampered_engine_is_never_deserialized(gpu, demo):
-    from edgemed.backends.tensorrt import TensorRTBackend
+    from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     result, _ = _build(demo, "fp32")
     data = bytearray(result.plan_path.read_bytes())
@@ -100,7 +100,7 @@ def test_tampered_engine_is_never_deserialized(gpu, demo):
 def test_device_input_and_cuda_graphs(gpu, demo):
     import pycuda.driver as drv
 
-    from edgemed.backends.tensorrt import TensorRTBackend
+    from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     _build(demo, "fp32")
     x = np.random.default_rng(1).random((1, 3, 256, 256), dtype=np.float32)
@@ -119,7 +119,7 @@ def test_device_input_and_cuda_graphs(gpu, demo):
 
 
 def test_last_stage_ms_reports_device_times(gpu, demo):
-    from edgemed.backends.tensorrt import TensorRTBackend
+    from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     _build(demo, "fp32")
     with TensorRTBackend.from_bundle(demo, "fp32") as be:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgemed.backends.tensorrt.profiles import DEFAULT_BATCH, Profile, derive_profile, parse_range
 from edgemed.bundle import TensorInfo
-from edgemed.engine.profiles import DEFAULT_BATCH, Profile, derive_profile, parse_range
 from edgemed.errors import UsageError
 
 

@@ -22,10 +22,10 @@ import onnxruntime as ort
 import pytest
 from standin_trt import CACHE_MAGIC, PLAN_MAGIC
 
-from edgemed.backends.tensorrt import TensorRTBackend
+from edgemed.backends.tensorrt.backend import TensorRTBackend
+from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
 from edgemed.bundle import Bundle
 from edgemed.cli import main
-from edgemed.engine.builder import BuildOptions, build_engine
 from edgemed.errors import BackendError, UsageError
 from edgemed.pipeline import Pipeline, demo_bundle
 

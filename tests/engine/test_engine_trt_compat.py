@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgemed.engine import trt_compat
+from edgemed.backends.tensorrt import compat as trt_compat
 from edgemed.errors import BackendError, UsageError
 
 

@@ -50,8 +50,8 @@ def _sources() -> list[Path]:
 
 def test_the_scan_covers_the_tensorrt_code():
     names = {p.relative_to(ROOT).as_posix() for p in _sources()}
-    assert {"edgemed/backends/tensorrt.py", "edgemed/engine/builder.py"} <= names
-    assert "edgemed/engine/trt_compat.py" in names
+    assert {"edgemed/backends/tensorrt/backend.py", "edgemed/backends/tensorrt/builder.py"} <= names
+    assert "edgemed/backends/tensorrt/compat.py" in names
 
 
 def test_patterns_catch_what_they_should():

@@ -129,7 +129,7 @@ CASES = preprocess_cases()
 @pytest.mark.parametrize("name", ["batch3-zscore-letterbox", "ct-demo-128to256", "u8-exact-2x"])
 def test_cuda_preprocessor_launches_compute_the_reference(fake_gpu, name):
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     for dtype in ("float32", "float16"):
         case = CASES[name].with_dtype(dtype)
@@ -154,7 +154,7 @@ def test_cuda_preprocessor_launches_compute_the_reference(fake_gpu, name):
 def test_cuda_preprocessor_reuses_its_buffers(fake_gpu):
     """A second, smaller batch through the same staging buffers gives its own result."""
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     case = CASES["batch3-zscore-letterbox"]
     spec = case.spec
@@ -169,7 +169,7 @@ def test_cuda_preprocessor_reuses_its_buffers(fake_gpu):
 
 
 def test_cuda_preprocessor_limits_and_refusals(fake_gpu):
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     spec = PreprocessSpec(size=(32, 32), windows=(Window(40.0, 400.0),))
     pre = CudaPreprocessor(spec, 2, 64 * 64)
@@ -186,7 +186,7 @@ def test_cuda_preprocessor_limits_and_refusals(fake_gpu):
 @pytest.mark.parametrize("logits_dtype", ["float32", "float16"])
 def test_cuda_segment_postprocessor_matches_segment(fake_gpu, logits_dtype):
     from edgemed.cuda.device import DeviceBuffer
-    from edgemed.cuda.kernels import CudaSegmentPostprocessor
+    from edgemed.cuda.launchers import CudaSegmentPostprocessor
 
     logits, placements = demo_logits()
     logits = np.ascontiguousarray(logits.astype(logits_dtype))
@@ -201,7 +201,7 @@ def test_cuda_segment_postprocessor_matches_segment(fake_gpu, logits_dtype):
 
 
 def test_without_pycuda_the_launchers_name_the_extra(monkeypatch):
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
 
     monkeypatch.setitem(sys.modules, "pycuda", None)
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
@@ -214,7 +214,7 @@ def test_stored_cubins_load_only_when_no_one_else_can_write_them(fake_gpu, tmp_p
     """A cubin is GPU code from a file: trusted, like the engines, by who can write it."""
     import pycuda.driver as drv
 
-    from edgemed.cuda.kernels import CudaPreprocessor
+    from edgemed.cuda.launchers import CudaPreprocessor
     from edgemed.errors import BackendError
 
     major, minor = drv.Context.get_device().compute_capability()

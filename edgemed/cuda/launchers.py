@@ -1,6 +1,6 @@
 """The pycuda launchers of the CUDA preprocessing and segmentation kernels.
 
-The kernels live in ``edgemed/preprocess/kernels/*.cu``; their parameter blocks and
+The kernels live in ``edgemed/cuda/kernels/*.cu``; their parameter blocks and
 launch geometry come from :mod:`edgemed.cuda.packing`, their cubins from
 :mod:`edgemed.cuda.build`. This module holds :class:`CudaPreprocessor` /
 :class:`CudaSegmentPostprocessor`: a reused pinned staging buffer, one H2D copy, one
@@ -40,8 +40,8 @@ from edgemed.cuda.packing import (
     pack_segment,
     split_masks,
 )
-from edgemed.engine.cache import check_private
 from edgemed.errors import BackendError, UsageError
+from edgemed.fsutil import check_private
 from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec

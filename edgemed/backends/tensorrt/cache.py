@@ -33,29 +33,26 @@ import json
 import logging
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edgemed._version import __version__
+from edgemed.backends.tensorrt.profiles import Profile
 from edgemed.bundle import Bundle
-from edgemed.engine.profiles import Profile
 from edgemed.errors import BackendError
-from edgemed.io.writers import atomic_write
+from edgemed.fsutil import check_private, write_private
 
 __all__ = [
     "KEY_FIELDS",
     "SIDECAR_SCHEMA",
-    "check_private",
     "EngineCache",
     "EngineKey",
     "default_cache_dir",
-    "write_private",
 ]
 
-log = logging.getLogger("edgemed.engine")
+log = logging.getLogger("edgemed.backends.tensorrt")
 
 SIDECAR_SCHEMA = 1
 #: The fields of :class:`EngineKey`, in the order messages list them.
@@ -140,24 +137,6 @@ def default_cache_dir(bundle: Bundle) -> Path:
     return bundle.root / "engines"
 
 
-def write_private(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only).
-
-    The temporary file is narrowed to 0600 before any byte is written, so the plan is
-    never readable by others, not even half-written.
-
-    Raises:
-        OutputError: ``OUTPUT_WRITE_FAILED`` (directory unwritable, disk full, ...).
-    """
-
-    def write(tmp: str) -> None:
-        os.chmod(tmp, 0o600)
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    return atomic_write(path, write)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -205,29 +184,6 @@ def _cc(text: str) -> tuple[int, int]:
     """``"8.7"`` -> ``(8, 7)``; ``(0, 0)`` for anything else (never portable)."""
     major, _, minor = text.partition(".")
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
-
-
-def check_private(*paths: Path, what: str) -> None:
-    """Refuse files (and their directories) that someone else could have written.
-
-    Plans' sidecars and the kernels' cubins are not signed: what makes them trustworthy
-    is that only this user (or root) can write the cache. Executable code another user
-    can replace is never loaded (``ENGINE_INTEGRITY``); ``what`` names it in the message.
-    """
-    uid = os.geteuid() if hasattr(os, "geteuid") else None
-    for path in paths:
-        st = path.stat()
-        kind_ok = stat.S_ISDIR(st.st_mode) if path.is_dir() else stat.S_ISREG(st.st_mode)
-        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        foreign = uid is not None and st.st_uid not in (uid, 0)
-        if not kind_ok or writable or foreign:
-            who = "owned by another user" if foreign else "writable by other users"
-            raise BackendError(
-                f"{path.name} is {who}; {what} is executable code, so it is not loaded "
-                "(rebuild it in a cache only you can write: --cache DIR, or chmod go-w)",
-                code="ENGINE_INTEGRITY",
-                path=path,
-            )
 
 
 class EngineCache:

@@ -31,10 +31,10 @@ import numpy as np
 
 from edgemed._lazy import available, require
 from edgemed.backends.base import Backend, TensorSpec
+from edgemed.backends.tensorrt import compat as trt_compat
+from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
+from edgemed.backends.tensorrt.profiles import derive_profile
 from edgemed.bundle import Bundle
-from edgemed.engine import trt_compat
-from edgemed.engine.cache import EngineCache, EngineKey
-from edgemed.engine.profiles import derive_profile
 from edgemed.errors import BackendError, EdgemedError
 
 if TYPE_CHECKING:
@@ -206,8 +206,8 @@ class TensorRTBackend(Backend):
         require("tensorrt", "gpu", "the TensorRT backend")
         import tensorrt as trt
 
+        from edgemed.backends.tensorrt.builder import BuildOptions, build_engine, make_logger
         from edgemed.cuda.device import CudaDevice
-        from edgemed.engine.builder import BuildOptions, build_engine, make_logger
 
         cache = EngineCache.for_bundle(bundle, cache_dir)
         gpu = CudaDevice.open(device)

@@ -4,7 +4,7 @@ The network is strongly typed: the precision is the ONNX's own (FP16 by AutoCast
 INT8 by Q/DQ), so no precision builder flags exist here (TensorRT 11 removed them).
 The ONNX bytes handed to the parser are the ones :meth:`Bundle.read_artifact` hashed.
 
-A build writes, under the cache key (:mod:`edgemed.engine.cache`), the plain plan and
+A build writes, under the cache key (:mod:`edgemed.backends.tensorrt.cache`), the plain plan and
 its sidecar, and keeps TensorRT's timing cache for this GPU beside them, so later
 builds of other models or profiles reuse measured tactics. Builds on a Jetson take
 minutes: progress is printed through ``IProgressMonitor`` where TensorRT has it, and
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgemed._lazy import require
+from edgemed.backends.tensorrt import compat as trt_compat
+from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
+from edgemed.backends.tensorrt.profiles import Profile, derive_profile
 from edgemed.bundle import Bundle
-from edgemed.engine import trt_compat
-from edgemed.engine.cache import EngineCache, EngineKey, write_private
-from edgemed.engine.profiles import Profile, derive_profile
 from edgemed.errors import BackendError, UsageError
+from edgemed.fsutil import write_private
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "engine_key", "make_logger"]
 
-log = logging.getLogger("edgemed.engine")
+log = logging.getLogger("edgemed.backends.tensorrt")
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""TensorRT engines: cache keys, sidecars, profiles, building (tensorrt imported lazily)."""
