@@ -28,10 +28,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `benchmarks.*`
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
-from _common import (
+
+import edgemed
+from benchmarks._common import (
     REPO,
     arguments,
     ct_small,
@@ -42,9 +48,7 @@ from _common import (
     timed_rounds,
     write_results,
 )
-from preprocess_compare import monai_slice
-
-import edgemed
+from benchmarks.preprocess_compare import monai_slice
 from edgemed import MedicalImage, Pipeline
 from edgemed.backends import create_backend
 from edgemed.backends.ort import default_threads

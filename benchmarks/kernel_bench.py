@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from edgemed.postprocess import PostprocessSpec, segment
+from edgemed.heads.segmentation import SegmentationSpec
+from edgemed.postprocess import segment
 from edgemed.preprocess import PreprocessSpec, Window, place, preprocess
 
 LABELS = ["background", "lung", "fat", "soft_tissue", "bone"]
@@ -75,7 +76,7 @@ def cpu_times(raw: list[np.ndarray], logits: np.ndarray, repeat: int) -> tuple[f
     out = np.empty((len(raw), 3, 256, 256), np.float32)
     placements = [place(r.shape, spec) for r in raw]
     pre = median_ms(lambda: preprocess(hu, spec, out), repeat)
-    post = median_ms(lambda: segment(logits, placements, PostprocessSpec(), LABELS), repeat)
+    post = median_ms(lambda: segment(logits, placements, SegmentationSpec(), LABELS), repeat)
     return pre, post
 
 
@@ -84,7 +85,7 @@ def host_times(raw: list[np.ndarray], logits: np.ndarray, repeat: int, lib: Any)
     n = len(raw)
     placements = [place(r.shape, spec) for r in raw]
     pre = median_ms(lambda: lib.preprocess(raw, spec, [1.0] * n, [-1024.0] * n), repeat)
-    post = median_ms(lambda: lib.segment(logits, placements, PostprocessSpec(), LABELS), repeat)
+    post = median_ms(lambda: lib.segment(logits, placements, SegmentationSpec(), LABELS), repeat)
     return {"upload": float("nan"), "pre": pre, "post": post}
 
 
@@ -103,7 +104,7 @@ class GpuTimer:
         self._ctx.__enter__()
         spec = demo_like_spec()
         self.pre = CudaPreprocessor(spec, max_batch, max_pixels)
-        self.post = CudaSegmentPostprocessor(PostprocessSpec(), LABELS, max_batch, max_pixels)
+        self.post = CudaSegmentPostprocessor(SegmentationSpec(), LABELS, max_batch, max_pixels)
         self.input = DeviceBuffer(max_batch * 3 * 256 * 256 * 4)
         self.logits = DeviceBuffer(max_batch * 5 * 256 * 256 * 4)
         self.events = [cuda.Event() for _ in range(4)]

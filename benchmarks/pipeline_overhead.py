@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `benchmarks.*`
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
-from _common import arguments, ct_small, environment, phantom, stats, write_results
 
 import edgemed
+from benchmarks._common import arguments, ct_small, environment, phantom, stats, write_results
 from edgemed import MedicalImage, Pipeline
 
 __all__ = ["main", "measure"]

@@ -18,10 +18,16 @@ a GPU: the same variants on TensorRT are measured by ``benchmarks/gpu_check.sh``
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `benchmarks.*`
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
-from _common import (
+
+import edgemed
+from benchmarks._common import (
     arguments,
     ct_small,
     dice,
@@ -31,8 +37,6 @@ from _common import (
     timed_rounds,
     write_results,
 )
-
-import edgemed
 from edgemed import MedicalImage, Pipeline
 
 __all__ = ["main"]

@@ -24,13 +24,17 @@ arithmetic is the same. Cases alternate in blocks of calls (see ``_common.timed_
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `benchmarks.*`
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import cv2
 import numpy as np
-from _common import arguments, environment, phantom, stats, timed_rounds, write_results
 
 import edgemed
+from benchmarks._common import arguments, environment, phantom, stats, timed_rounds, write_results
 from edgemed.preprocess import allocate, preprocess
 
 __all__ = ["main", "monai_preprocess", "monai_slice", "opencv_preprocess"]

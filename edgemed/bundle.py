@@ -40,23 +40,22 @@ from typing import Any
 
 from edgemed import signing
 from edgemed.errors import BundleError
-from edgemed.fsutil import sha256_file, write_json
-from edgemed.postprocess import PostprocessSpec
+from edgemed.fsutil import atomic_write, sha256_file, write_json
+from edgemed.heads import HeadSpec, head_class, tasks
 from edgemed.preprocess.spec import PreprocessSpec
 from edgemed.settings import trusted_key_path
 
 __all__ = [
     "MODALITY_CODE",
     "SCHEMA_VERSION",
-    "TASKS",
     "Artifact",
     "Bundle",
     "TensorInfo",
+    "sign_bundle",
     "write_manifest",
 ]
 
 SCHEMA_VERSION = 1
-TASKS = ("segmentation", "classification", "embedding")
 KINDS = ("onnx", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "bundle.json"
@@ -132,7 +131,8 @@ class Bundle:
     input: TensorInfo
     outputs: list[TensorInfo]
     preprocess: PreprocessSpec
-    postprocess: PostprocessSpec
+    #: The task head's spec (:mod:`edgemed.heads`), from the ``postprocess`` block.
+    postprocess: HeadSpec
     artifacts: list[Artifact]
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -259,8 +259,8 @@ class Bundle:
             )
         try:
             task = str(data["task"])
-            if task not in TASKS:
-                raise bad(f"task must be one of {TASKS}, got {task!r}")
+            if task not in tasks():  # the registered heads
+                raise bad(f"task must be one of {tasks()}, got {task!r}")
             unknown = set(data) - _TOP_LEVEL_KEYS
             if unknown:  # a typo ("postprocesss") must not silently fall back to defaults
                 raise bad(f"unknown keys {sorted(unknown)}")
@@ -301,7 +301,7 @@ class Bundle:
                 input=TensorInfo.from_dict(data["input"]),
                 outputs=[TensorInfo.from_dict(o) for o in data["outputs"]],
                 preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-                postprocess=PostprocessSpec.from_dict(data.get("postprocess", {}), task),
+                postprocess=_head_spec(task, data.get("postprocess", {}), root),
                 artifacts=artifacts,
                 description=str(data.get("description", "")),
                 provenance=dict(data.get("provenance", {})),
@@ -396,6 +396,15 @@ class Bundle:
         }
 
 
+def _head_spec(task: str, data: Any, root: Path) -> HeadSpec:
+    try:
+        return head_class(task).parse_spec(data)
+    except BundleError as exc:  # the head's words, located in this manifest
+        raise BundleError(
+            f"bundle.json: {exc.message}", code=exc.code, path=root / MANIFEST
+        ) from exc
+
+
 def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bundle:
     """Write ``bundle.json`` into ``root``, filling each artifact's sha256 and size.
 
@@ -438,3 +447,29 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
     if os.path.lexists(sig) and manifest_path.read_bytes() != old:
         sig.unlink()
     return Bundle._load(root, None, verify=True)
+
+
+def sign_bundle(bundle_dir: str | os.PathLike[str], key: str | os.PathLike[str] | Any) -> Path:
+    """Verify the bundle, then write ``bundle.sig`` over the exact manifest bytes verified.
+
+    The manifest is read once: the bytes that were validated, and whose artifacts were
+    hashed, are the bytes signed, so a file changed meanwhile cannot be blessed. Any
+    configured trusted key is not consulted (the bundle is being signed, so it is
+    unsigned or re-signed). An existing ``bundle.sig`` is replaced.
+
+    Returns:
+        The path of ``bundle.sig``.
+
+    Raises:
+        UsageError: ``USAGE_KEY_INVALID`` for a bad private key.
+        BundleError: the bundle itself is invalid or its artifacts do not match.
+        OutputError: ``bundle.sig`` cannot be written.
+    """
+    private = signing.load_private_key(key)
+    root = Path(bundle_dir)
+    raw = Bundle._read_manifest(root)
+    bundle = Bundle._from_bytes(root, raw)
+    for art in bundle.artifacts:
+        bundle._verify_file(art)
+    sig = private.sign(raw)
+    return atomic_write(root / signing.SIGNATURE, lambda tmp: Path(tmp).write_bytes(sig))

@@ -131,9 +131,13 @@ def cuda_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, A
     return facts
 
 
-def backend_facts(bundle: Any | None) -> dict[str, Any]:
-    """Per backend: why it cannot run the bundle ("" if it can), and ``auto``'s choice."""
-    from edgemed.backends.registry import BACKENDS, probe
+def backend_facts(bundle: Any | None, options: Any | None = None) -> dict[str, Any]:
+    """Per registered backend: why it cannot run the bundle ("" if it can), and what
+    ``auto`` picks for backend and preprocessing: the same functions the pipeline calls
+    (:func:`edgemed.backends.choose_backend`, :func:`edgemed.cuda.choice.choose_preprocess`)
+    with the same options (``EDGEMED_*`` unless given), so doctor and ``run`` agree."""
+    from edgemed.backends.registry import backend_names, choose_backend, entry, probe
+    from edgemed.settings import Options
 
     if bundle is None:
         from edgemed.bundle import Bundle
@@ -143,49 +147,53 @@ def backend_facts(bundle: Any | None) -> dict[str, Any]:
             bundle = Bundle.load(demo_bundle())
         except Exception as exc:
             return {"error": f"demo bundle: {exc}"}
-    facts: dict[str, Any] = {"bundle": bundle.name, "precision": "fp32", "backends": {}}
-    for name in BACKENDS:
+    try:
+        opts = options or Options.resolve()
+    except Exception as exc:
+        return {"error": f"settings: {exc}"}
+    facts: dict[str, Any] = {"bundle": bundle.name, "precision": opts.precision, "backends": {}}
+    for name in backend_names():
         try:
-            facts["backends"][name] = probe(name, bundle, "fp32")
+            facts["backends"][name] = probe(name, bundle, opts)
         except Exception as exc:
             facts["backends"][name] = f"{exc.__class__.__name__}: {exc}"
-    chosen = next((n for n in BACKENDS if not facts["backends"][n]), None)
-    # Worded as the registry words backend.reason for `auto`.
-    before = BACKENDS[: BACKENDS.index(chosen)] if chosen else BACKENDS
-    skipped = [f"{n} not used: {facts['backends'][n]}" for n in before]
-    facts["auto"] = chosen
-    if chosen is None:
-        facts["auto_reason"] = "no backend can run here: " + "; ".join(skipped)
-    else:
-        facts["auto_reason"] = "; ".join(skipped) if skipped else f"{chosen} is available"
-    facts["preprocess"], facts["preprocess_reason"] = _preprocess_choice(bundle, chosen)
+    try:
+        choice = choose_backend(bundle, opts)
+    except Exception as exc:
+        return {**facts, "error": f"{exc.__class__.__name__}: {exc}"}
+    facts["auto"] = choice.name
+    facts["auto_reason"] = choice.reason.removeprefix("auto: ")
+    device_io = choice.name is not None and entry(choice.name).device_io
+    facts["preprocess"], facts["preprocess_reason"] = _preprocess_choice(
+        bundle, opts, choice.name, device_io
+    )
     return facts
 
 
-def _preprocess_choice(bundle: Any, backend: str | None) -> tuple[str, str]:
-    """Where ``--preprocess auto`` would preprocess beside ``backend``, and why (the
-    pipeline's rule: the CUDA kernels beside TensorRT when they support the spec and
-    can be loaded: cubins in the bundle's engine cache, or nvcc)."""
+def _preprocess_choice(
+    bundle: Any, opts: Any, backend: str | None, device_io: bool
+) -> tuple[str, str]:
+    """Where ``--preprocess`` (``opts.preprocess``) would run beside ``backend``."""
     from edgemed.backends.tensorrt.cache import EngineCache
-    from edgemed.cuda.device import query_device
-    from edgemed.cuda.launchers import kernels_unavailable
-    from edgemed.cuda.packing import check_preprocess_spec
-    from edgemed.errors import EdgemedError
+    from edgemed.cuda.choice import choose_preprocess
 
-    if backend != "tensorrt":
-        return "cpu", f"beside {backend or 'no backend'} the CPU path is used"
-    try:
-        check_preprocess_spec(bundle.preprocess)
-        arch = query_device(0).arch
-    except EdgemedError as exc:
-        return "cpu", exc.message
-    missing = kernels_unavailable(EngineCache.for_bundle(bundle).kernel_dir, arch)
-    if missing:
-        return "cpu", missing
-    return "cuda", "the CUDA kernels support this bundle's preprocessing spec"
+    def arch() -> str:
+        from edgemed.cuda.device import query_device
+
+        return query_device(0).arch
+
+    choice = choose_preprocess(
+        opts.preprocess,
+        bundle.preprocess,
+        backend=backend,
+        device_io=device_io,
+        cubin_dir=EngineCache.for_bundle(bundle, opts.engine_cache).kernel_dir,
+        arch=arch,
+    )
+    return choice.device, choice.reason
 
 
-def gather(bundle: Any | None = None) -> dict[str, Any]:
+def gather(bundle: Any | None = None, options: Any | None = None) -> dict[str, Any]:
     """Every fact, as JSON-able data (``edgemed doctor --json`` prints it)."""
     ort = module_facts("onnxruntime")
     if ort.get("installed"):
@@ -202,7 +210,7 @@ def gather(bundle: Any | None = None) -> dict[str, Any]:
         "tensorrt": module_facts("tensorrt"),
         "pycuda": module_facts("pycuda"),
         "onnxruntime": ort,
-        "backends": backend_facts(bundle),
+        "backends": backend_facts(bundle, options),
     }
 
 

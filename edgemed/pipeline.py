@@ -20,25 +20,25 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemed import postprocess as post
 from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
 from edgemed.backends.tensorrt.cache import EngineCache
 from edgemed.bundle import Bundle
+from edgemed.cuda.choice import PreprocessChoice, choose_preprocess
 from edgemed.errors import BackendError, InputError, UsageError
+from edgemed.heads import create_head
 from edgemed.io import MedicalImage, read_image
-from edgemed.preprocess import Placement, allocate, preprocess
-from edgemed.settings import load_settings
+from edgemed.preprocess import allocate, preprocess
+from edgemed.result import STAGES, Result
+from edgemed.settings import PREPROCESS_DEVICES, Options
 
 if TYPE_CHECKING:
     from edgemed.cuda.stages import CudaStages
-    from edgemed.preprocess import PreprocessSpec
     from edgemed.signing import PublicKeySource
 
 __all__ = [
@@ -53,10 +53,6 @@ __all__ = [
 
 log = logging.getLogger("edgemed.pipeline")
 
-#: Timing keys of every result, in milliseconds.
-STAGES = ("read", "preprocess", "infer", "postprocess", "total")
-#: Where preprocessing may run (``Pipeline(preprocess=...)``).
-PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
 
 Input = str | os.PathLike | MedicalImage | np.ndarray
 
@@ -67,90 +63,56 @@ def demo_bundle() -> Path:
     return Path(__file__).resolve().parent / "data" / "demo"
 
 
-@dataclass
-class Result:
-    """What one input produced.
-
-    Attributes:
-        task: the bundle's task.
-        image: the input image (kept for writers such as the overlay; not serialised).
-        labels: label names from the bundle.
-        mask: segmentation: uint8 label mask in the input's geometry, ``(Y, X)`` or
-            ``(Z, Y, X)``.
-        stats: segmentation: per-label ``pixels`` and ``area_mm2`` / ``volume_mm3``.
-        classes: classification: per slice ``{"probabilities", "top_k"}``.
-        embedding: embedding: ``(N, D)`` vectors, one per slice.
-        timings: milliseconds per stage (:data:`STAGES`); when several inputs share one
-            backend call, ``preprocess``/``infer``/``postprocess`` are that batch's.
-        provenance: versions, bundle, artifact sha256, backend, precision, device.
-    """
-
-    task: str
-    image: MedicalImage
-    labels: list[str]
-    timings: dict[str, float]
-    provenance: dict[str, Any]
-    mask: np.ndarray | None = None
-    stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    classes: list[dict[str, Any]] = field(default_factory=list)
-    embedding: np.ndarray | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (the mask itself is not inlined; writers save it)."""
-        img = self.image
-        outputs: dict[str, Any] = {}
-        if self.mask is not None:
-            outputs["mask"] = {"shape": list(self.mask.shape), "dtype": str(self.mask.dtype)}
-            outputs["labels"] = self.stats
-        if self.classes:
-            outputs["classification"] = self.classes
-        if self.embedding is not None:
-            outputs["embedding"] = [[float(v) for v in row] for row in self.embedding]
-        return {
-            "task": self.task,
-            "input": {
-                "shape": list(img.array.shape),
-                "spacing_mm": [float(s) for s in img.spacing],
-                "modality": img.modality,
-                "format": img.metadata.get("format", "array"),
-            },
-            "outputs": outputs,
-            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
-            "provenance": self.provenance,
-        }
-
-
 class Pipeline:
     """A bundle bound to a backend, ready to run on images.
 
+    The stages are chosen once, here: preprocessing (CPU, or the CUDA kernels writing
+    into the host buffer or, with a device-I/O backend, into the model's input on the
+    device), inference (host arrays, or device inputs), and decoding (the task head, or
+    the CUDA mask kernel reading the outputs where the engine left them). Running is
+    then the same straight line for every combination.
+
     Thread-safe: calls are serialised (the backend reuses its buffers). For parallel
     throughput, use one pipeline per thread.
+
+    Args:
+        bundle: the loaded bundle.
+        backend: the backend running its artifact.
+        options: how to run (default :meth:`Options.resolve`: ``EDGEMED_*``). Its
+            ``batch_size``, ``preprocess``, ``check_modality``, ``id_salt`` and
+            ``limits`` apply here; backend, precision, threads, engine cache and CUDA
+            graphs were the backend's to apply.
+        batch_size, preprocess, check_modality: override the options' fields.
+        cubin_dir: compiled CUDA kernels (default: the engine cache's).
     """
 
     def __init__(
         self,
         bundle: Bundle,
         backend: Backend,
+        options: Options | None = None,
         *,
-        batch_size: int = 8,
-        preprocess: str = "auto",
+        batch_size: int | None = None,
+        preprocess: str | None = None,
         cubin_dir: str | os.PathLike[str] | None = None,
-        check_modality: bool = True,
+        check_modality: bool | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise UsageError("batch_size must be >= 1")
-        if preprocess not in PREPROCESS_DEVICES:
-            raise UsageError(f"preprocess must be one of {PREPROCESS_DEVICES}, got {preprocess!r}")
+        options = (options or Options.resolve()).replace(
+            batch_size=batch_size, preprocess=preprocess, check_modality=check_modality
+        )
+        self.options = options
         self.bundle = bundle
         self.backend = backend
         #: DICOM modalities this pipeline accepts (empty: any); see :func:`check_modality`.
-        self.modalities = bundle.modalities if check_modality else ()
+        self.modalities = bundle.modalities if options.check_modality else ()
         if len(backend.inputs) != 1:
             raise BackendError(
                 f"edgemed runs single-input models; this one has {len(backend.inputs)}",
                 code="BACKEND_IO_MISMATCH",
             )
         self._input = backend.inputs[0]
+        #: The task head: decodes the outputs by name, assembles, serialises, compares.
+        self.head = create_head(bundle.task, bundle.postprocess, bundle.labels, backend.outputs)
         # The model's own input dtype decides the buffer dtype (an FP16-IO variant takes
         # float16): the spec's arithmetic is the same, only the final cast differs.
         self.spec = dataclasses.replace(bundle.preprocess, dtype=str(self._input.dtype))
@@ -158,12 +120,26 @@ class Pipeline:
         if isinstance(fixed_batch, int):
             self.batch_size = fixed_batch
         else:  # an engine built for at most N slices per call gets at most N
-            self.batch_size = min(batch_size, backend.max_batch or batch_size)
+            self.batch_size = min(options.batch_size, backend.max_batch or options.batch_size)
         self._buffer = allocate(self.spec, self.batch_size)
-        self._gpu = _gpu_stages(bundle, self.spec, backend, self.batch_size, preprocess, cubin_dir)
+        if cubin_dir is None:
+            cubin_dir = EngineCache.for_bundle(bundle, options.engine_cache).kernel_dir
+        #: Where preprocessing runs and why (:func:`edgemed.cuda.choice.choose_preprocess`).
+        self.preprocess_choice = _preprocess_choice(
+            options.preprocess, self.spec, backend, cubin_dir
+        )
+        self._gpu: CudaStages | None = None
+        if self.preprocess_choice.device == "cuda":
+            from edgemed.cuda.stages import CudaStages
+
+            self._gpu = CudaStages(self.head, self.spec, backend, self.batch_size, cubin_dir)
+        self._pre, self._infer, self._decode = self._stages()
         self._lock = threading.Lock()
         self._fatal: BackendError | None = None
-        self._salt = load_settings().id_salt or secrets.token_bytes(16)
+        self._salt = options.id_salt or secrets.token_bytes(16)
+        #: Milliseconds per stage of the last :meth:`run_batch` (all its inputs
+        #: together), with the backend's own copy/device timings where it has them.
+        self.last_stage_ms: dict[str, float] = {}
         artifact = bundle.artifact("onnx", backend.precision)
         self._provenance = {
             "edgemed_version": __version__,
@@ -182,22 +158,28 @@ class Pipeline:
     def from_bundle(
         cls,
         path: str | os.PathLike[str],
-        backend: str = "auto",
+        backend: str | None = None,
         *,
-        precision: str = "fp32",
+        options: Options | None = None,
+        precision: str | None = None,
         threads: int | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         trusted_key: PublicKeySource | None = None,
-        preprocess: str = "auto",
+        preprocess: str | None = None,
         engine_cache: str | os.PathLike[str] | None = None,
-        check_modality: bool = True,
-        cuda_graphs: bool = False,
+        check_modality: bool | None = None,
+        cuda_graphs: bool | None = None,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
+        Settings come from ``options`` (default :meth:`Options.resolve`: the
+        ``EDGEMED_*`` variables, as the CLI reads them); the keyword arguments, where
+        given, override its fields.
+
         Args:
             path: bundle directory.
-            backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
+            backend: ``auto`` or a registered backend (``onnxruntime``, ``tensorrt``).
+            options: everything below in one object.
             precision: which artifact runs (``fp32``, ``fp16``, ``int8``); a precision
                 the bundle lacks is an error, never a silent substitute.
             threads: CPU threads for ONNX Runtime (default: cores, at most 8).
@@ -207,8 +189,8 @@ class Pipeline:
                 ``EDGEMED_TRUSTED_KEY`` if set, else signatures are not required.
             preprocess: where preprocessing runs: ``cpu``, ``cuda`` (the CUDA kernels;
                 an error where they cannot run or cannot honour the spec), or ``auto``
-                (``cuda`` with the TensorRT backend when the kernels support the spec,
-                else ``cpu``).
+                (``cuda`` beside a device-I/O backend (TensorRT) when the kernels support
+                the spec and can be loaded, else ``cpu``).
             engine_cache: TensorRT engine cache (default ``<bundle>/engines``), where
                 ``edgemed build`` also stores the compiled kernels.
             check_modality: refuse DICOM inputs whose Modality the bundle does not
@@ -217,24 +199,21 @@ class Pipeline:
                 have one shape (less launch overhead for small models; no effect when
                 ``auto`` picks ONNX Runtime).
         """
-        bundle = Bundle.load(path, trusted_key=trusted_key)
-        chosen = create_backend(
-            backend,
-            bundle,
-            precision,
-            threads,
-            engine_cache=engine_cache,
+        opts = (options or Options.resolve()).replace(
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            batch_size=batch_size,
+            trusted_key=trusted_key,
+            preprocess=preprocess,
+            engine_cache=None if engine_cache is None else Path(engine_cache),
+            check_modality=check_modality,
             cuda_graphs=cuda_graphs,
         )
+        bundle = Bundle.load(path, trusted_key=opts.trusted_key)
+        chosen = create_backend(None, bundle, options=opts)
         try:
-            return cls(
-                bundle,
-                chosen,
-                batch_size=batch_size,
-                preprocess=preprocess,
-                cubin_dir=EngineCache.for_bundle(bundle, engine_cache).kernel_dir,
-                check_modality=check_modality,
-            )
+            return cls(bundle, chosen, opts)
         except BaseException:
             chosen.close()
             raise
@@ -244,11 +223,44 @@ class Pipeline:
         """``cuda`` when the CUDA kernels preprocess, else ``cpu``."""
         return "cuda" if self._gpu is not None else "cpu"
 
+    def _stages(self) -> tuple[Any, Any, Any]:
+        """The preprocess, infer and decode steps for this backend and device, chosen once.
+
+        ``pre(slices) -> (batch | None, placements)``: ``None`` when the batch was written
+        into the model's input on the device; ``infer(batch) -> raw outputs by name``;
+        ``decode(raw, placements) -> one value per slice``.
+        """
+        gpu, backend, head, buffer = self._gpu, self.backend, self.head, self._buffer
+        name = self._input.name
+
+        def infer_host(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return backend.infer({name: batch})
+
+        if gpu is None:
+            return (
+                (lambda slices: preprocess(slices, self.spec, out=buffer)),
+                infer_host,
+                head.decode,
+            )
+        if not gpu.on_engine:  # kernels into the host buffer; the backend as usual
+            return (lambda slices: gpu.preprocess(slices, buffer)), infer_host, head.decode
+        if gpu.masks_on_gpu:  # outputs stay on the device; only masks come back
+            return (
+                lambda slices: gpu.preprocess(slices, buffer),
+                lambda _batch: gpu.infer(),
+                lambda _raw, placements: gpu.segment(placements),
+            )
+        return (
+            (lambda slices: gpu.preprocess(slices, buffer)),
+            (lambda _b: gpu.infer()),
+            head.decode,
+        )
+
     # -- running -----------------------------------------------------------------------
 
     def __call__(self, item: Input) -> Result:
-        """Run one input: a path (file or series directory), a MedicalImage, or an array
-        in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing 1 mm)."""
+        """Run one input: a path (file or series directory), file bytes, a MedicalImage,
+        or an array in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing 1 mm)."""
         return self.run_batch([item])[0]
 
     def run_batch(self, items: Sequence[Input]) -> list[Result]:
@@ -258,7 +270,7 @@ class Pipeline:
         images, read_ms = [], []
         for item in items:
             t0 = time.perf_counter()
-            image = _as_image(item)
+            image = self._as_image(item)
             check_modality(image, self.modalities, item)
             images.append(image)
             read_ms.append((time.perf_counter() - t0) * 1e3)
@@ -278,10 +290,12 @@ class Pipeline:
                     self._fatal = exc
                 raise
         results = []
+        assembled = 0.0
         for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
             t0 = time.perf_counter()
             result = self._result(image, out)
             own_post = (time.perf_counter() - t0) * 1e3
+            assembled += own_post
             timings = {
                 "read": read_ms[i],
                 "preprocess": stage_ms["preprocess"],
@@ -291,62 +305,44 @@ class Pipeline:
             timings["total"] = (time.perf_counter() - t_start[i]) * 1e3
             result.timings = timings
             results.append(result)
+        stage_ms["postprocess"] += assembled
+        self.last_stage_ms = stage_ms
         return results
 
     def _run_slices(self, per_image: list[np.ndarray]) -> tuple[list[list[Any]], dict[str, float]]:
-        """All slices of all images through preprocess/infer/postprocess in chunks.
+        """All slices of all images through the chosen stages in chunks.
 
-        Returns per image the list of per-slice outputs (masks, class dicts or
-        embedding rows) and the summed stage times.
+        Returns per image the list of per-slice values (masks, class dicts or embedding
+        rows) and the summed stage times (plus the backend's own timings, if any).
         """
         flat = [(i, s) for i, slices in enumerate(per_image) for s in slices]
         out: list[list[Any]] = [[] for _ in per_image]
         ms = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
-        name = self._input.name
-        gpu = self._gpu
+        pre, infer, decode = self._pre, self._infer, self._decode
+        backend_ms = self.backend.last_stage_ms
+        clock = time.perf_counter
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start : start + self.batch_size]
-            slices = [s for _, s in chunk]
-            t0 = time.perf_counter()
-            batch: np.ndarray | None
-            if gpu is None:
-                batch, placements = preprocess(slices, self.spec, out=self._buffer)
-            else:
-                batch, placements = gpu.preprocess(slices, self._buffer)
-            t1 = time.perf_counter()
-            if batch is not None:
-                raw = self.backend.infer({name: batch})
-            else:  # only the GPU stages leave the batch on the device (the engine's input)
-                assert gpu is not None
-                raw = gpu.infer()
-            t2 = time.perf_counter()
-            if gpu is not None and gpu.masks_on_gpu and batch is None:
-                per_slice: list[Any] = gpu.segment(placements)
-            else:
-                per_slice = self._postprocess(raw, placements)
-            t3 = time.perf_counter()
+            t0 = clock()
+            batch, placements = pre([s for _, s in chunk])
+            t1 = clock()
+            raw = infer(batch)
+            t2 = clock()
+            values = decode(raw, placements)
+            t3 = clock()
             ms["preprocess"] += (t1 - t0) * 1e3
             ms["infer"] += (t2 - t1) * 1e3
             ms["postprocess"] += (t3 - t2) * 1e3
-            for (i, _), o in zip(chunk, per_slice, strict=True):
-                out[i].append(o)
+            for k, v in backend_ms().items():
+                ms[k] = ms.get(k, 0.0) + float(v)
+            for (i, _), v in zip(chunk, values, strict=True):
+                out[i].append(v)
         return out, ms
 
-    def _postprocess(self, raw: dict[str, np.ndarray], placements: list[Placement]) -> list[Any]:
-        first = raw[self.backend.outputs[0].name]
-        spec, labels = self.bundle.postprocess, self.bundle.labels
-        task = self.bundle.task
-        if task == "segmentation":
-            return post.segment(first, placements, spec, labels)
-        if task == "classification":
-            return post.classify(first, spec, labels)
-        return list(post.embed(first, spec))
-
-    def _result(self, image: MedicalImage, per_slice: list[Any]) -> Result:
+    def _result(self, image: MedicalImage, values: list[Any]) -> Result:
         prov = dict(self._provenance)
         prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         prov["input_id"] = input_id(image, self._salt)
-        result = Result(self.bundle.task, image, list(self.bundle.labels), {}, prov)
         log.debug(
             "input %s: %s %s, %d slice(s)",
             prov["input_id"],
@@ -354,17 +350,29 @@ class Pipeline:
             image.modality,
             image.num_slices,
         )
-        if self.bundle.task == "segmentation":
-            mask = np.stack(per_slice) if image.is_volume else per_slice[0]
-            result.mask = mask
-            n_labels = max(len(self.bundle.labels), int(mask.max()) + 1)
-            names = post.label_names(self.bundle.labels, n_labels)
-            result.stats = post.segmentation_stats(mask, image.spacing, names)
-        elif self.bundle.task == "classification":
-            result.classes = per_slice
-        else:
-            result.embedding = np.stack(per_slice)
-        return result
+        output = self.head.assemble(image, values)
+        return Result(
+            self.bundle.task, image, list(self.bundle.labels), {}, prov, output, self.head
+        )
+
+    def _as_image(self, item: Input) -> MedicalImage:
+        if isinstance(item, MedicalImage):
+            return item
+        if isinstance(item, np.ndarray):
+            if item.ndim not in (2, 3) or item.size == 0:
+                raise UsageError(f"arrays must be (Y, X) or (Z, Y, X), got shape {item.shape}")
+            return MedicalImage(
+                np.ascontiguousarray(item, dtype=np.float32),
+                spacing=(1.0,) * item.ndim,
+                metadata={"format": "array"},
+            )
+        if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(
+            item, "read"
+        ):
+            return read_image(item, limits=self.options.limits)
+        raise UsageError(
+            f"cannot run on a {type(item).__name__}; give a path, bytes, MedicalImage or array"
+        )
 
     def close(self) -> None:
         try:
@@ -378,6 +386,34 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _preprocess_choice(
+    mode: str, spec: Any, backend: Backend, cubin_dir: str | os.PathLike[str] | None
+) -> PreprocessChoice:
+    """:func:`choose_preprocess` for this backend, logged; raises when ``cuda`` was asked
+    for and cannot be honoured."""
+
+    def arch() -> str:
+        if backend.gpu is not None:  # the engine's own GPU
+            return str(backend.gpu.info.arch)
+        from edgemed.cuda.device import query_device
+
+        return query_device(0).arch
+
+    choice = choose_preprocess(
+        mode,
+        spec,
+        backend=backend.name,
+        device_io=backend.device_io,
+        cubin_dir=cubin_dir,
+        arch=arch,
+    )
+    if choice.error is not None:
+        raise choice.error
+    if mode == "auto" and choice.device == "cpu" and backend.device_io:
+        (log.warning if choice.warn else log.info)("preprocessing on the CPU: %s", choice.reason)
+    return choice
 
 
 def input_id(image: MedicalImage, salt: bytes) -> str:
@@ -406,60 +442,3 @@ def check_modality(image: MedicalImage, modalities: Sequence[str], source: objec
             code="INPUT_MODALITY",
             path=source if isinstance(source, (str, os.PathLike)) else None,
         )
-
-
-def _as_image(item: Input) -> MedicalImage:
-    if isinstance(item, MedicalImage):
-        return item
-    if isinstance(item, np.ndarray):
-        if item.ndim not in (2, 3) or item.size == 0:
-            raise UsageError(f"arrays must be (Y, X) or (Z, Y, X), got shape {item.shape}")
-        return MedicalImage(
-            np.ascontiguousarray(item, dtype=np.float32),
-            spacing=(1.0,) * item.ndim,
-            metadata={"format": "array"},
-        )
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(item)
-    raise UsageError(f"cannot run on a {type(item).__name__}; give a path, MedicalImage or array")
-
-
-def _gpu_stages(
-    bundle: Bundle,
-    spec: PreprocessSpec,
-    backend: Backend,
-    batch_size: int,
-    mode: str,
-    cubin_dir: str | os.PathLike[str] | None,
-) -> CudaStages | None:
-    """The CUDA stages for ``mode`` (``None``: preprocessing on the CPU).
-
-    ``cuda`` is honoured or refused, never quietly replaced; ``auto`` takes the GPU only
-    beside TensorRT (with ONNX Runtime on the CPU, GPU preprocessing would add copies)
-    and only where the kernels can be loaded (cubins stored by ``edgemed build``, or
-    nvcc to compile them), else the CPU with one warning saying why.
-    """
-    if mode == "cpu" or (mode == "auto" and backend.name != "tensorrt"):
-        return None
-    # Imported here: edgemed.cuda imports pycuda lazily, but only GPU runs need it at all.
-    from edgemed.cuda.packing import check_preprocess_spec
-    from edgemed.cuda.stages import CudaStages
-    from edgemed.errors import EdgemedError
-
-    if mode == "auto":
-        try:
-            check_preprocess_spec(spec)
-        except EdgemedError as exc:
-            log.info("preprocessing on the CPU: %s", exc.message)
-            return None
-    gpu = getattr(backend, "gpu", None)
-    if gpu is not None:  # the engine's GPU: can its kernels be loaded at all?
-        from edgemed.cuda.launchers import kernels_unavailable
-
-        missing = kernels_unavailable(cubin_dir, gpu.info.arch)
-        if missing and mode == "auto":
-            log.warning("preprocessing on the CPU: %s", missing)
-            return None
-        if missing:
-            raise BackendError(missing, code="GPU_TOOLCHAIN")
-    return CudaStages(bundle, spec, backend, batch_size, cubin_dir)

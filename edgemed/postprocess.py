@@ -1,89 +1,47 @@
-"""Postprocessing heads: segmentation, classification, embedding (+ matching)."""
+"""Postprocessing as array functions: activation, segmentation decision and statistics,
+classification, embedding and matching.
+
+The task heads (:mod:`edgemed.heads`) own the specs and call these; the CUDA kernels
+reproduce :func:`segment` exactly. A ``spec`` argument is a head's spec: these functions
+read only its attributes (``activation``, ``decision``, ``threshold``,
+``largest_component``, ``top_k``, ``normalize``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from edgemed._scratch import scratch
-from edgemed.errors import BundleError, UsageError
+from edgemed.errors import UsageError
 from edgemed.preprocess.cpu import Placement
 
 __all__ = [
-    "PostprocessSpec",
+    "ACTIVATIONS",
+    "DECISIONS",
     "activate",
+    "check_activation",
     "classify",
     "decide",
     "embed",
     "keep_largest_component",
+    "label_names",
     "match",
     "segment",
     "segmentation_stats",
 ]
 
-_ACTIVATIONS = ("softmax", "sigmoid", "none")
-_DECISIONS = ("argmax", "threshold")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+DECISIONS = ("argmax", "threshold")
 
 
-@dataclass(frozen=True)
-class PostprocessSpec:
-    """How raw model outputs become results.
-
-    Attributes:
-        activation: ``softmax`` (mutually exclusive classes), ``sigmoid`` (independent
-            channels) or ``none`` (outputs are already probabilities / features).
-        decision: segmentation only: ``argmax`` or ``threshold`` (sigmoid channels
-            above ``threshold``; with several channels a pixel takes the most probable
-            channel that passes, label index = channel + 1, 0 where none passes).
-        threshold: the threshold for ``decision="threshold"``.
-        largest_component: segmentation only: labels (names) for which only the largest
-            connected component is kept.
-        top_k: classification only: how many classes to report.
-        normalize: embedding only: ``l2`` or ``none``.
-    """
-
-    activation: str = "softmax"
-    decision: str = "argmax"
-    threshold: float = 0.5
-    largest_component: tuple[str, ...] = field(default_factory=tuple)
-    top_k: int = 5
-    normalize: str = "l2"
-
-    def __post_init__(self) -> None:
-        if self.activation not in _ACTIVATIONS:
-            raise BundleError(f"postprocess: activation must be one of {_ACTIVATIONS}")
-        if self.decision not in _DECISIONS:
-            raise BundleError(f"postprocess: decision must be one of {_DECISIONS}")
-        if self.normalize not in ("l2", "none"):
-            raise BundleError("postprocess: normalize must be 'l2' or 'none'")
-        if self.top_k < 1:
-            raise BundleError("postprocess: top_k must be >= 1")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], task: str = "segmentation") -> PostprocessSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise BundleError(f"postprocess: unknown keys {sorted(unknown)}")
-        kw = dict(data)
-        if task == "embedding":
-            kw.setdefault("activation", "none")
-        if "largest_component" in kw:
-            kw["largest_component"] = tuple(str(x) for x in kw["largest_component"])
-        if "threshold" in kw:
-            kw["threshold"] = float(kw["threshold"])
-        if "top_k" in kw:
-            kw["top_k"] = int(kw["top_k"])
-        return cls(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["largest_component"] = list(self.largest_component)
-        return d
+def check_activation(activation: str) -> None:
+    """``ValueError`` unless ``activation`` is one :func:`activate` knows."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}")
 
 
 # --- array functions ------------------------------------------------------------------
@@ -184,7 +142,7 @@ def _best_channel(
     return index, best  # ``best`` is scratch: valid until the next call
 
 
-def _label(index: np.ndarray, best_p: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+def _label(index: np.ndarray, best_p: np.ndarray, spec: Any) -> np.ndarray:
     """The decision from :func:`_best_channel`'s index and value (modifies ``index``)."""
     if spec.decision == "argmax":
         return index
@@ -194,7 +152,7 @@ def _label(index: np.ndarray, best_p: np.ndarray, spec: PostprocessSpec) -> np.n
     return index
 
 
-def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+def _decide_planes(planes: np.ndarray, spec: Any) -> np.ndarray:
     """:func:`decide` on ``(C, h, w)`` planes (the same result).
 
     Row block by row block: :func:`_best_channel` makes ~4 passes per channel over its
@@ -223,7 +181,7 @@ def _decide_planes(planes: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     return index
 
 
-def decide(probs_hwc: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+def decide(probs_hwc: np.ndarray, spec: Any) -> np.ndarray:
     """Per-pixel label from ``(h, w, C)`` probabilities: uint8 ``(h, w)``.
 
     ``argmax``: the most probable channel (ties go to the lowest index).
@@ -295,7 +253,7 @@ def _label_counts(mask: np.ndarray, minlength: int) -> np.ndarray:
 def segment(
     logits: np.ndarray,
     placements: Sequence[Placement],
-    spec: PostprocessSpec,
+    spec: Any,
     labels: Sequence[str],
 ) -> list[np.ndarray]:
     """Model output ``(N, C, H, W)`` -> one uint8 mask per slice at its source size.
@@ -454,9 +412,7 @@ def _softmax_into(x: np.ndarray, e: np.ndarray, total: np.ndarray) -> None:
     np.divide(e, total, out=e)
 
 
-def classify(
-    logits: np.ndarray, spec: PostprocessSpec, labels: Sequence[str]
-) -> list[dict[str, Any]]:
+def classify(logits: np.ndarray, spec: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
     """Model output ``(N, K)`` -> per item ``{"probabilities": [...], "top_k": [...]}``.
 
     ``top_k`` entries are ``{"index", "label", "probability"}``, most probable first.
@@ -480,7 +436,7 @@ def classify(
     return out
 
 
-def embed(features: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
+def embed(features: np.ndarray, spec: Any) -> np.ndarray:
     """Model output ``(N, D...)`` -> ``(N, D)`` float32, L2-normalised when the spec says."""
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     if spec.normalize == "l2":

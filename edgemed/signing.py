@@ -56,7 +56,6 @@ __all__ = [
     "key_fingerprint",
     "load_private_key",
     "load_public_key",
-    "sign_bundle",
     "verify_manifest",
 ]
 
@@ -290,35 +289,3 @@ def verify_manifest(root: Path, manifest: bytes, key: Ed25519PublicKey) -> None:
             code="BUNDLE_SIGNATURE",
             path=sig_path,
         ) from exc
-
-
-def sign_bundle(
-    bundle_dir: str | os.PathLike[str], key: str | os.PathLike[str] | Ed25519PrivateKey
-) -> Path:
-    """Verify the bundle, then write ``bundle.sig`` over the exact manifest bytes verified.
-
-    The manifest is read once: the bytes that were validated, and whose artifacts were
-    hashed, are the bytes signed, so a file changed meanwhile cannot be blessed. Any
-    configured trusted key is not consulted (the bundle is being signed, so it is
-    unsigned or re-signed). An existing ``bundle.sig`` is replaced.
-
-    Returns:
-        The path of ``bundle.sig``.
-
-    Raises:
-        UsageError: ``USAGE_KEY_INVALID`` for a bad private key.
-        BundleError: the bundle itself is invalid or its artifacts do not match.
-        OutputError: ``bundle.sig`` cannot be written.
-    """
-    # Deferred: edgemed.bundle imports this module.
-    from edgemed.bundle import Bundle
-    from edgemed.fsutil import atomic_write
-
-    private = load_private_key(key)
-    root = Path(bundle_dir)
-    raw = Bundle._read_manifest(root)
-    bundle = Bundle._from_bytes(root, raw)
-    for art in bundle.artifacts:
-        bundle._verify_file(art)
-    sig = private.sign(raw)
-    return atomic_write(root / SIGNATURE, lambda tmp: Path(tmp).write_bytes(sig))

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemed.bundle import MODALITY_CODE, PRECISIONS, TASKS
+from edgemed.bundle import MODALITY_CODE, PRECISIONS
+from edgemed.heads import HeadSpec, head_class, tasks
 from edgemed.errors import BundleError, UsageError
-from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.spec import PreprocessSpec
 
 __all__ = [
@@ -172,8 +172,8 @@ class ExportConfig:
         self.out = Path(self.out)
         self.validation = None if self.validation is None else Path(self.validation)
         self.weights = None if self.weights is None else Path(self.weights)
-        if self.task not in TASKS:
-            raise UsageError(f"--task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in tasks():
+            raise UsageError(f"--task must be one of {tasks()}, got {self.task!r}")
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise UsageError(f"--precision takes a list from {PRECISIONS}, got {self.precisions}")
@@ -207,7 +207,7 @@ class ExportConfig:
 
 def load_specs(
     source: str | dict[str, Any], task: str, postprocess: dict[str, Any] | None
-) -> tuple[PreprocessSpec, PostprocessSpec]:
+) -> tuple[PreprocessSpec, HeadSpec]:
     """The preprocessing and postprocessing specs an export writes into the bundle.
 
     ``source`` is ``"demo"`` (the shipped demo bundle's specs) or a JSON file (or its
@@ -240,6 +240,6 @@ def load_specs(
         pre_data = data.get("preprocess", data)
         post_data = postprocess if postprocess is not None else data.get("postprocess", {})
     try:
-        return PreprocessSpec.from_dict(pre_data), PostprocessSpec.from_dict(post_data, task)
+        return PreprocessSpec.from_dict(pre_data), head_class(task).parse_spec(post_data)
     except BundleError as exc:  # a user's spec file: a usage problem, not a bundle's
         raise UsageError(f"--preprocess: {exc.message}", path=source) from exc

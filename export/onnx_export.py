@@ -37,6 +37,7 @@ __all__ = [
     "max_errors",
     "parity",
     "run_onnx",
+    "run_onnx_outputs",
     "session",
     "simplify",
     "strip_value_info",
@@ -273,19 +274,29 @@ def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
 
 def run_onnx(sess: ort.InferenceSession, x: np.ndarray, batch: int = 8) -> np.ndarray:
     """The session's first output for ``x``, run in chunks of ``batch`` (float32 out)."""
+    first = sess.get_outputs()[0].name
+    return run_onnx_outputs(sess, x, batch)[first]
+
+
+def run_onnx_outputs(
+    sess: ort.InferenceSession, x: np.ndarray, batch: int = 8
+) -> dict[str, np.ndarray]:
+    """Every output of the session for ``x`` by name, run in chunks of ``batch``
+    (float32 out)."""
     inp = sess.get_inputs()[0]
+    names = [o.name for o in sess.get_outputs()]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     step = fixed or batch
-    outs = []
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(x), step):
         chunk = np.ascontiguousarray(x[i : i + step], dtype=dtype)
         n = len(chunk)
         if fixed and n < fixed:  # a fixed batch takes exactly `fixed`: pad, then drop
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        y = np.asarray(sess.run(None, {inp.name: chunk})[0], dtype=np.float32)
-        outs.append(y[:n])
-    return np.concatenate(outs)
+        for name, y in zip(names, sess.run(names, {inp.name: chunk}), strict=True):
+            outs[name].append(np.asarray(y, dtype=np.float32)[:n])
+    return {name: np.concatenate(parts) for name, parts in outs.items()}
 
 
 def max_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:

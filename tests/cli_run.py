@@ -1,8 +1,7 @@
 """``cli()``: the command line as a user meets it, in a real subprocess.
 
-Shared by tests/test_cli.py and tests/export/. Importable as ``cli_run`` because pytest
-(default "prepend" import mode) puts ``tests/``, the folder of the root conftest.py, on
-``sys.path``.
+Shared by tests/test_cli.py, tests/test_modality.py and tests/export/ (``from tests.cli_run
+import cli``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,30 @@
-"""Shared fixtures: real CT data from pydicom's corpus and small real ONNX bundles."""
+"""Shared fixtures: real CT data from pydicom's corpus, small real ONNX bundles and the
+kernels' host build.
+
+``edgemed.export`` is installed from the top-level ``export/`` folder (pyproject's
+``package-dir``). ``python -m pytest`` puts the checkout first on ``sys.path``, so
+``edgemed`` is the checkout's ``edgemed/``, which has no ``export/`` inside. An editable
+install maps ``edgemed.export`` to ``export/`` itself; a non-editable one installed it
+as ``site-packages/edgemed/export``, which ``pkgutil.extend_path`` adds to the search
+path of the ``edgemed`` package below (it changes nothing for an editable install, whose
+``site-packages`` holds no ``edgemed/`` folder).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import pkgutil
+import shutil
 
 import numpy as np
-import onnx
 import pydicom
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from pydicom.data import get_testdata_file
 
-from edgemed.bundle import write_manifest
+import edgemed
+from tests.bundles import make_bundle
+
+edgemed.__path__ = pkgutil.extend_path(edgemed.__path__, edgemed.__name__)
 
 
 @pytest.fixture(scope="session")
@@ -26,73 +39,30 @@ def ct_small_hu(ct_small_path) -> np.ndarray:
     return (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).astype(np.float32)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    model.opset_import[0].version = 17
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def make_bundle(
-    root: Path, task: str, *, channels: int = 1, classes: int = 3, size: int = 16, seed: int = 0
-) -> Path:
-    """A real bundle around a small real ONNX graph with seeded weights.
-
-    segmentation: 1x1 Conv ``channels -> classes`` (logits per pixel);
-    classification: GlobalAveragePool + Flatten + Gemm ``channels -> classes``;
-    embedding: GlobalAveragePool + Flatten + Gemm ``channels -> 8``.
-    """
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", channels, size, size])
-    if task == "segmentation":
-        w = rng.normal(size=(classes, channels, 1, 1)).astype(np.float32)
-        b = rng.normal(size=(classes,)).astype(np.float32)
-        nodes = [helper.make_node("Conv", ["image", "w", "b"], ["logits"])]
-        out_shape = ["batch", classes, size, size]
-        out_name = "logits"
-    else:
-        k = classes if task == "classification" else 8
-        w = rng.normal(size=(channels, k)).astype(np.float32)
-        b = rng.normal(size=(k,)).astype(np.float32)
-        out_name = "logits" if task == "classification" else "features"
-        nodes = [
-            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("Gemm", ["flat", "w", "b"], [out_name]),
-        ]
-        out_shape = ["batch", k]
-    y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)
-    graph = helper.make_graph(
-        nodes, "tiny", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
-    )
-    _save(helper.make_model(graph), root / "model.onnx")
-    labels = [f"class{i}" for i in range(classes)]
-    manifest = {
-        "name": f"tiny-{task}",
-        "version": "1.0",
-        "task": task,
-        "labels": labels,
-        "input": {
-            "name": "image",
-            "layout": "NCHW",
-            "shape": ["batch", channels, size, size],
-            "dtype": "float32",
-        },
-        "outputs": [{"name": out_name, "shape": out_shape, "dtype": "float32"}],
-        "preprocess": {"size": [size, size], "clip": [-1000.0, 1000.0], "scale": "unit"},
-        "postprocess": {"activation": "softmax", "top_k": 2}
-        if task != "embedding"
-        else {"normalize": "l2"},
-        "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32"}],
-        "provenance": {"made_by": "tests/conftest.py"},
-    }
-    write_manifest(root, manifest)
-    return root
-
-
 @pytest.fixture
 def tiny_bundle(tmp_path):
     """Factory: ``tiny_bundle(task, **kw)`` -> bundle directory."""
     counter = iter(range(1000))
     return lambda task, **kw: make_bundle(tmp_path / f"b{next(counter)}-{task}", task, **kw)
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """edgemed's ``.cu`` kernels built for the host by g++ (``edgemed.cuda.host``), once per
+    session, for tests/kernels and tests/engine's stand-in GPU.
+
+    With ``EDGEMED_KERNELS_SANITIZE=1`` the library is built with ASan/UBSan instead: the
+    ASan test re-runs tests/kernels' comparisons that way in a subprocess started with
+    ``LD_PRELOAD`` of libasan (ctypes cannot load an ASan library into a plain Python).
+    """
+    from edgemed.cuda.build import build_host_library
+    from edgemed.cuda.host import HostKernels
+    from tests.kernels.kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed: the host build of the kernels needs it")
+    sanitize = os.environ.get(SANITIZE_ENV) == "1"
+    # BUILD_DIR_ENV: the ASan test hands its subprocess the folder it already built in
+    # (the library's name carries a hash of sources and flags, so nothing stale loads).
+    where = os.environ.get(BUILD_DIR_ENV) or tmp_path_factory.mktemp("kernels-host")
+    return HostKernels(build_host_library(where, sanitize=sanitize))

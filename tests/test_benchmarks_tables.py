@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
-
-
-@pytest.fixture(scope="module")
-def tables():
-    spec = importlib.util.spec_from_file_location("readme_tables", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import readme_tables as tables
 
 
 def _env(command: str) -> dict:
@@ -70,7 +60,7 @@ PREPROCESS = {
 }
 
 
-def test_rows_carry_the_numbers_machine_and_command(tables):
+def test_rows_carry_the_numbers_machine_and_command():
     text = tables.render({"pipeline_overhead": OVERHEAD, "preprocess_compare": PREPROCESS})
     lines = text.splitlines()
     assert lines[0] == "## Performance"
@@ -90,7 +80,7 @@ def test_rows_carry_the_numbers_machine_and_command(tables):
     assert text.index("Pipeline overhead") < text.index("CPU preprocessing")
 
 
-def test_section_between_markers_is_replaced_and_the_rest_kept(tables, tmp_path):
+def test_section_between_markers_is_replaced_and_the_rest_kept(tmp_path):
     (tmp_path / "pipeline_overhead.json").write_text(json.dumps(OVERHEAD))
     (tmp_path / "unrelated.json").write_text("{}")
     readme = tmp_path / "README.md"
@@ -105,6 +95,6 @@ def test_section_between_markers_is_replaced_and_the_rest_kept(tables, tmp_path)
     assert tables.main([*args, "--check"]) == 0  # idempotent
 
 
-def test_missing_markers_are_an_error(tables):
+def test_missing_markers_are_an_error():
     with pytest.raises(ValueError, match="markers"):
         tables.replace_section("# no markers\n", "x")

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgemed.bundle import SCHEMA_VERSION, Bundle, write_manifest
 from edgemed.errors import BundleError
 from edgemed.fsutil import sha256_file
+from tests.support import error_code
 
 
 def _conv_model(seed: int = 0) -> bytes:
@@ -105,12 +106,6 @@ def _raw(root: Path) -> dict[str, Any]:
 
 def _rewrite(root: Path, data: Any) -> None:
     (root / "bundle.json").write_text(json.dumps(data), encoding="utf-8")
-
-
-def _code(path: Path, **kw: Any) -> str:
-    with pytest.raises(BundleError) as exc:
-        Bundle.load(path, **kw)
-    return exc.value.code
 
 
 # --- a good bundle ---------------------------------------------------------------------
@@ -223,12 +218,12 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
 @pytest.mark.parametrize("offset", [0, None, -1], ids=["first", "middle", "last"])
 def test_a_flipped_byte_fails_at_load(bundle_dir, offset):
     _flip_byte(bundle_dir / "model.onnx", offset)
-    assert _code(bundle_dir) == "BUNDLE_INTEGRITY"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INTEGRITY"
 
 
 def test_a_flipped_byte_in_a_second_artifact_fails_at_load(bundle_dir):
     _flip_byte(bundle_dir / "fp16" / "model.onnx")
-    assert _code(bundle_dir) == "BUNDLE_INTEGRITY"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INTEGRITY"
 
 
 def test_a_file_swapped_after_load_fails_at_read_artifact(bundle_dir):
@@ -253,9 +248,9 @@ def test_a_truncated_model_fails(bundle_dir):
     with pytest.raises(BundleError) as exc:
         b.read_artifact(b.artifact())
     assert exc.value.code == "BUNDLE_INTEGRITY"
-    assert _code(bundle_dir) == "BUNDLE_INTEGRITY"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INTEGRITY"
     p.write_bytes(b"")
-    assert _code(bundle_dir) == "BUNDLE_INTEGRITY"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INTEGRITY"
 
 
 def test_verify_false_defers_the_check_to_read_artifact(bundle_dir):
@@ -270,13 +265,13 @@ def test_manifest_size_that_disagrees_with_the_file_fails(bundle_dir):
     data = _raw(bundle_dir)
     data["artifacts"][0]["bytes"] += 1
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INTEGRITY"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INTEGRITY"
 
 
 def test_a_missing_artifact(bundle_dir):
     b = Bundle.load(bundle_dir)
     (bundle_dir / "fp16" / "model.onnx").unlink()
-    assert _code(bundle_dir) == "BUNDLE_ARTIFACT_MISSING"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_ARTIFACT_MISSING"
     with pytest.raises(BundleError) as exc:
         b.read_artifact(b.artifact("onnx", "fp16"))
     assert exc.value.code == "BUNDLE_ARTIFACT_MISSING"
@@ -285,18 +280,23 @@ def test_a_missing_artifact(bundle_dir):
 def test_an_artifact_that_is_a_directory_is_missing(bundle_dir):
     (bundle_dir / "model.onnx").unlink()
     (bundle_dir / "model.onnx").mkdir()
-    assert _code(bundle_dir) == "BUNDLE_ARTIFACT_MISSING"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_ARTIFACT_MISSING"
 
 
 # --- the manifest itself -----------------------------------------------------------------
 
 
 def test_no_bundle_json_is_not_found(tmp_path, bundle_dir):
-    assert _code(tmp_path) == "BUNDLE_NOT_FOUND"
-    assert _code(tmp_path / "does-not-exist") == "BUNDLE_NOT_FOUND"
-    assert _code(bundle_dir / "model.onnx") == "BUNDLE_NOT_FOUND"  # a file, not a bundle
+    assert error_code(Bundle.load, tmp_path, kind=BundleError) == "BUNDLE_NOT_FOUND"
+    assert (
+        error_code(Bundle.load, tmp_path / "does-not-exist", kind=BundleError) == "BUNDLE_NOT_FOUND"
+    )
+    # a file, not a bundle:
+    assert (
+        error_code(Bundle.load, bundle_dir / "model.onnx", kind=BundleError) == "BUNDLE_NOT_FOUND"
+    )
     (bundle_dir / "bundle.json").unlink()
-    assert _code(bundle_dir) == "BUNDLE_NOT_FOUND"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_no_bundle_json_is_not_found(tmp_path, bundle_dir):
 )
 def test_unparseable_or_non_object_manifest_is_invalid(bundle_dir, text):
     (bundle_dir / "bundle.json").write_bytes(text)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize("version", [2, 0, "1", None, True, 1.0, 1.5], ids=repr)
@@ -314,14 +314,14 @@ def test_wrong_schema_version(bundle_dir, version):
     data = _raw(bundle_dir)
     data["schema_version"] = version
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_SCHEMA_VERSION"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_SCHEMA_VERSION"
 
 
 def test_missing_schema_version(bundle_dir):
     data = _raw(bundle_dir)
     del data["schema_version"]
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_SCHEMA_VERSION"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_SCHEMA_VERSION"
 
 
 @pytest.mark.parametrize("key", ["name", "version", "task", "input", "outputs", "preprocess"])
@@ -329,7 +329,7 @@ def test_missing_top_level_key_is_invalid(bundle_dir, key):
     data = _raw(bundle_dir)
     del data[key]
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize(
@@ -341,17 +341,17 @@ def test_unknown_keys_and_malformed_labels_are_invalid(bundle_dir, patch):
     data = _raw(bundle_dir)
     data.update(patch)
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 def test_missing_artifacts_is_invalid(bundle_dir):
     data = _raw(bundle_dir)
     del data["artifacts"]
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
     data["artifacts"] = []
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize("key", ["path", "kind", "precision", "sha256"])
@@ -359,7 +359,7 @@ def test_missing_artifact_key_is_invalid(bundle_dir, key):
     data = _raw(bundle_dir)
     del data["artifacts"][0][key]
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize(
@@ -386,7 +386,7 @@ def test_malformed_fields_are_invalid(bundle_dir, patch):
     data = _raw(bundle_dir)
     data.update(patch)
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize(
@@ -410,7 +410,7 @@ def test_malformed_artifact_entries_are_invalid(bundle_dir, patch):
     data = _raw(bundle_dir)
     data["artifacts"][0].update(patch)
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
 
 
 @pytest.mark.parametrize(
@@ -426,7 +426,7 @@ def test_artifact_paths_must_stay_inside_the_bundle(bundle_dir, rel):
     data = _raw(bundle_dir)
     data["artifacts"][0].update(path=path, sha256=sha256_file(outside), bytes=len(_conv_model(9)))
     _rewrite(bundle_dir, data)
-    assert _code(bundle_dir) == "BUNDLE_INVALID"
+    assert error_code(Bundle.load, bundle_dir, kind=BundleError) == "BUNDLE_INVALID"
     # write_manifest refuses it too, whether or not the file out there exists: it checks
     # the path before it reads anything.
     for target in (path, path.replace("outside.onnx", "absent.onnx")):

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_run import cli
+
+from tests.cli_run import cli
 
 
 def _one_error_line(proc, code: str) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_run import cli
 from pydicom.data import get_testdata_file
 
 import edgemed
@@ -24,6 +23,7 @@ from edgemed.errors import BundleError, InputError, UsageError
 from edgemed.export.calibration import collect
 from edgemed.export.config import ExportConfig
 from edgemed.fsutil import write_json
+from tests.cli_run import cli
 
 MR = get_testdata_file("MR_small.dcm")
 

@@ -5,7 +5,9 @@ import pytest
 
 from edgemed import postprocess as post
 from edgemed.errors import BundleError, UsageError
-from edgemed.postprocess import PostprocessSpec
+from edgemed.heads.classification import ClassificationSpec
+from edgemed.heads.embedding import EmbeddingSpec
+from edgemed.heads.segmentation import SegmentationSpec
 from edgemed.preprocess import Placement
 
 
@@ -25,7 +27,7 @@ def test_sigmoid_handles_extremes():
 
 def test_threshold_decision_labels_channel_plus_one():
     probs = np.array([[[0.9, 0.2], [0.4, 0.6], [0.1, 0.3]]], dtype=np.float32)  # (1, 3, 2)
-    mask = post.decide(probs, PostprocessSpec(decision="threshold", threshold=0.5))
+    mask = post.decide(probs, SegmentationSpec(decision="threshold", threshold=0.5))
     assert mask.tolist() == [[1, 2, 0]]
 
 
@@ -63,13 +65,13 @@ def test_stats_area_and_volume():
 
 def test_classify_top_k_order_and_labels():
     logits = np.array([[0.0, 3.0, 1.0]], dtype=np.float32)
-    (res,) = post.classify(logits, PostprocessSpec(top_k=2), ["a", "b", "c"])
+    (res,) = post.classify(logits, ClassificationSpec(top_k=2), ["a", "b", "c"])
     assert [t["label"] for t in res["top_k"]] == ["b", "c"]
     assert res["top_k"][0]["probability"] == pytest.approx(np.exp(3) / (1 + np.exp(3) + np.e))
 
 
 def test_embed_normalises_and_match_ranks_by_cosine():
-    e = post.embed(np.array([[3.0, 4.0]], dtype=np.float32), PostprocessSpec(activation="none"))
+    e = post.embed(np.array([[3.0, 4.0]], dtype=np.float32), EmbeddingSpec())
     np.testing.assert_allclose(e, [[0.6, 0.8]], rtol=1e-6)
     gallery = {"x": np.array([1.0, 0.0]), "y": np.array([0.0, 2.0]), "z": np.array([3.0, 4.1])}
     hits = post.match(e[0], gallery, k=2)
@@ -83,8 +85,8 @@ def test_embed_normalises_and_match_ranks_by_cosine():
 
 def test_spec_validation_codes():
     with pytest.raises(BundleError):
-        PostprocessSpec.from_dict({"activation": "relu"})
+        SegmentationSpec.from_dict({"activation": "relu"})
     with pytest.raises(BundleError):
-        PostprocessSpec.from_dict({"bogus": 1})
-    spec = PostprocessSpec.from_dict({"largest_component": ["lung"], "threshold": "0.3"})
-    assert PostprocessSpec.from_dict(spec.to_dict()) == spec
+        SegmentationSpec.from_dict({"bogus": 1})
+    spec = SegmentationSpec.from_dict({"largest_component": ["lung"], "threshold": "0.3"})
+    assert SegmentationSpec.from_dict(spec.to_dict()) == spec

@@ -2,37 +2,20 @@
 
 ``postprocess.segment`` activates only the placement box, writes probabilities into
 the resize's layout and decides with branch-free plane comparisons (see its helpers).
-The reference here is the straightforward recipe it replaced: activate the whole
-batch, crop, one multi-channel ``cv2.resize``, ``argmax`` over the last axis.
+The reference (tests/segment_reference.py) is the straightforward recipe it replaced:
+activate the whole batch, crop, one multi-channel ``cv2.resize``, ``argmax`` over the
+last axis.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
 from edgemed import postprocess as post
-from edgemed.postprocess import PostprocessSpec
+from edgemed.heads.segmentation import SegmentationSpec
 from edgemed.preprocess import PreprocessSpec, place
-
-
-def _reference(logits, placements, spec):
-    probs = post.activate(logits, spec.activation, axis=1)
-    masks = []
-    for i, p in enumerate(placements):
-        box = probs[i][:, p.top : p.top + p.height, p.left : p.left + p.width]
-        hwc = np.ascontiguousarray(box.transpose(1, 2, 0))
-        h, w = p.source
-        if (h, w) != (p.height, p.width):
-            hwc = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
-        best = hwc.argmax(axis=-1)
-        if spec.decision == "argmax":
-            masks.append(best.astype(np.uint8))
-        else:
-            best_p = np.take_along_axis(hwc, best[..., None], axis=-1)[..., 0]
-            masks.append(np.where(best_p >= spec.threshold, best + 1, 0).astype(np.uint8))
-    return masks
+from tests.segment_reference import reference_masks
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 9, 33])
@@ -46,9 +29,9 @@ def test_segment_is_bit_identical_to_the_plain_recipe(channels, activation, deci
     grid = PreprocessSpec(size=(48, 48), clip=(0.0, 1.0), resize="letterbox")
     sources = [(48, 48), (96, 96), (24, 70), (131, 40)]  # same, 2x up, down, letterbox
     placements = [place(s, grid) for s in sources]
-    spec = PostprocessSpec(activation=activation, decision=decision, threshold=0.4)
+    spec = SegmentationSpec(activation=activation, decision=decision, threshold=0.4)
     got = post.segment(logits, placements, spec, [f"c{i}" for i in range(channels)])
-    for g, want in zip(got, _reference(logits, placements, spec), strict=True):
+    for g, want in zip(got, reference_masks(logits, placements, spec), strict=True):
         assert g.dtype == np.uint8
         np.testing.assert_array_equal(g, want)
 
@@ -62,10 +45,10 @@ def test_nan_and_inf_logits_follow_argmax(activation):
     logits[1, 4, 6, 6] = -np.inf
     grid = PreprocessSpec(size=(16, 16), clip=(0.0, 1.0))
     placements = [place((16, 16), grid), place((40, 40), grid)]
-    spec = PostprocessSpec(activation=activation)
+    spec = SegmentationSpec(activation=activation)
     with np.errstate(invalid="ignore"):
         got = post.segment(logits, placements, spec, list("abcde"))
-        want = _reference(logits, placements, spec)
+        want = reference_masks(logits, placements, spec)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 
@@ -74,7 +57,7 @@ def test_decide_on_strided_and_contiguous_probabilities_matches_argmax():
     probs = np.random.default_rng(1).random((6, 30, 40), dtype=np.float32)
     probs[:, 3, 3] = 0.5
     for hwc in (probs.transpose(1, 2, 0), np.ascontiguousarray(probs.transpose(1, 2, 0))):
-        got = post.decide(hwc, PostprocessSpec())
+        got = post.decide(hwc, SegmentationSpec())
         np.testing.assert_array_equal(got, hwc.argmax(axis=-1).astype(np.uint8))
 
 
@@ -90,5 +73,5 @@ def test_label_counts_equal_bincount_and_masks_are_not_reused():
         assert [v["pixels"] for v in stats.values()] == want.tolist()
     logits = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
     grid = PreprocessSpec(size=(8, 8), clip=(0.0, 1.0))
-    a, b = post.segment(logits, [place((16, 16), grid)] * 2, PostprocessSpec(), list("abc"))
+    a, b = post.segment(logits, [place((16, 16), grid)] * 2, SegmentationSpec(), list("abc"))
     assert not np.shares_memory(a, b)  # each call's masks are the caller's own

@@ -13,14 +13,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from test_postprocess_exact import _reference
 
 import edgemed
 from edgemed import Pipeline
 from edgemed import postprocess as post
 from edgemed._scratch import scratch
-from edgemed.postprocess import PostprocessSpec
+from edgemed.heads.segmentation import SegmentationSpec
 from edgemed.preprocess import preprocess
+from tests.segment_reference import reference_masks
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def test_plane_and_blocked_paths_equal_the_recipe(
 ):
     logits, placements, labels = demo_logits
     x = _variants(logits)[case]
-    spec = PostprocessSpec(activation=activation, decision=decision, threshold=0.4)
+    spec = SegmentationSpec(activation=activation, decision=decision, threshold=0.4)
     with np.errstate(invalid="ignore"):
-        want = _reference(x, placements, spec)
+        want = reference_masks(x, placements, spec)
     got = {
         "interleaved": _segment(x, placements, spec, labels, monkeypatch, planes=False),
         "planes": _segment(x, placements, spec, labels, monkeypatch),

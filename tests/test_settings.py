@@ -56,3 +56,36 @@ def test_salt_cache_and_trusted_key():
 def test_short_or_non_hex_salt_is_a_usage_error(salt):
     with pytest.raises(UsageError, match="EDGEMED_ID_SALT"):
         load_settings({"EDGEMED_ID_SALT": salt})
+
+
+def test_the_api_honours_edgemed_variables_as_the_cli_does(monkeypatch, ct_small_path, tmp_path):
+    """Pipeline.from_bundle resolves EDGEMED_* through the same function as the CLI
+    (Options.resolve); explicit arguments still win."""
+    from edgemed.errors import InputError, UsageError
+    from edgemed.pipeline import Pipeline, demo_bundle
+    from edgemed.settings import Options
+
+    monkeypatch.setenv("EDGEMED_ORT_THREADS", "1")
+    monkeypatch.setenv("EDGEMED_ID_SALT", "ab" * 16)
+    monkeypatch.setenv("EDGEMED_ENGINE_CACHE", str(tmp_path / "cache"))
+    opts = Options.resolve()
+    assert (opts.threads, opts.id_salt, opts.engine_cache) == (
+        1,
+        bytes.fromhex("ab" * 16),
+        tmp_path / "cache",
+    )
+    assert Options.resolve(threads=2).threads == 2
+    with Pipeline.from_bundle(demo_bundle()) as a, Pipeline.from_bundle(demo_bundle()) as b:
+        assert "1 threads" in a.backend.device
+        # one salt from the environment: the same input gets the same id in both
+        assert a(ct_small_path).provenance["input_id"] == b(ct_small_path).provenance["input_id"]
+        assert a.options.engine_cache == tmp_path / "cache"
+    monkeypatch.setenv("EDGEMED_MAX_FILE_BYTES", "1000")  # CT_small.dcm is ~39 kB
+    with Pipeline.from_bundle(demo_bundle()) as pipe, pytest.raises(InputError) as exc:
+        pipe(ct_small_path)
+    assert exc.value.code == "INPUT_INVALID"
+    monkeypatch.setenv("EDGEMED_BACKEND", "nonsense")
+    with pytest.raises(UsageError):
+        Pipeline.from_bundle(demo_bundle())
+    with Pipeline.from_bundle(demo_bundle(), backend="onnxruntime") as pipe:
+        assert pipe.backend.name == "onnxruntime"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemed.bundle import Bundle, write_manifest
+from edgemed.bundle import Bundle, sign_bundle, write_manifest
 from edgemed.errors import BundleError, UsageError
 from edgemed.pipeline import Pipeline
 from edgemed.settings import load_settings, trusted_key_path
@@ -30,8 +30,8 @@ from edgemed.signing import (
     key_fingerprint,
     load_private_key,
     load_public_key,
-    sign_bundle,
 )
+from tests.support import error_code
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -50,12 +50,6 @@ def _error(proc: subprocess.CompletedProcess, code: str, exit_code: int) -> None
     assert proc.returncode == exit_code, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"edgemed: error {code}:"), proc.stderr
-
-
-def _code(call) -> str:
-    with pytest.raises((BundleError, UsageError)) as exc:
-        call()
-    return exc.value.code
 
 
 @pytest.fixture(autouse=True)
@@ -151,17 +145,26 @@ def test_signed_bundle_loads_with_its_key_in_every_form(signed, keys):
 
 
 def test_unsigned_bundle_with_a_key_is_unsigned(bundle, keys):
-    assert _code(lambda: Bundle.load(bundle, trusted_key=keys["public"])) == "BUNDLE_UNSIGNED"
+    assert (
+        error_code(Bundle.load, bundle, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_UNSIGNED"
+    )
     b = Bundle.load(bundle)  # no key configured: not required
     assert (b.signature, b.signed_by) == ("unsigned", None)
 
 
 def test_signature_by_another_key(signed, keys):
     other_public = load_private_key(keys["other"]).public_key()
-    assert _code(lambda: Bundle.load(signed, trusted_key=other_public)) == "BUNDLE_SIGNATURE"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=other_public, kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
     sign_bundle(signed, keys["other"])  # re-signing replaces bundle.sig
     assert Bundle.load(signed, trusted_key=other_public).signature == "verified"
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_SIGNATURE"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
 
 
 @pytest.mark.parametrize("edit", ["label", "window", "whitespace", "reserialised"])
@@ -179,7 +182,10 @@ def test_manifest_modified_after_signing(signed, keys, edit):
         path.write_bytes(text + b"\n")
     else:  # the same data, serialised differently: still not the bytes that were signed
         path.write_text(json.dumps(data))
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_SIGNATURE"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
     assert Bundle.load(signed).signature == "unverified"  # no key: loads, hashes still match
 
 
@@ -188,19 +194,29 @@ def test_artifact_modified_after_signing_is_integrity(signed, keys):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x10
     model.write_bytes(bytes(data))
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_INTEGRITY"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_INTEGRITY"
+    )
 
 
 def test_signature_is_checked_before_the_manifest_is_parsed(signed, keys):
     """Garbage that would be BUNDLE_INVALID is BUNDLE_SIGNATURE: no parser saw it."""
     (signed / "bundle.json").write_bytes(b"\xff not json {")
-    assert _code(lambda: Bundle.load(signed)) == "BUNDLE_INVALID"
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_SIGNATURE"
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"], verify=False)) == (
-        "BUNDLE_SIGNATURE"
+    assert error_code(Bundle.load, signed, kind=BundleError) == "BUNDLE_INVALID"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], verify=False, kind=BundleError)
+        == "BUNDLE_SIGNATURE"
     )
     (signed / "bundle.json").unlink()
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_NOT_FOUND"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_NOT_FOUND"
+    )
 
 
 @pytest.mark.parametrize("sig", [b"", b"\0" * 63, b"\0" * 64, b"\0" * 65, "dir"], ids=repr)
@@ -211,7 +227,10 @@ def test_malformed_signature_files(signed, keys, sig):
         target.mkdir()
     else:
         target.write_bytes(sig)
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_SIGNATURE"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
 
 
 def test_no_key_configured_ignores_a_signature_silently(signed, caplog, recwarn):
@@ -228,15 +247,19 @@ def test_the_environment_key_applies_to_the_api_too(monkeypatch, bundle, signed,
     unsigned = bundle.parent / "unsigned"
     shutil.copytree(signed, unsigned)
     (unsigned / SIGNATURE).unlink()
-    assert _code(lambda: Bundle.load(unsigned)) == "BUNDLE_UNSIGNED"
-    assert _code(lambda: Pipeline.from_bundle(unsigned, "onnxruntime", threads=1)) == (
-        "BUNDLE_UNSIGNED"
+    assert error_code(Bundle.load, unsigned, kind=BundleError) == "BUNDLE_UNSIGNED"
+    assert (
+        error_code(Pipeline.from_bundle, unsigned, "onnxruntime", threads=1, kind=BundleError)
+        == "BUNDLE_UNSIGNED"
     )
     with Pipeline.from_bundle(signed, "onnxruntime", threads=1) as pipe:
         assert pipe.bundle.signature == "verified"
     # An explicit key is used instead of the environment's.
     other_public = load_private_key(keys["other"]).public_key()
-    assert _code(lambda: Bundle.load(signed, trusted_key=other_public)) == "BUNDLE_SIGNATURE"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=other_public, kind=BundleError)
+        == "BUNDLE_SIGNATURE"
+    )
     monkeypatch.setenv("EDGEMED_TRUSTED_KEY", "   ")  # blank is unset
     assert Bundle.load(unsigned).signature == "unsigned"
 
@@ -264,7 +287,7 @@ def test_a_bad_trusted_key_is_a_usage_error(monkeypatch, tmp_path, signed, keys,
         path.write_bytes(_ec_public_pem())
     elif content == "dir":
         path.mkdir()
-    assert _code(lambda: Bundle.load(signed, trusted_key=path)) == "USAGE_KEY_INVALID"
+    assert error_code(Bundle.load, signed, trusted_key=path, kind=UsageError) == "USAGE_KEY_INVALID"
     monkeypatch.setenv("EDGEMED_TRUSTED_KEY", str(path))
     with pytest.raises(UsageError) as exc:
         Bundle.load(signed)
@@ -276,14 +299,17 @@ def test_private_key_errors(tmp_path, keys):
     for content in (b"", os.urandom(100), keys["public"].read_bytes(), _ec_public_pem()):
         path = tmp_path / "k.pem"
         path.write_bytes(content)
-        assert _code(lambda p=path: load_private_key(p)) == "USAGE_KEY_INVALID"
-    assert _code(lambda: load_private_key(tmp_path / "absent.pem")) == "USAGE_KEY_INVALID"
+        assert error_code(load_private_key, path, kind=UsageError) == "USAGE_KEY_INVALID"
+    assert (
+        error_code(load_private_key, tmp_path / "absent.pem", kind=UsageError)
+        == "USAGE_KEY_INVALID"
+    )
 
 
 def test_sign_refuses_a_bundle_that_does_not_verify(bundle, keys):
     model = bundle / "model.onnx"
     model.write_bytes(model.read_bytes()[:-1])
-    assert _code(lambda: sign_bundle(bundle, keys["private"])) == "BUNDLE_INTEGRITY"
+    assert error_code(sign_bundle, bundle, keys["private"], kind=BundleError) == "BUNDLE_INTEGRITY"
     assert not (bundle / SIGNATURE).exists()
 
 
@@ -304,7 +330,10 @@ def test_write_manifest_drops_only_a_signature_it_invalidates(bundle, keys):
     manifest["labels"][0] = "air"
     b = write_manifest(signed, manifest)
     assert not (signed / SIGNATURE).exists() and b.signature == "unsigned"
-    assert _code(lambda: Bundle.load(signed, trusted_key=keys["public"])) == "BUNDLE_UNSIGNED"
+    assert (
+        error_code(Bundle.load, signed, trusted_key=keys["public"], kind=BundleError)
+        == "BUNDLE_UNSIGNED"
+    )
 
 
 def test_generate_keypair_exactly_0600_under_a_permissive_umask(tmp_path):
@@ -324,7 +353,7 @@ def test_generate_keypair_never_writes_through_a_symlink(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("keep")
     (keydir / PUBLIC_KEY_NAME).symlink_to(victim)
-    assert _code(lambda: generate_keypair(keydir)) == "USAGE_KEY_EXISTS"
+    assert error_code(generate_keypair, keydir, kind=UsageError) == "USAGE_KEY_EXISTS"
     assert victim.read_text() == "keep" and not (keydir / PRIVATE_KEY_NAME).exists()
 
 

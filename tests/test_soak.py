@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from benchmarks import soak
 
 pytestmark = pytest.mark.slow
 
 
 def test_soak_memory_and_fds_stay_flat():
-    spec = importlib.util.spec_from_file_location(
-        "soak", Path(__file__).parents[1] / "benchmarks" / "soak.py"
-    )
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
     figures = soak.soak(iterations=10_000, warmup=200)
     assert figures["rss_growth_percent"] < 1.0, figures
     assert figures["fds_end"] <= figures["fds_after_warmup"], figures

@@ -25,7 +25,6 @@ need the same cases here.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -36,25 +35,11 @@ import onnxruntime
 import pytest
 
 from edgemed.backends import create_backend
-from edgemed.bundle import Bundle
+from edgemed.bundle import Bundle, sign_bundle
 from edgemed.errors import BundleError
 from edgemed.pipeline import Pipeline
-from edgemed.signing import SIGNATURE, generate_keypair, load_public_key, sign_bundle
-
-
-def _root_conftest() -> Any:
-    # tests/ is no package and tests/io has a conftest.py too, so `from conftest import`
-    # gets whichever was imported last: load tests/conftest.py by path instead.
-    spec = importlib.util.spec_from_file_location(
-        "_edgemed_tests_conftest", Path(__file__).with_name("conftest.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_bundle = _root_conftest().make_bundle
+from edgemed.signing import SIGNATURE, generate_keypair, load_public_key
+from tests.bundles import make_bundle
 
 SEED = 20260101
 N_FLIPS = 100

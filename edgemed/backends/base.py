@@ -9,9 +9,9 @@ an error, so the precision that runs is the precision that was asked for.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,6 +51,10 @@ class Backend(abc.ABC):
     """
 
     name: str = "base"
+    #: Device I/O (see :meth:`device_input`): the backend can run on inputs written in
+    #: its device memory and leave outputs there, so CUDA preprocessing can write the
+    #: model input in place and a CUDA decoder can read the outputs where they are.
+    device_io: ClassVar[bool] = False
 
     def __init__(self, *, precision: str, device: str, version: str) -> None:
         self.precision = precision
@@ -118,6 +122,42 @@ class Backend(abc.ABC):
         """The largest batch the loaded model accepts when its batch axis is dynamic
         (a TensorRT profile's maximum); ``None`` where any batch runs."""
         return None
+
+    # -- device I/O (backends with ``device_io``) ----------------------------------------
+
+    @property
+    def gpu(self) -> Any:
+        """The CUDA device (:class:`edgemed.cuda.device.CudaDevice`) the backend runs
+        on and whose stream device-I/O work must be queued on; ``None`` on the host."""
+        return None
+
+    def device_input(self, name: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...], Any]:
+        """Set input ``name`` to ``shape``; returns ``(device pointer, shape, dtype)``.
+        Whatever is queued on ``gpu.stream`` that writes the input there (C order) is the
+        input of the next :meth:`infer_device`."""
+        raise self._no_device_io()
+
+    def infer_device(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run on the device inputs filled through :meth:`device_input`. ``fetch``: the
+        outputs to copy back (default all); the others stay on the device for
+        :meth:`device_output` (then the call need not wait for the device)."""
+        raise self._no_device_io()
+
+    def device_output(self, name: str) -> tuple[int, tuple[int, ...], Any]:
+        """``(device pointer, shape, dtype)`` of output ``name`` after
+        :meth:`infer_device` left it on the device."""
+        raise self._no_device_io()
+
+    def last_stage_ms(self) -> Mapping[str, float]:
+        """Milliseconds of the parts of the last call a device backend can time: host
+        copies ``h2d``/``d2h`` and, by device events, ``device_h2d``, ``device_infer``,
+        ``device_d2h``. Empty for a backend computing in host memory."""
+        return {}
+
+    def _no_device_io(self) -> BackendError:
+        return BackendError(
+            f"the {self.name} backend has no device I/O", code="BACKEND_IO_MISMATCH"
+        )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,8 +1,13 @@
-"""Backends by name, and the ``auto`` choice.
+"""Backends by name, and the one ``auto`` choice.
 
-``auto`` tries TensorRT first (when it can run here) and falls back to ONNX Runtime on
-the CPU, logging one line that says why. An explicitly named backend that cannot run
-is an error, never a silent substitution.
+A backend is one module plus one :func:`register` call: a ``probe`` saying why it
+cannot run a bundle here ("" when it can), a ``factory``, its priority for ``auto`` and
+what it supports (device I/O, CUDA graphs). :func:`choose_backend` is the only place the
+choice is made: ``create_backend``, the pipeline, ``edgemed doctor`` and
+``edgemed bench`` all go through it, so they cannot disagree. ``auto`` tries the
+registered backends from the highest priority down and takes the first that can run,
+recording what it skipped and why. An explicitly named backend that cannot run is an
+error, never a silent substitution.
 """
 
 from __future__ import annotations
@@ -11,135 +16,230 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgemed._lazy import available
 from edgemed.backends.base import Backend
-from edgemed.bundle import Bundle
 from edgemed.errors import BackendError, UsageError
+from edgemed.settings import Options
 
-__all__ = ["BACKENDS", "BackendOptions", "create_backend", "probe", "register"]
+if TYPE_CHECKING:
+    from edgemed.bundle import Bundle
+
+__all__ = [
+    "BackendChoice",
+    "BackendEntry",
+    "backend_names",
+    "choose_backend",
+    "create_backend",
+    "entry",
+    "probe",
+    "register",
+    "unregister",
+]
 
 log = logging.getLogger("edgemed.backends")
 
 
 @dataclass(frozen=True)
-class BackendOptions:
-    """Backend settings beyond the bundle and precision; each backend reads its own.
+class BackendEntry:
+    """A registered backend.
 
     Attributes:
-        threads: ONNX Runtime intra-op threads (None: cores, at most 8).
-        engine_cache: TensorRT engine cache directory (None: ``<bundle>/engines``).
-        cuda_graphs: TensorRT: capture a CUDA graph for repeated calls of one shape.
+        name: the name users pass (``--backend NAME``).
+        probe: ``probe(bundle, options) -> str``: why it cannot run here ("" if it can).
+            Cheap and side-effect free: ``doctor`` calls it for every backend.
+        factory: ``factory(bundle, options) -> Backend``.
+        priority: ``auto`` tries higher first.
+        device_io: its instances have device I/O (:attr:`Backend.device_io`), so the
+            CUDA preprocessing can feed it in place (``--preprocess auto`` uses this).
+        cuda_graphs: it honours ``Options.cuda_graphs``.
     """
 
-    threads: int | None = None
-    engine_cache: str | os.PathLike[str] | None = None
+    name: str
+    probe: Callable[[Bundle, Options], str]
+    factory: Callable[[Bundle, Options], Backend]
+    priority: int = 0
+    device_io: bool = False
     cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
-class _Entry:
-    # probe(bundle, precision, options) -> "" when the backend can run here, else why not.
-    probe: Callable[[Bundle, str, BackendOptions], str]
-    factory: Callable[[Bundle, str, BackendOptions], Backend]
+class BackendChoice:
+    """What :func:`choose_backend` decided.
+
+    Attributes:
+        name: the backend to create, or ``None`` when none can run.
+        reason: why, in words (``requested``, or ``auto: ...``).
+        skipped: ``(name, why not)`` for every backend tried before it.
+    """
+
+    name: str | None
+    reason: str
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def entry(self) -> BackendEntry | None:
+        return None if self.name is None else _REGISTRY[self.name]
 
 
-_REGISTRY: dict[str, _Entry] = {}
-#: The order ``auto`` tries.
-BACKENDS = ("tensorrt", "onnxruntime")
+_REGISTRY: dict[str, BackendEntry] = {}
 
 
 def register(
     name: str,
-    probe: Callable[[Bundle, str, BackendOptions], str],
-    factory: Callable[[Bundle, str, BackendOptions], Backend],
-) -> None:
-    """Register a backend: ``probe`` says why it cannot run ("" if it can)."""
-    _REGISTRY[name] = _Entry(probe, factory)
+    probe: Callable[[Bundle, Options], str],
+    factory: Callable[[Bundle, Options], Backend],
+    *,
+    priority: int = 0,
+    device_io: bool = False,
+    cuda_graphs: bool = False,
+) -> BackendEntry:
+    """Register (or replace) backend ``name``; see :class:`BackendEntry`."""
+    if name == "auto" or not name:
+        raise UsageError(f"{name!r} cannot name a backend")
+    e = BackendEntry(name, probe, factory, priority, device_io, cuda_graphs)
+    _REGISTRY[name] = e
+    return e
 
 
-def probe(name: str, bundle: Bundle, precision: str, options: BackendOptions | None = None) -> str:
-    """Why backend ``name`` cannot run ``bundle`` at ``precision`` here ("" if it can)."""
+def unregister(name: str) -> None:
+    """Remove backend ``name`` (tests that register a toy backend clean up with it)."""
+    _REGISTRY.pop(name, None)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Registered backends in the order ``auto`` tries them."""
+    ordered = sorted(_REGISTRY.values(), key=lambda e: -e.priority)  # stable for ties
+    return tuple(e.name for e in ordered)
+
+
+def entry(name: str) -> BackendEntry:
+    """The registered backend ``name``; ``UsageError`` for an unknown name."""
     if name not in _REGISTRY:
-        raise UsageError(f"unknown backend '{name}' (known: auto, {', '.join(_REGISTRY)})")
-    return _REGISTRY[name].probe(bundle, precision, options or BackendOptions())
+        raise UsageError(f"unknown backend '{name}' (known: auto, {', '.join(backend_names())})")
+    return _REGISTRY[name]
+
+
+def probe(name: str, bundle: Bundle, options: Options | str = "fp32") -> str:
+    """Why backend ``name`` cannot run ``bundle`` here ("" if it can); ``options`` or
+    just a precision (the other options from ``EDGEMED_*``)."""
+    if isinstance(options, str):
+        options = Options.resolve(precision=options)
+    return entry(name).probe(bundle, options)
+
+
+def choose_backend(bundle: Bundle, options: Options) -> BackendChoice:
+    """The backend ``options.backend`` means for ``bundle`` here, and why.
+
+    Never raises for a backend that cannot run: the choice then has ``name=None`` and
+    says why (:func:`create_backend` turns that into ``BACKEND_UNAVAILABLE``).
+
+    Raises:
+        UsageError: an unknown backend name.
+    """
+    if options.backend != "auto":
+        why_not = probe(options.backend, bundle, options)
+        if why_not:
+            return BackendChoice(
+                None,
+                f"backend {options.backend} cannot run: {why_not}",
+                ((options.backend, why_not),),
+            )
+        return BackendChoice(options.backend, "requested")
+    skipped: list[tuple[str, str]] = []
+    for name in backend_names():
+        why_not = probe(name, bundle, options)
+        if not why_not:
+            said = "; ".join(f"{n} not used: {w}" for n, w in skipped)
+            return BackendChoice(name, "auto: " + (said or f"{name} is available"), tuple(skipped))
+        skipped.append((name, why_not))
+    said = "; ".join(f"{n} not used: {w}" for n, w in skipped)
+    return BackendChoice(None, "no backend can run here: " + said, tuple(skipped))
 
 
 def create_backend(
-    name: str,
+    name: str | None,
     bundle: Bundle,
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     *,
+    options: Options | None = None,
     engine_cache: str | os.PathLike[str] | None = None,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> Backend:
-    """Create backend ``name`` (or the best one, for ``auto``) for the bundle's artifact.
+    """Create backend ``name`` (``auto``: the one :func:`choose_backend` picks) for the
+    bundle's artifact.
 
-    ``cuda_graphs`` is a TensorRT option: with ``auto`` choosing ONNX Runtime it has no
-    effect (logged); asked of a named backend other than TensorRT it is an error.
+    ``options`` (default: :meth:`Options.resolve`, i.e. ``EDGEMED_*``) carries
+    everything; the other arguments, where given, override its fields.
+
+    ``options.cuda_graphs`` asked of a named backend without CUDA graphs is an error;
+    when ``auto`` picks such a backend it has no effect (logged).
 
     Raises:
         UsageError: unknown backend name, or CUDA graphs asked of a backend without them.
         BundleError: the bundle has no artifact of that precision.
-        BackendError: the named backend cannot run here (``BACKEND_UNAVAILABLE``).
+        BackendError: the backend cannot run here (``BACKEND_UNAVAILABLE``).
     """
-    bundle.artifact("onnx", precision)  # BUNDLE_ARTIFACT_MISSING before anything else
-    if cuda_graphs and name not in ("auto", "tensorrt"):
-        raise UsageError(f"CUDA graphs are a TensorRT option; backend {name} has none")
-    options = BackendOptions(threads=threads, engine_cache=engine_cache, cuda_graphs=cuda_graphs)
-    if name == "auto":
-        skipped: list[str] = []
-        for candidate in BACKENDS:
-            why_not = probe(candidate, bundle, precision, options)
-            if not why_not:
-                backend = _REGISTRY[candidate].factory(bundle, precision, options)
-                backend.reason = "auto: " + (
-                    "; ".join(skipped) if skipped else f"{candidate} is available"
-                )
-                log.info("backend %s chosen (%s)", candidate, backend.reason)
-                if cuda_graphs and candidate != "tensorrt":
-                    log.info("CUDA graphs not used: %s has none", candidate)
-                return backend
-            skipped.append(f"{candidate} not used: {why_not}")
-        raise BackendError(
-            "no backend can run here: " + "; ".join(skipped), code="BACKEND_UNAVAILABLE"
-        )
-    why_not = probe(name, bundle, precision, options)
-    if why_not:
-        raise BackendError(f"backend {name} cannot run: {why_not}", code="BACKEND_UNAVAILABLE")
-    backend = _REGISTRY[name].factory(bundle, precision, options)
-    backend.reason = "requested"
+    options = (options or Options.resolve()).replace(
+        backend=name,
+        precision=precision,
+        threads=threads,
+        engine_cache=None if engine_cache is None else Path(engine_cache),
+        cuda_graphs=cuda_graphs,
+    )
+    bundle.artifact("onnx", options.precision)  # BUNDLE_ARTIFACT_MISSING before anything
+    if options.cuda_graphs and options.backend != "auto" and not entry(options.backend).cuda_graphs:
+        raise UsageError(f"CUDA graphs are a TensorRT option; backend {options.backend} has none")
+    choice = choose_backend(bundle, options)
+    if choice.name is None:
+        raise BackendError(choice.reason, code="BACKEND_UNAVAILABLE")
+    chosen = _REGISTRY[choice.name]
+    if options.cuda_graphs and not chosen.cuda_graphs:
+        log.info("CUDA graphs not used: %s has none", chosen.name)
+        options = options.replace(cuda_graphs=False)
+    backend = chosen.factory(bundle, options)
+    backend.reason = choice.reason
+    if options.backend == "auto":
+        log.info("backend %s chosen (%s)", chosen.name, choice.reason)
     return backend
 
 
-def _ort_probe(bundle: Bundle, precision: str, options: BackendOptions) -> str:
+# -- the built-in backends ----------------------------------------------------------------
+
+
+def _ort_probe(bundle: Bundle, options: Options) -> str:
     return "" if available("onnxruntime") else "onnxruntime is not installed"
 
 
-def _ort_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Backend:
+def _ort_factory(bundle: Bundle, options: Options) -> Backend:
     from edgemed.backends.ort import OnnxRuntimeBackend
 
-    model = bundle.read_artifact(bundle.artifact("onnx", precision))
-    return OnnxRuntimeBackend(model, precision=precision, threads=options.threads)
+    model = bundle.read_artifact(bundle.artifact("onnx", options.precision))
+    return OnnxRuntimeBackend(model, precision=options.precision, threads=options.threads)
 
 
-def _trt_probe(bundle: Bundle, precision: str, options: BackendOptions) -> str:
+def _trt_probe(bundle: Bundle, options: Options) -> str:
     # Lazily: the module imports tensorrt only inside its functions.
     from edgemed.backends.tensorrt.backend import probe as trt_probe
 
-    return trt_probe(bundle, precision, options.engine_cache)
+    return trt_probe(bundle, options.precision, options.engine_cache)
 
 
-def _trt_factory(bundle: Bundle, precision: str, options: BackendOptions) -> Backend:
+def _trt_factory(bundle: Bundle, options: Options) -> Backend:
     from edgemed.backends.tensorrt.backend import TensorRTBackend
 
     # The engine is never built here (minutes on a Jetson): `edgemed build` does that,
     # explicitly, into the same cache.
     return TensorRTBackend.from_bundle(
-        bundle, precision, cache_dir=options.engine_cache, cuda_graphs=options.cuda_graphs
+        bundle,
+        options.precision,
+        cache_dir=options.engine_cache,
+        cuda_graphs=options.cuda_graphs,
     )
 
 
-register("tensorrt", _trt_probe, _trt_factory)
-register("onnxruntime", _ort_probe, _ort_factory)
+register("tensorrt", _trt_probe, _trt_factory, priority=100, device_io=True, cuda_graphs=True)
+register("onnxruntime", _ort_probe, _ort_factory, priority=0)

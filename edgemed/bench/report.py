@@ -62,6 +62,9 @@ def accuracy_text(acc: dict[str, Any]) -> str:
         return f"top-1 {acc['top1_agreement']:.3f}"
     if acc.get("metric") == "cosine":
         return f"cos {acc['min_cosine']:.4f}"
+    value = acc.get(str(acc.get("metric")))  # another head: its metric names its figure
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{acc['metric']} {value:.4f}"
     return "n/a"
 
 

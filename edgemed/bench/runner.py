@@ -1,23 +1,20 @@
 """``edgemed bench``: per-stage latency of a bundle, measured until it is stable.
 
-Every measured iteration of a configuration (backend x precision x batch x input) does
-two things with the same backend:
-
-1. the stages one by one, through the public functions the pipeline itself calls:
-   ``read`` (:func:`edgemed.io.read_image` of the input file, when there is one),
-   ``preprocess`` (:func:`edgemed.preprocess.preprocess` into a reused buffer),
-   ``infer`` (:meth:`Backend.infer`), ``postprocess`` (the :mod:`edgemed.postprocess`
-   head plus per-image label statistics);
-2. ``end_to_end``: :meth:`Pipeline.run_batch` on the decoded image(s), i.e. in-memory
-   image in, result out (reading the file is the separate ``read`` stage).
+Every measured iteration of a configuration (backend x precision x batch x input) is
+``read`` (:func:`edgemed.io.read_image` of the input file, when there is one) and then
+one :meth:`Pipeline.run_batch` on the decoded image(s): ``end_to_end`` is that call,
+in-memory image in, result out, and ``preprocess`` / ``infer`` / ``postprocess`` are the
+pipeline's own timings of the same call (:attr:`Pipeline.last_stage_ms`), so they are
+of the stages it really ran (CUDA preprocessing where it chose the GPU). Nothing here
+copies the pipeline's loop.
 
 A *call* processes ``batch`` copies of a 2D input as one backend call, or every slice
 of a volume in chunks of ``batch``; latencies are per call, throughput is images (2D
 slices) per second: ``images_per_call * 1000 / mean_ms``.
 
 Host/device copies. ``h2d`` and ``d2h`` exist only where a backend moves data to a
-device. Such a backend exposes ``last_stage_ms() -> Mapping[str, float]``, read after
-each :meth:`Backend.infer`, with ``h2d`` and ``d2h`` (host wall-clock ms of the copies,
+device. Such a backend reports :meth:`Backend.last_stage_ms` (summed over the call's
+chunks by the pipeline) with ``h2d`` and ``d2h`` (host wall-clock ms of the copies,
 which are part of the ``infer`` call) and, timed by CUDA events, ``device_h2d``,
 ``device_infer`` and ``device_d2h`` (reported under ``device_stages``). A backend
 without it (ONNX Runtime on the CPU) gets ``null`` for those stages and the reason in
@@ -42,11 +39,9 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edgemed import postprocess as post
 from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
 from edgemed.bench.inputs import BenchInput
@@ -56,7 +51,7 @@ from edgemed.bundle import Bundle
 from edgemed.errors import UsageError
 from edgemed.io import read_image
 from edgemed.pipeline import Pipeline
-from edgemed.preprocess import allocate, preprocess
+from edgemed.settings import Options
 
 __all__ = [
     "STAGES",
@@ -64,7 +59,6 @@ __all__ = [
     "BenchOptions",
     "Measurement",
     "compare_outputs",
-    "label_dice",
     "measure",
     "run_bench",
 ]
@@ -75,13 +69,13 @@ STAGES = ("read", "preprocess", "h2d", "infer", "d2h", "postprocess", "end_to_en
 #: What each stage times (copied into bench.json).
 STAGE_DEFINITIONS = {
     "read": "edgemed.io.read_image of the input file or series (OS page cache warm)",
-    "preprocess": "edgemed.preprocess.preprocess of the call's slices into a reused buffer",
+    "preprocess": "the pipeline's preprocessing of the call's slices (CPU or CUDA, as it chose)",
     "h2d": "host-to-device copy of the model input (device backends only)",
     "infer": "Backend.infer: the whole backend call (includes h2d/d2h where they exist)",
     "d2h": "device-to-host copy of the model outputs (device backends only)",
-    "postprocess": "edgemed.postprocess head (masks/classes/embeddings) + label statistics",
+    "postprocess": "the task head: decoding (masks/classes/embeddings) and result assembly",
     "end_to_end": "Pipeline.run_batch on the decoded image(s): in-memory image in, "
-    "result out (preprocess + infer + postprocess + result assembly)",
+    "result out (preprocess + infer + postprocess); the stages are its own timings",
 }
 
 _NO_COPY = {
@@ -108,6 +102,9 @@ class BenchOptions:
         threads: ONNX Runtime threads (``None``: the backend's default).
         engine_cache: TensorRT engine cache (``None``: ``<bundle>/engines``).
         cuda_graphs: TensorRT: replay a CUDA graph while calls keep one shape.
+        runtime: the pipeline options the rest come from (default
+            :meth:`Options.resolve`, i.e. ``EDGEMED_*``); ``backend``, ``threads``,
+            ``engine_cache`` and ``cuda_graphs`` above override its fields.
     """
 
     backend: str = "auto"
@@ -121,6 +118,19 @@ class BenchOptions:
     threads: int | None = None
     engine_cache: str | os.PathLike[str] | None = None
     cuda_graphs: bool = False
+    runtime: Options | None = None
+
+    def options(self, precision: str, batch: int = 1) -> Options:
+        """The pipeline options of one configuration."""
+        base = self.runtime or Options.resolve()
+        return base.replace(
+            backend=self.backend,
+            precision=precision,
+            threads=self.threads,
+            engine_cache=None if self.engine_cache is None else Path(self.engine_cache),
+            cuda_graphs=self.cuda_graphs or None,
+            batch_size=batch,
+        )
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -288,54 +298,11 @@ def measure(
 # -- accuracy ------------------------------------------------------------------------
 
 
-def label_dice(a: np.ndarray, b: np.ndarray, n: int) -> list[float | None]:
-    """Dice of two label masks for each label ``0..n-1``, rounded to 6 digits; ``None``
-    where neither mask has the label."""
-    out: list[float | None] = []
-    for i in range(n):
-        sa, sb = a == i, b == i
-        total = int(sa.sum()) + int(sb.sum())
-        out.append(None if total == 0 else round(2.0 * int((sa & sb).sum()) / total, 6))
-    return out
-
-
-def compare_outputs(task: str, result: Any, reference: Any, labels: Sequence[str]) -> dict:
-    """How one precision's result agrees with the FP32 result on the same input.
-
-    Segmentation: pixel agreement and per-label Dice (``None`` where the label is in
-    neither mask), mean Dice over the labels present. Classification: top-1 agreement
-    and the largest probability difference. Embedding: the smallest cosine similarity.
-    """
-    if task == "segmentation":
-        a, b = np.asarray(result.mask), np.asarray(reference.mask)
-        if a.shape != b.shape:
-            raise UsageError(f"mask shapes differ: {a.shape} vs {b.shape}")
-        n = max(int(a.max(initial=0)), int(b.max(initial=0)), len(labels) - 1) + 1
-        names = post.label_names(labels, n)
-        dice = dict(zip(names, label_dice(a, b, n), strict=True))
-        present = [v for v in dice.values() if v is not None]
-        return {
-            "metric": "dice",
-            "pixel_agreement": round(float((a == b).mean()), 6),
-            "mean_dice": round(sum(present) / len(present), 6) if present else None,
-            "dice": dice,
-        }
-    if task == "classification":
-        pa = np.array([c["probabilities"] for c in result.classes], dtype=np.float64)
-        pb = np.array([c["probabilities"] for c in reference.classes], dtype=np.float64)
-        return {
-            "metric": "top1_agreement",
-            "top1_agreement": round(float((pa.argmax(1) == pb.argmax(1)).mean()), 6),
-            "max_probability_diff": round(float(np.abs(pa - pb).max()), 6),
-        }
-    ea = np.asarray(result.embedding, dtype=np.float64)
-    eb = np.asarray(reference.embedding, dtype=np.float64)
-    na = np.maximum(np.linalg.norm(ea, axis=1), 1e-12)
-    nb = np.maximum(np.linalg.norm(eb, axis=1), 1e-12)
-    return {
-        "metric": "cosine",
-        "min_cosine": round(float(((ea * eb).sum(1) / (na * nb)).min()), 6),
-    }
+def compare_outputs(pipe: Pipeline, result: Any, reference: Any) -> dict[str, Any]:
+    """How one precision's result agrees with the FP32 result on the same input: the
+    task head's own metric (the one the export gates use)."""
+    head = pipe.head
+    return head.metric(head.values(reference.output), head.values(result.output))
 
 
 def _bundle_accuracy(bundle: Bundle, precision: str) -> dict[str, Any] | None:
@@ -377,58 +344,20 @@ def _staged_step(
 ) -> tuple[Callable[[], dict[str, float]], list[Any]]:
     """The per-iteration work of one configuration and a list holding the last results."""
     image = inp.image
-    slices = list(image.slices())
-    if image.is_volume:
-        items: list[Any] = [image]
-        per_item = [len(slices)]
-        flat = slices
-    else:
-        items = [image] * batch
-        per_item = [1] * batch
-        flat = slices * batch
-    chunks = [flat[i : i + batch] for i in range(0, len(flat), batch)]
-    spec, backend, bundle = pipe.spec, pipe.backend, pipe.bundle
-    in_name = backend.inputs[0].name
-    buffer = allocate(spec, batch)
-    hook = getattr(backend, "last_stage_ms", None)
+    items: list[Any] = [image] if image.is_volume else [image] * batch
     last: list[Any] = []
-    names = post.label_names(bundle.labels, max(1, len(bundle.labels)))
 
     def step() -> dict[str, float]:
         out: dict[str, float] = {}
         clock = time.perf_counter
         if inp.path is not None:
             t0 = clock()
-            read_image(inp.path)
+            read_image(inp.path, limits=pipe.options.limits)
             out["read"] = (clock() - t0) * 1e3
-        pre = inf = pst = 0.0
-        copies: dict[str, float] = {}
-        outputs: list[Any] = []
-        for chunk in chunks:
-            t0 = clock()
-            x, placements = preprocess(chunk, spec, out=buffer)
-            t1 = clock()
-            raw = backend.infer({in_name: x})
-            t2 = clock()
-            if hook is not None:
-                for k, v in hook().items():
-                    copies[k] = copies.get(k, 0.0) + float(v)
-            outputs += pipe._postprocess(raw, placements)  # the pipeline's own head
-            t3 = clock()
-            pre, inf, pst = pre + (t1 - t0), inf + (t2 - t1), pst + (t3 - t2)
-        t0 = clock()
-        if bundle.task == "segmentation":  # what the pipeline adds per image
-            k = 0
-            for n in per_item:
-                mask = np.stack(outputs[k : k + n]) if image.is_volume else outputs[k]
-                post.segmentation_stats(mask, image.spacing, names)
-                k += n
-        pst += clock() - t0
-        out.update(preprocess=pre * 1e3, infer=inf * 1e3, postprocess=pst * 1e3)
-        out.update(copies)
         t0 = clock()
         results = pipe.run_batch(items)
         out["end_to_end"] = (clock() - t0) * 1e3
+        out.update(pipe.last_stage_ms)  # this very call's stages, as the pipeline ran them
         last[:] = results
         return out
 
@@ -529,8 +458,6 @@ def _run_config(
         "backend_version": info["backend_version"],
         "backend_device": info["device"],
         "backend_reason": info["backend_reason"],
-        # Where the end-to-end pipeline preprocessed (the per-stage pass uses the CPU
-        # reference functions, so with "cuda" its preprocess figure is the CPU's).
         "preprocess_device": pipe.preprocess_device,
         "cuda_graphs": bool(info.get("cuda_graphs", False)),
         "precision": info["precision"],
@@ -606,24 +533,16 @@ def run_bench(
     references: list[Any] = []
     has_fp32 = any(a.precision == "fp32" and a.kind == "onnx" for a in bundle.artifacts)
     if has_fp32:
-        ref_backend = create_backend(
-            opts.backend, bundle, "fp32", opts.threads, engine_cache=opts.engine_cache
-        )
-        with Pipeline(bundle, ref_backend, batch_size=1) as ref:
+        ref_opts = opts.options("fp32", 1).replace(cuda_graphs=False)
+        ref_backend = create_backend(None, bundle, options=ref_opts)
+        with Pipeline(bundle, ref_backend, ref_opts) as ref:
             references = [ref(inp.image) for inp in inputs]
     configs: list[dict[str, Any]] = []
     for precision in precisions:
-        backend = create_backend(
-            opts.backend,
-            bundle,
-            precision,
-            opts.threads,
-            engine_cache=opts.engine_cache,
-            cuda_graphs=opts.cuda_graphs,
-        )
+        backend = create_backend(None, bundle, options=opts.options(precision))
         try:
             for batch in opts.batches:
-                pipe = Pipeline(bundle, backend, batch_size=batch)
+                pipe = Pipeline(bundle, backend, opts.options(precision, batch))
                 if pipe.batch_size != batch:
                     takes = (
                         f"at most {pipe.batch_size} (its engine's profile: rebuild with "
@@ -644,9 +563,7 @@ def run_bench(
                         "is_reference": precision == "fp32",
                     }
                     if references and result is not None:
-                        accuracy.update(
-                            compare_outputs(bundle.task, result, references[i], bundle.labels)
-                        )
+                        accuracy.update(compare_outputs(pipe, result, references[i]))
                     else:
                         accuracy["reason"] = "the bundle has no fp32 model to compare with"
                     accuracy["bundle_reported"] = _bundle_accuracy(bundle, precision)

@@ -14,6 +14,7 @@ import ctypes
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,9 +27,11 @@ from edgemed.cuda.packing import (
     split_masks,
 )
 from edgemed.errors import UsageError
-from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from edgemed.heads.segmentation import SegmentationSpec
 
 __all__ = ["HostKernels"]
 
@@ -88,7 +91,7 @@ class HostKernels:
         self,
         logits: np.ndarray,
         placements: Sequence[Placement],
-        post: PostprocessSpec,
+        post: SegmentationSpec,
         labels: Sequence[str] = (),
         coord32: bool | None = None,
     ) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,9 +42,11 @@ from edgemed.cuda.packing import (
 )
 from edgemed.errors import BackendError, UsageError
 from edgemed.fsutil import check_private
-from edgemed.postprocess import PostprocessSpec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from edgemed.heads.segmentation import SegmentationSpec
 
 __all__ = [
     "default_kernel_cache",
@@ -338,7 +340,7 @@ class CudaSegmentPostprocessor:
 
     def __init__(
         self,
-        post: PostprocessSpec,
+        post: SegmentationSpec,
         labels: Sequence[str],
         max_batch: int,
         max_mask_pixels: int,

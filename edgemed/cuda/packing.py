@@ -19,14 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edgemed.errors import UsageError
-from edgemed.postprocess import PostprocessSpec, keep_largest_component
+from edgemed.postprocess import keep_largest_component
 from edgemed.preprocess.cpu import Placement, place
 from edgemed.preprocess.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from edgemed.heads.segmentation import SegmentationSpec
 
 __all__ = [
     "MAX_CHANNELS",
@@ -283,7 +287,7 @@ def pack_preprocess(
 
 
 def pack_segment(
-    post: PostprocessSpec,
+    post: SegmentationSpec,
     logits_shape: Sequence[int],
     placements: Sequence[Placement],
     logits_dtype: np.dtype | type = np.float32,
@@ -359,7 +363,7 @@ def split_masks(flat: np.ndarray, launch: SegmentLaunch) -> list[np.ndarray]:
 
 
 def largest_components(
-    masks: list[np.ndarray], post: PostprocessSpec, labels: Sequence[str]
+    masks: list[np.ndarray], post: SegmentationSpec, labels: Sequence[str]
 ) -> list[np.ndarray]:
     """Keep, in place, the largest connected component of each label the spec names in
     ``largest_component`` (as :func:`edgemed.postprocess.segment`); returns ``masks``."""

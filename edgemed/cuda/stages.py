@@ -1,10 +1,10 @@
 """The pipeline's GPU stages: CUDA preprocessing, and segmentation postprocessing.
 
-Two modes, decided by the backend:
+Two modes, decided by the backend's declared device I/O (:attr:`Backend.device_io`):
 
-* **TensorRT** (a backend with ``device_input``): the preprocessing kernel writes the
-  batch straight into the engine's input buffer on the engine's stream (no float
-  tensor crosses the bus), and for segmentation the postprocessing kernel reads the
+* **Device I/O** (TensorRT): the preprocessing kernel writes the batch straight into the
+  engine's input buffer on the engine's stream (no float tensor crosses the bus), and
+  when the head decodes on the device (segmentation) the postprocessing kernel reads the
   logits where the engine left them, so only the uint8 masks come back.
 * **Any other backend** (ONNX Runtime on the CPU, as the reference): the kernel writes
   into a device buffer that is copied into the pipeline's host input buffer. Useful to
@@ -20,16 +20,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemed.bundle import Bundle
 from edgemed.cuda.device import CudaDevice, DeviceBuffer, cuda_errors
 from edgemed.cuda.launchers import CudaPreprocessor, CudaSegmentPostprocessor
 from edgemed.cuda.packing import check_preprocess_spec
 from edgemed.preprocess.cpu import Placement
 from edgemed.preprocess.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from edgemed.heads.base import Head
 
 __all__ = ["CudaStages"]
 
@@ -38,7 +40,7 @@ class CudaStages:
     """CUDA pre- (and, with TensorRT, segmentation post-) processing for a pipeline.
 
     Args:
-        bundle: the loaded bundle (task, labels, postprocess spec).
+        head: the pipeline's task head (its spec, labels and decoded output name).
         spec: the preprocessing spec as the pipeline runs it (dtype = model input's).
         backend: the pipeline's backend.
         max_batch: most slices per call.
@@ -52,7 +54,7 @@ class CudaStages:
 
     def __init__(
         self,
-        bundle: Bundle,
+        head: Head,
         spec: PreprocessSpec,
         backend: Any,
         max_batch: int,
@@ -63,21 +65,16 @@ class CudaStages:
         self.max_batch = max_batch
         self._backend = backend
         self._cubins = Path(cubin_dir) if cubin_dir is not None else None
-        self.on_engine = hasattr(backend, "device_input")
+        self.on_engine = backend.device_io
         # The engine's own GPU and stream, or a context of our own for other backends.
         self._device: CudaDevice = backend.gpu if self.on_engine else CudaDevice.open(0)
         self._pre: CudaPreprocessor | None = None
         self._post: CudaSegmentPostprocessor | None = None
         self._dst: DeviceBuffer | None = None
         self._max_pixels = 0
-        out = backend.outputs[0] if backend.outputs else None
-        self.masks_on_gpu = (
-            self.on_engine
-            and bundle.task == "segmentation"
-            and out is not None
-            and np.dtype(out.dtype) in (np.dtype(np.float32), np.dtype(np.float16))
-        )
-        self._bundle = bundle
+        out = {o.name: o for o in backend.outputs}.get(head.output)
+        self.masks_on_gpu = self.on_engine and out is not None and head.decodes_on_device(out.dtype)
+        self._head = head
 
     @property
     def stream(self) -> Any:
@@ -95,8 +92,8 @@ class CudaStages:
         )
         if self.masks_on_gpu:
             self._post = CudaSegmentPostprocessor(
-                self._bundle.postprocess,
-                self._bundle.labels,
+                self._head.spec,
+                self._head.labels,
                 self.max_batch,
                 self._max_pixels,
                 cubin_dir=self._cubins,
@@ -155,7 +152,7 @@ class CudaStages:
     def segment(self, placements: list[Placement]) -> list[np.ndarray]:
         """Masks from the logits :meth:`infer` left on the GPU; only the
         uint8 masks are copied back."""
-        out = self._backend.outputs[0].name
+        out = self._head.output
         with self._device.active(), cuda_errors("CUDA postprocessing"):
             assert self._post is not None
             ptr, shape, dtype = self._backend.device_output(out)

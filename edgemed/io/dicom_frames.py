@@ -17,7 +17,6 @@ A frame whose header cannot be found is left to the decoder, which refuses it to
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 from pydicom.encaps import generate_fragmented_frames
 from pydicom.uid import (
@@ -92,7 +91,7 @@ def _j2k_size(frame: bytes) -> tuple[int, int] | None:
 
 
 def check_encapsulated(
-    value: bytes, uid: UID, rows: int, columns: int, frames: int, decoded: int, path: Path
+    value: bytes, uid: UID, rows: int, columns: int, frames: int, decoded: int, path: object
 ) -> None:
     """Refuse encapsulated pixel data that cannot be the image the header describes.
 
@@ -101,7 +100,7 @@ def check_encapsulated(
         uid: its transfer syntax.
         rows, columns, frames: from the header.
         decoded: bytes the decoded stored array takes.
-        path: for messages.
+        path: what messages name (a path, or None for bytes).
 
     Raises:
         InputError: ``INPUT_TRUNCATED`` (RLE data too short) or ``INPUT_CORRUPT`` (a

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,11 +38,11 @@ class _Unbounded(Exception):
     """A segmented table that does not describe a bounded, well-formed table."""
 
 
-def _invalid(problem: str, path: Path, code: str = "INPUT_INVALID") -> InputError:
+def _invalid(problem: str, path: object, code: str = "INPUT_INVALID") -> InputError:
     return InputError(problem, code=code, path=path)
 
 
-def _descriptor(value: Any, what: str, path: Path) -> tuple[int, int, int]:
+def _descriptor(value: Any, what: str, path: object) -> tuple[int, int, int]:
     """(entries, first stored value mapped, bits per entry) of a LUT descriptor."""
     try:
         entries, first, bits = (int(v) for v in value)
@@ -54,7 +53,7 @@ def _descriptor(value: Any, what: str, path: Path) -> tuple[int, int, int]:
     return entries or MAX_LUT_ENTRIES, first, bits
 
 
-def _check_indices(stored: np.ndarray, first: int, entries: int, what: str, path: Path) -> None:
+def _check_indices(stored: np.ndarray, first: int, entries: int, what: str, path: object) -> None:
     """Every stored value must index an entry: ``first <= value < first + entries``."""
     if stored.size and (int(stored.min()) < first or int(stored.max()) >= first + entries):
         raise _invalid(f"stored values fall outside the {what}", path)
@@ -130,7 +129,7 @@ def _segmented_entries(data: bytes, bits: int, little_endian: bool) -> int | Non
         return None
 
 
-def check_palette(ds: Dataset, stored: np.ndarray, path: Path, little_endian: bool) -> None:
+def check_palette(ds: Dataset, stored: np.ndarray, path: object, little_endian: bool) -> None:
     """Refuse a PALETTE COLOR image whose tables cannot be applied exactly.
 
     Raises:
@@ -167,7 +166,7 @@ def check_palette(ds: Dataset, stored: np.ndarray, path: Path, little_endian: bo
     _check_indices(stored, first, entries, "palette colour lookup table", path)
 
 
-def check_modality_lut(ds: Dataset, stored: np.ndarray, path: Path) -> None:
+def check_modality_lut(ds: Dataset, stored: np.ndarray, path: object) -> None:
     """Refuse a Modality LUT Sequence that cannot be applied exactly to ``stored``.
 
     Raises:

@@ -37,19 +37,18 @@ Scaled values that are not finite in ``float32`` are ``INPUT_INVALID``.
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import nibabel as nib
 import numpy as np
 
-import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.image import MedicalImage
+from edgemed.io.source import Source, SourceLike, beyond_cap, input_error, resolve_source
+from edgemed.limits import ReaderLimits
 
 __all__ = ["read_nifti"]
 
@@ -83,10 +82,6 @@ _CIFTI_INTENTS = range(3000, 3100)  # CIFTI: brainordinates, not an image grid
 _EOL_CHECK = (b"\r\n\x1a\n", b"\0\0\0\0")  # NIfTI-2; zeros from old writers (nibabel)
 
 
-def _error(code: str, problem: str, path: object) -> InputError:
-    return InputError(problem, code=code, path=path)
-
-
 @dataclass(frozen=True)
 class _Header:
     """The checked header: what the data is and where it lies."""
@@ -107,97 +102,98 @@ class _Header:
         return i * j * k * self.dtype.itemsize
 
 
-def _version(head: bytes, path: Path) -> tuple[int, Literal["<", ">"]]:
+def _version(head: bytes, where: object) -> tuple[int, Literal["<", ">"]]:
     """NIfTI version and byte order, from ``sizeof_hdr`` and the magic."""
     if len(head) < 4:
-        raise _error("INPUT_TRUNCATED", "file ends inside the NIfTI header", path)
+        raise input_error("INPUT_TRUNCATED", "file ends inside the NIfTI header", where)
     order: Literal["<", ">"] = "<"
     size = int.from_bytes(head[:4], "little", signed=True)
     if size not in (348, 540):
         order, size = ">", int.from_bytes(head[:4], "big", signed=True)
     if size not in (348, 540):
-        raise _error("INPUT_CORRUPT", "not a NIfTI header (sizeof_hdr)", path)
+        raise input_error("INPUT_CORRUPT", "not a NIfTI header (sizeof_hdr)", where)
     # The magic first: a wrong sizeof_hdr is a corrupt header, not a short file.
     magic = head[344:348] if size == 348 else head[4:8]
     if magic in (b"ni1\0", b"ni2\0"):
-        raise _error(
-            "INPUT_UNSUPPORTED_FORMAT", "NIfTI header/image pairs are not read (one file)", path
+        raise input_error(
+            "INPUT_UNSUPPORTED_FORMAT", "NIfTI header/image pairs are not read (one file)", where
         )
     if len(magic) == 4 and magic != (b"n+1\0" if size == 348 else b"n+2\0"):
-        raise _error("INPUT_CORRUPT", "NIfTI magic does not match sizeof_hdr", path)
+        raise input_error("INPUT_CORRUPT", "NIfTI magic does not match sizeof_hdr", where)
     if len(head) < size:
-        raise _error("INPUT_TRUNCATED", "file ends inside the NIfTI header", path)
+        raise input_error("INPUT_TRUNCATED", "file ends inside the NIfTI header", where)
     if size == 540 and head[8:12] not in _EOL_CHECK:
-        raise _error("INPUT_CORRUPT", "NIfTI-2 line-ending check failed (text transfer?)", path)
+        raise input_error(
+            "INPUT_CORRUPT", "NIfTI-2 line-ending check failed (text transfer?)", where
+        )
     return (1 if size == 348 else 2), order
 
 
-def _shape(dims: list[int], path: Path) -> tuple[int, int, int]:
+def _shape(dims: list[int], limits: ReaderLimits, where: object) -> tuple[int, int, int]:
     """(i, j, k) of a 2D/3D image; a 4th or later axis is allowed only with length 1."""
     if not 1 <= dims[0] <= 7:
-        raise _error("INPUT_INVALID", "NIfTI dim[0] must be between 1 and 7", path)
+        raise input_error("INPUT_INVALID", "NIfTI dim[0] must be between 1 and 7", where)
     shape = dims[1 : dims[0] + 1]
     if any(n < 1 for n in shape):
-        raise _error("INPUT_INVALID", "NIfTI dimensions must be positive", path)
+        raise input_error("INPUT_INVALID", "NIfTI dimensions must be positive", where)
     if len(shape) < 2:
-        raise _error("INPUT_UNSUPPORTED_FORMAT", "NIfTI image is not 2D or 3D", path)
+        raise input_error("INPUT_UNSUPPORTED_FORMAT", "NIfTI image is not 2D or 3D", where)
     if any(n != 1 for n in shape[3:]):
-        raise _error(
+        raise input_error(
             "INPUT_UNSUPPORTED_FORMAT",
             "NIfTI image has more than one volume; edgemed reads 2D and 3D images",
-            path,
+            where,
         )
     i, j, k = shape[0], shape[1], shape[2] if len(shape) > 2 else 1
-    if i * j * k > limits.MAX_ELEMENTS:
-        cap = limits.MAX_ELEMENTS
-        raise _error("INPUT_INVALID", f"image has more than {cap} elements (MAX_ELEMENTS)", path)
+    if i * j * k > limits.max_elements:
+        raise beyond_cap("image elements", "max_elements", limits, where)
     return i, j, k
 
 
-def _scaling(fields: Any, path: Path) -> tuple[float | None, float]:
+def _scaling(fields: Any, where: object) -> tuple[float | None, float]:
     """The slope and intercept to apply (see the module docstring)."""
     slope, inter = float(fields["scl_slope"]), float(fields["scl_inter"])
     if slope == 0 or math.isnan(slope):
         return None, 0.0
     if math.isinf(slope):
-        raise _error("INPUT_INVALID", "NIfTI scl_slope is infinite", path)
+        raise input_error("INPUT_INVALID", "NIfTI scl_slope is infinite", where)
     if not math.isfinite(inter):
-        raise _error("INPUT_INVALID", "NIfTI scl_inter is not finite", path)
+        raise input_error("INPUT_INVALID", "NIfTI scl_inter is not finite", where)
     return slope, inter
 
 
-def _parse_header(head: bytes, path: Path) -> _Header:
-    version, order = _version(head, path)
+def _parse_header(head: bytes, limits: ReaderLimits, where: object) -> _Header:
+    version, order = _version(head, where)
     header_dtype = (nib.nifti1 if version == 1 else nib.nifti2).header_dtype
     block = head[: header_dtype.itemsize]
     fields = np.frombuffer(block, dtype=header_dtype.newbyteorder(order))[0]
-    shape = _shape([int(n) for n in fields["dim"]], path)
+    shape = _shape([int(n) for n in fields["dim"]], limits, where)
 
     code = int(fields["datatype"])
     if code in _UNREAD_DTYPES:
-        raise _error(
-            "INPUT_UNSUPPORTED_FORMAT", f"NIfTI data type {_UNREAD_DTYPES[code]} is not read", path
+        raise input_error(
+            "INPUT_UNSUPPORTED_FORMAT", f"NIfTI data type {_UNREAD_DTYPES[code]} is not read", where
         )
     if code not in _READ_DTYPES:
-        raise _error("INPUT_INVALID", "NIfTI datatype is not a NIfTI data type code", path)
+        raise input_error("INPUT_INVALID", "NIfTI datatype is not a NIfTI data type code", where)
     if int(fields["intent_code"]) in _CIFTI_INTENTS:
-        raise _error("INPUT_UNSUPPORTED_FORMAT", "CIFTI files are not images", path)
+        raise input_error("INPUT_UNSUPPORTED_FORMAT", "CIFTI files are not images", where)
 
     offset = float(fields["vox_offset"])
     minimum = 352 if version == 1 else 544  # header + the 4-byte extension flag
     if not math.isfinite(offset) or offset != int(offset) or offset < minimum:
-        raise _error("INPUT_INVALID", f"NIfTI vox_offset must be a whole number >= {minimum}", path)
-    slope, inter = _scaling(fields, path)
+        raise input_error(
+            "INPUT_INVALID", f"NIfTI vox_offset must be a whole number >= {minimum}", where
+        )
+    slope, inter = _scaling(fields, where)
     dtype = np.dtype(_READ_DTYPES[code]).newbyteorder(order)
     header = _Header(version, order, block, fields, shape, dtype, int(offset), slope, inter)
-    if header.offset + header.nbytes > limits.MAX_DECOMPRESSED_BYTES:
-        cap = limits.MAX_DECOMPRESSED_BYTES
-        problem = f"NIfTI data exceeds {cap} bytes (MAX_DECOMPRESSED_BYTES)"
-        raise _error("INPUT_INVALID", problem, path)
+    if header.offset + header.nbytes > limits.max_decompressed_bytes:
+        raise beyond_cap("NIfTI data", "max_decompressed_bytes", limits, where)
     return header
 
 
-def _read_exactly(stream: io.BufferedIOBase, count: int) -> np.ndarray:
+def _read_exactly(stream: IO[bytes], count: int) -> np.ndarray:
     """``count`` bytes into a new buffer; fewer means the file was cut."""
     buffer = np.empty(count, dtype=np.uint8)
     view, filled = buffer.data, 0
@@ -209,39 +205,43 @@ def _read_exactly(stream: io.BufferedIOBase, count: int) -> np.ndarray:
     return buffer[:filled]
 
 
-def _read_stored(path: Path) -> tuple[_Header, np.ndarray]:
+def _read_stored(src: Source, limits: ReaderLimits) -> tuple[_Header, np.ndarray]:
     """The checked header and the stored data as a ``(k, j, i)`` array."""
-    size = limits.checked_file_size(path)
+    where = src.where
+    size = src.size(limits)
     try:
-        with open(path, "rb") as raw:
+        with src.open() as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
-            stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
             head = stream.read(540)
-            header = _parse_header(head, path)
+            header = _parse_header(head, limits, where)
             if not gzipped and size < header.offset + header.nbytes:
-                raise _error(
-                    "INPUT_TRUNCATED", "NIfTI file is shorter than its header describes", path
+                raise input_error(
+                    "INPUT_TRUNCATED", "NIfTI file is shorter than its header describes", where
                 )
-            stream.seek(header.offset)  # gzip: inflates and drops what it skips
-            data = _read_exactly(stream, header.nbytes)
+            if not gzipped and src.data is not None:  # bytes: a view, not a copy
+                data = np.frombuffer(src.data, np.uint8, header.nbytes, header.offset)
+            else:
+                stream.seek(header.offset)  # gzip: inflates and drops what it skips
+                data = _read_exactly(stream, header.nbytes)
     except InputError:
         raise
     except FileNotFoundError as exc:
-        raise _error("INPUT_NOT_FOUND", "file does not exist", path) from exc
+        raise input_error("INPUT_NOT_FOUND", "file does not exist", where) from exc
     except EOFError as exc:  # gzip stream ends before its end-of-stream marker
-        raise _error("INPUT_TRUNCATED", "compressed NIfTI file ends early", path) from exc
+        raise input_error("INPUT_TRUNCATED", "compressed NIfTI file ends early", where) from exc
     except (zlib.error, gzip.BadGzipFile) as exc:
-        raise _error("INPUT_CORRUPT", "compressed NIfTI data is damaged", path) from exc
+        raise input_error("INPUT_CORRUPT", "compressed NIfTI data is damaged", where) from exc
     except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
+        raise input_error("INPUT_UNREADABLE", "file cannot be opened or read", where) from exc
     if data.size < header.nbytes:
-        raise _error("INPUT_TRUNCATED", "NIfTI data ends early", path)
+        raise input_error("INPUT_TRUNCATED", "NIfTI data ends early", where)
     i, j, k = header.shape
     return header, data.view(header.dtype).reshape((k, j, i))
 
 
-def _scaled(stored: np.ndarray, header: _Header, path: Path) -> np.ndarray:
+def _scaled(stored: np.ndarray, header: _Header, where: object) -> np.ndarray:
     """float32 values, one slice at a time (no float64 copy of the whole volume)."""
     out = np.empty(stored.shape, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, not warned
@@ -252,11 +252,11 @@ def _scaled(stored: np.ndarray, header: _Header, path: Path) -> np.ndarray:
                 out[z] = stored[z] * header.slope + header.inter
     bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if bad:
-        raise _error("INPUT_INVALID", f"NIfTI data holds {bad} non-finite values", path)
+        raise input_error("INPUT_INVALID", f"NIfTI data holds {bad} non-finite values", where)
     return out
 
 
-def _geometry(header: _Header, path: Path) -> tuple[np.ndarray, float]:
+def _geometry(header: _Header, where: object) -> tuple[np.ndarray, float]:
     """The affine (RAS, file units) from nibabel, and the factor from file units to mm."""
     klass = nib.Nifti1Header if header.version == 1 else nib.Nifti2Header
     try:
@@ -265,17 +265,19 @@ def _geometry(header: _Header, path: Path) -> tuple[np.ndarray, float]:
             dtype=float,
         )
     except Exception as exc:  # an impossible quaternion, for one
-        raise _error("INPUT_INVALID", "NIfTI orientation cannot be computed", path) from exc
+        raise input_error("INPUT_INVALID", "NIfTI orientation cannot be computed", where) from exc
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise _error("INPUT_INVALID", "NIfTI orientation is not finite", path)
+        raise input_error("INPUT_INVALID", "NIfTI orientation is not finite", where)
     return affine, _TO_MM.get(int(header.fields["xyzt_units"]) & 0x07, 1.0)
 
 
-def read_nifti(path: str | Path) -> MedicalImage:
+def read_nifti(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalImage:
     """Read a NIfTI-1 or NIfTI-2 image (single file, optionally gzipped).
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file (gzip is found from the content).
+        source: a ``.nii`` or ``.nii.gz`` file (gzip is found from the content), its
+            bytes, a binary file object, or a resolved Source.
+        limits: the caps the header is held to before any data is read.
 
     Returns:
         ``(Z, Y, X)`` for 3D data, ``(Y, X)`` when the third axis has length 1;
@@ -287,10 +289,11 @@ def read_nifti(path: str | Path) -> MedicalImage:
             (4D, complex or RGB data, pairs, CIFTI), ``INPUT_INVALID`` (header values
             that make no sense, non-finite values, beyond a cap); see the module docstring.
     """
-    path = Path(path)
-    header, stored = _read_stored(path)
-    array = _scaled(stored, header, path)
-    affine, to_mm = _geometry(header, path)
+    src = resolve_source(source, limits)
+    where = src.where
+    header, stored = _read_stored(src, limits)
+    array = _scaled(stored, header, where)
+    affine, to_mm = _geometry(header, where)
 
     pixdim = [float(z) * to_mm for z in header.fields["pixdim"][1:4]]
     # pixdim 0 (or NaN) means the file does not say: 1.0, as everywhere in edgemed.
@@ -300,7 +303,7 @@ def read_nifti(path: str | Path) -> MedicalImage:
     norms = np.linalg.norm(axes, axis=0)
     direction = axes / norms if np.all(norms > 1e-12) and np.all(np.isfinite(norms)) else None
     if not all(math.isfinite(v) for v in (ox, oy, oz)):  # finite affine, overflow in mm
-        raise _error("INPUT_INVALID", "NIfTI origin is not finite in mm", path)
+        raise input_error("INPUT_INVALID", "NIfTI origin is not finite in mm", where)
 
     k = header.shape[2]
     spacing: tuple[float, ...] = (zj, zi) if k == 1 else (zk, zj, zi)

@@ -4,22 +4,27 @@ These formats carry no patient geometry: modality ``OT``, spacing 1.0, no origin
 direction. Values are kept as stored (a 16-bit PNG stays 0..65535), converted to
 ``float32``; the original dtype is recorded in ``metadata["dtype"]``.
 
-Caps (:mod:`edgemed.io.read`): every file is held to ``MAX_FILE_BYTES`` before it is
-read; a PNG's size from its header to ``MAX_DECOMPRESSED_BYTES`` and ``MAX_ELEMENTS``
-before it is decoded; an NPY header to ``MAX_ELEMENTS``. JPEG and TIFF rely on
-OpenCV's own limit on decoded pixels (``CV_IO_MAX_IMAGE_PIXELS``, 2**30 by default).
+Caps (:class:`~edgemed.limits.ReaderLimits`): every file (or bytes) is held to
+``max_file_bytes`` before it is read; a PNG's size from its header to
+``max_decompressed_bytes`` and ``max_elements`` before it is decoded; an NPY header to
+``max_elements``. JPEG and TIFF rely on OpenCV's own limit on decoded pixels
+(``CV_IO_MAX_IMAGE_PIXELS``, 2**30 by default).
+
+Bytes are decoded where they lie: ``cv2.imdecode`` and the NPY array read a view of
+them, so the only copy is the ``float32`` result.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import cv2
 import numpy as np
 
-import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.image import MedicalImage
+from edgemed.io.source import Source, SourceLike, beyond_cap, input_error, resolve_source
+from edgemed.limits import ReaderLimits
 
 __all__ = ["read_raster", "read_npy", "RASTER_FORMATS"]
 
@@ -28,23 +33,21 @@ RASTER_FORMATS = ("png", "jpeg", "tiff")
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
-def _error(code: str, problem: str, path: object) -> InputError:
-    return InputError(problem, code=code, path=path)
-
-
-def _bytes(path: Path) -> np.ndarray:
-    # np.fromfile + imdecode: cv2.imread cannot open every path encoding (non-ASCII
+def _bytes(src: Source, limits: ReaderLimits) -> np.ndarray:
+    src.size(limits)
+    if src.data is not None:
+        return np.frombuffer(src.data, dtype=np.uint8)  # read-only view: imdecode only reads
+    # np.fromfile + imdecode: cv2.imread cannot open every where encoding (non-ASCII
     # names on some platforms) and reports every failure as a bare None.
-    limits.checked_file_size(path)
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(src.where, dtype=np.uint8)
     except FileNotFoundError as exc:
-        raise _error("INPUT_NOT_FOUND", "file does not exist", path) from exc
+        raise input_error("INPUT_NOT_FOUND", "file does not exist", src.where) from exc
     except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
+        raise input_error("INPUT_UNREADABLE", "file cannot be opened or read", src.where) from exc
 
 
-def _check_png_size(buffer: np.ndarray, path: Path) -> None:
+def _check_png_size(buffer: np.ndarray, limits: ReaderLimits, where: object) -> None:
     """Hold a PNG's header-declared size to the caps before OpenCV allocates it."""
     head = buffer[:26].tobytes()
     if len(head) < 26 or head[12:16] != b"IHDR":
@@ -52,45 +55,43 @@ def _check_png_size(buffer: np.ndarray, path: Path) -> None:
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     samples = _PNG_SAMPLES.get(head[25], 4)
     elements = width * height * samples
-    if elements > limits.MAX_ELEMENTS:
-        cap = limits.MAX_ELEMENTS
-        raise _error("INPUT_INVALID", f"PNG has more than {cap} elements (MAX_ELEMENTS)", path)
-    if elements * (2 if head[24] == 16 else 1) > limits.MAX_DECOMPRESSED_BYTES:
-        cap = limits.MAX_DECOMPRESSED_BYTES
-        problem = f"PNG decodes to more than {cap} bytes (MAX_DECOMPRESSED_BYTES)"
-        raise _error("INPUT_INVALID", problem, path)
+    if elements > limits.max_elements:
+        raise beyond_cap("PNG elements", "max_elements", limits, where)
+    if elements * (2 if head[24] == 16 else 1) > limits.max_decompressed_bytes:
+        raise beyond_cap("decoded PNG", "max_decompressed_bytes", limits, where)
 
 
-def _decode(buffer: np.ndarray, fmt: str, path: Path) -> np.ndarray:
+def _decode(buffer: np.ndarray, fmt: str, limits: ReaderLimits, where: object) -> np.ndarray:
     if fmt == "png":
-        _check_png_size(buffer, path)
+        _check_png_size(buffer, limits, where)
     try:
         if fmt == "tiff":
             # A multi-page TIFF would silently lose its other pages through imdecode.
             ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
             if ok and len(pages) > 1:
-                raise _error(
-                    "INPUT_UNSUPPORTED_FORMAT", f"TIFF has {len(pages)} pages; one is read", path
+                raise input_error(
+                    "INPUT_UNSUPPORTED_FORMAT", f"TIFF has {len(pages)} pages; one is read", where
                 )
             image = pages[0] if ok and pages else None
         else:
             image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise _error("INPUT_CORRUPT", f"{fmt.upper()} data cannot be decoded", path) from exc
+        raise input_error("INPUT_CORRUPT", f"{fmt.upper()} data cannot be decoded", where) from exc
     if image is None:
-        raise _error("INPUT_CORRUPT", f"{fmt.upper()} data cannot be decoded", path)
+        raise input_error("INPUT_CORRUPT", f"{fmt.upper()} data cannot be decoded", where)
     return image
 
 
-def read_raster(path: str | Path, fmt: str) -> MedicalImage:
+def read_raster(source: SourceLike | Source, fmt: str, *, limits: ReaderLimits) -> MedicalImage:
     """Read a PNG, JPEG or TIFF image.
 
     ``cv2.IMREAD_UNCHANGED`` keeps 16-bit and float data as stored (and also ignores
     JPEG EXIF orientation: pixels come back in stored order).
 
     Args:
-        path: the file.
+        source: the file, its bytes, a binary file object, or a resolved Source.
         fmt: ``"png"``, ``"jpeg"`` or ``"tiff"`` (recorded in the metadata).
+        limits: the caps.
 
     Returns:
         ``(Y, X)`` for grayscale, ``(Y, X, 3)`` RGB for colour (an alpha channel is
@@ -100,13 +101,16 @@ def read_raster(path: str | Path, fmt: str) -> MedicalImage:
         InputError: ``INPUT_CORRUPT`` when the bytes do not decode,
             ``INPUT_UNSUPPORTED_FORMAT`` for multi-page TIFF or odd channel counts.
     """
-    path = Path(path)
+    src = resolve_source(source, limits)
+    where = src.where
     if fmt not in RASTER_FORMATS:
-        raise _error("INPUT_UNSUPPORTED_FORMAT", f"raster format {fmt!r} is not read", path)
-    buffer = _bytes(path)
+        raise input_error(
+            "INPUT_UNSUPPORTED_FORMAT", "raster format is not one of png, jpeg, tiff", where
+        )
+    buffer = _bytes(src, limits)
     if buffer.size == 0:
-        raise _error("INPUT_TRUNCATED", "file is empty", path)
-    image = _decode(buffer, fmt, path)
+        raise input_error("INPUT_TRUNCATED", "file is empty", where)
+    image = _decode(buffer, fmt, limits, where)
     dtype = str(image.dtype)
     alpha_dropped = False
     if image.ndim == 3 and image.shape[2] == 1:
@@ -116,12 +120,14 @@ def read_raster(path: str | Path, fmt: str) -> MedicalImage:
         code = cv2.COLOR_BGRA2RGB if alpha_dropped else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)  # OpenCV decodes colour as BGR(A)
     elif image.ndim != 2:
-        raise _error("INPUT_UNSUPPORTED_FORMAT", f"{image.shape} image layout is not read", path)
+        raise input_error(
+            "INPUT_UNSUPPORTED_FORMAT", f"{image.shape} image layout is not read", where
+        )
     colour = image.ndim == 3
     array = np.ascontiguousarray(image, dtype=np.float32)
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))  # float TIFF only
     if bad:
-        raise _error("INPUT_INVALID", f"image holds {bad} non-finite values", path)
+        raise input_error("INPUT_INVALID", f"image holds {bad} non-finite values", where)
     metadata = {"format": fmt, "dtype": dtype, "alpha_dropped": alpha_dropped}
     return MedicalImage(
         array=array,
@@ -132,58 +138,80 @@ def read_raster(path: str | Path, fmt: str) -> MedicalImage:
     )
 
 
-def read_npy(path: str | Path) -> MedicalImage:
-    """Read a 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` numeric array from ``.npy``.
-
-    The header is checked before any data is loaded: shape, dtype (bool, integer or
-    float) and that the file holds every byte the header describes. Pickled (object)
-    arrays are never loaded. A 3D array is always a volume, never a colour image.
-
-    Raises:
-        InputError: ``INPUT_TRUNCATED``, ``INPUT_CORRUPT`` (bad header),
-            ``INPUT_UNSUPPORTED_FORMAT`` (other dtypes or dimensions), ``INPUT_INVALID``
-            (non-finite values, too large).
-    """
-    path = Path(path)
-    limits.checked_file_size(path)
+def _npy_header(src: Source) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
+    """Shape, Fortran order, dtype, data offset and size of an NPY file or bytes."""
+    where = src.where
     try:
-        with open(path, "rb") as handle:
+        with src.open() as handle:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
             data_offset = handle.tell()
-        size = path.stat().st_size
+            size = handle.seek(0, io.SEEK_END)
     except FileNotFoundError as exc:
-        raise _error("INPUT_NOT_FOUND", "file does not exist", path) from exc
+        raise input_error("INPUT_NOT_FOUND", "file does not exist", where) from exc
     except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
+        raise input_error("INPUT_UNREADABLE", "file cannot be opened or read", where) from exc
+    except InputError:
+        raise
     except Exception as exc:  # ValueError and friends from a malformed header
-        raise _error(
-            "INPUT_CORRUPT", f"NPY header is invalid ({type(exc).__name__})", path
+        raise input_error(
+            "INPUT_CORRUPT", f"NPY header is invalid ({type(exc).__name__})", where
         ) from exc
+    return shape, fortran, dtype, data_offset, size
+
+
+def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalImage:
+    """Read a 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` numeric array from ``.npy``.
+
+    The header is checked before any data is loaded: shape, dtype (bool, integer or
+    float) and that the file holds every byte the header describes. Pickled (object)
+    arrays are never loaded. A 3D array is always a volume, never a colour image.
+
+    Args:
+        source: the file, its bytes, a binary file object, or a resolved Source.
+        limits: the caps.
+
+    Raises:
+        InputError: ``INPUT_TRUNCATED``, ``INPUT_CORRUPT`` (bad header),
+            ``INPUT_UNSUPPORTED_FORMAT`` (other dtypes or dimensions), ``INPUT_INVALID``
+            (non-finite values, too large).
+    """
+    src = resolve_source(source, limits)
+    where = src.where
+    src.size(limits)
+    shape, fortran, dtype, data_offset, size = _npy_header(src)
 
     if dtype.hasobject or dtype.kind not in "biuf":
-        raise _error("INPUT_UNSUPPORTED_FORMAT", f"NPY dtype {dtype} is not read", path)
+        # The kind only: a structured dtype's field names are text from the file.
+        problem = f"NPY data of kind {dtype.kind!r} is not read (bool, int or float only)"
+        raise input_error("INPUT_UNSUPPORTED_FORMAT", problem, where)
     if len(shape) not in (2, 3) or min(shape) < 1:
-        raise _error("INPUT_UNSUPPORTED_FORMAT", f"NPY array of shape {shape} is not 2D/3D", path)
+        problem = f"NPY array with {len(shape)} dimensions (or an empty one) is not 2D/3D"
+        raise input_error("INPUT_UNSUPPORTED_FORMAT", problem, where)
     count = int(np.prod(shape, dtype=object))
-    if count > limits.MAX_ELEMENTS:
-        cap = limits.MAX_ELEMENTS
-        raise _error("INPUT_INVALID", f"array has more than {cap} elements (MAX_ELEMENTS)", path)
+    if count > limits.max_elements:
+        raise beyond_cap("array elements", "max_elements", limits, where)
     if size < data_offset + count * dtype.itemsize:
-        raise _error("INPUT_TRUNCATED", "NPY file is shorter than its header describes", path)
+        raise input_error("INPUT_TRUNCATED", "NPY file is shorter than its header describes", where)
     try:
-        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        if src.data is not None:  # a view of the bytes, as np.load's mmap is of the file
+            order = "F" if fortran else "C"
+            stored = np.ndarray(shape, dtype, buffer=src.data, offset=data_offset, order=order)
+        else:
+            stored = np.load(src.path, mmap_mode="r", allow_pickle=False)
         array = np.ascontiguousarray(stored, dtype=np.float32)
     except MemoryError as exc:
-        raise _error("INPUT_INVALID", "array too large to read here", path) from exc
+        raise input_error("INPUT_INVALID", "array too large to read here", where) from exc
     except Exception as exc:
-        raise _error("INPUT_CORRUPT", f"NPY data unreadable ({type(exc).__name__})", path) from exc
+        raise input_error(
+            "INPUT_CORRUPT", f"NPY data unreadable ({type(exc).__name__})", where
+        ) from exc
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if bad:
-        raise _error("INPUT_INVALID", f"array holds {bad} non-finite values", path)
+        raise input_error("INPUT_INVALID", f"array holds {bad} non-finite values", where)
     metadata = {"format": "npy", "dtype": str(dtype), "fortran_order": bool(fortran)}
     spacing = (1.0,) * len(shape)
     return MedicalImage(array=array, spacing=spacing, modality="OT", metadata=metadata)

@@ -1,13 +1,21 @@
-"""DICOM series: one directory of single-frame files -> a ``(Z, Y, X)`` volume.
+"""DICOM series: single-frame instances of one series -> a ``(Z, Y, X)`` volume.
+
+The instances come from a directory (:func:`read_dicom_series`, what ``read_image``
+does with a folder) or from memory (:func:`read_series`: bytes, binary file objects or
+paths, e.g. instances received over the network). Both take the same path through
+here: the same grouping, sorting, spacing and consistency checks, the same codes.
 
 The per-file rules (pixel values, geometry checks, privacy, caps) are those of
-:mod:`edgemed.io.dicom`; this module groups, checks and orders the slices. A directory
-holds at most ``MAX_FRAMES`` files and the volume at most ``MAX_ELEMENTS`` elements
-(:mod:`edgemed.io.read`), both checked before any pixel data is decoded.
+:mod:`edgemed.io.dicom`; this module groups, checks and orders the slices. A series
+holds at most ``max_frames`` files (or instances) and the volume at most
+``max_elements`` elements (:class:`~edgemed.limits.ReaderLimits`), both checked before
+any pixel data is decoded.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,37 +23,39 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-import edgemed.io.read as limits
-from edgemed.errors import InputError
-from edgemed.io.dicom import (
-    _SUFFIXES_WITHOUT_MAGIC,
-    _direction,
-    _error,
-    _even_steps,
-    _get,
-    _int,
-    _optional_positive,
-    _parse,
-    _pixel_spacing,
-    _position,
-    read_dicom,
+from edgemed.errors import InputError, UsageError
+from edgemed.io.dicom import SUFFIXES_WITHOUT_MAGIC, has_preamble, parse_dicom, read_dicom
+from edgemed.io.dicom_values import (
+    direction_matrix,
+    even_step,
+    get_int,
+    get_value,
+    image_position,
+    optional_positive,
+    pixel_spacing,
 )
 from edgemed.io.image import MedicalImage
+from edgemed.io.source import (
+    Source,
+    SourceLike,
+    beyond_cap,
+    guard,
+    input_error,
+    resolve_limits,
+    resolve_source,
+)
+from edgemed.limits import ReaderLimits
 
-__all__ = ["read_dicom_series"]
+__all__ = ["read_dicom_series", "read_series"]
 
 
-def _series_header(path: Path) -> Dataset | None:
-    """Header of an image file in a series directory, or None for anything else."""
-    try:
-        with open(path, "rb") as raw:
-            has_magic = raw.read(132)[128:132] == b"DICM"
-    except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "file cannot be opened or read", path) from exc
-    if not has_magic and path.suffix.lower() not in _SUFFIXES_WITHOUT_MAGIC:
+def _series_header(src: Source, limits: ReaderLimits) -> Dataset | None:
+    """Header of an image instance of a series, or None for anything else."""
+    has_magic = has_preamble(src.head(132))
+    if not has_magic and src.suffix not in SUFFIXES_WITHOUT_MAGIC:
         return None
     try:
-        ds, _ = _parse(path, header_only=True)
+        ds, _ = parse_dicom(src, limits=limits, header_only=True)
     except InputError:
         if has_magic:  # a DICOM file that is broken fails the series, loudly
             raise
@@ -53,7 +63,7 @@ def _series_header(path: Path) -> Dataset | None:
     return ds if "Rows" in ds else None  # DICOMDIR, SR, RT plan...: not slices
 
 
-def _same(values: list[Any], what: str, directory: Path, atol: float = 0.0) -> None:
+def _same(values: list[Any], what: str, where: object, atol: float = 0.0) -> None:
     first = values[0]
     for value in values[1:]:
         if first is None or value is None:
@@ -61,31 +71,34 @@ def _same(values: list[Any], what: str, directory: Path, atol: float = 0.0) -> N
         else:
             equal = bool(np.allclose(first, value, rtol=0.0, atol=atol)) if atol else first == value
         if not equal:
-            raise _error("INPUT_SERIES_INCONSISTENT", f"slices differ in {what}", directory)
+            raise input_error("INPUT_SERIES_INCONSISTENT", f"slices differ in {what}", where)
 
 
 def _slice_order(
-    headers: list[tuple[Path, Dataset]], directory: Path, spacing_yx: tuple[float, float]
+    headers: list[tuple[Source, Dataset]], where: object, spacing_yx: tuple[float, float]
 ) -> tuple[list[int], float, str]:
     """Slice order (indices into headers), spacing along z, and how it was found."""
-    paths = [p for p, _ in headers]
-    directions = [_direction(_get(ds, "ImageOrientationPatient", p), p) for p, ds in headers]
-    positions = [_position(ds, 0, p) for p, ds in headers]
+    directions = [
+        direction_matrix(get_value(ds, "ImageOrientationPatient", s.where), s.where)
+        for s, ds in headers
+    ]
+    positions = [image_position(ds, 0, s.where) for s, ds in headers]
     present = [d is not None and x is not None for d, x in zip(directions, positions, strict=True)]
     if not any(present):
-        numbers = [_int(ds, "InstanceNumber", p, default=-1) for p, ds in headers]
+        numbers = [get_int(ds, "InstanceNumber", s.where, default=-1) for s, ds in headers]
         if min(numbers) < 0 or len(set(numbers)) != len(numbers):
-            raise _error(
+            raise input_error(
                 "INPUT_SERIES_INCONSISTENT",
                 "slices have neither positions nor unique numbers",
-                directory,
+                where,
             )
-        between = _optional_positive(headers[0][1], "SpacingBetweenSlices", paths[0])
+        first, ds = headers[0]
+        between = optional_positive(ds, "SpacingBetweenSlices", first.where)
         order = sorted(range(len(headers)), key=numbers.__getitem__)
         return order, between or 1.0, "instance_number"
     if not all(present):
-        raise _error("INPUT_SERIES_INCONSISTENT", "some slices lack position", directory)
-    _same(directions, "orientation", directory, atol=1e-4)
+        raise input_error("INPUT_SERIES_INCONSISTENT", "some slices lack position", where)
+    _same(directions, "orientation", where, atol=1e-4)
 
     normal = directions[0][:, 2]  # type: ignore[index]  # all present, checked above
     points = np.array(positions)
@@ -93,65 +106,46 @@ def _slice_order(
     order = [int(i) for i in np.argsort(projections, kind="stable")]
     steps = np.diff(projections[order])
     if np.any(steps < 1e-3):
-        raise _error("INPUT_SERIES_INCONSISTENT", "two slices share one position", directory)
-    step = _even_steps(steps)
+        raise input_error("INPUT_SERIES_INCONSISTENT", "two slices share one position", where)
+    step = even_step(steps)
     if step is None:
-        raise _error("INPUT_SERIES_INCONSISTENT", "slices are not evenly spaced", directory)
+        raise input_error("INPUT_SERIES_INCONSISTENT", "slices are not evenly spaced", where)
     # Slices must stack along the normal; a sheared stack (gantry tilt) is not a grid
     # that spacing + direction can describe.
     offsets = points[order] - points[order[0]]
     in_plane = offsets - np.outer(offsets @ normal, normal)
     if np.max(np.linalg.norm(in_plane, axis=1)) > max(0.01, 0.1 * min(spacing_yx)):
-        raise _error(
-            "INPUT_SERIES_INCONSISTENT", "slices are shifted in-plane (gantry tilt?)", directory
+        raise input_error(
+            "INPUT_SERIES_INCONSISTENT", "slices are shifted in-plane (gantry tilt?)", where
         )
     return order, step, "positions"
 
 
-def read_dicom_series(directory: str | Path) -> MedicalImage:
-    """Read one DICOM series from a directory (not recursive) as a ``(Z, Y, X)`` volume.
+def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> MedicalImage:
+    """One volume from the instances of one series (a directory's files, or items).
 
-    Headers are read first (without pixel data). Files that are not DICOM images
-    (other files, DICOMDIR, reports) are skipped and counted in
-    ``metadata["ignored_files"]``; a DICOM file that is broken fails the whole series.
-    Slices are sorted by the projection of ImagePositionPatient on the slice normal,
-    ``spacing[0]`` is the median step and ``origin`` the first slice's position.
-
-    Args:
-        directory: the folder that holds the series.
-
-    Raises:
-        InputError: ``INPUT_EMPTY_SERIES``, ``INPUT_MULTIPLE_SERIES``,
-            ``INPUT_SERIES_INCONSISTENT`` or any code a single file can raise.
+    ``where`` names the directory in messages, or is None for in-memory instances.
     """
-    directory = Path(directory)
-    try:
-        entries = sorted(p for p in directory.iterdir() if p.is_file())
-    except OSError as exc:
-        raise _error("INPUT_UNREADABLE", "directory cannot be listed", directory) from exc
-    if len(entries) > limits.MAX_FRAMES:  # checked before any file is parsed
-        cap = limits.MAX_FRAMES
-        raise _error("INPUT_INVALID", f"directory holds more than {cap} files", directory)
-    headers: list[tuple[Path, Dataset]] = []
-    for entry in entries:
-        ds = _series_header(entry)
+    headers: list[tuple[Source, Dataset]] = []
+    for src in sources:
+        ds = _series_header(src, limits)
         if ds is not None:
-            headers.append((entry, ds))
-    ignored = len(entries) - len(headers)
+            headers.append((src, ds))
+    ignored = len(sources) - len(headers)
     if not headers:
-        raise _error(
-            "INPUT_EMPTY_SERIES", f"no DICOM image files ({ignored} other files)", directory
+        raise input_error(
+            "INPUT_EMPTY_SERIES", f"no DICOM image files ({ignored} other files)", where
         )
-    series = {str(_get(ds, "SeriesInstanceUID", p) or "") for p, ds in headers}
+    series = {str(get_value(ds, "SeriesInstanceUID", s.where) or "") for s, ds in headers}
     if len(series) > 1:  # never name the UIDs: they identify a study
-        raise _error(
+        raise input_error(
             "INPUT_MULTIPLE_SERIES",
-            f"directory holds {len(series)} DICOM series; give one series per directory",
-            directory,
+            f"{len(series)} DICOM series were given together; give one series at a time",
+            where,
         )
 
     if len(headers) == 1:  # one file: its own frames, or a one-slice volume
-        image = read_dicom(headers[0][0])
+        image = read_dicom(headers[0][0], limits=limits)
         if not image.is_volume:
             dz = image.metadata.get("spacing_between_slices") or 1.0
             image = replace(image, array=image.array[np.newaxis], spacing=(dz, *image.spacing))
@@ -161,29 +155,32 @@ def read_dicom_series(directory: str | Path) -> MedicalImage:
         return image
 
     layouts = [
-        (_int(ds, "Rows", p), _int(ds, "Columns", p), _int(ds, "SamplesPerPixel", p, 1))
-        for p, ds in headers
+        (
+            get_int(ds, "Rows", s.where),
+            get_int(ds, "Columns", s.where),
+            get_int(ds, "SamplesPerPixel", s.where, 1),
+        )
+        for s, ds in headers
     ]
-    _same(layouts, "rows, columns or samples per pixel", directory)
-    if any(_int(ds, "NumberOfFrames", p, default=1) != 1 for p, ds in headers):
-        raise _error("INPUT_SERIES_INCONSISTENT", "series holds multi-frame files", directory)
-    spacings = [_pixel_spacing(ds, p)[0] for p, ds in headers]
-    _same(spacings, "pixel spacing", directory, atol=1e-4)
+    _same(layouts, "rows, columns or samples per pixel", where)
+    if any(get_int(ds, "NumberOfFrames", s.where, default=1) != 1 for s, ds in headers):
+        raise input_error("INPUT_SERIES_INCONSISTENT", "series holds multi-frame files", where)
+    spacings = [pixel_spacing(ds, s.where)[0] for s, ds in headers]
+    _same(spacings, "pixel spacing", where, atol=1e-4)
     rows, columns, samples = layouts[0]
-    if rows * columns * samples * len(headers) > limits.MAX_ELEMENTS:
-        cap = limits.MAX_ELEMENTS
-        raise _error("INPUT_INVALID", f"series has more than {cap} elements", directory)
-    order, dz, how = _slice_order(headers, directory, spacings[0])
+    if rows * columns * samples * len(headers) > limits.max_elements:
+        raise beyond_cap("series elements", "max_elements", limits, where)
+    order, dz, how = _slice_order(headers, where, spacings[0])
 
     # Decode slice by slice into one preallocated volume: peak memory stays one volume
     # plus one slice, not two volumes.
-    first = read_dicom(headers[order[0]][0])
+    first = read_dicom(headers[order[0]][0], limits=limits)
     volume = np.empty((len(order), *first.array.shape), dtype=np.float32)
     rescales = set()
     for k, index in enumerate(order):
-        image = first if k == 0 else read_dicom(headers[index][0])
+        image = first if k == 0 else read_dicom(headers[index][0], limits=limits)
         if (image.photometric, image.array.shape) != (first.photometric, first.array.shape):
-            raise _error("INPUT_SERIES_INCONSISTENT", "slices differ in pixel layout", directory)
+            raise input_error("INPUT_SERIES_INCONSISTENT", "slices differ in pixel layout", where)
         volume[k] = image.array
         rescales.add((image.metadata.get("rescale_slope"), image.metadata.get("rescale_intercept")))
     metadata = dict(first.metadata)
@@ -199,3 +196,74 @@ def read_dicom_series(directory: str | Path) -> MedicalImage:
         z_spacing_source=how,
     )
     return replace(first, array=volume, spacing=(float(dz), *first.spacing), metadata=metadata)
+
+
+def read_dicom_series(directory: str | os.PathLike[str], *, limits: ReaderLimits) -> MedicalImage:
+    """Read one DICOM series from a directory (not recursive) as a ``(Z, Y, X)`` volume.
+
+    Headers are read first (without pixel data). Files that are not DICOM images
+    (other files, DICOMDIR, reports) are skipped and counted in
+    ``metadata["ignored_files"]``; a DICOM file that is broken fails the whole series.
+    Slices are sorted by the projection of ImagePositionPatient on the slice normal,
+    ``spacing[0]`` is the median step and ``origin`` the first slice's position.
+
+    Args:
+        directory: the folder that holds the series.
+        limits: the caps; ``max_frames`` also limits the number of files.
+
+    Raises:
+        InputError: ``INPUT_EMPTY_SERIES``, ``INPUT_MULTIPLE_SERIES``,
+            ``INPUT_SERIES_INCONSISTENT`` or any code a single file can raise.
+    """
+    directory = Path(directory)
+    try:
+        entries = sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError as exc:
+        raise input_error("INPUT_UNREADABLE", "directory cannot be listed", directory) from exc
+    if len(entries) > limits.max_frames:  # checked before any file is parsed
+        raise beyond_cap("number of files in the directory", "max_frames", limits, directory)
+    return _assemble([resolve_source(entry, limits) for entry in entries], limits, directory)
+
+
+def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = None) -> MedicalImage:
+    """Read one DICOM series from separate instances, e.g. received over the network.
+
+    Each item is the bytes of one DICOM file, a binary file object, or a path. The
+    result is what :func:`read_dicom_series` gives for a directory holding the same
+    files: the same sorting (the order of ``items`` does not matter), spacing, checks
+    and error codes, and ``metadata["ignored_files"]`` counts the items that are not
+    DICOM images. Nothing is written to disk.
+
+    Args:
+        items: the instances (a list or other iterable; counted before any is parsed).
+        limits: the readers' caps; None resolves them from the environment
+            (``EDGEMED_MAX_*``). ``max_frames`` also limits the number of items and
+            ``max_file_bytes`` the size of each.
+
+    Returns:
+        A ``(Z, Y, X)`` volume (one multi-frame instance: its own frames).
+
+    Raises:
+        InputError: ``INPUT_EMPTY_SERIES`` (no items, or no DICOM image among them),
+            ``INPUT_MULTIPLE_SERIES``, ``INPUT_SERIES_INCONSISTENT``, ``INPUT_INVALID``
+            (beyond a cap) or any code a single file can raise. Only EdgemedError
+            leaves this function, as for ``read_image``.
+        UsageError: ``items`` is one path or one bytes object rather than a collection,
+            or an item is neither bytes, a binary file object nor a path.
+    """
+    limits = resolve_limits(limits)
+    if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)) or callable(
+        getattr(items, "read", None)
+    ):
+        raise UsageError("read_series expects a collection of instances; use read_image for one")
+    return guard(lambda: _read_series(items, limits), None)
+
+
+def _read_series(items: Iterable[SourceLike], limits: ReaderLimits) -> MedicalImage:
+    try:
+        instances = list(items)
+    except TypeError as exc:
+        raise UsageError("read_series expects a collection of instances") from exc
+    if len(instances) > limits.max_frames:  # checked before any instance is parsed
+        raise beyond_cap("number of instances", "max_frames", limits, None)
+    return _assemble([resolve_source(item, limits) for item in instances], limits, None)

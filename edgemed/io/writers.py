@@ -1,18 +1,23 @@
 """Writers for results: ``result.json``, ``mask.nii.gz``, ``overlay.png``.
 
-Every file is written to a temporary name in the target directory and renamed into
-place, so a crash or a full disk never leaves a file that looks complete.
+The target is a path or a binary file object. A path is written to a temporary name in
+the target directory and renamed into place, so a crash or a full disk never leaves a
+file that looks complete. A file object (an HTTP response body, a ``BytesIO``) gets the
+encoded bytes in one ``write``; nothing touches the disk.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO, overload
 
 import cv2
 import numpy as np
 
+from edgemed.errors import OutputError, UsageError
 from edgemed.fsutil import atomic_write
 from edgemed.io.image import MedicalImage
 
@@ -55,8 +60,52 @@ def nifti_affine(image: MedicalImage) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
 
 
-def write_mask_nifti(path: str | os.PathLike[str], mask: np.ndarray, image: MedicalImage) -> Path:
-    """Save a uint8 label mask in the image's geometry as NIfTI-1 (``.nii.gz``)."""
+def _write_to(target: BinaryIO, data: bytes) -> None:
+    """Hand ``data`` to a binary file object; its failures become OutputError."""
+    write = getattr(target, "write", None)
+    if not callable(write):
+        raise UsageError(
+            f"a writer's target must be a path or a binary file object, not {type(target).__name__}"
+        )
+    view = memoryview(data)
+    try:
+        while view:
+            written = write(view)
+            if written is None:  # a writer that reports nothing has taken it all
+                break
+            if written <= 0:  # a non-blocking stream that is full: do not spin
+                raise OutputError("the file object accepted no data")
+            view = view[written:]  # raw (unbuffered) files may take part of it
+    except TypeError as exc:  # a text-mode file
+        raise UsageError("a writer's file object must be binary (opened with 'wb')") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write to the file object ({exc.strerror or exc})") from exc
+
+
+@overload
+def write_mask_nifti(
+    target: str | os.PathLike[str], mask: np.ndarray, image: MedicalImage
+) -> Path: ...
+@overload
+def write_mask_nifti(target: BinaryIO, mask: np.ndarray, image: MedicalImage) -> None: ...
+def write_mask_nifti(
+    target: str | os.PathLike[str] | BinaryIO, mask: np.ndarray, image: MedicalImage
+) -> Path | None:
+    """Save a uint8 label mask in the image's geometry as NIfTI-1.
+
+    Args:
+        target: a path (``.nii.gz`` gzip-compressed, ``.nii`` plain, written
+            atomically) or a binary file object, which receives gzip-compressed NIfTI-1:
+            the same bytes a ``.nii.gz`` path gets.
+        mask: ``(Y, X)`` or ``(Z, Y, X)`` labels.
+        image: the image the mask belongs to (its geometry becomes the affine).
+
+    Returns:
+        The path written, or None for a file object.
+
+    Raises:
+        OutputError: ``OUTPUT_WRITE_FAILED`` when the target cannot be written.
+    """
     import nibabel as nib
 
     vol = mask if mask.ndim == 3 else mask[np.newaxis]
@@ -64,7 +113,11 @@ def write_mask_nifti(path: str | os.PathLike[str], mask: np.ndarray, image: Medi
     img = nib.Nifti1Image(data.astype(np.uint8), nifti_affine(image))
     img.header.set_xyzt_units("mm")
     img.header.set_intent("label")
-    return atomic_write(path, lambda tmp: nib.save(img, tmp))
+    if isinstance(target, (str, os.PathLike)):
+        return atomic_write(target, lambda tmp: nib.save(img, tmp))
+    # What nib.save writes for .nii.gz: nibabel's gzip is level 1, mtime 0, no file name.
+    _write_to(target, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+    return None
 
 
 def _display(slice_: np.ndarray, image: MedicalImage) -> np.ndarray:
@@ -143,16 +196,50 @@ def render_overlay(
     return np.hstack([rgb, out, panel])
 
 
+@overload
 def write_overlay_png(
-    path: str | os.PathLike[str],
+    target: str | os.PathLike[str],
     image: MedicalImage,
     mask: np.ndarray,
     labels: Sequence[str],
     stats: dict[str, dict[str, float]] | None = None,
-) -> Path:
-    """Render :func:`render_overlay` and save it as PNG, atomically."""
+) -> Path: ...
+@overload
+def write_overlay_png(
+    target: BinaryIO,
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    stats: dict[str, dict[str, float]] | None = None,
+) -> None: ...
+def write_overlay_png(
+    target: str | os.PathLike[str] | BinaryIO,
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[str],
+    stats: dict[str, dict[str, float]] | None = None,
+) -> Path | None:
+    """Render :func:`render_overlay` and save it as PNG.
+
+    Args:
+        target: a path (written atomically) or a binary file object (gets the PNG bytes).
+        image: the image under the mask.
+        mask: labels in the image's shape.
+        labels: label names, index = label value.
+        stats: per-label measurements shown in the legend.
+
+    Returns:
+        The path written, or None for a file object.
+
+    Raises:
+        OutputError: the PNG cannot be encoded or the target cannot be written.
+    """
     rgb = render_overlay(image, mask, labels, stats=stats)
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    where = target if isinstance(target, (str, os.PathLike)) else None
     if not ok:
-        raise OutputError("PNG encoding failed", path=path)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+        raise OutputError("PNG encoding failed", path=where)
+    if where is None:
+        _write_to(target, data.tobytes())  # type: ignore[arg-type]
+        return None
+    return atomic_write(where, lambda tmp: Path(tmp).write_bytes(data.tobytes()))

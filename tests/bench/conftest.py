@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from edgemed.bench.inputs import synthetic
 from edgemed.bench.runner import BenchOptions, run_bench
+from tests.bundles import make_bundle
 
 # A run small enough for tests (well under a second): a few calls, two batch sizes.
 TINY = BenchOptions(iterations=3, warmup=1, windows=3, time_cap_s=0.5, batches=(1, 2), threads=1)
-
-
-def _root_conftest() -> Any:
-    # tests/ is no package and several folders have a conftest.py, so `from conftest
-    # import` is ambiguous: load tests/conftest.py by path (as tests/test_tamper.py does).
-    spec = importlib.util.spec_from_file_location(
-        "_edgemed_bench_root_conftest", Path(__file__).parent.parent / "conftest.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_bundle = _root_conftest().make_bundle
 
 
 @pytest.fixture

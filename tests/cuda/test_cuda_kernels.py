@@ -5,24 +5,20 @@ benchmarks/gpu_check.sh runs them on a GPU machine."""
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))
-from kernel_cases import (  # noqa: E402
+from edgemed.errors import BackendError, UsageError
+from edgemed.postprocess import segment
+from edgemed.preprocess import PreprocessSpec, Window, preprocess
+from tests.kernels.kernel_cases import (
     check_masks,
     check_preprocess,
     demo_logits,
     preprocess_cases,
     segment_specs,
 )
-
-from edgemed.errors import BackendError, UsageError  # noqa: E402
-from edgemed.postprocess import segment  # noqa: E402
-from edgemed.preprocess import PreprocessSpec, Window, preprocess  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

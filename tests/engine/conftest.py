@@ -25,15 +25,17 @@ def demo(demo_copy) -> Bundle:
 
 @pytest.fixture
 def standin_gpu(monkeypatch):
-    """A stand-in GPU, pycuda and TensorRT (see ``standin_trt.py``) in ``sys.modules``.
+    """A stand-in GPU, pycuda and TensorRT (see ``tests/engine/standin_trt.py``) in
+    ``sys.modules``.
 
-    Returns the :class:`standin_trt.Sim` (change its GPU before use; ``sim.trt`` is the
-    stand-in ``tensorrt`` module, whose ``__version__`` may be changed too)."""
+    Returns the :class:`~tests.engine.standin_trt.Sim` (change its GPU before use;
+    ``sim.trt`` is the stand-in ``tensorrt`` module, whose ``__version__`` may be changed
+    too)."""
     return _standin(monkeypatch)
 
 
 def _standin(monkeypatch, host_kernels=None):
-    from standin_trt import Sim, install
+    from tests.engine.standin_trt import Sim, install
 
     sim = Sim()
     sim.trt = install(monkeypatch, sim, host_kernels)
@@ -41,21 +43,9 @@ def _standin(monkeypatch, host_kernels=None):
     return sim
 
 
-@pytest.fixture(scope="session")
-def host_kernel_library(tmp_path_factory):
-    """edgemed's ``.cu`` kernels built for the host by g++ (``edgemed.cuda.host``)."""
-    import shutil
-
-    from edgemed.cuda.build import build_host_library
-    from edgemed.cuda.host import HostKernels
-
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed: the host build of the kernels needs it")
-    return HostKernels(build_host_library(tmp_path_factory.mktemp("kernels-host")))
-
-
 @pytest.fixture
-def standin_gpu_with_kernels(monkeypatch, host_kernel_library):
+def standin_gpu_with_kernels(monkeypatch, host_kernels):
     """:func:`standin_gpu` whose pycuda also loads and runs edgemed's CUDA kernels (their
-    host build), so the whole GPU pipeline runs: kernels -> engine -> kernels."""
-    return _standin(monkeypatch, host_kernel_library)
+    host build, tests/conftest.py's ``host_kernels``), so the whole GPU pipeline runs:
+    kernels -> engine -> kernels."""
+    return _standin(monkeypatch, host_kernels)

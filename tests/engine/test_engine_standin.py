@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from standin_trt import CACHE_MAGIC, PLAN_MAGIC
 
 from edgemed.backends.tensorrt.backend import TensorRTBackend
 from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
@@ -28,6 +27,7 @@ from edgemed.bundle import Bundle
 from edgemed.cli import main
 from edgemed.errors import BackendError, UsageError
 from edgemed.pipeline import Pipeline, demo_bundle
+from tests.engine.standin_trt import CACHE_MAGIC, PLAN_MAGIC
 
 IN = 3 * 256 * 256 * 4  # bytes of one input slice (float32)
 OUT = 5 * 256 * 256 * 4  # bytes of one slice's logits

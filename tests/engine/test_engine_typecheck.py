@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tools import trt_typecheck
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "trt_typecheck.py"
 
@@ -120,10 +122,6 @@ def test_stubs_catch_a_misnamed_tensorrt_call(mypy_available, tmp_path):
 
 
 def test_stub_patches():
-    spec = importlib.util.spec_from_file_location("trt_typecheck", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     text = (
         "import tensorrt_libs as tensorrt_libs\n"
         "    def configure_plugin(self, in: list[int], out: list[int]) -> None:\n"
@@ -131,7 +129,7 @@ def test_stub_patches():
         "    def add_scale_nd(self, input: ITensor, shift: W = None, channel_axis: int) -> X:\n"
         "__all__ = ['a', 'tensorrt_libs', 'b']\n"
     )
-    out = mod.patch_stub(text)
+    out = trt_typecheck.patch_stub(text)
     assert "import tensorrt_libs" not in out
     assert "(self, in_: list[int], out: list[int])" in out
     assert ":arg in: The input tensors" in out  # docstrings untouched

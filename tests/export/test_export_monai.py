@@ -10,9 +10,7 @@ torchvision's ResNet-18 is in test_export_torchvision.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,14 +20,14 @@ pytest.importorskip("torch")
 pytest.importorskip("modelopt.onnx.quantization")
 pytest.importorskip("monai")
 
-from test_export_unet import cli  # noqa: E402  (tests/export is on sys.path)
-
 import edgemed  # noqa: E402
-from edgemed.export import ExportConfig, export_bundle  # noqa: E402
-from edgemed.export.config import Thresholds  # noqa: E402
-from edgemed.export.reference.phantom_files import write_nifti_volume  # noqa: E402
+from tests.export.support import (  # noqa: E402
+    SIZE,
+    api_export,
+    cli,
+    write_real_images,
+)
 
-SIZE = 64
 PRECISIONS = ("fp32", "fp16", "int8")
 SEG_LABELS = ("background", "foreground")
 CLS_LABELS = ("a", "b", "c")
@@ -41,69 +39,17 @@ PREPROCESS = {
     "pad_value": 0.0,
     "dtype": "float32",
 }
-# Random weights: agreement is measured and reported, not demanded.
-LENIENT = Thresholds(
-    max_dice_drop=1.0,
-    max_class_dice_drop=1.0,
-    min_top1_agreement=0.0,
-    max_prob_diff=1.0,
-    min_cosine=0.0,
-)
 LENIENT_CLI = ("--max-dice-drop", "1", "--max-class-dice-drop", "1",
                "--min-top1-agreement", "0", "--max-prob-diff", "1")  # fmt: skip
-
-
-def _write_real_images(folder: Path, ct_small_path: str, hu: np.ndarray, flip: bool) -> None:
-    """CT_small.dcm itself, a 16-bit PNG and a 2-slice NIfTI volume made from its pixels."""
-    folder.mkdir(parents=True)
-    (folder / "ct.dcm").write_bytes(Path(ct_small_path).read_bytes())
-    img = hu[:, ::-1] if flip else hu
-    # PNG has no rescale: the spec windows the stored values as they are, so they are HU
-    # (negatives clipped to 0). HU+1024 here saturated the soft-tissue window to 1.0 on
-    # 84% of the slice, a near-blank image no real calibration set holds.
-    ok, png = cv2.imencode(".png", np.clip(img, 0, 65535).astype(np.uint16))
-    assert ok
-    (folder / "ct.png").write_bytes(png.tobytes())
-    vol = np.stack([img, np.ascontiguousarray(img.T)])
-    write_nifti_volume(folder / "ct.nii.gz", vol, (2.0, 0.7, 0.7))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ct_small_path, ct_small_hu):
     root = tmp_path_factory.mktemp("monai-data")
-    _write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
-    _write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
+    write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
+    write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
     (root / "spec.json").write_text(json.dumps({"preprocess": PREPROCESS}))
     return root
-
-
-def _api_export(
-    data: Path,
-    out: Path,
-    model: str,
-    kwargs: dict,
-    task: str,
-    labels,
-    channels: int = 1,
-) -> Path:
-    """Export with LENIENT gates, from ``data``'s spec.json, calib/ and val/ (also used
-    by test_export_torchvision.py)."""
-    export_bundle(
-        ExportConfig(
-            model=model,
-            model_kwargs=kwargs,
-            input_shape=(1, channels, SIZE, SIZE),
-            task=task,
-            labels=labels,
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
-            validation=data / "val",
-            thresholds=LENIENT,
-            seed=0,
-            out=out,
-        )
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -136,19 +82,19 @@ def seg_resnet(data):
     kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_filters": 8}
     model = "monai.networks.nets:SegResNet"
     # Parity holds at the default 1e-4. It did not (1.03e-4) when the PNG slice was
-    # window-saturated (see _write_real_images): SegResNet's first GroupNorm then sees
+    # window-saturated (see write_real_images): SegResNet's first GroupNorm then sees
     # channels with |mean|/std ~ 10, and ONNX Runtime's float32 mean (InstanceNormalization)
     # is ~2e-6 off where PyTorch's is ~1e-7; divided by the std, the network carries that
     # to 2.4e-4 at the output. Both are within float32 summation error: --parity-tolerance
     # is the escape for such inputs.
-    return _api_export(data, data / "segresnet", model, kwargs, "segmentation", SEG_LABELS)
+    return api_export(data, data / "segresnet", model, kwargs, "segmentation", SEG_LABELS)
 
 
 @pytest.fixture(scope="module")
 def densenet(data):
     kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3}
     model = "monai.networks.nets:DenseNet121"
-    return _api_export(data, data / "densenet", model, kwargs, "classification", CLS_LABELS)
+    return api_export(data, data / "densenet", model, kwargs, "classification", CLS_LABELS)
 
 
 MODELS = ["basic_unet", "seg_resnet", "densenet"]

@@ -17,17 +17,15 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("modelopt.onnx.quantization")
 
-import tv_resnet  # noqa: E402  (tests/export is on sys.path)
+from tests.export import tv_resnet  # noqa: E402
 
 if not tv_resnet.available():
     pytest.skip("torchvision is not installed (export-test extra)", allow_module_level=True)
 
-from test_export_monai import _api_export, _write_real_images  # noqa: E402
-
 import edgemed  # noqa: E402
 from edgemed.export.reference.build_demo import PREPROCESS as DEMO_PREPROCESS  # noqa: E402
+from tests.export.support import SIZE, api_export, write_real_images  # noqa: E402
 
-SIZE = 64
 LABELS = ("a", "b", "c", "d")
 # The demo's three CT windows (ResNet takes three channels), at SIZE x SIZE.
 PREPROCESS = {**DEMO_PREPROCESS, "size": [SIZE, SIZE]}
@@ -36,12 +34,12 @@ PREPROCESS = {**DEMO_PREPROCESS, "size": [SIZE, SIZE]}
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory, ct_small_path, ct_small_hu):
     root = tmp_path_factory.mktemp("resnet")
-    _write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
-    _write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
+    write_real_images(root / "calib", ct_small_path, ct_small_hu, flip=False)
+    write_real_images(root / "val", ct_small_path, ct_small_hu, flip=True)
     (root / "spec.json").write_text(json.dumps({"preprocess": PREPROCESS}))
     try:
-        return _api_export(
-            root, root / "bundle", "tv_resnet:resnet18", {"num_classes": len(LABELS)},
+        return api_export(
+            root, root / "bundle", "tests.export.tv_resnet:resnet18", {"num_classes": len(LABELS)},
             "classification", LABELS, channels=3,
         )  # fmt: skip
     finally:
@@ -52,7 +50,7 @@ def test_resnet18_exports_with_parity(resnet):
     b = edgemed.Bundle.load(resnet)
     assert b.precisions == ["fp32", "fp16", "int8"]
     src = b.provenance["export"]["source"]
-    assert src["model"] == "tv_resnet:resnet18" and src["kind"] == "factory"
+    assert src["model"] == "tests.export.tv_resnet:resnet18" and src["kind"] == "factory"
     parity = b.provenance["parity"]
     assert parity["tolerance"] == 1e-4
     assert "real (calibration images)" in parity["cases"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("modelopt.onnx.quantization")
 
-import cli_run  # noqa: E402  (tests/ is on sys.path: tests/cli_run.py)
-
 import edgemed  # noqa: E402
 from edgemed.export import ExportConfig, export_bundle  # noqa: E402
 from edgemed.export.reference.build_demo import PREPROCESS, WEIGHTS  # noqa: E402
@@ -30,14 +27,10 @@ from edgemed.export.reference.phantom_files import (  # noqa: E402
     write_nifti_volume,
 )
 from edgemed.export.reference.phantoms import LABELS, make_phantom  # noqa: E402
+from tests.export.support import cli  # noqa: E402
 
 SIZE = 64
 FACTORY = "edgemed.export.reference.unet:UNet2D"
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # cwd outside the checkout: the installed edgemed (with edgemed.export) runs.
-    return cli_run.cli(*args, cwd=cwd, timeout=300)
 
 
 def _write_images(folder: Path, seed: int, n: int, ct_small: str) -> None:

@@ -10,16 +10,10 @@ import pydicom
 import pytest
 
 from edgemed.errors import DecoderMissingError, EdgemedError, InputError
-from edgemed.io.read import INPUT_ERROR_CODES, read_image
+from edgemed.io.read import read_image
+from tests.support import error_code
 
 SENTINEL = "ZQXSENTINELQZ"
-
-
-def _code(path) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(path)
-    assert excinfo.value.code in INPUT_ERROR_CODES
-    return excinfo.value.code
 
 
 def _cut(src, dest, keep) -> None:
@@ -30,27 +24,30 @@ def _cut(src, dest, keep) -> None:
 def test_ct_small_cut_inside_pixel_data_is_truncated(corpus, tmp_path):
     path = tmp_path / "cut.dcm"
     _cut(corpus / "CT_small.dcm", path, lambda n: n - 1000)
-    assert _code(path) == "INPUT_TRUNCATED"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
 
 
 def test_ct_small_cut_inside_the_header_is_truncated(corpus, tmp_path):
     path = tmp_path / "cut.dcm"
     _cut(corpus / "CT_small.dcm", path, lambda n: 1000)  # inside a sequence
-    assert _code(path) == "INPUT_TRUNCATED"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
 
 
 def test_compressed_file_cut_in_half_is_truncated(corpus, tmp_path):
     # pydicom returns an *empty* dataset for this one; only the short reads tell.
     path = tmp_path / "cut.dcm"
     _cut(corpus / "MR_small_RLE.dcm", path, lambda n: n // 2)
-    assert _code(path) == "INPUT_TRUNCATED"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
 
 
 def test_pixel_data_shorter_than_the_geometry_is_caught_before_decoding(dicom_copy):
     def taller(ds):
         ds.Rows = 256  # PixelData holds 128 rows
 
-    assert _code(dicom_copy("CT_small.dcm", taller)) == "INPUT_TRUNCATED"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", taller), kind=InputError)
+        == "INPUT_TRUNCATED"
+    )
 
 
 @pytest.mark.parametrize(
@@ -69,14 +66,18 @@ def test_bad_geometry_is_invalid(dicom_copy, keyword, value):
     def edit(ds):
         setattr(ds, keyword, value)
 
-    assert _code(dicom_copy("CT_small.dcm", edit)) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", edit), kind=InputError) == "INPUT_INVALID"
+    )
 
 
 def test_missing_rows_is_invalid(dicom_copy):
     def edit(ds):
         del ds.Rows
 
-    assert _code(dicom_copy("CT_small.dcm", edit)) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", edit), kind=InputError) == "INPUT_INVALID"
+    )
 
 
 def test_unknown_transfer_syntax_is_unsupported(corpus, tmp_path):
@@ -85,17 +86,19 @@ def test_unknown_transfer_syntax_is_unsupported(corpus, tmp_path):
     at = data.index(uid)  # the first occurrence is the file meta's Transfer Syntax UID
     path = tmp_path / "private.dcm"
     path.write_bytes(data[:at] + b"1.2.999.10008.1.2.1" + data[at + len(uid) :])
-    assert _code(path) == "INPUT_UNSUPPORTED_TRANSFER_SYNTAX"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_UNSUPPORTED_TRANSFER_SYNTAX"
 
 
 def test_random_bytes_and_empty_and_missing_files(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("noise", "noise.dcm", "noise.bin"):
         (tmp_path / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
-        assert _code(tmp_path / name) == "INPUT_UNSUPPORTED_FORMAT"
+        assert (
+            error_code(read_image, tmp_path / name, kind=InputError) == "INPUT_UNSUPPORTED_FORMAT"
+        )
     (tmp_path / "empty.dcm").write_bytes(b"")
-    assert _code(tmp_path / "empty.dcm") == "INPUT_TRUNCATED"
-    assert _code(tmp_path / "absent.dcm") == "INPUT_NOT_FOUND"
+    assert error_code(read_image, tmp_path / "empty.dcm", kind=InputError) == "INPUT_TRUNCATED"
+    assert error_code(read_image, tmp_path / "absent.dcm", kind=InputError) == "INPUT_NOT_FOUND"
 
 
 def test_decoder_missing_names_the_extra():
@@ -191,4 +194,4 @@ def test_decoder_panic_on_bad_rle_data_is_corrupt(corpus, tmp_path):
     assert int.from_bytes(data[fragment : fragment + 4], "little") == 2  # two RLE segments
     data[fragment + 64 : fragment + 66] = b"\x81\x7f"
     (tmp_path / "overrun.dcm").write_bytes(bytes(data))
-    assert _code(tmp_path / "overrun.dcm") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "overrun.dcm", kind=InputError) == "INPUT_CORRUPT"

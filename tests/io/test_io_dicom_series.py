@@ -8,6 +8,7 @@ import pytest
 
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from tests.support import error_code
 
 STEP = 2.5
 BASE_Z = -75.699997  # CT_small's own ImagePositionPatient z
@@ -89,19 +90,16 @@ def test_two_series_in_one_directory(ct_series, tmp_path):
     assert "1.2.3.4.5" not in str(excinfo.value)
 
 
-def _series_code(folder) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(folder)
-    return excinfo.value.code
-
-
 def test_mismatched_rows(ct_series):
     def tweak(i, ds):
         if i == 2:
             ds.PixelData = ds.pixel_array[:64].tobytes()
             ds.Rows = 64
 
-    assert _series_code(ct_series(tweak=tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, ct_series(tweak=tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_duplicate_positions(ct_series):
@@ -109,7 +107,10 @@ def test_duplicate_positions(ct_series):
         if i == 3:
             ds.ImagePositionPatient = [-158.135803, -179.035797, BASE_Z - 2 * STEP]
 
-    assert _series_code(ct_series(tweak=tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, ct_series(tweak=tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_uneven_spacing(ct_series):
@@ -117,7 +118,10 @@ def test_uneven_spacing(ct_series):
         if i == 4:
             ds.ImagePositionPatient = [-158.135803, -179.035797, BASE_Z - 20.0]
 
-    assert _series_code(ct_series(tweak=tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, ct_series(tweak=tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_different_pixel_spacing(ct_series):
@@ -125,29 +129,35 @@ def test_different_pixel_spacing(ct_series):
         if i == 1:
             ds.PixelSpacing = [0.5, 0.5]
 
-    assert _series_code(ct_series(tweak=tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, ct_series(tweak=tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_gantry_tilt_shear_is_refused(ct_series):
     def tweak(i, ds):
         ds.ImagePositionPatient = [-158.135803, -179.035797 + 1.5 * i, BASE_Z - i * STEP]
 
-    assert _series_code(ct_series(tweak=tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, ct_series(tweak=tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_a_broken_slice_fails_the_series(ct_series):
     folder = ct_series()
     victim = sorted(folder.iterdir())[2]
     victim.write_bytes(victim.read_bytes()[:-3000])
-    assert _series_code(folder) == "INPUT_TRUNCATED"
+    assert error_code(read_image, folder, kind=InputError) == "INPUT_TRUNCATED"
 
 
 def test_empty_directories(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert _series_code(tmp_path / "empty") == "INPUT_EMPTY_SERIES"
+    assert error_code(read_image, tmp_path / "empty", kind=InputError) == "INPUT_EMPTY_SERIES"
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "readme.txt").write_text("hello")
-    assert _series_code(tmp_path / "text") == "INPUT_EMPTY_SERIES"
+    assert error_code(read_image, tmp_path / "text", kind=InputError) == "INPUT_EMPTY_SERIES"
 
 
 def test_real_ct_series_from_the_corpus(corpus):
@@ -175,7 +185,7 @@ def test_real_ct_series_from_the_corpus(corpus):
     ],
 )
 def test_real_problem_series_from_the_corpus(corpus, folder, code):
-    assert _series_code(corpus / folder) == code
+    assert error_code(read_image, corpus / folder, kind=InputError) == code
 
 
 def test_single_file_directory_is_a_one_slice_volume(corpus):

@@ -25,14 +25,9 @@ import edgemed.io.dicom as dicom_module
 import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from tests.support import error_code
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _code(path) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(path)
-    return excinfo.value.code
 
 
 # ------------------------------------------------------------------ allowlist
@@ -85,7 +80,7 @@ def test_syntaxes_off_the_list_are_refused_before_any_decoder(dicom_copy, decode
         ds.file_meta.TransferSyntaxUID = uid
 
     path = dicom_copy("MR_small_jp2klossless.dcm", edit)  # encapsulated pixel data
-    assert _code(path) == "INPUT_UNSUPPORTED_TRANSFER_SYNTAX"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_UNSUPPORTED_TRANSFER_SYNTAX"
     assert decoder_calls == []
 
 
@@ -111,7 +106,9 @@ def test_geometry_out_of_bounds_is_invalid(dicom_copy, values):
         for keyword, value in values.items():
             setattr(ds, keyword, value)
 
-    assert _code(dicom_copy("CT_small.dcm", edit)) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", edit), kind=InputError) == "INPUT_INVALID"
+    )
 
 
 def _peak_bytes(call) -> int:
@@ -136,7 +133,7 @@ def test_sizes_are_computed_without_overflow(dicom_copy, monkeypatch):
 
     path = dicom_copy("CT_small.dcm", edit)
     peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, path))
-    assert _code(path) == "INPUT_INVALID"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
     assert peak < 16 << 20
 
 
@@ -146,7 +143,7 @@ def test_native_length_is_checked_before_allocation(dicom_copy):
 
     path = dicom_copy("CT_small.dcm", edit)
     peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, path))
-    assert _code(path) == "INPUT_TRUNCATED"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
     assert peak < 16 << 20
 
 
@@ -157,12 +154,12 @@ def test_frame_cap(corpus, monkeypatch):
     monkeypatch.setattr(limits, "MAX_FRAMES", 15)
     assert read_image(corpus / "rtdose.dcm").array.shape[0] == 15
     monkeypatch.setattr(limits, "MAX_FRAMES", 14)
-    assert _code(corpus / "rtdose.dcm") == "INPUT_INVALID"
+    assert error_code(read_image, corpus / "rtdose.dcm", kind=InputError) == "INPUT_INVALID"
 
 
 def test_decoded_bytes_cap_is_checked_before_decoding(corpus, monkeypatch, decoder_calls):
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1024 * 256 * 2 - 1)  # JPEG2000.dcm
-    assert _code(corpus / "JPEG2000.dcm") == "INPUT_INVALID"
+    assert error_code(read_image, corpus / "JPEG2000.dcm", kind=InputError) == "INPUT_INVALID"
     assert decoder_calls == []
 
 
@@ -170,8 +167,8 @@ def test_file_size_cap(corpus, dicom_copy, tmp_path, monkeypatch):
     folder = tmp_path / "series"
     dicom_copy("CT_small.dcm", dest=folder / "a.dcm")
     monkeypatch.setattr(limits, "MAX_FILE_BYTES", 1000)
-    assert _code(corpus / "CT_small.dcm") == "INPUT_INVALID"
-    assert _code(folder) == "INPUT_INVALID"
+    assert error_code(read_image, corpus / "CT_small.dcm", kind=InputError) == "INPUT_INVALID"
+    assert error_code(read_image, folder, kind=InputError) == "INPUT_INVALID"
     with pytest.raises(InputError) as excinfo:
         dicom_module.read_dicom(corpus / "CT_small.dcm")  # the reader checks it too
     assert excinfo.value.code == "INPUT_INVALID"
@@ -260,7 +257,7 @@ def test_deflated_file_under_the_cap_reads(corpus, monkeypatch):
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1 << 20)
     assert read_image(corpus / "image_dfl.dcm").array.shape == (512, 512)
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 100 << 10)  # it inflates to ~260 KiB
-    assert _code(corpus / "image_dfl.dcm") == "INPUT_INVALID"
+    assert error_code(read_image, corpus / "image_dfl.dcm", kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------------------- palette colour
@@ -309,7 +306,7 @@ def test_palette_tables_are_checked(dicom_copy, damage):
         elif damage == "missing":
             del ds.BluePaletteColorLookupTableData
 
-    assert _code(_palette(dicom_copy, edit)) == "INPUT_INVALID"
+    assert error_code(read_image, _palette(dicom_copy, edit), kind=InputError) == "INPUT_INVALID"
 
 
 def _segmented(words: list[int]):
@@ -333,12 +330,17 @@ def test_segmented_palette_reads_like_pydicom(dicom_copy):
 def test_segmented_palette_bomb_is_refused_before_expansion(dicom_copy):
     # 20,000 linear segments of 65,535 entries: 1.3 billion entries if expanded.
     path = _palette(dicom_copy, _segmented([0, 1, 0] + [1, 65535, 65535] * 20000))
-    assert _code(path) == "INPUT_INVALID"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
 
 
 def test_segmented_palette_that_points_at_itself_is_refused(dicom_copy):
     # An indirect segment at word 3 whose target is word 3: endless recursion.
-    assert _code(_palette(dicom_copy, _segmented([0, 1, 0, 2, 1, 3, 0]))) == "INPUT_INVALID"
+    assert (
+        error_code(
+            read_image, _palette(dicom_copy, _segmented([0, 1, 0, 2, 1, 3, 0])), kind=InputError
+        )
+        == "INPUT_INVALID"
+    )
 
 
 # ------------------------------------------------------------------ Modality LUT
@@ -377,7 +379,7 @@ def test_modality_lut_reads_like_pydicom(dicom_copy):
     ],
 )
 def test_modality_lut_indices_are_checked(dicom_copy, kwargs, code):
-    assert _code(_modality_lut(dicom_copy, **kwargs)) == code
+    assert error_code(read_image, _modality_lut(dicom_copy, **kwargs), kind=InputError) == code
 
 
 # --------------------------------------------------------------------- series
@@ -405,7 +407,10 @@ def test_series_with_mixed_columns_is_inconsistent(dicom_copy, tmp_path):
             ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, :64]).tobytes()
             ds.Columns = 64
 
-    assert _code(_series(dicom_copy, tmp_path, tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, _series(dicom_copy, tmp_path, tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_series_with_a_multiframe_file_is_inconsistent(dicom_copy, tmp_path):
@@ -414,14 +419,17 @@ def test_series_with_a_multiframe_file_is_inconsistent(dicom_copy, tmp_path):
             ds.PixelData = ds.PixelData * 2
             ds.NumberOfFrames = 2
 
-    assert _code(_series(dicom_copy, tmp_path, tweak)) == "INPUT_SERIES_INCONSISTENT"
+    assert (
+        error_code(read_image, _series(dicom_copy, tmp_path, tweak), kind=InputError)
+        == "INPUT_SERIES_INCONSISTENT"
+    )
 
 
 def test_series_file_count_cap(dicom_copy, tmp_path, monkeypatch):
     folder = _series(dicom_copy, tmp_path)
     assert read_image(folder).array.shape == (3, 128, 128)
     monkeypatch.setattr(limits, "MAX_FRAMES", 2)
-    assert _code(folder) == "INPUT_INVALID"
+    assert error_code(read_image, folder, kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------- regressions found by fuzzing
@@ -433,7 +441,9 @@ def test_rescale_that_overflows_float32_is_invalid(dicom_copy):
     def edit(ds):
         ds.RescaleSlope = "-1e38"
 
-    assert _code(dicom_copy("CT_small.dcm", edit)) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", edit), kind=InputError) == "INPUT_INVALID"
+    )
 
 
 def test_orientation_with_huge_components_is_invalid(dicom_copy):
@@ -442,7 +452,9 @@ def test_orientation_with_huge_components_is_invalid(dicom_copy):
     def edit(ds):
         ds.ImageOrientationPatient = [1e308, 0, 0, 0, 1, 0]
 
-    assert _code(dicom_copy("CT_small.dcm", edit)) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, dicom_copy("CT_small.dcm", edit), kind=InputError) == "INPUT_INVALID"
+    )
 
 
 def test_slice_steps_that_overflow_are_not_a_spacing(dicom_copy, tmp_path):
@@ -453,7 +465,7 @@ def test_slice_steps_that_overflow_are_not_a_spacing(dicom_copy, tmp_path):
         ds.ImagePositionPatient = [x, y, 1.7e308 * (1 - 2 * i)]
 
     folder = _series(dicom_copy, tmp_path, tweak, count=2)
-    assert _code(folder) == "INPUT_SERIES_INCONSISTENT"
+    assert error_code(read_image, folder, kind=InputError) == "INPUT_SERIES_INCONSISTENT"
 
 
 def test_rle_data_too_short_for_its_geometry_is_refused_before_decoding(dicom_copy, tmp_path):
@@ -519,5 +531,5 @@ def test_frame_header_is_checked_before_decoding(
     assert len(decodes) == 1  # the spy sees a normal read
     path = tmp_path / name
     path.write_bytes(_patch_after((corpus / name).read_bytes(), marker, offset, value))
-    assert _code(path) == "INPUT_CORRUPT"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_CORRUPT"
     assert len(decodes) == 1  # refused before the decoder ran

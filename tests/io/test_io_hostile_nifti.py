@@ -21,15 +21,10 @@ import pytest
 import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from tests.support import error_code
 
 STORED = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)  # (i, j, k)
 EXPECTED = STORED.transpose(2, 1, 0).astype(np.float32)  # (z, y, x)
-
-
-def _code(path) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(path)
-    return excinfo.value.code
 
 
 def _nifti(
@@ -102,7 +97,7 @@ def test_the_helper_writes_a_readable_image(tmp_path):
     ],
 )
 def test_nifti1_header_sanity(tmp_path, edit, code):
-    assert _code(_nifti(tmp_path, edit)) == code
+    assert error_code(read_image, _nifti(tmp_path, edit), kind=InputError) == code
 
 
 @pytest.mark.parametrize(
@@ -118,7 +113,7 @@ def test_nifti1_header_sanity(tmp_path, edit, code):
     ],
 )
 def test_nifti2_header_sanity(tmp_path, edit, code):
-    assert _code(_nifti(tmp_path, edit, version=2)) == code
+    assert error_code(read_image, _nifti(tmp_path, edit, version=2), kind=InputError) == code
 
 
 def test_big_endian_header_reads(tmp_path):
@@ -156,7 +151,7 @@ def test_unusable_scaling_is_invalid(tmp_path, slope, inter):
     def edit(header):
         header["scl_slope"], header["scl_inter"] = slope, inter
 
-    assert _code(_nifti(tmp_path, edit)) == "INPUT_INVALID"
+    assert error_code(read_image, _nifti(tmp_path, edit), kind=InputError) == "INPUT_INVALID"
 
 
 def test_scaling_is_applied_and_recorded(tmp_path):
@@ -172,7 +167,7 @@ def test_scaling_that_overflows_float32_is_invalid(tmp_path):
     def edit(header):
         header["scl_slope"] = 3e38  # finite in the header, not once multiplied
 
-    assert _code(_nifti(tmp_path, edit)) == "INPUT_INVALID"
+    assert error_code(read_image, _nifti(tmp_path, edit), kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------------- truncation and gzip
@@ -182,12 +177,14 @@ def test_file_shorter_than_header_or_data_is_truncated(tmp_path):
     data = _nifti(tmp_path).read_bytes()
     for keep in (200, 350, len(data) - 1):
         (tmp_path / "cut.nii").write_bytes(data[:keep])
-        assert _code(tmp_path / "cut.nii") == "INPUT_TRUNCATED", keep
+        assert error_code(read_image, tmp_path / "cut.nii", kind=InputError) == "INPUT_TRUNCATED", (
+            keep
+        )
 
 
 def test_gzip_stream_shorter_than_vox_offset_is_truncated(tmp_path):
     path = _nifti(tmp_path, _set("vox_offset", 4096), name="far.nii.gz")
-    assert _code(path) == "INPUT_TRUNCATED"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
 
 
 def test_gzip_with_much_more_data_than_the_header_reads_only_what_it_needs(tmp_path):
@@ -212,16 +209,19 @@ def test_huge_dimensions_are_refused_before_reading(tmp_path):
     def edit(header):
         header["dim"][0, 1:4] = 2048  # 2048**3 int16 = 16 GiB, past MAX_DECOMPRESSED_BYTES
 
-    assert _code(_nifti(tmp_path, edit, name="huge.nii.gz")) == "INPUT_INVALID"
+    assert (
+        error_code(read_image, _nifti(tmp_path, edit, name="huge.nii.gz"), kind=InputError)
+        == "INPUT_INVALID"
+    )
 
 
 def test_caps_are_looked_up_at_call_time(tmp_path, monkeypatch):
     path = _nifti(tmp_path)
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 352 + STORED.nbytes - 1)
-    assert _code(path) == "INPUT_INVALID"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
     monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 2**32)
     monkeypatch.setattr(limits, "MAX_ELEMENTS", STORED.size - 1)
-    assert _code(path) == "INPUT_INVALID"
+    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
 
 
 def test_extensions_are_skipped_not_parsed(tmp_path):
@@ -239,7 +239,7 @@ def test_impossible_quaternion_is_invalid(tmp_path):
     def edit(header):
         header["qform_code"], header["sform_code"], header["quatern_b"] = 1, 0, 2.0
 
-    assert _code(_nifti(tmp_path, edit)) == "INPUT_INVALID"
+    assert error_code(read_image, _nifti(tmp_path, edit), kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------- regressions found by fuzzing
@@ -259,4 +259,4 @@ def test_non_finite_affine_is_invalid(tmp_path):
         header["sform_code"] = 1
         header["srow_z"][0, 3] = math.nan
 
-    assert _code(_nifti(tmp_path, edit)) == "INPUT_INVALID"
+    assert error_code(read_image, _nifti(tmp_path, edit), kind=InputError) == "INPUT_INVALID"

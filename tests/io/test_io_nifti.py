@@ -11,15 +11,10 @@ import pytest
 
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from tests.support import error_code
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-def _code(path) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(path)
-    return excinfo.value.code
 
 
 def test_anatomical_nii_is_z_y_x_in_lps():
@@ -40,8 +35,14 @@ def test_anatomical_nii_is_z_y_x_in_lps():
 def test_first_volume_of_oblique_example4d():
     reference = nib.load(NIB_DATA / "example4d.nii.gz")
     assert reference.shape[3] == 2
-    assert _code(NIB_DATA / "example4d.nii.gz") == "INPUT_UNSUPPORTED_FORMAT"
-    assert _code(NIB_DATA / "example_nifti2.nii.gz") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, NIB_DATA / "example4d.nii.gz", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
+    assert (
+        error_code(read_image, NIB_DATA / "example_nifti2.nii.gz", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
 
 
 @pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz"])
@@ -103,28 +104,38 @@ def test_truncated_and_broken_files(tmp_path):
     nib.Nifti1Image(noise, np.eye(4)).to_filename(tmp_path / "whole.nii")
     data = (tmp_path / "whole.nii").read_bytes()
     (tmp_path / "cut.nii").write_bytes(data[:-100])
-    assert _code(tmp_path / "cut.nii") == "INPUT_TRUNCATED"
+    assert error_code(read_image, tmp_path / "cut.nii", kind=InputError) == "INPUT_TRUNCATED"
     packed = gzip.compress(data)
     (tmp_path / "cut-data.nii.gz").write_bytes(packed[: len(packed) // 2])
-    assert _code(tmp_path / "cut-data.nii.gz") == "INPUT_TRUNCATED"
+    assert (
+        error_code(read_image, tmp_path / "cut-data.nii.gz", kind=InputError) == "INPUT_TRUNCATED"
+    )
     (tmp_path / "cut-header.nii.gz").write_bytes(packed[:100])
-    assert _code(tmp_path / "cut-header.nii.gz") == "INPUT_TRUNCATED"
+    assert (
+        error_code(read_image, tmp_path / "cut-header.nii.gz", kind=InputError) == "INPUT_TRUNCATED"
+    )
     (tmp_path / "garbage.nii").write_bytes(b"not a nifti header" * 40)
-    assert _code(tmp_path / "garbage.nii") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "garbage.nii", kind=InputError) == "INPUT_CORRUPT"
 
 
 def test_non_finite_values_are_refused(tmp_path):
     data = np.ones((3, 3, 3), np.float32)
     data[1, 1, 1] = np.nan
     nib.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "nan.nii")
-    assert _code(tmp_path / "nan.nii") == "INPUT_INVALID"
+    assert error_code(read_image, tmp_path / "nan.nii", kind=InputError) == "INPUT_INVALID"
 
 
 def test_cifti_and_complex_are_unsupported(tmp_path):
-    assert _code(NIB_DATA / "row_major.dconn.nii") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, NIB_DATA / "row_major.dconn.nii", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
     data = np.ones((2, 2, 2), np.complex64)
     nib.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "complex.nii")
-    assert _code(tmp_path / "complex.nii") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, tmp_path / "complex.nii", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
 
 
 def test_nifti_is_found_by_content_whatever_its_name(tmp_path):

@@ -8,14 +8,9 @@ import pytest
 
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from tests.support import error_code
 
 RNG = np.random.default_rng(3)
-
-
-def _code(path) -> str:
-    with pytest.raises(InputError) as excinfo:
-        read_image(path)
-    return excinfo.value.code
 
 
 def _write(path, array) -> None:
@@ -68,7 +63,10 @@ def test_16_bit_and_float_tiff(tmp_path):
 def test_multi_page_tiff_is_refused(tmp_path):
     pages = [np.full((4, 4), i, np.uint8) for i in range(3)]
     assert cv2.imwritemulti(str(tmp_path / "pages.tif"), pages)
-    assert _code(tmp_path / "pages.tif") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, tmp_path / "pages.tif", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
 
 
 def test_jpeg_grayscale(tmp_path):
@@ -88,12 +86,12 @@ def test_non_ascii_file_name(tmp_path):
 
 def test_corrupt_raster_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
-    assert _code(tmp_path / "bad.png") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "bad.png", kind=InputError) == "INPUT_CORRUPT"
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + bytes(50))
-    assert _code(tmp_path / "bad.jpg") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "bad.jpg", kind=InputError) == "INPUT_CORRUPT"
     good = cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes()
     (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
-    assert _code(tmp_path / "cut.png") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "cut.png", kind=InputError) == "INPUT_CORRUPT"
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (3, 6, 7)])
@@ -117,18 +115,27 @@ def test_fortran_ordered_npy(tmp_path):
 
 def test_npy_refusals(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
-    assert _code(tmp_path / "obj.npy") == "INPUT_UNSUPPORTED_FORMAT"  # never unpickled
+    assert (
+        error_code(read_image, tmp_path / "obj.npy", kind=InputError) == "INPUT_UNSUPPORTED_FORMAT"
+    )  # never unpickled
     np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2)))
-    assert _code(tmp_path / "4d.npy") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, tmp_path / "4d.npy", kind=InputError) == "INPUT_UNSUPPORTED_FORMAT"
+    )
     np.save(tmp_path / "1d.npy", np.zeros(5))
-    assert _code(tmp_path / "1d.npy") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, tmp_path / "1d.npy", kind=InputError) == "INPUT_UNSUPPORTED_FORMAT"
+    )
     np.save(tmp_path / "complex.npy", np.zeros((2, 2), np.complex64))
-    assert _code(tmp_path / "complex.npy") == "INPUT_UNSUPPORTED_FORMAT"
+    assert (
+        error_code(read_image, tmp_path / "complex.npy", kind=InputError)
+        == "INPUT_UNSUPPORTED_FORMAT"
+    )
     np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]]))
-    assert _code(tmp_path / "nan.npy") == "INPUT_INVALID"
+    assert error_code(read_image, tmp_path / "nan.npy", kind=InputError) == "INPUT_INVALID"
     np.save(tmp_path / "whole.npy", np.zeros((50, 50)))
     data = (tmp_path / "whole.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(data[:-10])
-    assert _code(tmp_path / "cut.npy") == "INPUT_TRUNCATED"
+    assert error_code(read_image, tmp_path / "cut.npy", kind=InputError) == "INPUT_TRUNCATED"
     (tmp_path / "header.npy").write_bytes(data[:20])
-    assert _code(tmp_path / "header.npy") == "INPUT_CORRUPT"
+    assert error_code(read_image, tmp_path / "header.npy", kind=InputError) == "INPUT_CORRUPT"

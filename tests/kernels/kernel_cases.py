@@ -1,7 +1,6 @@
 """Real and synthetic inputs for the kernel tests, and the tolerance checks.
 
-Shared by tests/kernels (host build) and tests/cuda (GPU); imported by module name
-(pytest puts a test file's folder on sys.path).
+Shared by tests/kernels (host build) and tests/cuda (GPU): ``tests.kernels.kernel_cases``.
 
 Tolerances (the CPU reference is edgemed.preprocess.cpu / edgemed.postprocess):
 * float32 output: ``max |kernel - cpu| <= 1e-5 * (max(cpu) - min(cpu))`` per case;
@@ -21,10 +20,11 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
-from edgemed.postprocess import PostprocessSpec, _to_source, activate
+from edgemed.heads.segmentation import SegmentationSpec
+from edgemed.postprocess import _to_source, activate
 from edgemed.preprocess import PreprocessSpec, Window
 
-#: Set to "1" to build the host library with ASan/UBSan (tests/kernels/conftest.py).
+#: Set to "1" to build the host library with ASan/UBSan (tests/conftest.py, ``host_kernels``).
 SANITIZE_ENV = "EDGEMED_KERNELS_SANITIZE"
 #: A folder to build the host library in (default: a fresh temporary one).
 BUILD_DIR_ENV = "EDGEMED_KERNELS_BUILD_DIR"
@@ -192,16 +192,16 @@ def check_preprocess(got: np.ndarray, ref: np.ndarray, dtype: str) -> float:
     return float((np.abs(g - r) / ulp).max())
 
 
-def segment_specs() -> dict[str, PostprocessSpec]:
+def segment_specs() -> dict[str, SegmentationSpec]:
     return {
-        "softmax-argmax": PostprocessSpec(),
-        "softmax-threshold": PostprocessSpec(decision="threshold", threshold=0.6),
-        "sigmoid-threshold": PostprocessSpec(activation="sigmoid", decision="threshold"),
-        "none-argmax": PostprocessSpec(activation="none"),
+        "softmax-argmax": SegmentationSpec(),
+        "softmax-threshold": SegmentationSpec(decision="threshold", threshold=0.6),
+        "sigmoid-threshold": SegmentationSpec(activation="sigmoid", decision="threshold"),
+        "none-argmax": SegmentationSpec(activation="none"),
     }
 
 
-def check_masks(got, ref, logits, placements, post: PostprocessSpec) -> tuple[float, float]:
+def check_masks(got, ref, logits, placements, post: SegmentationSpec) -> tuple[float, float]:
     """Assert masks agree up to near-ties; return (agreement, largest gap where differing)."""
     probs = activate(logits, post.activation, axis=1)
     total = same = 0

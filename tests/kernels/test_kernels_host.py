@@ -12,13 +12,6 @@ import re
 
 import numpy as np
 import pytest
-from kernel_cases import (
-    check_masks,
-    check_preprocess,
-    demo_logits,
-    preprocess_cases,
-    segment_specs,
-)
 
 from edgemed.cuda.build import KERNEL_DIR
 from edgemed.cuda.packing import (
@@ -31,8 +24,16 @@ from edgemed.cuda.packing import (
     pack_preprocess,
 )
 from edgemed.errors import UsageError
-from edgemed.postprocess import PostprocessSpec, segment
+from edgemed.heads.segmentation import SegmentationSpec
+from edgemed.postprocess import segment
 from edgemed.preprocess import PreprocessSpec, Window, preprocess
+from tests.kernels.kernel_cases import (
+    check_masks,
+    check_preprocess,
+    demo_logits,
+    preprocess_cases,
+    segment_specs,
+)
 
 pytestmark = pytest.mark.kernels
 
@@ -95,10 +96,10 @@ def test_segment_kernel_matches_cpu(host_kernels, logits_and_placements, name, l
 def test_segment_kernel_largest_component_runs_on_the_host(host_kernels, logits_and_placements):
     logits, placements = logits_and_placements
     labels = ["background", "lung", "fat", "soft_tissue", "bone"]
-    post = PostprocessSpec(largest_component=("bone", "lung"))
+    post = SegmentationSpec(largest_component=("bone", "lung"))
     got = host_kernels.segment(logits, placements, post, labels)
     ref = segment(logits, placements, post, labels)
-    check_masks(got, ref, logits, placements, PostprocessSpec())
+    check_masks(got, ref, logits, placements, SegmentationSpec())
 
 
 def test_segment_kernel_detects_a_wrong_placement(host_kernels, logits_and_placements):
@@ -106,10 +107,10 @@ def test_segment_kernel_detects_a_wrong_placement(host_kernels, logits_and_place
     logits, placements = logits_and_placements
     p = placements[1]
     moved = [*placements[:1], type(p)(p.source, p.top, p.left + 1, p.height, p.width - 1)]
-    got = host_kernels.segment(logits[:2], moved, PostprocessSpec())
-    ref = segment(logits[:2], placements[:2], PostprocessSpec(), [])
+    got = host_kernels.segment(logits[:2], moved, SegmentationSpec())
+    ref = segment(logits[:2], placements[:2], SegmentationSpec(), [])
     with pytest.raises(AssertionError):
-        check_masks(got, ref, logits[:2], placements[:2], PostprocessSpec())
+        check_masks(got, ref, logits[:2], placements[:2], SegmentationSpec())
 
 
 # --- what the kernel path refuses --------------------------------------------------------
@@ -165,7 +166,7 @@ def test_the_requested_build_is_the_one_loaded(host_kernels):
     """Under the ASan rerun (SANITIZE_ENV=1) these comparisons really use the ASan build."""
     import os
 
-    from kernel_cases import SANITIZE_ENV
+    from tests.kernels.kernel_cases import SANITIZE_ENV
 
     sanitized = "_asan_" in host_kernels.path.name
     assert sanitized == (os.environ.get(SANITIZE_ENV) == "1")

@@ -17,11 +17,12 @@ import types
 
 import numpy as np
 import pytest
-from kernel_cases import check_masks, check_preprocess, demo_logits, preprocess_cases
 
 from edgemed.errors import MissingDependencyError, UsageError
-from edgemed.postprocess import PostprocessSpec, segment
+from edgemed.heads.segmentation import SegmentationSpec
+from edgemed.postprocess import segment
 from edgemed.preprocess import PreprocessSpec, Window, preprocess
+from tests.kernels.kernel_cases import check_masks, check_preprocess, demo_logits, preprocess_cases
 
 pytestmark = pytest.mark.kernels
 
@@ -192,11 +193,11 @@ def test_cuda_segment_postprocessor_matches_segment(fake_gpu, logits_dtype):
     logits = np.ascontiguousarray(logits.astype(logits_dtype))
     src = DeviceBuffer(logits.nbytes)
     src.upload(logits, None)
-    for post in (PostprocessSpec(), PostprocessSpec(largest_component=("bone",))):
+    for post in (SegmentationSpec(), SegmentationSpec(largest_component=("bone",))):
         seg = CudaSegmentPostprocessor(post, LABELS, 8, 400 * 400)
         got = seg.run(src.ptr, logits.shape, placements, None, logits.dtype)
         ref = segment(logits, placements, post, LABELS)
-        check_masks(got, ref, logits, placements, PostprocessSpec())
+        check_masks(got, ref, logits, placements, SegmentationSpec())
     assert fake_gpu[-1][0] == f"em_segment_{'f16' if logits_dtype == 'float16' else 'f32'}"
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
 from edgemed.cuda import build
 from edgemed.cuda.packing import RAW_DTYPES
 from edgemed.errors import BackendError
+from tests.kernels.kernel_cases import BUILD_DIR_ENV, SANITIZE_ENV
 
 pytestmark = pytest.mark.kernels
 

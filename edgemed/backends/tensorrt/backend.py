@@ -34,12 +34,12 @@ from edgemed.backends.base import Backend, TensorSpec
 from edgemed.backends.tensorrt import compat as trt_compat
 from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
 from edgemed.backends.tensorrt.profiles import derive_profile
-from edgemed.bundle import Bundle
 from edgemed.errors import BackendError, EdgemedError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
+    from edgemed.bundle import Bundle
     from edgemed.cuda.device import CudaDevice, CudaGraph, DeviceBuffer, PinnedBuffer, StageTimer
 
 __all__ = ["TensorRTBackend", "probe"]
@@ -90,6 +90,7 @@ class TensorRTBackend(Backend):
     """A TensorRT engine from the cache, bound to one GPU. Use :meth:`from_bundle`."""
 
     name = "tensorrt"
+    device_io = True
 
     def __init__(
         self,

@@ -26,13 +26,13 @@ from edgemed._lazy import require
 from edgemed.backends.tensorrt import compat as trt_compat
 from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
 from edgemed.backends.tensorrt.profiles import Profile, derive_profile
-from edgemed.bundle import Bundle
 from edgemed.errors import BackendError, UsageError
 from edgemed.fsutil import write_private
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
+    from edgemed.bundle import Bundle
     from edgemed.cuda.device import DeviceInfo
 
 __all__ = ["BuildOptions", "BuildResult", "build_engine", "engine_key", "make_logger"]

@@ -36,13 +36,15 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgemed._version import __version__
 from edgemed.backends.tensorrt.profiles import Profile
-from edgemed.bundle import Bundle
 from edgemed.errors import BackendError
 from edgemed.fsutil import check_private, write_private
+
+if TYPE_CHECKING:
+    from edgemed.bundle import Bundle
 
 __all__ = [
     "KEY_FIELDS",

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgemed.bundle import TensorInfo
 from edgemed.errors import UsageError
+
+if TYPE_CHECKING:
+    from edgemed.bundle import TensorInfo
 
 __all__ = ["DEFAULT_BATCH", "Profile", "derive_profile", "parse_range"]
 

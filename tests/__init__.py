@@ -1,0 +1,1 @@
+"""edgemed's test suite, a package: helpers are imported as ``tests.<module>``."""
