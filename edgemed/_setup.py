@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any, cast
 
 __all__ = ["QUIET_LOGGERS", "quiet_libraries"]
 
@@ -25,7 +26,8 @@ def quiet_libraries(debug: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
         pattern = rf"{name}(\.|$)"
         if debug:
-            warnings.filters[:] = [
+            filters = cast("list[Any]", warnings.filters)
+            filters[:] = [
                 f
                 for f in warnings.filters
                 if not (f[0] == "ignore" and getattr(f[3], "pattern", None) == pattern)

@@ -207,7 +207,7 @@ def export_bundle(
             f"{str(exc).splitlines()[0] if str(exc) else ''})",
             code="EXPORT_MODEL_RUN",
         ) from exc
-    _check_labels(config, y, post.decision)
+    _check_labels(config, y, getattr(post, "decision", ""))
     t = _lap(seconds, "load", t)
 
     stage = _stage_dir(config.out)

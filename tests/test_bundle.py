@@ -76,8 +76,6 @@ def _manifest(**override: Any) -> dict[str, Any]:
             "decision": "argmax",
             "threshold": 0.5,
             "largest_component": ["foreground"],
-            "top_k": 5,
-            "normalize": "l2",
         },
         "artifacts": [
             {"path": "model.onnx", "kind": "onnx", "precision": "fp32"},
@@ -376,7 +374,7 @@ def test_missing_artifact_key_is_invalid(bundle_dir, key):
         {"preprocess": {"size": [8, 8], "scale": "unit"}},  # unit without a range
         {"preprocess": {"size": [8, 8], "clip": [0, 1], "colour": "gray"}},  # typo
         {"postprocess": {"activation": "relu"}},
-        {"postprocess": {"top_k": 0}},
+        {"postprocess": {"threshold": "high"}},
         {"postprocess": {"unknown": 1}},
         {"provenance": [1, 2, 3]},
     ],

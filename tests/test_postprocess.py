@@ -39,7 +39,7 @@ def test_segment_inverts_letterbox_and_resizes_to_source():
     logits[0, 0, 0, :] = 50.0  # padding rows must not leak into the result
     logits[0, 0, 3, :] = 50.0
     p = Placement(source=(4, 8), top=1, left=0, height=2, width=4)
-    (mask,) = post.segment(logits, [p], PostprocessSpec(), ["bg", "fg"])
+    (mask,) = post.segment(logits, [p], SegmentationSpec(), ["bg", "fg"])
     assert mask.shape == (4, 8)
     assert (mask[:, :4] == 1).all() and (mask[:, 4:] == 0).all()
 

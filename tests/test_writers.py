@@ -7,11 +7,11 @@ import pytest
 
 from edgemed import MedicalImage
 from edgemed.errors import OutputError
+from edgemed.fsutil import write_json
 from edgemed.io.writers import (
     PALETTE,
     nifti_affine,
     render_overlay,
-    write_json,
     write_mask_nifti,
     write_overlay_png,
 )

@@ -67,7 +67,7 @@ def choose_preprocess(
     if mode == "cpu":
         return PreprocessChoice("cpu", "asked for (--preprocess cpu)")
     if mode == "auto" and not device_io:
-        why = f"beside {backend or 'no backend'} (no device I/O) the CPU path is used"
+        why = f"beside {backend or 'no backend'} the CPU path is used (no device I/O)"
         return PreprocessChoice("cpu", why, (("cuda", why),))
     # Imported here: only GPU runs need them (no pycuda import happens for these).
     from edgemed.cuda.launchers import kernels_unavailable

@@ -92,7 +92,7 @@ class CudaStages:
         )
         if self.masks_on_gpu:
             self._post = CudaSegmentPostprocessor(
-                self._head.spec,
+                self._head.spec,  # type: ignore[arg-type]  # masks_on_gpu: a segmentation head
                 self._head.labels,
                 self.max_batch,
                 self._max_pixels,

@@ -12,7 +12,6 @@ Bytes and file objects never touch the disk: readers parse them from memory
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import zlib
@@ -45,6 +44,9 @@ SourceLike = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
 #: Bytes looked at to recognise a format from its content.
 SNIFF_BYTES = 1024
+# Compressed bytes inflated to find SNIFF_BYTES of a gzip stream (its header may carry
+# a long file name, and a header compresses poorly).
+_GZIP_SNIFF_BYTES = 1 << 16
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
@@ -311,10 +313,12 @@ def sniff_format(source: Source) -> str | None:
     if _is_nifti(head):
         return "nifti"
     if head[:2] == b"\x1f\x8b":
+        # Inflate just the start, from a prefix of the compressed data: a stream cut short
+        # is still recognised by its header (and then refused as truncated by the reader).
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            with source.open() as raw, gzip.GzipFile(fileobj=raw, mode="rb") as inner:
-                unpacked = inner.read(SNIFF_BYTES)  # inflates only what it returns
-        except (OSError, EOFError, zlib.error):  # damaged gzip: decided by the name below
+            unpacked = inflater.decompress(source.head(_GZIP_SNIFF_BYTES), SNIFF_BYTES)
+        except zlib.error:  # damaged gzip: decided by the name below
             unpacked = b""
         if _is_nifti(unpacked):
             return "nifti"

@@ -9,6 +9,7 @@ encoded bytes in one ``write``; nothing touches the disk.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,8 +116,12 @@ def write_mask_nifti(
     img.header.set_intent("label")
     if isinstance(target, (str, os.PathLike)):
         return atomic_write(target, lambda tmp: nib.save(img, tmp))
-    # What nib.save writes for .nii.gz: nibabel's gzip is level 1, mtime 0, no file name.
-    _write_to(target, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+    # Exactly what nib.save writes for .nii.gz: nibabel's GzipFile (level 1, mtime 0, no
+    # file name). gzip.compress would differ in the header's OS byte.
+    packed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=packed, mtime=0) as gz:
+        gz.write(img.to_bytes())
+    _write_to(target, packed.getvalue())
     return None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from types import SimpleNamespace
 
 import jsonschema
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import edgemed.bench.runner as runner
 from edgemed.bench.inputs import from_path, synthetic
 from edgemed.bench.report import load_schema
-from edgemed.bench.runner import STAGES, BenchOptions, compare_outputs, measure, run_bench
+from edgemed.bench.runner import STAGES, BenchOptions, measure, run_bench
 from edgemed.errors import UsageError
 
 
@@ -121,37 +120,6 @@ def test_window_size_splits_the_minimum():
     assert BenchOptions(iterations=1, windows=3).window_size == 1
 
 
-def test_segmentation_agreement_on_known_masks():
-    ref = np.zeros((4, 4), np.uint8)
-    ref[0, :] = 1  # 4 pixels of label 1
-    cand = np.zeros((4, 4), np.uint8)
-    cand[0, :2] = 1  # 2 of them
-    acc = compare_outputs(
-        "segmentation",
-        SimpleNamespace(mask=cand),
-        SimpleNamespace(mask=ref),
-        ["bg", "one", "two"],
-    )
-    assert acc["pixel_agreement"] == pytest.approx(14 / 16)
-    assert acc["dice"]["one"] == pytest.approx(2 * 2 / (4 + 2), abs=1e-6)
-    assert acc["dice"]["bg"] == pytest.approx(2 * 12 / (14 + 12), abs=1e-6)
-    assert acc["dice"]["two"] is None  # in neither mask: no evidence either way
-    assert acc["mean_dice"] == pytest.approx((acc["dice"]["one"] + acc["dice"]["bg"]) / 2)
-
-
-def test_classification_and_embedding_agreement():
-    def cls(*rows):
-        return SimpleNamespace(classes=[{"probabilities": r} for r in rows])
-
-    acc = compare_outputs(
-        "classification", cls([0.6, 0.4], [0.2, 0.8]), cls([0.4, 0.6], [0.1, 0.9]), []
-    )
-    assert acc["top1_agreement"] == 0.5 and acc["max_probability_diff"] == pytest.approx(0.2)
-    e = SimpleNamespace(embedding=np.array([[1.0, 0.0], [0.0, 2.0]]))
-    f = SimpleNamespace(embedding=np.array([[1.0, 1.0], [0.0, 1.0]]))
-    assert compare_outputs("embedding", e, f, [])["min_cosine"] == pytest.approx(2**-0.5, abs=1e-6)
-
-
 def _check_consistent(config):
     for stage in STAGES:
         s = config["stages"][stage]
@@ -231,7 +199,8 @@ def test_device_copy_hook_fills_h2d_d2h_and_device_stages(seg_bundle, monkeypatc
 def test_end_to_end_contains_an_infer_call(seg_bundle, monkeypatch, tiny_opts):
     # A backend whose infer takes at least 30 ms (sleep never returns early): both the
     # infer stage and end_to_end (which runs the pipeline, infer included) must too,
-    # and every iteration calls infer exactly twice (staged, then inside end_to_end).
+    # and every iteration calls infer exactly once: the stages are the pipeline's own
+    # timings of the end_to_end call, not a second pass through a copy of its loop.
     real = runner.create_backend
     calls = []
 
@@ -253,7 +222,8 @@ def test_end_to_end_contains_an_infer_call(seg_bundle, monkeypatch, tiny_opts):
     st = c["stages"]
     assert st["infer"]["min_ms"] >= 30 and st["end_to_end"]["min_ms"] >= 30
     n = c["stability"]["iterations"] + c["stability"]["warmup"]
-    assert len(calls) == 1 + 2 * n  # + the fp32 reference run for accuracy
+    assert len(calls) == 1 + n  # + the fp32 reference run for accuracy
+    assert st["end_to_end"]["min_ms"] >= st["infer"]["min_ms"]
 
 
 @pytest.mark.parametrize(

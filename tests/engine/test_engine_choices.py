@@ -12,7 +12,7 @@ import pytest
 
 from edgemed.cli import main
 from edgemed.pipeline import Pipeline
-from tests.engine.test_engine_standin import _without_nvcc
+from tests.engine.support import without_nvcc
 
 
 @pytest.mark.parametrize("nvcc", [True, False], ids=["nvcc", "no-nvcc"])
@@ -22,7 +22,7 @@ def test_doctor_run_and_the_api_agree_on_an_env_engine_cache(
     cache = tmp_path / "elsewhere"
     monkeypatch.setenv("EDGEMED_ENGINE_CACHE", str(cache))
     if not nvcc:
-        _without_nvcc(monkeypatch)
+        without_nvcc(monkeypatch)
     assert main(["build", str(demo_copy)]) == 0
     assert any(cache.glob("*.plan")) and not (demo_copy / "engines").exists()
     capsys.readouterr()

@@ -116,7 +116,7 @@ def test_doctor_prints_facts_and_exits_0_with_nothing_installed(tmp_path):
     assert (
         "auto picks   onnxruntime (tensorrt not used: the tensorrt module is not installed" in out
     )
-    assert "preprocess   cpu (beside onnxruntime the CPU path is used)" in out
+    assert "preprocess   cpu (beside onnxruntime the CPU path is used (no device I/O))" in out
 
 
 def test_doctor_json_is_complete(tmp_path):
@@ -147,13 +147,15 @@ def test_doctor_preprocess_choice_follows_the_pipeline_rule(demo):
     import dataclasses
 
     from edgemed.doctor import _preprocess_choice
+    from edgemed.settings import Options
 
-    assert _preprocess_choice(demo, "onnxruntime")[0] == "cpu"
+    opts = Options.resolve()
+    assert _preprocess_choice(demo, opts, "onnxruntime", False)[0] == "cpu"
     if not available("pycuda"):  # the demo's spec has kernels, but no GPU answers here
-        where, why = _preprocess_choice(demo, "tensorrt")  # (the stand-in tests do the rest)
+        where, why = _preprocess_choice(demo, opts, "tensorrt", True)  # (stand-in tests: rest)
         assert where == "cpu" and "pycuda" in why
     demo.preprocess = dataclasses.replace(demo.preprocess, edges=True)
-    where, why = _preprocess_choice(demo, "tensorrt")
+    where, why = _preprocess_choice(demo, opts, "tensorrt", True)
     assert where == "cpu" and "edge" in why
 
 

@@ -3,6 +3,7 @@ and the error a missing ``export`` extra gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 from edgemed.errors import AccuracyGateError, ExportError, UsageError
 from edgemed.export.calibration import collect, split_by_hash
 from edgemed.export.config import ExportConfig, Thresholds, dynamic_axes, parse_shape
-from edgemed.export.gates import format_table, gate_failures
+from edgemed.export.gates import format_table
+from edgemed.heads import create_head
 from edgemed.preprocess import PreprocessSpec
 
 
@@ -97,6 +99,12 @@ def test_calibration_records_hashes_not_names(tmp_path, ct_small_path):
     hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     assert {i["sha256"] for i in calib.images + val.images} <= hashes
     assert calib.inputs.dtype == np.float32 and calib.inputs.shape[1:] == (1, 16, 16)
+
+
+def gate_failures(task: str, metrics: dict, t: Thresholds) -> list[str]:
+    """The task head's gate, as the export applies it (thresholds from the dataclass)."""
+    head = create_head(task, {}, [], [("out", ("batch", 3))])
+    return head.gate(metrics, dataclasses.asdict(t))
 
 
 def _seg_report(drops: dict[str, float | None], mean_drop: float) -> dict:

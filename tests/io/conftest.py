@@ -1,4 +1,5 @@
-"""Fixtures for the reader tests: pydicom's real test corpus and modified copies of it."""
+"""Fixtures for the reader tests: pydicom's real test corpus and modified copies of it,
+and the three forms one input can take (path, bytes, open binary file)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,31 @@ def dicom_copy(tmp_path) -> Callable[..., Path]:
         return out
 
     return make
+
+
+#: The forms read_image accepts for one file.
+FORMS = ("path", "bytes", "file")
+
+
+@pytest.fixture(params=FORMS)
+def form(request):
+    """Factory: ``form(path)`` -> the same input as a path, its bytes, or an open file.
+
+    Parametrized, so a test that uses it runs once per form. A file object is read once:
+    call ``form(path)`` again for every read. Files opened here are closed afterwards.
+    """
+    handles = []
+
+    def make(path):
+        if request.param == "path":
+            return path
+        if request.param == "bytes":
+            return Path(path).read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the fixture
+        handles.append(handle)
+        return handle
+
+    make.kind = request.param
+    yield make
+    for handle in handles:
+        handle.close()

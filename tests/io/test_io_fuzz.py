@@ -7,9 +7,11 @@ byte flips and sets, insertions, deletions, truncations, splices, and header fie
 NIfTI dim, datatype, vox_offset, scl_slope...) set to extreme values.
 
 Each input must be read (an image that keeps MedicalImage's conventions) or refused with
-an EdgemedError. Reads run in a worker subprocess with a per-file time cap, below
-read_image's catch-all boundary: any other exception, a native crash of the worker and
-a timeout all fail the test, and hypothesis then shrinks the input to a minimal one.
+an EdgemedError, from its path and from its bytes alike: the bytes give the same image
+(digest) or the same code, and their errors name no path (see tests/io/fuzz_forms.py).
+Reads run in a worker subprocess with a per-file time cap, below read_image's catch-all
+boundary: any other exception, a native crash of the worker and a timeout all fail the
+test, and hypothesis then shrinks the input to a minimal one.
 
 Deterministic for CI: hypothesis derandomized, no example database. Together the two
 fuzz tests try DICOM_EXAMPLES + NIFTI_EXAMPLES (>= 2,000) inputs in well under a
@@ -18,36 +20,21 @@ minute. The long run is ``python benchmarks/fuzz_readers.py --seconds 300``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
+from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.io.fuzz_forms import FormsWorker, fuzz
+
 DICOM_EXAMPLES = 2400
 NIFTI_EXAMPLES = 1000
 PER_FILE_TIMEOUT = 10.0  # seconds; the slowest mutated input seen so far reads in < 1 s
 
-
-def _engine() -> ModuleType:
-    """benchmarks/fuzz_readers.py (a script, not a package): seeds, mutations, workers."""
-    spec = importlib.util.spec_from_file_location(
-        "edgemed_fuzz_readers", ROOT / "benchmarks" / "fuzz_readers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _engine()
 
 _POSITION = st.integers(0, 2**24)
 _OP = st.one_of(
@@ -75,14 +62,20 @@ def _cases(n_seeds: int) -> st.SearchStrategy:
 
 @pytest.fixture(scope="module")
 def worker():
-    reader = fuzz.Worker(timeout=PER_FILE_TIMEOUT, memory_limit_mb=8192)
+    reader = FormsWorker(timeout=PER_FILE_TIMEOUT, memory_limit_mb=8192)
     yield reader
     reader.stop()
+
+
+def _verdict(outcome: dict) -> tuple:
+    """What must agree between forms: read (and the image's digest) or the error code."""
+    return outcome["status"], outcome.get("code"), outcome.get("digest")
 
 
 def _fuzz(kind: str, examples: int, worker, directory: Path) -> None:
     seeds = fuzz.load_seeds([kind])
     tally = fuzz.Tally()
+    compared: Counter[str] = Counter()  # what the bytes read was held to
 
     @settings(
         max_examples=examples,
@@ -100,6 +93,13 @@ def _fuzz(kind: str, examples: int, worker, directory: Path) -> None:
         tally.add(case, outcome)
         seed = seeds[case.seed % len(seeds)].name
         assert outcome["status"] in ("ok", "refused"), f"{seed}: {outcome}"
+        # The same input from bytes: the path read's outcome, or where the path read went
+        # by the file's extension, that of a file without one (bytes have no name).
+        expected = outcome if outcome["bytes_expected"] == "path" else outcome["noext"]
+        got = outcome["bytes"]
+        assert _verdict(got) == _verdict(expected), f"{seed} {case}: {expected} vs bytes {got}"
+        assert got.get("named") is None, f"{seed}: an error about bytes named a path"
+        compared[outcome["bytes_expected"]] += 1
 
     started = time.perf_counter()
     read_or_refuse()
@@ -107,11 +107,13 @@ def _fuzz(kind: str, examples: int, worker, directory: Path) -> None:
     print(
         f"\n{kind}: {tally.tried} inputs in {wall:.1f} s: {tally.ok} read, "
         f"refused {dict(tally.codes)}, slowest {tally.max_seconds * 1000:.0f} ms, "
-        f"worker peak RSS {tally.peak_rss_kb // 1024} MiB"
+        f"worker peak RSS {tally.peak_rss_kb // 1024} MiB; bytes read compared with "
+        f"{dict(compared)}"
     )
     assert tally.tried >= examples
     assert tally.ok > examples // 20 and sum(tally.codes.values()) > examples // 2
     assert tally.peak_rss_kb < 1 << 20  # KiB: no input made the worker reach 1 GiB
+    assert compared["path"] > examples // 2  # mostly held to the path read itself
 
 
 def test_mutated_dicom_is_read_or_refused(worker, tmp_path):

@@ -22,9 +22,9 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 import edgemed.io.dicom as dicom_module
-import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
 from tests.support import error_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,55 +122,59 @@ def _peak_bytes(call) -> int:
     return peak
 
 
-def test_sizes_are_computed_without_overflow(dicom_copy, monkeypatch):
+def test_sizes_are_computed_without_overflow(dicom_copy, form):
     # 65535 x 65535 x (2**31 - 1) x 3 samples is past 2**64: a wrapped 64-bit product
     # could look small. Python integers do not wrap; the element cap refuses it.
-    monkeypatch.setattr(limits, "MAX_FRAMES", 2**62)
+    limits = ReaderLimits(max_frames=2**62)
 
     def edit(ds):
         ds.Rows, ds.Columns, ds.NumberOfFrames = 65535, 65535, 2**31 - 1
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
 
     path = dicom_copy("CT_small.dcm", edit)
-    peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, path))
-    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
+    source = form(path)  # bytes are read before the measurement: only parsing counts
+    peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, source, limits=limits))
+    assert error_code(read_image, form(path), limits=limits, kind=InputError) == "INPUT_INVALID"
     assert peak < 16 << 20
 
 
-def test_native_length_is_checked_before_allocation(dicom_copy):
+def test_native_length_is_checked_before_allocation(dicom_copy, form):
     def edit(ds):  # 16384 x 16384 x 16 bits = 512 MiB: inside every cap, far past the data
         ds.Rows, ds.Columns = 16384, 16384
 
     path = dicom_copy("CT_small.dcm", edit)
-    peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, path))
-    assert error_code(read_image, path, kind=InputError) == "INPUT_TRUNCATED"
+    source = form(path)
+    peak = _peak_bytes(lambda: pytest.raises(InputError, read_image, source))
+    assert error_code(read_image, form(path), kind=InputError) == "INPUT_TRUNCATED"
     assert peak < 16 << 20
 
 
 # ----------------------------------------------------------------------- caps
 
 
-def test_frame_cap(corpus, monkeypatch):
-    monkeypatch.setattr(limits, "MAX_FRAMES", 15)
-    assert read_image(corpus / "rtdose.dcm").array.shape[0] == 15
-    monkeypatch.setattr(limits, "MAX_FRAMES", 14)
-    assert error_code(read_image, corpus / "rtdose.dcm", kind=InputError) == "INPUT_INVALID"
+def test_frame_cap(corpus, form):
+    path = corpus / "rtdose.dcm"
+    assert read_image(form(path), limits=ReaderLimits(max_frames=15)).array.shape[0] == 15
+    code = error_code(read_image, form(path), limits=ReaderLimits(max_frames=14), kind=InputError)
+    assert code == "INPUT_INVALID"
 
 
-def test_decoded_bytes_cap_is_checked_before_decoding(corpus, monkeypatch, decoder_calls):
-    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1024 * 256 * 2 - 1)  # JPEG2000.dcm
-    assert error_code(read_image, corpus / "JPEG2000.dcm", kind=InputError) == "INPUT_INVALID"
+def test_decoded_bytes_cap_is_checked_before_decoding(corpus, form, decoder_calls):
+    limits = ReaderLimits(max_decompressed_bytes=1024 * 256 * 2 - 1)  # JPEG2000.dcm
+    path = corpus / "JPEG2000.dcm"
+    assert error_code(read_image, form(path), limits=limits, kind=InputError) == "INPUT_INVALID"
     assert decoder_calls == []
 
 
-def test_file_size_cap(corpus, dicom_copy, tmp_path, monkeypatch):
+def test_file_size_cap(corpus, dicom_copy, tmp_path, form):
     folder = tmp_path / "series"
     dicom_copy("CT_small.dcm", dest=folder / "a.dcm")
-    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 1000)
-    assert error_code(read_image, corpus / "CT_small.dcm", kind=InputError) == "INPUT_INVALID"
-    assert error_code(read_image, folder, kind=InputError) == "INPUT_INVALID"
+    limits = ReaderLimits(max_file_bytes=1000)
+    path = corpus / "CT_small.dcm"
+    assert error_code(read_image, form(path), limits=limits, kind=InputError) == "INPUT_INVALID"
+    assert error_code(read_image, folder, limits=limits, kind=InputError) == "INPUT_INVALID"
     with pytest.raises(InputError) as excinfo:
-        dicom_module.read_dicom(corpus / "CT_small.dcm")  # the reader checks it too
+        dicom_module.read_dicom(path, limits=limits)  # the reader checks it too
     assert excinfo.value.code == "INPUT_INVALID"
 
 
@@ -207,18 +211,25 @@ def _deflate_bomb(path: Path, inflated: int) -> Path:
     return path
 
 
-def _bomb_in_subprocess(bomb: Path, cap: int | None) -> dict:
-    """Read ``bomb`` in a fresh interpreter; the code and its peak RSS growth in KiB."""
+def _bomb_in_subprocess(bomb: Path, cap: int | None, *, as_bytes: bool = False) -> dict:
+    """Read ``bomb`` in a fresh interpreter; the code and its peak RSS growth in KiB.
+
+    ``as_bytes``: the file is read into memory first (before the measurement starts)
+    and handed to read_image as bytes.
+    """
     code = (
-        "import json, resource, sys\n"
-        "import edgemed.io.read as limits\n"
-        f"if {cap!r} is not None: limits.MAX_DECOMPRESSED_BYTES = {cap!r}\n"
+        "import json, pathlib, resource, sys\n"
+        "from edgemed.io.read import read_image\n"
+        "from edgemed.limits import DEFAULT_LIMITS, ReaderLimits\n"
+        f"cap = {cap!r}\n"
+        "limits = DEFAULT_LIMITS if cap is None else ReaderLimits(max_decompressed_bytes=cap)\n"
         "from pydicom.data import get_testdata_file\n"
         "from edgemed.errors import InputError\n"
-        "limits.read_image(get_testdata_file('image_dfl.dcm'))  # warm: imports, decoders\n"
+        "read_image(get_testdata_file('image_dfl.dcm'))  # warm: imports, decoders\n"
+        f"source = pathlib.Path(sys.argv[1]).read_bytes() if {as_bytes!r} else sys.argv[1]\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
-        "    limits.read_image(sys.argv[1])\n"
+        "    read_image(source, limits=limits)\n"
         "    code = 'READ'\n"
         "except InputError as exc:\n"
         "    code = exc.code\n"
@@ -236,28 +247,30 @@ def _bomb_in_subprocess(bomb: Path, cap: int | None) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path):
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path, as_bytes):
     cap = 64 << 20
     bomb = _deflate_bomb(tmp_path / "bomb.dcm", 1 << 30)  # 1 GiB from a 1 MiB file
     assert bomb.stat().st_size < 2 << 20
-    result = _bomb_in_subprocess(bomb, cap)
+    result = _bomb_in_subprocess(bomb, cap, as_bytes=as_bytes)
     assert result["code"] == "INPUT_INVALID"
     assert result["growth_kib"] * 1024 < cap // 4  # it never held the inflated data
 
 
 def test_deflate_bomb_beyond_the_default_cap(tmp_path):
     # Twice the default cap (8 GiB from 8.5 MB): counted up to the cap, then refused.
-    bomb = _deflate_bomb(tmp_path / "bomb.dcm", 2 * limits.MAX_DECOMPRESSED_BYTES)
+    bomb = _deflate_bomb(tmp_path / "bomb.dcm", 2 * DEFAULT_LIMITS.max_decompressed_bytes)
     result = _bomb_in_subprocess(bomb, None)
     assert result["code"] == "INPUT_INVALID"
     assert result["growth_kib"] < 64 << 10  # under 64 MiB, against a 4 GiB cap
 
 
-def test_deflated_file_under_the_cap_reads(corpus, monkeypatch):
-    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 1 << 20)
-    assert read_image(corpus / "image_dfl.dcm").array.shape == (512, 512)
-    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 100 << 10)  # it inflates to ~260 KiB
-    assert error_code(read_image, corpus / "image_dfl.dcm", kind=InputError) == "INPUT_INVALID"
+def test_deflated_file_under_the_cap_reads(corpus, form):
+    path = corpus / "image_dfl.dcm"
+    roomy = ReaderLimits(max_decompressed_bytes=1 << 20)
+    assert read_image(form(path), limits=roomy).array.shape == (512, 512)
+    tight = ReaderLimits(max_decompressed_bytes=100 << 10)  # it inflates to ~260 KiB
+    assert error_code(read_image, form(path), limits=tight, kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------------------- palette colour
@@ -425,11 +438,11 @@ def test_series_with_a_multiframe_file_is_inconsistent(dicom_copy, tmp_path):
     )
 
 
-def test_series_file_count_cap(dicom_copy, tmp_path, monkeypatch):
+def test_series_file_count_cap(dicom_copy, tmp_path):
     folder = _series(dicom_copy, tmp_path)
-    assert read_image(folder).array.shape == (3, 128, 128)
-    monkeypatch.setattr(limits, "MAX_FRAMES", 2)
-    assert error_code(read_image, folder, kind=InputError) == "INPUT_INVALID"
+    assert read_image(folder, limits=ReaderLimits(max_frames=3)).array.shape == (3, 128, 128)
+    limits = ReaderLimits(max_frames=2)
+    assert error_code(read_image, folder, limits=limits, kind=InputError) == "INPUT_INVALID"
 
 
 # ------------------------------------------------- regressions found by fuzzing

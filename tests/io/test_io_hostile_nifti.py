@@ -18,9 +18,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import edgemed.io.read as limits
 from edgemed.errors import InputError
 from edgemed.io.read import read_image
+from edgemed.limits import ReaderLimits
 from tests.support import error_code
 
 STORED = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)  # (i, j, k)
@@ -215,13 +215,16 @@ def test_huge_dimensions_are_refused_before_reading(tmp_path):
     )
 
 
-def test_caps_are_looked_up_at_call_time(tmp_path, monkeypatch):
-    path = _nifti(tmp_path)
-    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 352 + STORED.nbytes - 1)
-    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
-    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 2**32)
-    monkeypatch.setattr(limits, "MAX_ELEMENTS", STORED.size - 1)
-    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
+@pytest.mark.parametrize("name", ["image.nii", "image.nii.gz"])
+def test_caps_come_from_the_limits_passed(tmp_path, form, name):
+    path = _nifti(tmp_path, name=name)
+    exact = ReaderLimits(max_decompressed_bytes=352 + STORED.nbytes, max_elements=STORED.size)
+    np.testing.assert_array_equal(read_image(form(path), limits=exact).array, EXPECTED)
+    data_cap = ReaderLimits(max_decompressed_bytes=352 + STORED.nbytes - 1)
+    assert error_code(read_image, form(path), limits=data_cap, kind=InputError) == "INPUT_INVALID"
+    element_cap = ReaderLimits(max_elements=STORED.size - 1)
+    code = error_code(read_image, form(path), limits=element_cap, kind=InputError)
+    assert code == "INPUT_INVALID"
 
 
 def test_extensions_are_skipped_not_parsed(tmp_path):

@@ -1,0 +1,142 @@
+"""The worker of tests/io/test_io_fuzz.py: each mutated input read from its path and from
+its bytes, in a subprocess, below the readers' catch-all boundary.
+
+The test drives benchmarks/fuzz_readers.py's mutations and its ``Worker`` (a subprocess
+with a per-input timeout, restarted after a crash); :class:`FormsWorker` only swaps the
+command for this script. For each input path (one per stdin line) it prints one JSON line:
+the path read's outcome (as the benchmark's own worker reports it), plus
+
+* ``bytes``: the outcome of reading the file's bytes (a series folder: ``read_series`` of
+  its files' bytes), with a digest of the image for reads and the path an error named;
+* ``bytes_expected``: ``"path"`` when the bytes must give the path's outcome, or
+  ``"noext"`` when the path read relied on the file's extension (bytes have no name and
+  count as a file without an extension), with ``noext``: the outcome of the same bytes
+  in a file without an extension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_engine() -> ModuleType:
+    """benchmarks/fuzz_readers.py (a script): seeds, mutations, workers."""
+    spec = importlib.util.spec_from_file_location(
+        "edgemed_fuzz_readers", ROOT / "benchmarks" / "fuzz_readers.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = load_engine()
+
+
+class FormsWorker(fuzz.Worker):  # type: ignore[misc,name-defined]
+    """The benchmark's worker process, running this script instead of the benchmark."""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, str(self.memory_limit_mb)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+
+
+def _digest(image: Any) -> str:
+    """Everything a MedicalImage carries, hashed: equal digests, equal images."""
+    facts = (
+        image.array.shape,
+        str(image.array.dtype),
+        image.spacing,
+        image.origin,
+        None if image.direction is None else image.direction.tobytes(),
+        image.modality,
+        image.photometric,
+        sorted(image.metadata.items()),
+    )
+    return hashlib.sha256(image.array.tobytes() + repr(facts).encode()).hexdigest()
+
+
+def _classify(read: Callable[[], Any]) -> dict[str, Any]:
+    from edgemed.errors import EdgemedError
+
+    started = time.perf_counter()
+    try:
+        image = read()
+    except EdgemedError as exc:
+        outcome: dict[str, Any] = {"status": "refused", "code": exc.code, "named": exc.path}
+    except BaseException as exc:  # what the boundary would have hidden
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        outcome = {
+            "status": "crash",
+            "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+            "traceback": "".join(frames[-6:]),
+        }
+    else:
+        problem = fuzz.check_image(image)
+        outcome = {"status": "bad", "error": problem} if problem else {"status": "ok"}
+        outcome["digest"] = _digest(image)
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome
+
+
+def _detected(source: Any) -> str | None:
+    from edgemed.errors import EdgemedError
+    from edgemed.io.read import detect_format
+
+    try:
+        return detect_format(source)
+    except EdgemedError:
+        return None
+
+
+def read_forms(path: Path) -> dict[str, Any]:
+    """The path read's outcome with the bytes read's (see the module docstring)."""
+    from edgemed.io.read import _read
+    from edgemed.io.series import _read_series
+    from edgemed.limits import DEFAULT_LIMITS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every oddity it meets
+        outcome = _classify(lambda: _read(path, DEFAULT_LIMITS))
+        if path.is_dir():
+            items = [p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()]
+            outcome["bytes"] = _classify(lambda: _read_series(items, DEFAULT_LIMITS))
+            outcome["bytes_expected"] = "path"
+        else:
+            data = path.read_bytes()
+            outcome["bytes"] = _classify(lambda: _read(data, DEFAULT_LIMITS))
+            outcome["bytes_expected"] = "path"
+            if _detected(data) != _detected(path):  # the path read went by its name
+                copy = path.with_name("input-without-extension")
+                copy.write_bytes(data)
+                outcome["bytes_expected"] = "noext"
+                outcome["noext"] = _classify(lambda: _read(copy, DEFAULT_LIMITS))
+    outcome["rss_kb"] = fuzz._peak_rss_kb()
+    return outcome
+
+
+if __name__ == "__main__":
+    # The benchmark's worker loop (memory limit, stdout kept for the protocol, readers
+    # imported before the first timed read) with this module's read in place of its own.
+    fuzz.read_one = read_forms
+    fuzz.worker_main(int(sys.argv[1]))
