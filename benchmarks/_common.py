@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from edgemed.bench.monitor import cpu_model
-from edgemed.bench.runner import label_dice
 from edgemed.bench.stats import summarize
 from edgemed.fsutil import atomic_write, write_json
 
@@ -82,16 +81,16 @@ def ct_small() -> tuple[np.ndarray, tuple[float, float]]:
     return image.array, (float(image.spacing[0]), float(image.spacing[1]))
 
 
-def dice(a: np.ndarray, b: np.ndarray, labels: int) -> dict[str, Any]:
-    """Per-label Dice of two label masks (``None`` where neither has the label), their
-    mean over labels present, and the fraction of pixels that agree."""
-    per = label_dice(a, b, labels)
-    present = [d for d in per if d is not None]
-    return {
-        "per_label": per,
-        "mean": round(float(np.mean(present)), 6) if present else None,
-        "pixel_agreement": round(float((a == b).mean()), 6),
-    }
+def dice(a: np.ndarray, b: np.ndarray, labels: int | Sequence[str]) -> dict[str, Any]:
+    """The segmentation head's metric of mask ``a`` against the reference ``b`` (the one
+    the export gates and ``edgemed bench`` report): per-label Dice under ``classes``
+    (``None`` where neither has the label), ``mean_dice`` over labels present,
+    ``pixel_agreement``."""
+    from edgemed.heads import create_head
+
+    names = [f"label_{i}" for i in range(labels)] if isinstance(labels, int) else list(labels)
+    head = create_head("segmentation", {}, names, [("logits", ("batch", len(names), "h", "w"))])
+    return head.metric([b], [a])
 
 
 def machine() -> dict[str, Any]:

@@ -126,7 +126,11 @@ def _markdown(data: dict[str, Any]) -> str:
         for tool, t in r["tools"].items():
             speed = r["speedup_p50"].get(tool)
             d = r["dice_vs_edgemed"].get(tool)
-            dtext = "-" if d is None else f"{d['mean']:.5f} ({100 * d['pixel_agreement']:.3f} % px)"
+            dtext = (
+                "-"
+                if d is None
+                else f"{d['mean_dice']:.5f} ({100 * d['pixel_agreement']:.3f} % px)"
+            )
             lines.append(
                 f"| {name} | {tool} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | "
                 f"{t['p99_ms']:.2f} | {'-' if speed is None else f'{speed:.2f}x'} | "

@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         data["precisions"][p] = {
             "artifact": pipes[p].bundle.artifact("onnx", p).path,
             "speed": speed[p],
-            "dice_vs_fp32_mean": round(float(np.mean([d["mean"] for d in vs32])), 6),
-            "dice_vs_fp32_worst": round(float(min(d["mean"] for d in vs32)), 6),
+            "dice_vs_fp32_mean": round(float(np.mean([d["mean_dice"] for d in vs32])), 6),
+            "dice_vs_fp32_worst": round(float(min(d["mean_dice"] for d in vs32)), 6),
             "pixel_agreement_vs_fp32": round(
                 float(np.mean([d["pixel_agreement"] for d in vs32])), 6
             ),
-            "dice_vs_truth_mean": round(float(np.mean([d["mean"] for d in truth])), 6),
+            "dice_vs_truth_mean": round(float(np.mean([d["mean_dice"] for d in truth])), 6),
             "per_input": {
                 name: {"vs_fp32": d} for (name, _, _), d in zip(acc_inputs, vs32, strict=True)
             },

@@ -71,7 +71,9 @@ def _cpu_compare(data: Mapping[str, Any]) -> list[str]:
         for tool, t in r["tools"].items():
             d = r["dice_vs_edgemed"].get(tool)
             faster = "-" if tool == "edgemed" else f"{r['speedup_p50'][tool]:.2f}x"
-            agree = "-" if d is None else f"{d['mean']:.4f}"
+            agree = (
+                "-" if d is None else f"{d.get('mean_dice', d.get('mean')):.4f}"
+            )  # older runs: mean
             lines.append(
                 f"| {name} | {tool} | {t['p50_ms']:.2f} ms | {faster} | "
                 f"{r['outside_model_p50_ms'][tool]:.2f} ms | {agree} |"

@@ -45,13 +45,14 @@ value (nor the text of a third-party exception, which may quote one).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -132,7 +133,7 @@ SUFFIXES_WITHOUT_MAGIC = ("", ".dcm", ".dicom", ".ima")
 # --------------------------------------------------------------------------- parsing
 
 
-def _check_inflated_size(raw: IO[bytes], limits: ReaderLimits, where: object) -> None:
+def _check_inflated_size(raw: io.BufferedIOBase, limits: ReaderLimits, where: object) -> None:
     """Refuse a raw deflate stream that inflates beyond ``limits.max_decompressed_bytes``.
 
     Inflates chunk by chunk and keeps nothing, so memory stays at about one chunk
@@ -168,7 +169,7 @@ class _ReadWatch:
     measured first (tests/io/test_io_hostile_dicom.py keeps this hook honest).
     """
 
-    def __init__(self, raw: IO[bytes], limits: ReaderLimits, where: object) -> None:
+    def __init__(self, raw: io.BufferedIOBase, limits: ReaderLimits, where: object) -> None:
         self._raw = raw
         self._limits = limits
         self._where = where

@@ -23,8 +23,14 @@ make it allocate or inflate more than the header honestly describes:
   the header and ``vox_offset`` are skipped, never parsed.
 * A file (or, gzipped, its decompressed stream) shorter than ``vox_offset`` plus the
   data is ``INPUT_TRUNCATED``. The data, ``vox_offset`` included, is held to
-  ``MAX_DECOMPRESSED_BYTES`` and ``MAX_ELEMENTS`` (:mod:`edgemed.io.read`) before it is
-  read.
+  ``max_decompressed_bytes`` and ``max_elements`` (:class:`~edgemed.limits.ReaderLimits`)
+  before it is read, for a file and for bytes alike: gzip is inflated in memory and only
+  as far as the header describes.
+
+Bytes. The same checks and the same code read bytes in memory (nibabel's ``from_bytes``
+would parse the header and its extensions itself, before these checks); uncompressed
+bytes are not even copied: the data is a view of them until it is scaled into the
+``float32`` result.
 
 Scaling. NIfTI says values are ``scl_slope * stored + scl_inter`` when ``scl_slope`` is
 nonzero. ``scl_slope`` 0 or NaN means no scaling (and ``scl_inter`` is ignored), as in
@@ -37,10 +43,11 @@ Scaled values that are not finite in ``float32`` are ``INPUT_INVALID``.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -193,7 +200,7 @@ def _parse_header(head: bytes, limits: ReaderLimits, where: object) -> _Header:
     return header
 
 
-def _read_exactly(stream: IO[bytes], count: int) -> np.ndarray:
+def _read_exactly(stream: io.BufferedIOBase, count: int) -> np.ndarray:
     """``count`` bytes into a new buffer; fewer means the file was cut."""
     buffer = np.empty(count, dtype=np.uint8)
     view, filled = buffer.data, 0
@@ -213,7 +220,7 @@ def _read_stored(src: Source, limits: ReaderLimits) -> tuple[_Header, np.ndarray
         with src.open() as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
             head = stream.read(540)
             header = _parse_header(head, limits, where)
             if not gzipped and size < header.offset + header.nbytes:

@@ -11,12 +11,13 @@ Caps (:class:`~edgemed.limits.ReaderLimits`): every file (or bytes) is held to
 (``CV_IO_MAX_IMAGE_PIXELS``, 2**30 by default).
 
 Bytes are decoded where they lie: ``cv2.imdecode`` and the NPY array read a view of
-them, so the only copy is the ``float32`` result.
+them, never a copy of the encoded input.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -37,10 +38,11 @@ def _bytes(src: Source, limits: ReaderLimits) -> np.ndarray:
     src.size(limits)
     if src.data is not None:
         return np.frombuffer(src.data, dtype=np.uint8)  # read-only view: imdecode only reads
-    # np.fromfile + imdecode: cv2.imread cannot open every where encoding (non-ASCII
+    # np.fromfile + imdecode: cv2.imread cannot open every path encoding (non-ASCII
     # names on some platforms) and reports every failure as a bare None.
+    assert src.path is not None
     try:
-        return np.fromfile(src.where, dtype=np.uint8)
+        return np.fromfile(src.path, dtype=np.uint8)
     except FileNotFoundError as exc:
         raise input_error("INPUT_NOT_FOUND", "file does not exist", src.where) from exc
     except OSError as exc:
@@ -198,9 +200,10 @@ def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalIma
         raise input_error("INPUT_TRUNCATED", "NPY file is shorter than its header describes", where)
     try:
         if src.data is not None:  # a view of the bytes, as np.load's mmap is of the file
-            order = "F" if fortran else "C"
+            order: Literal["F", "C"] = "F" if fortran else "C"
             stored = np.ndarray(shape, dtype, buffer=src.data, offset=data_offset, order=order)
         else:
+            assert src.path is not None
             stored = np.load(src.path, mmap_mode="r", allow_pickle=False)
         array = np.ascontiguousarray(stored, dtype=np.float32)
     except MemoryError as exc:

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from edgemed.errors import EdgemedError, InputError, UsageError
 from edgemed.limits import ReaderLimits
@@ -88,7 +88,7 @@ def beyond_cap(what: str, cap: str, limits: ReaderLimits, where: object) -> Inpu
     return input_error("INPUT_INVALID", problem, where)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing would compare whole inputs
 class Source:
     """One input as the readers see it: a file on disk or bytes in memory.
 
@@ -117,7 +117,7 @@ class Source:
         name = self.name.lower()
         return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
-    def open(self) -> IO[bytes]:
+    def open(self) -> io.BufferedIOBase:
         """A binary stream positioned at the start (the caller closes it).
 
         Raises:

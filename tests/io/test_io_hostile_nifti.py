@@ -108,7 +108,7 @@ def test_nifti1_header_sanity(tmp_path, edit, code):
         (_set("dim", 2**40, 1), "INPUT_INVALID"),  # far beyond the element cap
         (_set("dim", -(2**40), 2), "INPUT_INVALID"),
         (_set("vox_offset", 540), "INPUT_INVALID"),  # before the extension flag ends
-        (_set("vox_offset", 2**62), "INPUT_INVALID"),  # beyond MAX_DECOMPRESSED_BYTES
+        (_set("vox_offset", 2**62), "INPUT_INVALID"),  # beyond max_decompressed_bytes
         (_set("vox_offset", 10**6), "INPUT_TRUNCATED"),
     ],
 )
@@ -207,7 +207,7 @@ def test_gzip_with_much_more_data_than_the_header_reads_only_what_it_needs(tmp_p
 
 def test_huge_dimensions_are_refused_before_reading(tmp_path):
     def edit(header):
-        header["dim"][0, 1:4] = 2048  # 2048**3 int16 = 16 GiB, past MAX_DECOMPRESSED_BYTES
+        header["dim"][0, 1:4] = 2048  # 2048**3 int16 = 16 GiB, past max_decompressed_bytes
 
     assert (
         error_code(read_image, _nifti(tmp_path, edit, name="huge.nii.gz"), kind=InputError)
