@@ -16,9 +16,15 @@ Variables:
         the TensorRT backend (default ``<bundle>/engines``; a bundle on read-only
         storage needs one elsewhere). The compiled CUDA kernels go beside the engines.
     EDGEMED_MAX_FILE_BYTES, EDGEMED_MAX_DECOMPRESSED_BYTES, EDGEMED_MAX_FRAMES,
-    EDGEMED_MAX_ELEMENTS: the readers' caps (see ``edgemed.io.read``); the CLI applies
-        them at start. A small device lowers them so hostile files are refused before
-        they can exhaust its memory.
+    EDGEMED_MAX_ELEMENTS: the readers' caps (:class:`edgemed.limits.ReaderLimits`,
+        resolved by :func:`load_limits` on each ``read_image`` call that is given no
+        limits). A small device lowers them so hostile files are refused before they can
+        exhaust its memory.
+
+The library and the CLI resolve them the same way: :meth:`Options.resolve` (what
+``Pipeline.from_bundle``, ``create_backend``, ``edgemed bench`` and every CLI command
+use) takes what the caller gave, then these variables, then the defaults. Nothing here
+is a module global that callers change.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "PREPROCESS_DEVICES",
     "Options",
     "Settings",
+    "load_limits",
     "load_settings",
     "trusted_key_path",
 ]
@@ -69,17 +76,25 @@ def trusted_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
     return Path(text) if text else None
 
 
+def load_limits(environ: Mapping[str, str] | None = None) -> ReaderLimits:
+    """The readers' caps from ``EDGEMED_MAX_*`` (the defaults where unset); a bad value
+    raises UsageError. Separate from :func:`load_settings` so that reading an image does
+    not fail over an unrelated bad variable (a typo in ``EDGEMED_LOG_LEVEL``)."""
+    env = os.environ if environ is None else environ
+    caps = {
+        attr: value
+        for var, attr in ReaderLimits.env_names().items()
+        if (value := _positive_int(env, var))
+    }
+    return replace(DEFAULT_LIMITS, **caps) if caps else DEFAULT_LIMITS
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``environ`` (``os.environ`` by default); bad values raise UsageError."""
     from edgemed.errors import UsageError
 
     env = os.environ if environ is None else environ
     threads = _positive_int(env, "EDGEMED_ORT_THREADS")
-    caps = {
-        attr: value
-        for var, attr in ReaderLimits.env_names().items()
-        if (value := _positive_int(env, var))
-    }
     level = env.get("EDGEMED_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise UsageError(f"EDGEMED_LOG_LEVEL must be a logging level name, got {level!r}")
@@ -99,7 +114,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         backend=backend,
         id_salt=salt,
         trusted_key=trusted_key_path(env),
-        limits=replace(DEFAULT_LIMITS, **caps) if caps else DEFAULT_LIMITS,
+        limits=load_limits(env),
     )
 
 

@@ -89,3 +89,19 @@ def test_the_api_honours_edgemed_variables_as_the_cli_does(monkeypatch, ct_small
         Pipeline.from_bundle(demo_bundle())
     with Pipeline.from_bundle(demo_bundle(), backend="onnxruntime") as pipe:
         assert pipe.backend.name == "onnxruntime"
+
+
+def test_reading_an_image_ignores_unrelated_bad_variables(monkeypatch, ct_small_path):
+    """read_image resolves only the reader caps: a typo in EDGEMED_LOG_LEVEL must not stop
+    a device from reading images; a bad cap still does."""
+    from edgemed.errors import UsageError
+    from edgemed.io import read_image
+    from edgemed.settings import load_limits
+
+    monkeypatch.setenv("EDGEMED_LOG_LEVEL", "LOUD")
+    assert read_image(ct_small_path).array.shape == (128, 128)
+    monkeypatch.setenv("EDGEMED_MAX_FRAMES", "zero")
+    with pytest.raises(UsageError):
+        load_limits()
+    with pytest.raises(UsageError):
+        read_image(ct_small_path)

@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a("--model-kwargs", default=None, help="JSON object of keyword arguments for the factory")
     a("--input-shape", required=True, help="example input NxCxHxW, e.g. 1x3x256x256")
     a("--dynamic", default="batch", help="dynamic axes: batch,height,width (default batch)")
-    a("--task", required=True, choices=["segmentation", "classification", "embedding"])
+    a(
+        "--task",
+        required=True,
+        help="the task head: segmentation, classification, embedding "
+        "or a registered one (checked against edgemed.heads.tasks())",
+    )
     a("--labels", default=None, help="class names, comma-separated (label 0 first)")
     a("--modalities", default=None, help="DICOM modalities the model is for, e.g. CT (default any)")
     a("--preprocess", default="demo", help="demo, or a JSON spec (or a bundle.json)")

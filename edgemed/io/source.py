@@ -230,9 +230,9 @@ def resolve_limits(limits: ReaderLimits | None) -> ReaderLimits:
         UsageError: ``limits`` is not a ReaderLimits, or an ``EDGEMED_*`` variable is bad.
     """
     if limits is None:
-        from edgemed.settings import load_settings  # settings imports nothing of io
+        from edgemed.settings import load_limits  # settings imports nothing of io
 
-        return load_settings().limits
+        return load_limits()
     if not isinstance(limits, ReaderLimits):
         raise UsageError(f"limits must be a ReaderLimits, not {type(limits).__name__}")
     return limits

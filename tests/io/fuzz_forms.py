@@ -17,7 +17,6 @@ the path read's outcome (as the benchmark's own worker reports it), plus
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import subprocess
 import sys
 import time
@@ -25,33 +24,20 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from benchmarks import fuzz_readers as fuzz
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_engine() -> ModuleType:
-    """benchmarks/fuzz_readers.py (a script): seeds, mutations, workers."""
-    spec = importlib.util.spec_from_file_location(
-        "edgemed_fuzz_readers", ROOT / "benchmarks" / "fuzz_readers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = load_engine()
-
-
 class FormsWorker(fuzz.Worker):  # type: ignore[misc,name-defined]
-    """The benchmark's worker process, running this script instead of the benchmark."""
+    """The benchmark's worker process, running this module (``python -m``, from the
+    repository root, so ``tests`` and ``benchmarks`` import) instead of the benchmark."""
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, str(self.memory_limit_mb)],
+            [sys.executable, "-m", "tests.io.fuzz_forms", str(self.memory_limit_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
