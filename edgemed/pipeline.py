@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,9 +263,14 @@ class Pipeline:
         or an array in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing 1 mm)."""
         return self.run_batch([item])[0]
 
-    def run_batch(self, items: Sequence[Input]) -> list[Result]:
+    def run_batch(
+        self, items: Sequence[Input], *, progress: Callable[[int, int], None] | None = None
+    ) -> list[Result]:
         """Run several inputs; their 2D slices share backend calls of up to
-        ``batch_size`` slices (a volume's slices are batched the same way)."""
+        ``batch_size`` slices (a volume's slices are batched the same way).
+
+        ``progress(slices_done, slices_total)`` is called after each backend call (a
+        front-end's progress bar for series and volumes)."""
         t_start = [time.perf_counter() for _ in items]
         images, read_ms = [], []
         for item in items:
@@ -281,7 +286,7 @@ class Pipeline:
                     code="GPU_FATAL",
                 )
             try:
-                outputs, stage_ms = self._run_slices([im.slices() for im in images])
+                outputs, stage_ms = self._run_slices([im.slices() for im in images], progress)
             except BackendError as exc:
                 # A fatal CUDA error leaves the context unusable: every later result
                 # would be garbage, so the pipeline stops here (health checks see it).
@@ -309,7 +314,9 @@ class Pipeline:
         self.last_stage_ms = stage_ms
         return results
 
-    def _run_slices(self, per_image: list[np.ndarray]) -> tuple[list[list[Any]], dict[str, float]]:
+    def _run_slices(
+        self, per_image: list[np.ndarray], progress: Callable[[int, int], None] | None = None
+    ) -> tuple[list[list[Any]], dict[str, float]]:
         """All slices of all images through the chosen stages in chunks.
 
         Returns per image the list of per-slice values (masks, class dicts or embedding
@@ -337,6 +344,8 @@ class Pipeline:
                 ms[k] = ms.get(k, 0.0) + float(v)
             for (i, _), v in zip(chunk, values, strict=True):
                 out[i].append(v)
+            if progress is not None:
+                progress(start + len(chunk), len(flat))
         return out, ms
 
     def _result(self, image: MedicalImage, values: list[Any]) -> Result:
