@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemed import signing
-from edgemed.errors import BundleError
+from edgemed.errors import BundleError, UsageError
 from edgemed.fsutil import atomic_write, sha256_file, write_json
 from edgemed.heads import HeadSpec, head_class, tasks
 from edgemed.preprocess.spec import PreprocessSpec
@@ -321,10 +321,27 @@ class Bundle:
         return [p for p in PRECISIONS if p in have]
 
     def artifact(self, kind: str = "onnx", precision: str = "fp32") -> Artifact:
-        """The artifact of ``kind`` and ``precision``; ``BUNDLE_ARTIFACT_MISSING`` if none."""
+        """The artifact of ``kind`` and ``precision``.
+
+        Raises:
+            UsageError: ``USAGE_PRECISION_MISSING``: no ONNX model of that precision.
+                The bundle is valid; the precision is the caller's choice (``run``,
+                ``bench``, ``build`` and the API all refuse it here, with one code), and
+                the message names the precisions it has.
+            BundleError: ``BUNDLE_ARTIFACT_MISSING``: no artifact of another kind (an
+                engine) at that precision. A file the manifest lists but that is not
+                there is also ``BUNDLE_ARTIFACT_MISSING``, from :meth:`load`.
+        """
         for a in self.artifacts:
             if a.kind == kind and a.precision == precision:
                 return a
+        if kind == "onnx":
+            raise UsageError(
+                f"the bundle has no {precision} model (it has "
+                f"{', '.join(self.precisions) or 'no ONNX model'})",
+                code="USAGE_PRECISION_MISSING",
+                path=self.root,
+            )
         have = ", ".join(f"{a.kind}/{a.precision}" for a in self.artifacts)
         raise BundleError(
             f"no {kind} artifact of precision {precision} (bundle has: {have})",

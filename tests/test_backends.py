@@ -5,7 +5,7 @@ import pytest
 
 from edgemed.backends import create_backend, probe
 from edgemed.bundle import Bundle
-from edgemed.errors import BackendError, BundleError, UsageError
+from edgemed.errors import BackendError, UsageError
 
 
 @pytest.fixture
@@ -80,9 +80,10 @@ def test_named_backend_that_cannot_run_is_an_error(seg_bundle):
 def test_unknown_backend_and_missing_precision(seg_bundle):
     with pytest.raises(UsageError):
         create_backend("nonsense", seg_bundle)
-    with pytest.raises(BundleError) as e:
-        create_backend("onnxruntime", seg_bundle, precision="int8")
-    assert e.value.code == "BUNDLE_ARTIFACT_MISSING"
+    for name in ("onnxruntime", "auto", "tensorrt"):  # refused before any backend is chosen
+        with pytest.raises(UsageError) as e:
+            create_backend(name, seg_bundle, precision="int8")
+        assert e.value.code == "USAGE_PRECISION_MISSING" and "(it has fp32)" in e.value.message
 
 
 def test_corrupt_model_bytes_fail_typed():

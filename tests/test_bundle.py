@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgemed.bundle import SCHEMA_VERSION, Bundle, write_manifest
-from edgemed.errors import BundleError
+from edgemed.errors import BundleError, UsageError
 from edgemed.fsutil import sha256_file
 from tests.support import error_code
 
@@ -149,12 +149,19 @@ def test_precisions_follow_preference_order_not_manifest_order(tmp_path):
     assert b.artifact("engine", "fp16").path == "d.plan"
 
 
-def test_missing_precision_or_kind_is_artifact_missing(bundle_dir):
+def test_a_precision_the_bundle_lacks_is_the_users_choice(bundle_dir):
+    # The bundle is valid; asking it for a precision it does not list is a usage error
+    # (exit 2), the same code from run, bench, build and the API, naming what it has.
     b = Bundle.load(bundle_dir)
-    for kind, precision in [("onnx", "int8"), ("engine", "fp32"), ("onnx", "bf16")]:
-        with pytest.raises(BundleError) as exc:
-            b.artifact(kind, precision)
-        assert exc.value.code == "BUNDLE_ARTIFACT_MISSING"
+    assert b.precisions == ["fp32", "fp16"]
+    for precision in ("int8", "bf16"):
+        with pytest.raises(UsageError) as exc:
+            b.artifact("onnx", precision)
+        assert exc.value.code == "USAGE_PRECISION_MISSING" and exc.value.exit_code == 2
+        assert exc.value.message.endswith("(it has fp32, fp16)")
+    # An engine is not something a user picks by precision: a bundle without the one
+    # asked for is the bundle's fault.
+    assert error_code(b.artifact, "engine", "fp32", kind=BundleError) == "BUNDLE_ARTIFACT_MISSING"
 
 
 def test_round_trip_to_dict_equals_the_written_manifest(bundle_dir):

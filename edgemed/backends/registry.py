@@ -179,8 +179,8 @@ def create_backend(
     when ``auto`` picks such a backend it has no effect (logged).
 
     Raises:
-        UsageError: unknown backend name, or CUDA graphs asked of a backend without them.
-        BundleError: the bundle has no artifact of that precision.
+        UsageError: unknown backend name, CUDA graphs asked of a backend without them, or
+            ``USAGE_PRECISION_MISSING``: the bundle has no ONNX model of that precision.
         BackendError: the backend cannot run here (``BACKEND_UNAVAILABLE``).
     """
     options = (options or Options.resolve()).replace(
@@ -190,7 +190,7 @@ def create_backend(
         engine_cache=None if engine_cache is None else Path(engine_cache),
         cuda_graphs=cuda_graphs,
     )
-    bundle.artifact("onnx", options.precision)  # BUNDLE_ARTIFACT_MISSING before anything
+    bundle.artifact("onnx", options.precision)  # USAGE_PRECISION_MISSING before anything
     if options.cuda_graphs and options.backend != "auto" and not entry(options.backend).cuda_graphs:
         raise UsageError(f"CUDA graphs are a TensorRT option; backend {options.backend} has none")
     choice = choose_backend(bundle, options)

@@ -69,6 +69,8 @@ def _cdf(doc: dict[str, Any], path: Path) -> Path:
         y = np.arange(1, x.size + 1) / x.size
         lo, hi = min(lo, float(x[0])), max(hi, float(x[-1]))
         e = c["stages"]["end_to_end"]
+        # A percentile from too few calls is null in the document: say so, not "p99 0".
+        p50, p99 = ("—" if e[k] is None else f"{e[k]:.1f}" for k in ("p50_ms", "p99_ms"))
         ax.step(
             x,
             y,
@@ -76,7 +78,7 @@ def _cdf(doc: dict[str, Any], path: Path) -> Path:
             color=_LINE_COLOURS[i % len(_LINE_COLOURS)],
             linestyle=_STYLES[(i // len(_LINE_COLOURS)) % len(_STYLES)],
             linewidth=1.8,
-            label=f"{c['name']}  (p50 {e['p50_ms']:.1f}, p99 {e['p99_ms']:.1f} ms, n={e['count']})",
+            label=f"{c['name']}  (p50 {p50}, p99 {p99} ms, n={e['count']})",
         )
     for q in (0.5, 0.9, 0.99):
         ax.axhline(q, color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=0)

@@ -43,6 +43,8 @@ CSV_COLUMNS = (
     "stage",
     *_STAT_KEYS,
     "throughput_ips",
+    "overhead_p50",
+    "overhead_p90",
     "absent_reason",
 )
 
@@ -68,17 +70,32 @@ def accuracy_text(acc: dict[str, Any]) -> str:
     return "n/a"
 
 
+def _overhead(c: dict[str, Any], key: str) -> float | None:
+    """A figure of the per-call overhead share (``None``: absent or too few calls)."""
+    ovh = c.get("overhead")
+    return None if ovh is None else ovh.get(key)
+
+
+def _blank(v: Any) -> Any:
+    return "" if v is None else v
+
+
 def csv_text(doc: dict[str, Any]) -> str:
     """bench.csv: one row per configuration x stage; absent stages have empty figures
-    and the reason."""
+    and the reason, as do percentiles from too few calls. The per-call overhead share
+    is on the end_to_end row."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for c in doc["configs"]:
         for stage in STAGES:
             s = c["stages"].get(stage)
-            figures = ["" if s is None else s[k] for k in (*_STAT_KEYS, "throughput_ips")]
-            reason = c["absent"].get(stage, "") if s is None else ""
+            figures = ["" if s is None else _blank(s[k]) for k in (*_STAT_KEYS, "throughput_ips")]
+            if stage == "end_to_end":
+                figures += [_blank(_overhead(c, "p50")), _blank(_overhead(c, "p90"))]
+            else:
+                figures += ["", ""]
+            reason = c["absent"].get(stage, "") if s is None else c["absent"].get("percentiles", "")
             w.writerow(
                 [
                     c["name"],
@@ -99,6 +116,10 @@ def _f(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{100 * v:.{digits}f}%"
+
+
 def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """bench.md: summary table, per-stage table, stability and absent figures."""
     d, b = doc["device"], doc["bundle"]
@@ -113,21 +134,24 @@ def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"NumPy {d['numpy']}",
         "- latencies are per call (one call = `batch` slices of a 2D input, or a whole "
         "volume); throughput is images per second",
+        "- overhead: per call, (end_to_end - infer) / end_to_end of that same call; its "
+        "p50 and p90 over the calls",
+        "- — for a percentile: too few calls for it (p50 needs 2, p90 10, p95 20, p99 100; "
+        "with fewer it would only be the maximum)",
         "",
         "## Summary",
         "",
-        "| config | e2e p50 ms | e2e p90 ms | e2e p99 ms | e2e mean ms | infer mean ms "
-        "| overhead | images/s | stable | peak RSS MiB | accuracy vs fp32 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| config | calls | e2e p50 ms | e2e p90 ms | e2e p99 ms | e2e mean ms | infer mean ms "
+        "| overhead p50 | overhead p90 | images/s | stable | peak RSS MiB | accuracy vs fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for c in doc["configs"]:
         e, i = c["stages"]["end_to_end"], c["stages"]["infer"]
-        ovh = c["overhead_fraction"]
         lines.append(
-            f"| {c['name']} | {_f(e['p50_ms'])} | {_f(e['p90_ms'])} | {_f(e['p99_ms'])} "
-            f"| {_f(e['mean_ms'])} | {_f(i['mean_ms'])} "
-            f"| {'—' if ovh is None else f'{100 * ovh:.1f}%'} | {_f(c['throughput_ips'], 1)} "
-            f"| {'yes' if c['stability']['stable'] else 'no'} "
+            f"| {c['name']} | {e['count']} | {_f(e['p50_ms'])} | {_f(e['p90_ms'])} "
+            f"| {_f(e['p99_ms'])} | {_f(e['mean_ms'])} | {_f(i['mean_ms'])} "
+            f"| {_pct(_overhead(c, 'p50'))} | {_pct(_overhead(c, 'p90'))} "
+            f"| {_f(c['throughput_ips'], 1)} | {'yes' if c['stability']['stable'] else 'no'} "
             f"| {_f(c['memory']['peak_rss_mib'], 0)} | {accuracy_text(c['accuracy'])} |"
         )
     lines += [
@@ -146,7 +170,18 @@ def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
             figs = " | ".join(_f(s[k], 3) for k in _STAT_KEYS[1:])
             lines.append(f"| {c['name']} | {stage} | {s['count']} | {figs} |")
     lines += ["", "## Stability", ""]
-    lines += [f"- {c['name']}: {c['stability']['reason']}" for c in doc["configs"]]
+    for c in doc["configs"]:
+        st = c["stability"]
+        few = c["absent"].get("percentiles")
+        lines.append(
+            f"- {c['name']}: {st['reason']} ({st['warmup']} warm-up calls in "
+            f"{st.get('warmup_s', 0):.2f} s, {st['iterations']} measured in "
+            f"{st['elapsed_s']:.2f} s; cap {doc['settings']['time_cap_s']:g} s)"
+            + (f"; {few}" if few else "")
+        )
+    ref = doc.get("reference")
+    if ref:
+        lines += ["", f"Accuracy reference: {ref['source']}."]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
@@ -159,7 +194,8 @@ def table(doc: dict[str, Any]) -> str:
     """The compact terminal table (p50 per stage, end-to-end percentiles)."""
     head = (
         f"{'config':<30} {'read':>6} {'prep':>6} {'infer':>7} {'post':>6} "
-        f"{'e2e p50':>8} {'p90':>7} {'p99':>7} {'img/s':>7} {'ovh':>5}  {'stable':<6} accuracy"
+        f"{'e2e p50':>8} {'p90':>7} {'p99':>7} {'calls':>5} {'img/s':>7} {'ovh':>5}  "
+        f"{'stable':<6} accuracy"
     )
     rows = [head, "-" * len(head)]
     for c in doc["configs"]:
@@ -167,17 +203,15 @@ def table(doc: dict[str, Any]) -> str:
 
         def p50(stage: str, width: int, st: dict = st) -> str:
             s = st.get(stage)
-            text = "—" if s is None else f"{s['p50_ms']:.1f}"
-            return f"{text:>{width}}"
+            return f"{_f(None if s is None else s['p50_ms'], 1):>{width}}"
 
         e = st["end_to_end"]
-        ovh = c["overhead_fraction"]
         name = c["name"] if len(c["name"]) <= 30 else c["name"][:29] + "…"
         rows.append(
             f"{name:<30} {p50('read', 6)} {p50('preprocess', 6)} {p50('infer', 7)} "
-            f"{p50('postprocess', 6)} {e['p50_ms']:>8.1f} {e['p90_ms']:>7.1f} "
-            f"{e['p99_ms']:>7.1f} {c['throughput_ips']:>7.1f} "
-            f"{'—' if ovh is None else f'{100 * ovh:.0f}%':>5}  "
+            f"{p50('postprocess', 6)} {_f(e['p50_ms'], 1):>8} {_f(e['p90_ms'], 1):>7} "
+            f"{_f(e['p99_ms'], 1):>7} {e['count']:>5} {c['throughput_ips']:>7.1f} "
+            f"{_pct(_overhead(c, 'p50'), 0):>5}  "
             f"{'yes' if c['stability']['stable'] else 'NO':<6} {accuracy_text(c['accuracy'])}"
         )
     return "\n".join(rows)

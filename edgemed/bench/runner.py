@@ -20,14 +20,27 @@ which are part of the ``infer`` call) and, timed by CUDA events, ``device_h2d``,
 without it (ONNX Runtime on the CPU) gets ``null`` for those stages and the reason in
 ``absent``: never a fake zero.
 
+Overhead is per call: each measured call's own ``(end_to_end - infer) / end_to_end``
+(both timings of that one call), reported as a distribution (``overhead``: p50, p90,
+...). A ratio of two means (or medians) of different calls can come out negative.
+
 Stability (perf_analyzer's rule): the minimum ``iterations`` are split into ``windows``
 windows of ``ceil(iterations / windows)`` calls; measuring goes on window by window
 until the mean ``end_to_end`` of the last ``windows`` windows agree within
-``stability_percent`` (:func:`edgemed.bench.stats.windows_agree`), or until
-``time_cap_s`` seconds of measuring have passed; then the result says
-``"stable": false`` and why. The cap bounds every configuration, even before the
-minimum has run (a slow model or a busy machine), so that a default run of the demo
-bundle ends within a minute.
+``stability_percent`` (:func:`edgemed.bench.stats.windows_agree`), or until the time
+cap; then the result says ``"stable": false`` and why.
+
+Time cap. ``time_cap_s`` bounds each configuration's warm-up and measuring together,
+even before the minimum has run (a slow model or a busy machine): warm-up stops early
+once it has used half the cap, and measuring stops after the call during which the cap
+passes. Every configuration still makes at least one warm-up call (if ``warmup`` > 0)
+and one measured call, so one whose single call outlasts the cap takes two calls. Not
+in the cap: loading each precision's model (once per precision; a TensorRT engine
+build is ``edgemed build``'s job) and, only when fp32 is not among the precisions
+measured, the FP32 reference for accuracy: one call per input, timed in
+``reference.elapsed_s``. When fp32 is measured, its first configuration's result on each
+input is the reference: no extra call. So a run takes about ``configurations x cap``
+plus model loading.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from edgemed._version import __version__
 from edgemed.backends import Backend, create_backend
 from edgemed.bench.inputs import BenchInput
 from edgemed.bench.monitor import PeakRss, Sensors, device_info
-from edgemed.bench.stats import summarize, windows_agree
+from edgemed.bench.stats import distribution, summarize, too_few, windows_agree
 from edgemed.bundle import Bundle
 from edgemed.errors import UsageError
 from edgemed.io import read_image
@@ -54,14 +67,24 @@ from edgemed.pipeline import Pipeline
 from edgemed.settings import Options
 
 __all__ = [
+    "SCHEMA_VERSION",
     "STAGES",
     "STAGE_DEFINITIONS",
+    "WARMUP_SHARE",
     "BenchOptions",
     "Measurement",
     "compare_outputs",
     "measure",
     "run_bench",
 ]
+
+#: bench.json's schema version (2: ``overhead`` per call replaced ``overhead_fraction``;
+#: percentiles from too few calls are null; warm-up counts against the time cap).
+SCHEMA_VERSION = 2
+
+#: The most of a configuration's time cap its warm-up may use (it stops after the call
+#: that reaches it), so that measuring always keeps the rest.
+WARMUP_SHARE = 0.5
 
 #: Stages of every configuration, in pipeline order.
 STAGES = ("read", "preprocess", "h2d", "infer", "d2h", "postprocess", "end_to_end")
@@ -94,17 +117,22 @@ class BenchOptions:
         batches: batch sizes (slices per backend call).
         iterations: minimum measured calls per configuration (unless the time cap
             comes first).
-        warmup: unmeasured calls first.
+        warmup: unmeasured calls first (at most, see ``time_cap_s``).
         windows: how many consecutive windows must agree.
         stability_percent: how closely their mean end-to-end latencies must agree.
-        time_cap_s: measuring time (seconds, warm-up excluded) after which a
-            configuration stops, reported unstable.
+        time_cap_s: seconds of warm-up and measuring together after which a
+            configuration stops, reported unstable (warm-up stops at half of it); see
+            the module doc for what it does not cover.
         threads: ONNX Runtime threads (``None``: the backend's default).
         engine_cache: TensorRT engine cache (``None``: ``<bundle>/engines``).
         cuda_graphs: TensorRT: replay a CUDA graph while calls keep one shape.
+        check_modality: refuse DICOM inputs whose Modality the bundle does not list
+            (``INPUT_MODALITY``); ``False`` runs them anyway (``--any-modality``);
+            ``None``: as ``runtime`` says (by default, refuse).
         runtime: the pipeline options the rest come from (default
             :meth:`Options.resolve`, i.e. ``EDGEMED_*``); ``backend``, ``threads``,
-            ``engine_cache`` and ``cuda_graphs`` above override its fields.
+            ``engine_cache``, ``cuda_graphs`` and ``check_modality`` above override
+            its fields.
     """
 
     backend: str = "auto"
@@ -118,6 +146,7 @@ class BenchOptions:
     threads: int | None = None
     engine_cache: str | os.PathLike[str] | None = None
     cuda_graphs: bool = False
+    check_modality: bool | None = None
     runtime: Options | None = None
 
     def options(self, precision: str, batch: int = 1) -> Options:
@@ -130,6 +159,7 @@ class BenchOptions:
             engine_cache=None if self.engine_cache is None else Path(self.engine_cache),
             cuda_graphs=self.cuda_graphs or None,
             batch_size=batch,
+            check_modality=self.check_modality,
         )
 
     def __post_init__(self) -> None:
@@ -168,7 +198,9 @@ class BenchOptions:
             "window_size": self.window_size,
             "stability_percent": self.stability_percent,
             "time_cap_s": self.time_cap_s,
+            "warmup_share_of_cap": WARMUP_SHARE,
             "threads": self.threads,
+            "check_modality": self.options("fp32").check_modality,
         }
 
 
@@ -185,6 +217,8 @@ class Measurement:
         window_means_ms: means of the last windows (oldest first).
         window_size: calls per window.
         elapsed_s: measuring time (warm-up excluded).
+        warmup_calls: warm-up calls made (fewer than asked when the cap cut it short).
+        warmup_s: warm-up time; ``warmup_s + elapsed_s`` is what the cap bounds.
     """
 
     samples: dict[str, list[float]]
@@ -194,6 +228,8 @@ class Measurement:
     window_means_ms: list[float] = field(default_factory=list)
     window_size: int = 1
     elapsed_s: float = 0.0
+    warmup_calls: int = 0
+    warmup_s: float = 0.0
 
     @property
     def iterations(self) -> int:
@@ -217,11 +253,13 @@ def measure(
     Args:
         step: one call; returns milliseconds per stage (``key`` among them).
         iterations: minimum measured calls (split into ``windows`` windows).
-        warmup: calls made first and not recorded.
+        warmup: calls made first and not recorded; warm-up stops early after the call
+            that reaches ``WARMUP_SHARE`` of the cap (at least one is made).
         windows: consecutive windows that must agree.
         tolerance_percent: how closely (see :func:`windows_agree`).
-        time_cap_s: after this much measuring time, stop (unstable) after the current
-            call; the verdict is made on the complete windows.
+        time_cap_s: once warm-up and measuring together have taken this long, stop
+            (unstable) after the current call; the verdict is made on the complete
+            windows. At least one call is measured.
         key: the stage the rule watches.
         clock: seconds, monotonic (injectable so that tests control time).
         on_step: ``on_step(done, planned)`` after each measured call (progress bars).
@@ -229,13 +267,30 @@ def measure(
     Returns:
         The samples and the verdict.
     """
-    for _ in range(warmup):
+    begin = clock()
+    warmed = 0
+    while warmed < warmup:
         step()
+        warmed += 1
+        if clock() - begin >= WARMUP_SHARE * time_cap_s:
+            break  # a slow call: the rest of the cap is for measuring
+    start = clock()
+    warmup_s = start - begin
+    cap = time_cap_s - warmup_s  # what is left of the cap for measuring
     size = max(1, math.ceil(iterations / windows))
     minimum = size * windows  # >= iterations
     samples: dict[str, list[float]] = {}
-    start = clock()
     n = 0
+
+    def capped(m: Measurement) -> Measurement:
+        m.warmup_calls, m.warmup_s = warmed, warmup_s
+        if warmed < warmup:
+            m.reason += (
+                f"; warm-up stopped after {warmed} of {warmup} calls ({warmup_s:.2g} s, "
+                f"{100 * WARMUP_SHARE:g}% of the cap)"
+            )
+        return m
+
     while True:
         for stage, ms in step().items():
             samples.setdefault(stage, []).append(float(ms))
@@ -246,7 +301,7 @@ def measure(
             on_step(n, max(minimum, n + (-n) % size))
         elapsed = clock() - start
         if n < minimum:
-            if elapsed < time_cap_s:
+            if elapsed < cap:
                 continue
             # The cap bounds the run even below the minimum (a slow model, a busy
             # machine): the figures stand, but the run is not called stable. The spread
@@ -262,11 +317,13 @@ def measure(
                     f"; the last {windows} windows of {cut} call{'s' if cut > 1 else ''} "
                     f"differ by {spread:.1f}%"
                 )
-            return Measurement(
-                samples, False, reason, spread, list(verdict.window_means_ms), cut, elapsed
+            return capped(
+                Measurement(
+                    samples, False, reason, spread, list(verdict.window_means_ms), cut, elapsed
+                )
             )
         partial = (n - minimum) % size
-        if partial and elapsed < time_cap_s:
+        if partial and elapsed < cap:
             continue  # verdicts at window boundaries, or when the cap cuts a window short
         # The rule looks at complete windows only; a cut window's calls still count in
         # the statistics.
@@ -276,7 +333,7 @@ def measure(
             reason = (
                 f"{shape} agree within {verdict.spread_percent:.1f}% (<= {tolerance_percent:g}%)"
             )
-        elif elapsed >= time_cap_s:
+        elif elapsed >= cap:
             reason = (
                 f"time cap of {time_cap_s:g} s reached; {shape} differ by "
                 f"{verdict.spread_percent:.1f}% (> {tolerance_percent:g}%)"
@@ -284,14 +341,16 @@ def measure(
         else:
             continue
         spread = verdict.spread_percent if math.isfinite(verdict.spread_percent) else None
-        return Measurement(
-            samples,
-            verdict.stable,
-            reason,
-            spread,
-            list(verdict.window_means_ms),
-            size,
-            elapsed,
+        return capped(
+            Measurement(
+                samples,
+                verdict.stable,
+                reason,
+                spread,
+                list(verdict.window_means_ms),
+                size,
+                elapsed,
+            )
         )
 
 
@@ -396,13 +455,34 @@ def _summaries(
     return stages, absent, device_stages
 
 
-def _round_summary(s: dict[str, float]) -> dict[str, Any]:
+def _round_summary(s: Mapping[str, float | None]) -> dict[str, Any]:
     # A stage that took no measurable time (a device copy of 0 bytes) has no throughput:
-    # null, not Infinity (which is not JSON).
-    return {
-        k: int(v) if k == "count" else round(v, 4) if math.isfinite(v) else None
-        for k, v in s.items()
-    }
+    # null, not Infinity (which is not JSON). A percentile from too few calls is null.
+    out: dict[str, Any] = {}
+    for k, v in s.items():
+        if v is None or not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = int(v) if k == "count" else round(v, 4)
+    return out
+
+
+#: What ``overhead`` is (copied into bench.json).
+OVERHEAD_DEFINITION = (
+    "per measured call: (end_to_end - infer) / end_to_end of that same call, i.e. the "
+    "share of the call spent outside the model (preprocess, postprocess, glue)"
+)
+
+
+def _overhead(m: Measurement) -> dict[str, Any] | None:
+    """The distribution of the per-call overhead share; ``None`` without infer times."""
+    e2e, infer = m.samples["end_to_end"], m.samples.get("infer")
+    if not infer or len(infer) != len(e2e):
+        return None
+    # Each call against itself: the two timings of one call, never a mean of some calls
+    # against a mean of others (which can come out negative).
+    shares = [(e - i) / e if e > 0 else 0.0 for e, i in zip(e2e, infer, strict=True)]
+    return {"definition": OVERHEAD_DEFINITION, **_round_summary(distribution(shares))}
 
 
 def _run_config(
@@ -445,7 +525,13 @@ def _run_config(
         if bar is not None:
             bar.close()
     stages, absent, device_stages = _summaries(m, images, backend)
-    e2e, infer = stages["end_to_end"], stages["infer"]
+    e2e = stages["end_to_end"]
+    overhead = _overhead(m)
+    if overhead is None:
+        absent["overhead"] = "the pipeline reported no infer time for the measured calls"
+    few = too_few(m.iterations)
+    if few is not None:
+        absent["percentiles"] = few
     memory["gpu"] = sensor_summary.pop("gpu")
     if "gpu" in sensor_summary["absent"]:
         absent["memory.gpu"] = sensor_summary["absent"].pop("gpu")
@@ -468,9 +554,7 @@ def _run_config(
         "device_stages": device_stages,
         "absent": absent,
         "throughput_ips": e2e["throughput_ips"],
-        "overhead_fraction": round((e2e["mean_ms"] - infer["mean_ms"]) / e2e["mean_ms"], 4)
-        if e2e["mean_ms"] > 0
-        else None,
+        "overhead": overhead,
         "stability": {
             "stable": m.stable,
             "reason": m.reason,
@@ -482,31 +566,47 @@ def _run_config(
             "window_size": m.window_size,
             "window_means_ms": [round(v, 4) for v in m.window_means_ms],
             "iterations": m.iterations,
-            "warmup": opts.warmup,
+            "warmup": m.warmup_calls,
+            "warmup_s": round(m.warmup_s, 3),
             "elapsed_s": round(m.elapsed_s, 3),
+            "time_cap_s": opts.time_cap_s,
         },
         "memory": memory,
         "sensors": sensor_summary,
-        "samples_ms": {"end_to_end": [round(v, 4) for v in m.samples["end_to_end"]]},
+        # Raw per-call times in measuring order (CDFs; the per-call overhead pairs them).
+        "samples_ms": {
+            k: [round(v, 4) for v in m.samples[k]]
+            for k in ("end_to_end", "infer")
+            if k in m.samples
+        },
     }
     return config, (last[0] if last else None)
 
 
 def _precisions(bundle: Bundle, wanted: Sequence[str] | None) -> list[str]:
-    order = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "fp8": 4}
-    have = sorted(
-        {a.precision for a in bundle.artifacts if a.kind == "onnx"},
-        key=lambda p: (order.get(p, 99), p),
-    )
+    """The precisions to measure, fp32 (the accuracy reference) first."""
     if wanted is None:
-        return have
-    missing = [p for p in wanted if p not in have]
-    if missing:
-        raise UsageError(
-            f"the bundle has no {', '.join(missing)} model (it has {', '.join(have)})",
-            code="USAGE_PRECISION_MISSING",
-        )
-    return list(dict.fromkeys(wanted))
+        return bundle.precisions
+    for p in wanted:
+        bundle.artifact("onnx", p)  # USAGE_PRECISION_MISSING, as run and build say it
+    unique = list(dict.fromkeys(wanted))
+    return sorted(unique, key=lambda p: p != "fp32")  # stable: the rest keep their order
+
+
+def _separate_reference(
+    bundle: Bundle, inputs: Sequence[BenchInput], opts: BenchOptions, clock: Callable[[], float]
+) -> tuple[list[Any], dict[str, Any]]:
+    """FP32 results of every input when fp32 itself is not measured: one call each."""
+    t0 = clock()
+    ref_opts = opts.options("fp32", 1).replace(cuda_graphs=False)
+    with Pipeline(bundle, create_backend(None, bundle, options=ref_opts), ref_opts) as ref:
+        results = [ref(inp.image) for inp in inputs]
+    return results, {
+        "source": "a separate fp32 run (fp32 is not among the precisions measured): one "
+        "call per input, outside the time cap",
+        "extra_calls": len(inputs),
+        "elapsed_s": round(clock() - t0, 3),
+    }
 
 
 def run_bench(
@@ -527,16 +627,27 @@ def run_bench(
     """
     if not inputs:
         raise UsageError("nothing to benchmark: no inputs")
+    t_start = clock()
     bundle = Bundle.load(bundle_path)
     precisions = _precisions(bundle, opts.precisions)
-    # FP32 reference outputs per input, for the accuracy of every precision.
-    references: list[Any] = []
-    has_fp32 = any(a.precision == "fp32" and a.kind == "onnx" for a in bundle.artifacts)
-    if has_fp32:
-        ref_opts = opts.options("fp32", 1).replace(cuda_graphs=False)
-        ref_backend = create_backend(None, bundle, options=ref_opts)
-        with Pipeline(bundle, ref_backend, ref_opts) as ref:
-            references = [ref(inp.image) for inp in inputs]
+    # FP32 results per input, the reference for every precision's accuracy. When fp32 is
+    # measured (it runs first), its first configuration's result on each input is the
+    # reference, so accuracy costs no call and no second model load outside the cap.
+    references: dict[int, Any] = {}
+    reference: dict[str, Any]
+    if "fp32" in precisions:
+        reference = {
+            "source": f"the first measured fp32 configuration (batch {opts.batches[0]}) on "
+            "each input: no extra call",
+            "extra_calls": 0,
+            "elapsed_s": 0.0,
+        }
+    elif "fp32" in bundle.precisions:
+        results, reference = _separate_reference(bundle, inputs, opts, clock)
+        references = dict(enumerate(results))
+    else:
+        reference = {"source": "none: the bundle has no fp32 model", "extra_calls": 0}
+        reference["elapsed_s"] = 0.0
     configs: list[dict[str, Any]] = []
     for precision in precisions:
         backend = create_backend(None, bundle, options=opts.options(precision))
@@ -558,11 +669,13 @@ def run_bench(
                     config, result = _run_config(
                         pipe, inp, batch, opts, progress=progress, clock=clock
                     )
+                    if precision == "fp32" and result is not None:
+                        references.setdefault(i, result)
                     accuracy: dict[str, Any] = {
                         "reference": "fp32 on the same input and backend",
                         "is_reference": precision == "fp32",
                     }
-                    if references and result is not None:
+                    if i in references and result is not None:
                         accuracy.update(compare_outputs(pipe, result, references[i]))
                     else:
                         accuracy["reason"] = "the bundle has no fp32 model to compare with"
@@ -572,7 +685,7 @@ def run_bench(
         finally:
             backend.close()
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "edgemed_version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -585,5 +698,7 @@ def run_bench(
         "settings": opts.to_dict(),
         "device": device_info(),
         "stage_definitions": dict(STAGE_DEFINITIONS),
+        "reference": reference,
+        "elapsed_s": round(clock() - t_start, 3),
         "configs": configs,
     }

@@ -3,6 +3,11 @@
 Percentiles use the nearest-rank definition (the smallest sample with at least p% of
 the samples at or below it), as trtexec does: every reported figure is a latency that
 was actually measured, never an interpolation between two.
+
+A percentile is reported only from enough samples to be one: the ``p``-th needs at
+least ``100 / (100 - p)`` samples (p50 from 2, p90 from 10, p95 from 20, p99 from 100).
+With fewer, nearest rank would return the maximum (one sample: that sample) under a
+percentile's name; the figure is ``None`` instead and :func:`too_few` says why.
 """
 
 from __future__ import annotations
@@ -15,10 +20,56 @@ import numpy as np
 
 from edgemed.errors import UsageError
 
-__all__ = ["PERCENTILES", "Stability", "nearest_rank", "summarize", "windows_agree"]
+__all__ = [
+    "PERCENTILES",
+    "Stability",
+    "distribution",
+    "min_samples",
+    "nearest_rank",
+    "summarize",
+    "too_few",
+    "windows_agree",
+]
 
 #: Percentiles every stage reports.
 PERCENTILES = (50, 90, 95, 99)
+
+
+def min_samples(p: float) -> int:
+    """Fewest samples whose nearest-rank ``p``-th percentile is not their maximum."""
+    return math.ceil(100.0 / (100.0 - p) - 1e-9)
+
+
+def too_few(count: int) -> str | None:
+    """Why some percentiles of ``count`` samples are ``None``; ``None`` if none are."""
+    missing = [p for p in PERCENTILES if count < min_samples(p)]
+    if not missing:
+        return None
+    needs = ", ".join(f"p{p} {min_samples(p)}" for p in missing)
+    return (
+        f"{count} call{'s' if count != 1 else ''} measured: too few for "
+        f"{', '.join(f'p{p}' for p in missing)} (needs at least: {needs}; with fewer it "
+        "would only be the maximum)"
+    )
+
+
+def distribution(values: Sequence[float], suffix: str = "") -> dict[str, float | None]:
+    """count, min, mean, the :data:`PERCENTILES` and max of ``values`` (keys ``min`` +
+    ``suffix`` and so on); a percentile from too few values is ``None``."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size == 0:
+        raise UsageError("no samples to summarize")
+    if not np.isfinite(x).all():
+        raise UsageError("samples must be finite")
+    out: dict[str, float | None] = {
+        "count": float(x.size),
+        f"min{suffix}": float(x[0]),
+        f"mean{suffix}": float(x.mean()),
+    }
+    for p in PERCENTILES:
+        out[f"p{p}{suffix}"] = nearest_rank(x, p) if x.size >= min_samples(p) else None
+    out[f"max{suffix}"] = float(x[-1])
+    return out
 
 
 def nearest_rank(sorted_ms: np.ndarray, p: float) -> float:
@@ -29,7 +80,7 @@ def nearest_rank(sorted_ms: np.ndarray, p: float) -> float:
     return float(sorted_ms[rank - 1])
 
 
-def summarize(samples_ms: Sequence[float], items_per_sample: int = 1) -> dict[str, float]:
+def summarize(samples_ms: Sequence[float], items_per_sample: int = 1) -> dict[str, float | None]:
     """min, mean, median (p50), p90, p95, p99, max in ms, and throughput.
 
     Args:
@@ -39,15 +90,12 @@ def summarize(samples_ms: Sequence[float], items_per_sample: int = 1) -> dict[st
     Returns:
         ``{"count", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
         "max_ms", "throughput_ips"}``; throughput is items divided by the summed time.
+        A percentile from too few samples (see the module doc) is ``None``.
     """
-    x = np.sort(np.asarray(samples_ms, dtype=np.float64))
-    if x.size == 0:
-        raise UsageError("no samples to summarize")
-    if not np.isfinite(x).all() or x[0] < 0:
+    x = np.asarray(samples_ms, dtype=np.float64)
+    if x.size and (not np.isfinite(x).all() or x.min() < 0):
         raise UsageError("latency samples must be finite and non-negative")
-    out = {"count": float(x.size), "min_ms": float(x[0]), "mean_ms": float(x.mean())}
-    out.update({f"p{p}_ms": nearest_rank(x, p) for p in PERCENTILES})
-    out["max_ms"] = float(x[-1])
+    out = distribution(x, "_ms")
     total_s = float(x.sum()) / 1e3
     out["throughput_ips"] = items_per_sample * x.size / total_s if total_s > 0 else math.inf
     return out

@@ -44,7 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="minimum measured calls per configuration, split into --windows windows, "
         "unless --time-cap comes first (30)",
     )
-    a("--warmup", default="5", help="unmeasured calls first (5)")
+    a(
+        "--warmup",
+        default="5",
+        help="unmeasured calls first (5; fewer once they have used half the --time-cap)",
+    )
     a(
         "--input",
         action="append",
@@ -72,7 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--time-cap",
         default="6",
         metavar="S",
-        help="stop measuring a configuration after S seconds, stable or not (6)",
+        help="seconds per configuration, warm-up included: stop after S, stable or not (6)",
     )
     a("--threads", default=None, help="CPU threads for ONNX Runtime (default: cores, <= 8)")
     a(
@@ -82,6 +86,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="TensorRT engine cache (default BUNDLE/engines or EDGEMED_ENGINE_CACHE)",
     )
     a("--cuda-graphs", action="store_true", help="TensorRT: replay CUDA graphs (one shape)")
+    a(
+        "--any-modality",
+        action="store_true",
+        help="run DICOM inputs whose Modality the bundle does not list (refused, "
+        "INPUT_MODALITY, by default), as `edgemed run --any-modality` does",
+    )
     a("--no-plots", action="store_true", help="skip the PNG plots")
     a("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(handler=_cmd_bench)
@@ -123,6 +133,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else args.settings.ort_threads,
         engine_cache=args.engine_cache or args.settings.engine_cache,
         cuda_graphs=args.cuda_graphs,
+        check_modality=False if args.any_modality else None,
     )
     sizes = [parse_size(s) for s in args.synthetic]  # usage errors before any reading
     inputs = [from_path(p, i + 1) for i, p in enumerate(args.input)]
@@ -137,6 +148,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     words += ["--iterations", str(opts.iterations), "--warmup", str(opts.warmup)]
     words += ["--stability", f"{opts.stability_percent:g}", "--windows", str(opts.windows)]
     words += ["--time-cap", f"{opts.time_cap_s:g}"]
+    if args.any_modality:
+        words.append("--any-modality")
     for i in range(len(args.input)):
         words += ["--input", f"<input {i + 1}>"]
     for h, w in sizes:
@@ -160,8 +173,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if unstable:
         print(f"  unstable: {', '.join(unstable)} (see stability.reason in bench.json)")
     print(
-        "  latency per call in ms (p50 per stage); img/s = images per second; ovh = "
-        "share of end-to-end time outside infer"
+        "  latency per call in ms (p50 per stage); calls = measured calls; img/s = images "
+        "per second; ovh = p50 over calls of each call's share outside infer"
     )
+    if any("percentiles" in c["absent"] for c in doc["configs"]):
+        print(
+            "  — for a percentile: too few calls for it (p50 needs 2, p90 10, p99 100; "
+            "with fewer it would be the maximum): raise --time-cap for more"
+        )
     print(f"  wrote    {Path(args.out)}/ ({', '.join(p.name for p in written)})")
     return 0

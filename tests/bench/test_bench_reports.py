@@ -40,6 +40,10 @@ def test_schema_is_valid_and_accepts_the_document(tiny_doc, written):
         lambda d: d["configs"][0]["stability"].pop("reason"),
         lambda d: d["configs"][0].__setitem__("batch", 0),
         lambda d: d.__setitem__("configs", []),
+        lambda d: d["configs"][0]["overhead"].__setitem__("p50", -0.0648),  # a mean-vs-mean
+        lambda d: d["configs"][0].__setitem__("overhead_fraction", 0.1),  # schema 1's field
+        lambda d: d["configs"][0]["stability"].pop("warmup_s"),
+        lambda d: d["reference"].__setitem__("extra_calls", -1),
     ],
 )
 def test_schema_rejects_broken_documents(tiny_doc, breakage):
@@ -71,18 +75,28 @@ def test_csv_one_row_per_config_and_stage(tiny_doc, written):
     for row in rows:
         if row["stage"] in ("h2d", "d2h", "read"):  # CPU backend, synthetic input
             assert row["p50_ms"] == "" and row["absent_reason"]
-        else:
-            assert float(row["p50_ms"]) <= float(row["p99_ms"]) and not row["absent_reason"]
+            continue
+        assert float(row["min_ms"]) <= float(row["p50_ms"]) <= float(row["max_ms"])
+        # Fewer than 100 calls: no p99 (it would be the maximum), and the reason says so.
+        assert int(row["count"]) < 100 and row["p99_ms"] == ""
+        assert "too few for" in row["absent_reason"] and "p99" in row["absent_reason"]
     e2e = [r for r in rows if r["stage"] == "end_to_end"]
     assert [int(r["batch"]) for r in e2e] == [1, 2]
+    for row, c in zip(e2e, tiny_doc["configs"], strict=True):
+        assert float(row["overhead_p50"]) == c["overhead"]["p50"]
+    assert all(r["overhead_p50"] == "" for r in rows if r["stage"] != "end_to_end")
 
 
 def test_markdown_and_terminal_table(tiny_doc):
     md = markdown(tiny_doc, ["latency_cdf.png"])
-    assert "| config | e2e p50 ms |" in md and "![latency_cdf](latency_cdf.png)" in md
+    assert "| config | calls | e2e p50 ms |" in md and "![latency_cdf](latency_cdf.png)" in md
+    assert "| overhead p50 | overhead p90 |" in md
     for c in tiny_doc["configs"]:
-        assert f"| {c['name']} |" in md
+        n, ovh = c["stages"]["end_to_end"]["count"], c["overhead"]["p50"]
+        assert f"| {c['name']} | {n} |" in md
+        assert f"| {100 * ovh:.1f}% |" in md
         assert f"| {c['name']} | h2d | absent: " in md
+        assert c["absent"]["percentiles"] in md  # why p99 is "—"
     text = table(tiny_doc)
     lines = text.splitlines()
     assert lines[0].startswith("config") and "e2e p50" in lines[0]

@@ -3,6 +3,9 @@ real runs of tiny bundles (2D, batched, volume, device-copy hook)."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import time
 
@@ -12,8 +15,9 @@ import pytest
 
 import edgemed.bench.runner as runner
 from edgemed.bench.inputs import from_path, synthetic
-from edgemed.bench.report import load_schema
+from edgemed.bench.report import csv_text, load_schema, markdown, table
 from edgemed.bench.runner import STAGES, BenchOptions, measure, run_bench
+from edgemed.bench.stats import PERCENTILES, min_samples, nearest_rank
 from edgemed.errors import UsageError
 
 
@@ -83,6 +87,35 @@ def test_time_cap_also_bounds_the_minimum():
     assert m.reason == "time cap of 3 s reached after 2 of the 30 minimum calls"
 
 
+def test_warmup_counts_against_the_time_cap():
+    # 1 s per call, cap 4 s: warm-up stops after the call that reaches half the cap (2 of
+    # the 5 asked), measuring gets the rest (2 calls). Before, 5 warm-up calls ran
+    # outside the cap: 9 s for a 4 s cap.
+    s = Script([10.0] * 100)
+    m = measure(s.step, iterations=30, warmup=5, windows=3, time_cap_s=4, clock=s.clock)
+    assert s.calls == 4 and (m.warmup_calls, m.warmup_s) == (2, 2.0)
+    assert m.iterations == 2 and m.elapsed_s == 2.0 and not m.stable
+    assert m.reason == (
+        "time cap of 4 s reached after 2 of the 30 minimum calls; "
+        "warm-up stopped after 2 of 5 calls (2 s, 50% of the cap)"
+    )
+    # A fast model keeps its whole warm-up and still stops at the cap.
+    s = Script([10.0 * 1.1**k for k in range(1000)], seconds_per_call=0.1)
+    m = measure(s.step, iterations=6, warmup=5, windows=3, time_cap_s=3, clock=s.clock)
+    assert m.warmup_calls == 5 and m.warmup_s == pytest.approx(0.5)
+    assert m.warmup_s + m.elapsed_s == pytest.approx(3.0) and s.calls == 30
+    assert "warm-up stopped" not in m.reason
+
+
+def test_a_call_longer_than_the_cap_makes_one_warmup_and_one_measured_call():
+    s = Script([5000.0] * 10, seconds_per_call=5.0)
+    m = measure(s.step, iterations=30, warmup=5, windows=3, time_cap_s=3, clock=s.clock)
+    assert s.calls == 2 and m.warmup_calls == 1 and m.iterations == 1
+    s = Script([5000.0] * 10, seconds_per_call=5.0)
+    m = measure(s.step, iterations=30, warmup=0, windows=3, time_cap_s=3, clock=s.clock)
+    assert s.calls == 1 and m.iterations == 1 and m.warmup_s == 0
+
+
 def test_progress_callback_and_missing_key():
     s = Script([10.0] * 20)
     seen = []
@@ -121,20 +154,35 @@ def test_window_size_splits_the_minimum():
 
 
 def _check_consistent(config):
+    n = config["stability"]["iterations"]
     for stage in STAGES:
         s = config["stages"][stage]
         if s is None:
             assert config["absent"][stage]
             continue
-        assert (
-            s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
-        )
+        # A percentile is there exactly when there are enough calls for it.
+        for p in PERCENTILES:
+            assert (s[f"p{p}_ms"] is None) == (n < min_samples(p)), (stage, p, n)
+        figures = [s[k] for k in ("min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")]
+        figures = [v for v in figures if v is not None]
+        assert figures == sorted(figures)
         assert s["min_ms"] <= s["mean_ms"] <= s["max_ms"]
-        assert s["count"] == config["stability"]["iterations"]
+        assert s["count"] == n
+    assert ("percentiles" in config["absent"]) == (n < 100)
     e2e = config["stages"]["end_to_end"]
     assert config["throughput_ips"] == pytest.approx(
         config["images_per_call"] * 1000 / e2e["mean_ms"], rel=1e-3
     )
+    # The overhead share is per call, from the two timings of each call.
+    e, i = (np.asarray(config["samples_ms"][k]) for k in ("end_to_end", "infer"))
+    shares = np.sort((e - i) / e)
+    ovh = config["overhead"]
+    assert ovh["count"] == n == e.size == i.size and (shares >= 0).all() and (shares < 1).all()
+    assert ovh["min"] == pytest.approx(shares[0], abs=1e-3)
+    assert ovh["max"] == pytest.approx(shares[-1], abs=1e-3)
+    for p in PERCENTILES:
+        want = nearest_rank(shares, p) if n >= min_samples(p) else None
+        assert ovh[f"p{p}"] == (None if want is None else pytest.approx(want, abs=1e-3))
 
 
 def test_tiny_run_2d_batches(tiny_doc):
@@ -218,12 +266,121 @@ def test_end_to_end_contains_an_infer_call(seg_bundle, monkeypatch, tiny_opts):
 
     monkeypatch.setattr(runner, "create_backend", slow)
     opts = BenchOptions(iterations=2, warmup=1, windows=2, time_cap_s=10, threads=1)
-    (c,) = run_bench(seg_bundle, [synthetic("32")], opts)["configs"]
+    doc = run_bench(seg_bundle, [synthetic("32")], opts)
+    (c,) = doc["configs"]
     st = c["stages"]
     assert st["infer"]["min_ms"] >= 30 and st["end_to_end"]["min_ms"] >= 30
     n = c["stability"]["iterations"] + c["stability"]["warmup"]
-    assert len(calls) == 1 + n  # + the fp32 reference run for accuracy
+    # No extra reference call: the fp32 configuration's own result is the reference.
+    assert len(calls) == n and doc["reference"]["extra_calls"] == 0
+    assert c["accuracy"]["is_reference"] and c["accuracy"]["pixel_agreement"] == 1.0
     assert st["end_to_end"]["min_ms"] >= st["infer"]["min_ms"]
+
+
+def _slow_backend(monkeypatch, delays_s, calls=None):
+    """Every backend created by bench sleeps ``delays_s[k % len]`` in its k-th infer call
+    (sleep never returns early: a floor on infer, and so on end_to_end)."""
+    real = runner.create_backend
+    calls = [] if calls is None else calls
+
+    def slow(*args, **kw):
+        backend = real(*args, **kw)
+        inner = backend.infer
+
+        def infer(feeds):
+            time.sleep(delays_s[len(calls) % len(delays_s)])
+            calls.append(1)
+            return inner(feeds)
+
+        backend.infer = infer
+        return backend
+
+    monkeypatch.setattr(runner, "create_backend", slow)
+    return calls
+
+
+def test_time_cap_bounds_a_slow_configuration_warmup_included(seg_bundle, monkeypatch):
+    # 50 ms per call, 50 warm-up calls asked for, cap 0.6 s: before, warm-up alone took
+    # 2.5 s outside the cap. Now warm-up stops at 0.3 s and the whole configuration
+    # takes the cap plus at most the call in flight.
+    calls = _slow_backend(monkeypatch, [0.05])
+    opts = BenchOptions(iterations=1000, warmup=50, windows=3, time_cap_s=0.6, threads=1)
+    doc = run_bench(seg_bundle, [synthetic("32")], opts)
+    (c,) = doc["configs"]
+    st = c["stability"]
+    assert 1 <= st["warmup"] <= 7 and "warm-up stopped after" in st["reason"]
+    assert 0.3 <= st["warmup_s"] < 0.3 + 0.2
+    assert 0.6 <= st["warmup_s"] + st["elapsed_s"] < 0.6 + 0.2
+    assert len(calls) == st["warmup"] + st["iterations"]  # and nothing outside the cap
+    assert doc["elapsed_s"] < 0.6 + 0.2 + 1.0  # + loading a 1 KB model, generously
+    _check_consistent(c)
+    # About 5 measured calls: a median, no p90..p99 (they would be the maximum).
+    assert 2 <= st["iterations"] < 10
+    assert c["stages"]["end_to_end"]["p50_ms"] >= 50 and c["stages"]["end_to_end"]["p90_ms"] is None
+    assert c["absent"]["percentiles"].startswith(f"{st['iterations']} calls measured: too few")
+    jsonschema.Draft202012Validator(load_schema()).validate(json.loads(json.dumps(doc)))
+
+
+def test_one_measured_call_reports_no_percentile(seg_bundle, monkeypatch, tmp_path):
+    _slow_backend(monkeypatch, [0.05])
+    opts = BenchOptions(iterations=30, warmup=5, windows=3, time_cap_s=0.02, threads=1)
+    doc = run_bench(seg_bundle, [synthetic("32")], opts)
+    (c,) = doc["configs"]
+    assert (c["stability"]["warmup"], c["stability"]["iterations"]) == (1, 1)
+    for s in (v for v in c["stages"].values() if v is not None):
+        assert s["count"] == 1 and s["min_ms"] == s["max_ms"]
+        assert [s[f"p{p}_ms"] for p in PERCENTILES] == [None] * 4
+    assert c["overhead"]["p50"] is None and c["overhead"]["min"] == c["overhead"]["max"]
+    assert c["absent"]["percentiles"].startswith("1 call measured: too few for p50, p90")
+    jsonschema.Draft202012Validator(load_schema()).validate(json.loads(json.dumps(doc)))
+    # The reports say "—", never a number, for what was not measured.
+    row = table(doc).splitlines()[2]
+    assert row.split()[8:12] == ["—", "—", "—", "1"]  # e2e p50, p90, p99, calls
+    assert f"| {c['name']} | 1 | — | — | — |" in markdown(doc)
+    rows = csv.DictReader(io.StringIO(csv_text(doc)))
+    (e2e_row,) = [r for r in rows if r["stage"] == "end_to_end"]
+    assert e2e_row["count"] == "1" and float(e2e_row["min_ms"]) >= 50
+    assert [e2e_row[f"p{p}_ms"] for p in PERCENTILES] == [""] * 4
+    assert e2e_row["overhead_p50"] == "" and "too few" in e2e_row["absent_reason"]
+
+
+def test_overhead_is_each_calls_own_share(seg_bundle, monkeypatch):
+    # Calls alternate a 2 ms and a 40 ms model: the per-call share outside infer differs
+    # a lot between them, and its distribution is of those shares (checked against the
+    # raw per-call samples in _check_consistent), never a ratio of two averages.
+    _slow_backend(monkeypatch, [0.002, 0.04])
+    opts = BenchOptions(iterations=12, warmup=1, windows=2, time_cap_s=30, threads=1)
+    (c,) = run_bench(seg_bundle, [synthetic("32")], opts)["configs"]
+    _check_consistent(c)
+    ovh = c["overhead"]
+    assert ovh["count"] >= 12 and ovh["p90"] is not None and ovh["p99"] is None
+    assert 0 <= ovh["min"] <= ovh["p50"] <= ovh["p90"] <= ovh["max"] < 1
+    assert ovh["definition"].startswith("per measured call")
+    assert "overhead_fraction" not in c
+
+
+def test_the_reference_is_fp32s_own_result_or_one_call_per_input(two_precisions, monkeypatch):
+    calls = _slow_backend(monkeypatch, [0.0])
+    opts = BenchOptions(iterations=2, warmup=1, windows=2, time_cap_s=10, threads=1)
+    # fp32 is not measured: one separate fp32 call per input, outside the cap, reported.
+    only16 = dataclasses.replace(opts, precisions=("fp16",))
+    doc = run_bench(two_precisions, [synthetic("32"), synthetic("20x24")], only16)
+    ref = doc["reference"]
+    assert ref["extra_calls"] == 2 and ref["source"].startswith("a separate fp32 run")
+    measured = sum(c["stability"]["warmup"] + c["stability"]["iterations"] for c in doc["configs"])
+    assert len(calls) == measured + 2
+    for c in doc["configs"]:  # other weights under the fp16 name: a real comparison
+        assert not c["accuracy"]["is_reference"] and c["accuracy"]["pixel_agreement"] < 1.0
+    # Both asked for, fp16 first: fp32 (the reference) runs first, no extra call.
+    calls.clear()
+    both = dataclasses.replace(opts, precisions=("fp16", "fp32"))
+    doc = run_bench(two_precisions, [synthetic("32")], both)
+    assert [c["precision"] for c in doc["configs"]] == ["fp32", "fp16"]
+    assert doc["reference"]["extra_calls"] == 0
+    measured = sum(c["stability"]["warmup"] + c["stability"]["iterations"] for c in doc["configs"])
+    assert len(calls) == measured
+    fp32, fp16 = doc["configs"]
+    assert fp32["accuracy"]["pixel_agreement"] == 1.0 and fp16["accuracy"]["pixel_agreement"] < 1
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgemed.bench import summarize, windows_agree
-from edgemed.bench.stats import nearest_rank
+from edgemed.bench.stats import distribution, min_samples, nearest_rank, too_few
 from edgemed.errors import UsageError
 
 
@@ -23,7 +23,25 @@ def test_nearest_rank_never_interpolates():
     assert nearest_rank(x, 50) == 20.0  # numpy's linear percentile would say 25
     assert nearest_rank(x, 51) == 30.0
     assert nearest_rank(x, 100) == 40.0
-    assert summarize([7.0])["p99_ms"] == 7.0
+
+
+def test_a_percentile_needs_enough_samples_to_be_one():
+    # One call is not a distribution: its p50..p99 would all be that call.
+    one = summarize([7.0])
+    assert (one["count"], one["min_ms"], one["mean_ms"], one["max_ms"]) == (1, 7.0, 7.0, 7.0)
+    assert [one[f"p{p}_ms"] for p in (50, 90, 95, 99)] == [None] * 4
+    assert too_few(1).startswith("1 call measured: too few for p50, p90, p95, p99")
+    assert [min_samples(p) for p in (50, 90, 95, 99)] == [2, 10, 20, 100]
+    # Below its minimum a percentile would be the maximum; from it on, a lower sample.
+    nine, ten = summarize(range(1, 10)), summarize(range(1, 11))
+    assert (nine["p50_ms"], nine["p90_ms"]) == (5.0, None)
+    assert (ten["p90_ms"], ten["max_ms"], ten["p95_ms"]) == (9.0, 10.0, None)
+    assert summarize(range(1, 100))["p99_ms"] is None
+    assert summarize(range(1, 101))["p99_ms"] == 99.0
+    assert "too few for p99 (needs at least: p99 100" in too_few(30)
+    assert too_few(100) is None
+    shares = distribution([0.1, 0.3, 0.2])  # any quantity: the overhead shares
+    assert (shares["min"], shares["p50"], shares["max"], shares["p90"]) == (0.1, 0.2, 0.3, None)
 
 
 @pytest.mark.parametrize("bad", [[], [1.0, -1.0], [1.0, math.nan]])
