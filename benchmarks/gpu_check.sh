@@ -13,6 +13,12 @@
 #    with CUDA preprocessing (tests/test_pipeline_gpu.py) and the host-build/nvcc kernel
 #    tests (tests/kernels).
 # 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
+# 3b. the whole pipeline with the REAL pycuda, the real kernels on the GPU, real CUDA
+#    graphs (cuda-bindings) and the STAND-IN tensorrt (tests/engine/test_engine_hybrid.py:
+#    its engine copies its input out of real device memory, runs the network in ONNX
+#    Runtime and copies the output back), so everything but TensorRT itself runs for
+#    real: masks against ONNX Runtime, and 20 reloads must not lose GPU memory. Needs no
+#    TensorRT install; needs the test extra and cuda-bindings (installed here if missing).
 # 4. with tensorrt: `edgemed build` of the demo bundle's three precisions, then
 #    `edgemed bench` on TensorRT and on ONNX Runtime (outputs under $BENCH_OUT, default
 #    gpu-bench/).
@@ -64,6 +70,12 @@ echo "== tests: pytest -m 'gpu or kernels'"
 status=0
 "$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests/cuda tests/engine tests/kernels \
     tests/test_pipeline_gpu.py || status=$?
+
+echo "== whole pipeline: real pycuda + kernels + CUDA graphs, stand-in tensorrt"
+"$PYTHON" -c "import cuda.bindings.driver" >/dev/null 2>&1 \
+    || "$PYTHON" -m pip install -q "cuda-bindings>=12.6,<13" || true
+"$PYTHON" -m pytest -q -rs -m gpu tests/engine/test_engine_hybrid.py \
+    || { [[ $status -ne 0 ]] || status=$?; }
 
 echo "== kernel benchmark"
 "$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }

@@ -8,6 +8,7 @@ them; :func:`format_report` turns them into the lines the CLI prints.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 import re
 import shutil
@@ -20,8 +21,10 @@ from typing import Any
 from edgemed._version import __version__
 
 __all__ = [
+    "EXTRAS",
     "backend_facts",
     "cuda_facts",
+    "extras_facts",
     "format_report",
     "gather",
     "gpu_facts",
@@ -30,6 +33,35 @@ __all__ = [
 ]
 
 _TIMEOUT = 10  # seconds for nvcc / nvidia-smi
+
+#: The optional extras of pyproject.toml and what each installs, as (distribution, the
+#: module it is imported as). tests/engine/test_engine_cli_doctor.py holds this table to
+#: pyproject.toml's optional-dependencies (the development extras test, dev and
+#: export-test aside).
+EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dicom": (
+        ("pylibjpeg", "pylibjpeg"),
+        ("pylibjpeg-libjpeg", "libjpeg"),
+        ("pylibjpeg-openjpeg", "openjpeg"),
+        ("pylibjpeg-rle", "rle"),
+    ),
+    "signing": (("cryptography", "cryptography"),),
+    "gpu": (("tensorrt", "tensorrt"), ("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
+    "jetson": (("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
+    "bench": (("matplotlib", "matplotlib"), ("psutil", "psutil"), ("tqdm", "tqdm")),
+    "export": (
+        ("torch", "torch"),
+        ("nvidia-modelopt", "modelopt"),
+        ("onnxscript", "onnxscript"),
+        ("onnxslim", "onnxslim"),
+        ("onnx-graphsurgeon", "onnx_graphsurgeon"),
+        ("polygraphy", "polygraphy"),
+        ("ml_dtypes", "ml_dtypes"),
+        ("lief", "lief"),
+    ),
+}
+
+_NVIDIA_PCI_VENDOR = "0x10de"
 
 
 def _import(name: str) -> tuple[Any | None, str]:
@@ -46,6 +78,23 @@ def module_facts(name: str) -> dict[str, Any]:
         return {"installed": False, "error": error.splitlines()[0] if error else ""}
     version = getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None)
     return {"installed": True, "version": str(version) if version is not None else "unknown"}
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, a blocked module
+        return False
+
+
+def extras_facts() -> dict[str, dict[str, Any]]:
+    """Per extra of :data:`EXTRAS`: whether all its modules are there (found, not
+    imported: importing torch to say it exists would take seconds), and which are not."""
+    facts = {}
+    for extra, parts in EXTRAS.items():
+        missing = [module for _, module in parts if not _findable(module)]
+        facts[extra] = {"installed": not missing, "missing": missing}
+    return facts
 
 
 def platform_facts() -> dict[str, Any]:
@@ -77,10 +126,56 @@ def _run(cmd: list[str], which: Callable[[str], str | None]) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def gpu_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
-    """The first GPU through pycuda, or through ``nvidia-smi`` when pycuda is missing."""
+def _run_full(cmd: list[str], which: Callable[[str], str | None]) -> tuple[int, str] | None:
+    """(exit status, stdout + stderr) of ``cmd``, or None when it cannot be run."""
+    exe = which(cmd[0])
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, *cmd[1:]], capture_output=True, text=True, timeout=_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.returncode, out.stdout + out.stderr
+
+
+def _pci_gpus(root: Path) -> list[str] | None:
+    """Addresses of NVIDIA display/3D controllers on the PCI bus (what the kernel sees,
+    driver or not); None when the bus cannot be read (not Linux, no /sys)."""
+    bus = root / "sys" / "bus" / "pci" / "devices"
+    try:
+        devices = sorted(bus.iterdir())
+    except OSError:
+        return None
+    found = []
+    for dev in devices:
+        try:
+            vendor = (dev / "vendor").read_text().strip().lower()
+            klass = (dev / "class").read_text().strip().lower()
+        except OSError:
+            continue
+        if vendor == _NVIDIA_PCI_VENDOR and klass.startswith("0x03"):  # display class
+            found.append(dev.name)
+    return found
+
+
+def gpu_facts(
+    which: Callable[[str], str | None] = shutil.which, root: Path = Path("/")
+) -> dict[str, Any]:
+    """Whether this machine has an NVIDIA GPU, and how that was decided.
+
+    ``present`` is True (a GPU was seen), False (looked, and there is none) or None
+    (could not look): "no GPU" and "could not check" are different answers. Asked in
+    turn: pycuda (the runtime's own view: name, compute capability), ``nvidia-smi``, a
+    Jetson's L4T release, the PCI bus under ``/sys`` (sees a GPU even without its driver).
+    ``root`` is where ``/etc`` and ``/sys`` are read from.
+    """
+    notes = []
     pycuda, error = _import("pycuda.driver")
-    if pycuda is not None:
+    if pycuda is None:
+        notes.append("pycuda not installed")
+    else:
         try:
             from edgemed.cuda.device import query_device
 
@@ -94,13 +189,24 @@ def gpu_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, An
                 "total_memory_gib": round(info.total_memory / 2**30, 1),
             }
         except Exception as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
-    smi = _run(
+            text = f"{exc.__class__.__name__}: {exc}"
+            # cuInit's "no CUDA-capable device", or a driver that counts zero devices
+            no_device = ("no CUDA-capable device", "CUDA_ERROR_NO_DEVICE", "machine has 0)")
+            if any(marker in text for marker in no_device):
+                return {
+                    "present": False,
+                    "source": "pycuda",
+                    "reason": "the CUDA driver sees no device",
+                }
+            notes.append(f"pycuda: {text.splitlines()[0]}")
+    smi = _run_full(
         ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
         which,
     )
-    if smi and smi.strip():
-        parts = [p.strip() for p in smi.strip().splitlines()[0].split(",")]
+    if smi is None:
+        notes.append("no nvidia-smi")
+    elif smi[0] == 0 and smi[1].strip():
+        parts = [p.strip() for p in smi[1].strip().splitlines()[0].split(",")]
         return {
             "present": True,
             "source": "nvidia-smi",
@@ -109,7 +215,39 @@ def gpu_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, An
             "integrated": None,
             "total_memory": parts[2] if len(parts) > 2 else None,
         }
-    return {"present": False, "error": error or "no pycuda and no nvidia-smi"}
+    elif "No devices were found" in smi[1]:
+        return {"present": False, "source": "nvidia-smi", "reason": "nvidia-smi finds no device"}
+    else:
+        first = smi[1].strip().splitlines()[0] if smi[1].strip() else f"exit {smi[0]}"
+        notes.append(f"nvidia-smi failed: {first}")
+    if (root / "etc" / "nv_tegra_release").is_file():
+        return {
+            "present": True,
+            "source": "jetson",
+            "name": "Jetson integrated GPU",
+            "compute_capability": None,
+            "integrated": True,
+            "note": "; ".join(notes),
+        }
+    pci = _pci_gpus(root)
+    if pci is None:
+        notes.append("no PCI bus to read")
+        return {"present": None, "source": None, "reason": "could not check: " + ", ".join(notes)}
+    if pci:
+        return {
+            "present": True,
+            "source": "pci",
+            "name": f"NVIDIA device at PCI {pci[0]}"
+            + (f" (+{len(pci) - 1})" if len(pci) > 1 else ""),
+            "compute_capability": None,
+            "integrated": False,
+            "note": "; ".join(notes),
+        }
+    return {
+        "present": False,
+        "source": "pci",
+        "reason": "no NVIDIA display or 3D controller on the PCI bus, not a Jetson",
+    }
 
 
 def cuda_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
@@ -210,6 +348,7 @@ def gather(bundle: Any | None = None, options: Any | None = None) -> dict[str, A
         "tensorrt": module_facts("tensorrt"),
         "pycuda": module_facts("pycuda"),
         "onnxruntime": ort,
+        "extras": extras_facts(),
         "backends": backend_facts(bundle, options),
     }
 
@@ -225,9 +364,14 @@ def format_report(facts: dict[str, Any]) -> str:
     p, g, c, b = facts["platform"], facts["gpu"], facts["cuda"], facts["backends"]
     if g.get("present"):
         kind = {True: ", integrated", False: ", discrete"}.get(g.get("integrated"), "")
-        gpu = f"{g['name']} (cc {g.get('compute_capability')}{kind}; via {g['source']})"
+        cc = f"cc {g['compute_capability']}" if g.get("compute_capability") else "cc unknown"
+        gpu = f"{g['name']} ({cc}{kind}; via {g['source']})"
+        if g.get("note"):
+            gpu += f" [{g['note']}]"
+    elif g.get("present") is False:
+        gpu = f"none ({g.get('reason', '')})"
     else:
-        gpu = f"none found ({g.get('error', '')})"
+        gpu = f"unknown ({g.get('reason', 'could not check')})"
     ort = _module_line(facts["onnxruntime"])
     if facts["onnxruntime"].get("providers"):
         ort += f" ({', '.join(facts['onnxruntime']['providers'])})"
@@ -242,6 +386,16 @@ def format_report(facts: dict[str, Any]) -> str:
         f"  pycuda       {_module_line(facts['pycuda'])}",
         f"  onnxruntime  {ort}",
     ]
+    extras = facts.get("extras") or {}
+    if extras:
+        lines.append("  extras")
+        for name, e in extras.items():
+            state = (
+                "installed"
+                if e["installed"]
+                else (f'missing {", ".join(e["missing"])} (pip install "edgemed[{name}]")')
+            )
+            lines.append(f"    {name:12s} {state}")
     if "error" in b:
         lines.append(f"  backends     {b['error']}")
     else:

@@ -6,6 +6,11 @@ Example::
     with edgemed.Pipeline.from_bundle(edgemed.demo_bundle()) as pipe:
         result = pipe("CT_small.dcm")
     print(result.stats["lung"]["area_mm2"], result.timings)
+
+Every input is brought into the canonical orientation (:mod:`edgemed.io.orientation`:
+LPS, what a standard axial DICOM gives) before preprocessing, so a model sees one
+voxel order whatever the file stored; a segmentation mask comes back in the input's own
+voxel grid. Per-slice outputs (classification, embedding) follow the canonical slices.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from edgemed.settings import PREPROCESS_DEVICES, Options
 
 if TYPE_CHECKING:
     from edgemed.cuda.stages import CudaStages
+    from edgemed.io.orientation import Orientation
     from edgemed.signing import PublicKeySource
 
 __all__ = [
@@ -121,7 +127,10 @@ class Pipeline:
             self.batch_size = fixed_batch
         else:  # an engine built for at most N slices per call gets at most N
             self.batch_size = min(options.batch_size, backend.max_batch or options.batch_size)
-        self._buffer = allocate(self.spec, self.batch_size)
+        # The host input buffer grows to the largest chunk actually run and is reused:
+        # sizing it by batch_size would take batch_size slices' memory for a single
+        # slice (a large --batch-size was a MemoryError before any input was read).
+        self._buffer = allocate(self.spec, 0)
         if cubin_dir is None:
             cubin_dir = EngineCache.for_bundle(bundle, options.engine_cache).kernel_dir
         #: Where preprocessing runs and why (:func:`edgemed.cuda.choice.choose_preprocess`).
@@ -137,6 +146,18 @@ class Pipeline:
         self._lock = threading.Lock()
         self._fatal: BackendError | None = None
         self._salt = options.id_salt or secrets.token_bytes(16)
+        # The readers' one-time imports (pydicom, nibabel: a few hundred ms) happen here,
+        # so they count as start-up and never as the first input's read time.
+        t0 = time.perf_counter()
+        from edgemed.io.read import preload_readers
+
+        preload_readers()
+        #: One-time costs of building this pipeline in ms, apart from every input's
+        #: timings: ``readers`` (their imports) and, through :meth:`from_bundle`,
+        #: ``bundle`` (loading and verifying it) and ``backend`` (creating the session
+        #: or deserialising the engine); ``total`` is their sum.
+        self.startup_ms: dict[str, float] = {"readers": (time.perf_counter() - t0) * 1e3}
+        self.startup_ms["total"] = self.startup_ms["readers"]
         #: Milliseconds per stage of the last :meth:`run_batch` (all its inputs
         #: together), with the backend's own copy/device timings where it has them.
         self.last_stage_ms: dict[str, float] = {}
@@ -152,6 +173,7 @@ class Pipeline:
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
             "preprocess_device": self.preprocess_device,
+            "startup_ms": self.startup_ms,
         }
 
     @classmethod
@@ -169,6 +191,7 @@ class Pipeline:
         engine_cache: str | os.PathLike[str] | None = None,
         check_modality: bool | None = None,
         cuda_graphs: bool | None = None,
+        spacing: tuple[float, ...] | None = None,
     ) -> Pipeline:
         """Load and verify the bundle at ``path`` and create its backend.
 
@@ -198,6 +221,9 @@ class Pipeline:
             cuda_graphs: TensorRT: replay a captured CUDA graph while consecutive calls
                 have one shape (less launch overhead for small models; no effect when
                 ``auto`` picks ONNX Runtime).
+            spacing: ``(x, y)`` or ``(x, y, z)`` mm for inputs whose files do not state
+                their spacing (see :attr:`Options.spacing`); without it they get pixel
+                counts only.
         """
         opts = (options or Options.resolve()).replace(
             backend=backend,
@@ -209,14 +235,22 @@ class Pipeline:
             engine_cache=None if engine_cache is None else Path(engine_cache),
             check_modality=check_modality,
             cuda_graphs=cuda_graphs,
+            spacing=spacing,
         )
+        t0 = time.perf_counter()
         bundle = Bundle.load(path, trusted_key=opts.trusted_key)
+        t1 = time.perf_counter()
         chosen = create_backend(None, bundle, options=opts)
+        t2 = time.perf_counter()
         try:
-            return cls(bundle, chosen, opts)
+            pipe = cls(bundle, chosen, opts)
         except BaseException:
             chosen.close()
             raise
+        startup = pipe.startup_ms
+        startup.update(bundle=(t1 - t0) * 1e3, backend=(t2 - t1) * 1e3)
+        startup["total"] = (time.perf_counter() - t0) * 1e3
+        return pipe
 
     @property
     def preprocess_device(self) -> str:
@@ -230,7 +264,7 @@ class Pipeline:
         into the model's input on the device; ``infer(batch) -> raw outputs by name``;
         ``decode(raw, placements) -> one value per slice``.
         """
-        gpu, backend, head, buffer = self._gpu, self.backend, self.head, self._buffer
+        gpu, backend, head, buffer = self._gpu, self.backend, self.head, self._host_buffer
         name = self._input.name
 
         def infer_host(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -238,29 +272,40 @@ class Pipeline:
 
         if gpu is None:
             return (
-                (lambda slices: preprocess(slices, self.spec, out=buffer)),
+                (lambda slices: preprocess(slices, self.spec, out=buffer(len(slices)))),
                 infer_host,
                 head.decode,
             )
         if not gpu.on_engine:  # kernels into the host buffer; the backend as usual
-            return (lambda slices: gpu.preprocess(slices, buffer)), infer_host, head.decode
+            return (
+                (lambda slices: gpu.preprocess(slices, buffer(len(slices)))),
+                infer_host,
+                head.decode,
+            )
         if gpu.masks_on_gpu:  # outputs stay on the device; only masks come back
             return (
-                lambda slices: gpu.preprocess(slices, buffer),
+                lambda slices: gpu.preprocess(slices, buffer(0)),
                 lambda _batch: gpu.infer(),
                 lambda _raw, placements: gpu.segment(placements),
             )
         return (
-            (lambda slices: gpu.preprocess(slices, buffer)),
+            (lambda slices: gpu.preprocess(slices, buffer(0))),
             (lambda _b: gpu.infer()),
             head.decode,
         )
+
+    def _host_buffer(self, slices: int) -> np.ndarray:
+        """The reused host input buffer, grown (never shrunk) to hold ``slices``."""
+        if self._buffer.shape[0] < slices:
+            self._buffer = allocate(self.spec, slices)
+        return self._buffer
 
     # -- running -----------------------------------------------------------------------
 
     def __call__(self, item: Input) -> Result:
         """Run one input: a path (file or series directory), file bytes, a MedicalImage,
-        or an array in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing 1 mm)."""
+        or an array in physical units (``(Y, X)``, ``(Z, Y, X)``; spacing unknown unless
+        the options give one)."""
         return self.run_batch([item])[0]
 
     def run_batch(
@@ -271,13 +316,19 @@ class Pipeline:
 
         ``progress(slices_done, slices_total)`` is called after each backend call (a
         front-end's progress bar for series and volumes)."""
+        from edgemed.io.orientation import canonical  # imported by preload_readers
+
         t_start = [time.perf_counter() for _ in items]
-        images, read_ms = [], []
+        images, views, read_ms = [], [], []
         for item in items:
             t0 = time.perf_counter()
             image = self._as_image(item)
             check_modality(image, self.modalities, item)
-            images.append(image)
+            # What the model sees: the canonical orientation (a copy only where the
+            # file's order differs); results go back to the input's own grid.
+            view, how = canonical(image)
+            images.append((image, how))
+            views.append(view)
             read_ms.append((time.perf_counter() - t0) * 1e3)
         with self._lock:
             if self._fatal is not None:
@@ -286,7 +337,7 @@ class Pipeline:
                     code="GPU_FATAL",
                 )
             try:
-                outputs, stage_ms = self._run_slices([im.slices() for im in images], progress)
+                outputs, stage_ms = self._run_slices([v.slices() for v in views], progress)
             except BackendError as exc:
                 # A fatal CUDA error leaves the context unusable: every later result
                 # would be garbage, so the pipeline stops here (health checks see it).
@@ -296,9 +347,9 @@ class Pipeline:
                 raise
         results = []
         assembled = 0.0
-        for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
+        for i, ((image, how), out) in enumerate(zip(images, outputs, strict=True)):
             t0 = time.perf_counter()
-            result = self._result(image, out)
+            result = self._result(image, how, out)
             own_post = (time.perf_counter() - t0) * 1e3
             assembled += own_post
             timings = {
@@ -348,8 +399,9 @@ class Pipeline:
                 progress(start + len(chunk), len(flat))
         return out, ms
 
-    def _result(self, image: MedicalImage, values: list[Any]) -> Result:
+    def _result(self, image: MedicalImage, how: Orientation, values: list[Any]) -> Result:
         prov = dict(self._provenance)
+        prov["startup_ms"] = {k: round(v, 3) for k, v in self.startup_ms.items()}
         prov["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         prov["input_id"] = input_id(image, self._salt)
         log.debug(
@@ -359,29 +411,54 @@ class Pipeline:
             image.modality,
             image.num_slices,
         )
+        # The head gets the input image (its own grid) and the values of its canonical
+        # slices: a segmentation head maps its mask back (see heads.segmentation).
         output = self.head.assemble(image, values)
         return Result(
-            self.bundle.task, image, list(self.bundle.labels), {}, prov, output, self.head
+            self.bundle.task,
+            image,
+            list(self.bundle.labels),
+            {},
+            prov,
+            output,
+            self.head,
+            orientation=how,
         )
 
     def _as_image(self, item: Input) -> MedicalImage:
         if isinstance(item, MedicalImage):
-            return item
+            return self._with_spacing(item)
         if isinstance(item, np.ndarray):
             if item.ndim not in (2, 3) or item.size == 0:
                 raise UsageError(f"arrays must be (Y, X) or (Z, Y, X), got shape {item.shape}")
-            return MedicalImage(
-                np.ascontiguousarray(item, dtype=np.float32),
-                spacing=(1.0,) * item.ndim,
-                metadata={"format": "array"},
+            return self._with_spacing(
+                MedicalImage(
+                    np.ascontiguousarray(item, dtype=np.float32),
+                    spacing=(1.0,) * item.ndim,
+                    metadata={"format": "array", "spacing_source": "unknown"},
+                )
             )
         if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(
             item, "read"
         ):
-            return read_image(item, limits=self.options.limits)
+            return self._with_spacing(read_image(item, limits=self.options.limits))
         raise UsageError(
             f"cannot run on a {type(item).__name__}; give a path, bytes, MedicalImage or array"
         )
+
+    def _with_spacing(self, image: MedicalImage) -> MedicalImage:
+        """``image`` with the options' spacing where its own is unknown (a new image:
+        the caller's is never changed). The file's own spacing always wins; a volume
+        needs all three values (with two it stays unknown)."""
+        given = self.options.spacing
+        if given is None or image.spacing_source != "unknown":
+            return image
+        axes = 3 if image.is_volume else 2
+        if len(given) < axes:
+            return image
+        spacing = tuple(reversed(given[:axes]))  # (x, y[, z]) -> ([dz,] dy, dx)
+        metadata = {**image.metadata, "spacing_source": "user"}
+        return dataclasses.replace(image, spacing=spacing, metadata=metadata)
 
     def close(self) -> None:
         try:
@@ -439,10 +516,12 @@ def input_id(image: MedicalImage, salt: bytes) -> str:
 def check_modality(image: MedicalImage, modalities: Sequence[str], source: object = None) -> None:
     """Refuse a DICOM image whose Modality is not in ``modalities`` (empty: any).
 
-    Only DICOM declares a modality; NIfTI, raster files and arrays cannot be checked
-    and pass. Raises ``InputError`` ``INPUT_MODALITY`` (the code is not patient data).
+    Only DICOM declares a modality: every image read from DICOM (a file, its bytes, a
+    series directory, in-memory instances) is checked; NIfTI, raster files and arrays
+    cannot be and pass. Raises ``InputError`` ``INPUT_MODALITY`` (the code is not
+    patient data).
     """
-    if not modalities or image.metadata.get("format") != "dicom":
+    if not modalities or not image.is_dicom:
         return
     if image.modality not in modalities:
         raise InputError(

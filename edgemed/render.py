@@ -9,6 +9,7 @@ timings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from edgemed.fsutil import write_json
 from edgemed.result import Result
@@ -26,6 +27,36 @@ def write_result(result: Result, out: Path) -> list[Path]:
     return written
 
 
+def _input_lines(facts: dict[str, Any]) -> list[str]:
+    """What is known of the input: size, modality, spacing and its source, and, where
+    they apply, orientation handling, lossy compression and files left out. Never a
+    file name."""
+    shape = "x".join(str(s) for s in facts["shape"])
+    if facts["spacing_mm"] is None:
+        spacing = "spacing unknown (sizes in pixels; --spacing X,Y[,Z] gives mm)"
+    else:
+        values = " x ".join(f"{s:.3g}" for s in facts["spacing_mm"])
+        spacing = f"spacing {values} mm ({facts['spacing_source']})"
+    lines = [f"  input    {shape} {facts['modality']}, {spacing}"]
+    how = facts["orientation"]
+    if how["reoriented"] or how["oblique"]:
+        note = f"{how['input_axes']} -> {how['canonical']} for the model"
+        if how["oblique"]:
+            note += ", oblique: to the closest axes, not resampled"
+        lines.append(f"  orient   {note}; outputs in the input's own grid")
+    if facts["lossy"]:
+        details = [f"ratio {r:.3g}" for r in facts.get("lossy_ratio", [])]
+        details += facts.get("lossy_method", [])
+        extra = f" ({', '.join(details)})" if details else ""
+        lines.append(f"  lossy    the source image was lossy-compressed{extra}")
+    if facts.get("ignored_files"):
+        n = facts["ignored_files"]
+        lines.append(
+            f"  ignored  {n} file{'s' if n != 1 else ''} in the folder not part of the series"
+        )
+    return lines
+
+
 def summary(result: Result, written: list[Path], title: str) -> str:
     """The human-readable lines for one result and the files :func:`write_result` wrote."""
     prov = result.provenance
@@ -34,9 +65,7 @@ def summary(result: Result, written: list[Path], title: str) -> str:
         f"  model    {prov['bundle']['name']} {prov['bundle']['version']} ({result.task})",
         f"  backend  {prov['backend']} {prov['backend_version']}, {prov['precision']}, "
         f"{prov['device']}",
-        f"  input    {'x'.join(str(s) for s in result.image.array.shape)} "
-        f"{result.image.modality}, spacing "
-        f"{' x '.join(f'{s:.3g}' for s in result.image.spacing)} mm",
+        *_input_lines(result.input_facts()),
     ]
     if result.head is not None:
         lines += result.head.summary(result)

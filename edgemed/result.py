@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgemed.heads.base import Head
     from edgemed.io.image import MedicalImage
+    from edgemed.io.orientation import Orientation
 
 __all__ = ["STAGES", "Result"]
 
@@ -41,6 +42,8 @@ class Result:
             (per slice ``{"probabilities", "top_k"}``); embedding: ``embedding``
             (``(N, D)`` vectors, one per slice). Its fields read as result attributes.
         head: the head that made it (serialises, summarises and writes it).
+        orientation: how the input's voxel order relates to the canonical one the
+            model saw (:mod:`edgemed.io.orientation`); None: worked out from ``image``.
     """
 
     task: str
@@ -50,6 +53,7 @@ class Result:
     provenance: dict[str, Any]
     output: Any = None
     head: Head | None = field(default=None, repr=False, compare=False)
+    orientation: Orientation | None = field(default=None, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are not attributes of the result itself.
@@ -61,18 +65,43 @@ class Result:
             return empty.copy() if isinstance(empty, (dict, list)) else empty
         raise AttributeError(f"{self.task} result has no {name!r}")
 
+    def input_facts(self) -> dict[str, Any]:
+        """The ``input`` section of :meth:`to_dict`: what was run and what is known of it.
+
+        ``spacing_mm`` is None when ``spacing_source`` is ``unknown`` (the file states no
+        spacing and none was given: sizes are then pixel counts only); ``orientation``
+        says how the file's voxel order relates to the canonical one the model saw;
+        ``lossy`` whether the pixels went through lossy compression (with the file's
+        ``lossy_ratio`` / ``lossy_method`` where it records them); ``ignored_files``
+        (series only) how many files beside the series were not part of it.
+        """
+        from edgemed.io.orientation import orientation  # nibabel: loaded with the readers
+
+        img, md = self.image, self.image.metadata
+        source = img.spacing_source
+        how = self.orientation if self.orientation is not None else orientation(img)
+        facts: dict[str, Any] = {
+            "shape": list(img.array.shape),
+            "spacing_mm": None if source == "unknown" else [float(s) for s in img.spacing],
+            "spacing_source": source,
+            "modality": img.modality,
+            "format": md.get("format", "array"),
+            "orientation": how.to_dict(),
+            "lossy": bool(md.get("lossy_compression", False)),
+        }
+        for key in ("lossy_ratio", "lossy_method"):
+            if facts["lossy"] and md.get(key):
+                facts[key] = list(md[key])
+        if "ignored_files" in md:
+            facts["ignored_files"] = int(md["ignored_files"])
+        return facts
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (arrays such as masks are not inlined; writers save them)."""
-        img = self.image
         outputs = self.head.to_json(self.output) if self.head is not None else {}
         return {
             "task": self.task,
-            "input": {
-                "shape": list(img.array.shape),
-                "spacing_mm": [float(s) for s in img.spacing],
-                "modality": img.modality,
-                "format": img.metadata.get("format", "array"),
-            },
+            "input": self.input_facts(),
             "outputs": outputs,
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
             "provenance": self.provenance,

@@ -29,6 +29,7 @@ is a module global that callers change.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -38,6 +39,7 @@ from typing import Any
 from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
 
 __all__ = [
+    "MAX_BATCH_SIZE",
     "PRECISIONS",
     "PREPROCESS_DEVICES",
     "Options",
@@ -51,6 +53,10 @@ __all__ = [
 PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
 #: Model variants a bundle may carry.
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The largest ``batch_size`` accepted. A batch is one model input of ``batch_size``
+#: slices (the demo's: 3 x 256 x 256 float32, 0.8 MB a slice): beyond this a typo such
+#: as an extra zero asks for gigabytes; larger batches stop paying off long before.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def _spacing(value: Any) -> tuple[float, ...]:
+    """``Options.spacing`` checked: 2 or 3 finite positive millimetres."""
+    from edgemed.errors import UsageError
+
+    problem = "spacing must be 2 or 3 positive numbers in mm: (x, y) or (x, y, z)"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise UsageError(problem)
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(problem) from exc
+    if len(numbers) not in (2, 3) or not all(math.isfinite(v) and v > 0 for v in numbers):
+        raise UsageError(problem)
+    return numbers
+
+
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     from edgemed.errors import UsageError
 
@@ -147,7 +169,8 @@ class Options:
             at most 8).
         engine_cache: TensorRT engine cache (``EDGEMED_ENGINE_CACHE``; None:
             ``<bundle>/engines``); the compiled CUDA kernels go beside the engines.
-        batch_size: most 2D slices per backend call.
+        batch_size: most 2D slices per backend call, 1 to :data:`MAX_BATCH_SIZE`
+            (memory is taken for the largest call actually made, not for this bound).
         preprocess: ``auto``, ``cpu`` or ``cuda`` (see :data:`PREPROCESS_DEVICES`).
         cuda_graphs: replay a captured CUDA graph while calls keep one shape (a backend
             option; only backends that declare it accept it).
@@ -157,6 +180,11 @@ class Options:
         id_salt: salt of the input ids in results and logs (``EDGEMED_ID_SALT``;
             None: random per pipeline).
         limits: the readers' caps (``EDGEMED_MAX_*``).
+        spacing: pixel spacing in mm for inputs whose files do not state it (PNG,
+            JPEG, TIFF, NPY, arrays, DICOM without PixelSpacing): ``(x, y)`` or
+            ``(x, y, z)`` along the input's columns, rows and slices. A file's own
+            spacing is never overridden; a volume needs all three values. None: such
+            inputs get pixel counts only, no millimetres.
     """
 
     backend: str = "auto"
@@ -170,12 +198,15 @@ class Options:
     trusted_key: Any = None
     id_salt: bytes | None = None
     limits: ReaderLimits = field(default=DEFAULT_LIMITS)
+    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         from edgemed.errors import UsageError
 
-        if type(self.batch_size) is not int or self.batch_size < 1:
-            raise UsageError("batch_size must be >= 1")
+        if type(self.batch_size) is not int or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise UsageError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", _spacing(self.spacing))
         if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
             raise UsageError("threads must be >= 1")
         if self.preprocess not in PREPROCESS_DEVICES:

@@ -24,5 +24,6 @@ from __future__ import annotations
 
 from edgemed.export.api import ExportResult, export_bundle
 from edgemed.export.config import ExportConfig, Thresholds
+from edgemed.export.load import RandomWeightsWarning
 
-__all__ = ["ExportConfig", "ExportResult", "Thresholds", "export_bundle"]
+__all__ = ["ExportConfig", "ExportResult", "RandomWeightsWarning", "Thresholds", "export_bundle"]

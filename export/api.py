@@ -4,9 +4,12 @@ Stages, in order (each timed; any failure leaves no bundle behind):
 
 1. specs: the preprocessing/postprocessing the bundle will carry;
 2. data: calibration and validation images, read and preprocessed by the runtime;
-3. model: loaded and run once in PyTorch on a real input (labels checked);
+3. model: loaded and run once in PyTorch on a real input (labels checked); randomly
+   initialised weights (no ``weights``) are a :class:`RandomWeightsWarning` and are
+   recorded in the bundle's provenance;
 4. ONNX: exported, checked, simplified if that provably changes nothing, and
-   compared with PyTorch on random and real inputs (:mod:`.onnx_export`);
+   compared with PyTorch on random and real inputs, numerically and (real inputs) by
+   the task head's decoded results (:mod:`.onnx_export`);
 5. FP16 and INT8 variants by ModelOpt (:mod:`.precision`);
 6. accuracy gates against FP32 (:mod:`.gates`): a failure raises
    :class:`~edgemed.errors.AccuracyGateError`; no precision is ever dropped quietly;
@@ -16,12 +19,14 @@ Stages, in order (each timed; any failure leaves no bundle behind):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +40,9 @@ from edgemed.bundle import write_manifest
 from edgemed.errors import AccuracyGateError, ExportError, UsageError
 from edgemed.export import calibration, gates, onnx_export, precision
 from edgemed.export.config import ExportConfig, dynamic_axes, load_specs
-from edgemed.export.load import LoadedModel, load_model
+from edgemed.export.load import LoadedModel, RandomWeightsWarning, load_model
 from edgemed.export.report import render_report
+from edgemed.heads import create_head
 from edgemed.settings import load_settings
 
 __all__ = ["ExportResult", "export_bundle"]
@@ -88,11 +94,16 @@ def _check_labels(config: ExportConfig, y: np.ndarray, decision: str) -> None:
         )
 
 
+#: The parity case of real images (the one the task head decodes).
+REAL_CASE = "real (calibration images)"
+
+
 def _parity_cases(
     config: ExportConfig, axes: dict[int, str], real: np.ndarray
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Random inputs (seeded, uniform over the real inputs' value range) at the export
-    shape and, where axes are dynamic, at a second shape; plus real inputs."""
+    shape and, where axes are dynamic, at a second shape; plus real inputs (the
+    :data:`REAL_CASE`), and which of ``real`` those are."""
     rng = np.random.default_rng(config.seed)
     lo, hi = float(real.min()), float(real.max())
     n, c, h, w = config.input_shape
@@ -104,10 +115,12 @@ def _parity_cases(
         name: rng.uniform(lo, hi if hi > lo else lo + 1.0, size=s).astype(np.float32)
         for name, s in shapes.items()
     }
-    idx = np.unique(np.round(np.linspace(0, len(real) - 1, _REAL_PARITY_SAMPLES)).astype(int))
-    sel = real[idx] if 0 in axes else fit_batch(real, n)[:n]
-    cases["real (calibration images)"] = np.ascontiguousarray(sel)
-    return cases
+    if 0 in axes:
+        idx = np.unique(np.round(np.linspace(0, len(real) - 1, _REAL_PARITY_SAMPLES)).astype(int))
+    else:  # a fixed batch takes exactly n: the first n, repeated when fewer (fit_batch)
+        idx = np.arange(n) % len(real)
+    cases[REAL_CASE] = np.ascontiguousarray(real[idx])
+    return cases, idx
 
 
 def fit_batch(x: np.ndarray, batch: int | None) -> np.ndarray:
@@ -199,6 +212,15 @@ def export_bundle(
     )
 
     loaded = load_model(config.model, config.weights, config.model_kwargs, seed=config.seed)
+    if loaded.random_init:
+        # A bundle of random weights looks like any other on a device: say so now (the
+        # export takes minutes) and in the bundle's provenance.
+        warnings.warn(
+            f"no --weights: {config.model} is exported with its random initialisation "
+            f"(torch seed {config.seed}); provenance.export.source.weights records it",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
     try:
         y = loaded.run(calib.inputs[: config.input_shape[0]])
     except Exception as exc:  # the user's model on a real input of the declared shape
@@ -255,19 +277,26 @@ def _build(
         opset=config.opset,
         output_name=out_name,
     )
-    cases = _parity_cases(config, axes, calib.inputs)
+    cases, real_idx = _parity_cases(config, axes, calib.inputs)
     fp32.simplify = (
         onnx_export.simplify(fp32, cases, threads)
         if config.simplify
         else {"applied": False, "reason": "disabled (--no-simplify)"}
     )
     onnx_export.strip_value_info(fp32.path)
-    parity = onnx_export.parity(loaded, fp32, cases, config.parity_tolerance, threads)
+    parity = onnx_export.parity(
+        loaded,
+        fp32,
+        cases,
+        config.parity_tolerance,
+        threads,
+        task=_task_check(config, post, fp32.path, [calib.placements[i] for i in real_idx]),
+    )
     t = _lap(seconds, "onnx", t)
-    worst = max(c["max_rel"] for c in parity["cases"].values())
+    worst = max(c["max_abs_over_range"] for c in parity["cases"].values())
     say(
-        f"onnx        {fp32.exporter.split(' ')[0]}, opset {fp32.opset}, parity max rel "
-        f"error {worst:.2g} ({seconds['onnx']:.1f} s)"
+        f"onnx        {fp32.exporter.split(' ')[0]}, opset {fp32.opset}, parity: max error "
+        f"{worst:.2g} of the output range ({seconds['onnx']:.1f} s)"
     )
 
     made: dict[str, dict[str, Any]] = {}
@@ -348,6 +377,7 @@ def _build(
                     "kind": loaded.kind,
                     "sha256": loaded.sha256,
                     "sha256_of": loaded.sha256_of,
+                    "weights": loaded.weights,
                     "seed": config.seed if loaded.kind == "factory" else None,
                 },
                 "onnx": {
@@ -372,6 +402,20 @@ def _build(
         },
     }
     return manifest, table
+
+
+def _task_check(
+    config: ExportConfig, post: Any, fp32: Path, placements: list[Any]
+) -> onnx_export.TaskCheck | None:
+    """Parity's task half on the real images, or None where the head would decode an
+    output PyTorch's run does not return (only the first output comes back)."""
+    import onnx
+
+    outputs = [(o.name, _shape_of(o)) for o in onnx.load(str(fp32)).graph.output]
+    head = create_head(config.task, post, list(config.labels), outputs)
+    if head.output != outputs[0][0]:
+        return None
+    return onnx_export.TaskCheck(head, REAL_CASE, placements, dataclasses.asdict(config.thresholds))
 
 
 def _lap(seconds: dict[str, float], stage: str, start: float) -> float:

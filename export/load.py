@@ -12,6 +12,12 @@ The source hash (``sha256``) is of the weights file when one is given, of the mo
 for TorchScript / ``.pt2``, and otherwise of the state dict in a canonical form (each
 entry's name, dtype, shape and raw bytes, in sorted name order), so two factories that
 build the same weights get the same hash however ``torch.save`` would lay them out.
+
+Where the weights came from is said in words (:attr:`LoadedModel.weights`). A factory
+called without ``--weights`` is built a second time under another seed: weights that
+change with the seed are a random initialisation (:attr:`LoadedModel.random_init`; the
+export warns and the bundle records it), weights that do not are the factory's own
+(it loads trained weights itself).
 """
 
 from __future__ import annotations
@@ -28,9 +34,16 @@ from edgemed._lazy import require
 from edgemed.errors import ExportError, UsageError
 from edgemed.fsutil import sha256_file
 
-__all__ = ["LoadedModel", "load_model", "state_dict_sha256"]
+__all__ = ["LoadedModel", "RandomWeightsWarning", "load_model", "state_dict_sha256"]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class RandomWeightsWarning(UserWarning):
+    """The exported model has randomly initialised weights (no ``--weights``, and the
+    factory's weights change with the seed). A category of its own, so that a build
+    script can make it an error: ``warnings.simplefilter("error", RandomWeightsWarning)``.
+    """
 
 
 @dataclass
@@ -45,6 +58,8 @@ class LoadedModel:
         source: the ``--model`` text (a factory path or the file's name).
         sha256: hash of the source (see the module docstring).
         sha256_of: what ``sha256`` hashes, in words.
+        weights: where the weights came from, in words (the bundle's provenance).
+        random_init: the weights are a random initialisation (see the module docstring).
     """
 
     module: Any
@@ -53,6 +68,8 @@ class LoadedModel:
     source: str
     sha256: str
     sha256_of: str
+    weights: str = ""
+    random_init: bool = False
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """PyTorch's output for ``x`` (float32 NumPy in, float32 NumPy out)."""
@@ -192,14 +209,39 @@ def load_model(
         module, program, kind = _load_file(path)
         if kind != "exported_program":
             module.eval()
-        return LoadedModel(module, program, kind, path.name, sha256_file(path), "model file")
+        digest = sha256_file(path)
+        return LoadedModel(
+            module, program, kind, path.name, digest, "model file", "in the model file"
+        )
     # Seeded: a factory that initialises randomly builds the same weights every time.
     torch.manual_seed(seed)
     model = _factory(spec, kwargs or {})
+    random_init = False
     if weights is not None:
         _load_weights(model, weights)
-        digest, of = sha256_file(weights), "weights file"
+        digest, of, said = sha256_file(weights), "weights file", "state dict file (--weights)"
     else:
         digest, of = state_dict_sha256(model.state_dict()), "state dict (canonical)"
+        random_init, said = _initial_weights(spec, kwargs or {}, seed, digest, model)
     model.eval()
-    return LoadedModel(model, None, "factory", spec, digest, of)
+    return LoadedModel(model, None, "factory", spec, digest, of, said, random_init)
+
+
+def _initial_weights(
+    spec: str, kwargs: dict[str, Any], seed: int, digest: str, model: Any
+) -> tuple[bool, str]:
+    """Whether the weights the factory built under ``seed`` (hashed as ``digest``) are a
+    random initialisation, and where they came from in words: random when another seed
+    builds other weights."""
+    torch = require("torch", "export", "edgemed export")
+    if not model.state_dict():
+        return False, "none (the model has no parameters or buffers)"
+    # fork_rng: the second build must not move the global RNG the first one left behind.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        other = _factory(spec, kwargs)
+    if other is model:  # a module instance, built once when its module was imported
+        return False, "the module instance's own (no --weights)"
+    if state_dict_sha256(other.state_dict()) != digest:
+        return True, f"random initialisation (torch seed {seed}; no --weights)"
+    return False, "the factory's own, the same under any seed (no --weights)"

@@ -5,10 +5,32 @@ TorchScript exporter runs instead and the dynamo failure is recorded as the reas
 result is one self-contained ``.onnx`` file (no external data) that passes
 ``onnx.checker`` (full check) and strict shape inference.
 
-Parity (:func:`parity`) compares ONNX Runtime with PyTorch on each named input batch.
-Its measure is ``max |ONNX - PyTorch| / max |PyTorch|`` over the whole output (the
-largest error relative to the output's scale, which stays meaningful where single
-elements are near zero); the export fails when any case exceeds the tolerance.
+Parity (:func:`parity`) compares ONNX Runtime with PyTorch on each named input batch,
+in two ways:
+
+* numerically: ``max |ONNX - PyTorch| / (max - min of PyTorch's output)`` over the whole
+  output, the largest error relative to the output's dynamic range. The range, not
+  ``max |PyTorch|``: argmax, softmax and thresholds ignore a constant offset, so the
+  spread of the values is the scale on which an error can change a result; and one
+  element near zero cannot blow the measure up. The export fails above the tolerance.
+* by task (:class:`TaskCheck`): on the real images, both outputs are decoded by the
+  bundle's task head and must meet the accuracy gates against each other, so a raised
+  ``--parity-tolerance`` still cannot let through an export whose results differ.
+
+Why the default tolerance is 1e-3 (:data:`edgemed.export.config.DEFAULT_PARITY_TOLERANCE`):
+float32 arithmetic done in another order differs by amounts that depend on the network
+and the input, not on the exporter. Measured on the stock models the tests export
+(torch 2.13 CPU, ONNX Runtime 1.32, 2 CPUs; worst case over random and real inputs):
+demo U-Net 4.4e-7, MONAI BasicUNet (small) 1.3e-6, SegResNet 1.9e-6, DenseNet121
+6.5e-7, torchvision ResNet-18 1.2e-6, and MONAI's default BasicUNet at 256x256 on real
+CT 6.0e-5 (instance norm over near-constant image regions amplifies rounding; the old
+measure, ``/ max |PyTorch|`` at 1e-4, failed it at 1.1e-4). Real faults measure far
+above: a normalisation epsilon of 1e-3 instead of 1e-5 gave 2.4e-3 to 0.22, one
+first-layer weight 1% off in the U-Nets 2.3e-3 to 7.0e-3, a doubled one in the
+classifiers 3.9e-3 and 4.9e-3. 1e-3 leaves 16x headroom over the worst healthy figure.
+What it cannot see is as small as float32's own noise on deep networks (every weight
+rounded to float16 measured 4.9e-4 to 1.0e-3): the FP16 variant's accuracy gate, not
+parity, is the check for that much.
 """
 
 from __future__ import annotations
@@ -17,7 +39,7 @@ import contextlib
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +51,12 @@ import onnxruntime as ort
 from edgemed._lazy import require
 from edgemed.errors import ExportError
 from edgemed.export.load import LoadedModel
+from edgemed.heads import Head
+from edgemed.preprocess import Placement
 
 __all__ = [
     "OnnxModel",
+    "TaskCheck",
     "check_onnx",
     "export_onnx",
     "max_errors",
@@ -45,8 +70,8 @@ __all__ = [
 
 log = logging.getLogger("edgemed.export")
 
-#: How close the simplified graph must stay to the unsimplified one (same measure as
-#: parity): both run the same arithmetic in ONNX Runtime, so only reordering may differ.
+#: How close the simplified graph must stay to the unsimplified one (parity's numeric
+#: measure): both run the same arithmetic in ONNX Runtime, so only reordering may differ.
 SIMPLIFY_TOLERANCE = 1e-5
 
 
@@ -300,12 +325,55 @@ def run_onnx_outputs(
 
 
 def max_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """``max_abs`` and ``max_rel`` (= max_abs / max |ref|) of ``got`` against ``ref``."""
+    """How far ``got`` is from ``ref``: ``max_abs``, the reference's ``range``
+    (max - min) and ``max_abs_over_range`` (parity's measure).
+
+    A constant reference (range 0) is measured against ``max |ref|`` instead, and an
+    all-zero one absolutely: there is no spread to compare with.
+    """
     if ref.shape != got.shape:
-        return {"max_abs": float("inf"), "max_rel": float("inf")}
-    err = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)), initial=0.0))
-    scale = float(np.max(np.abs(ref), initial=0.0))
-    return {"max_abs": err, "max_rel": err / scale if scale > 0 else (0.0 if err == 0 else err)}
+        return {"max_abs": float("inf"), "range": 0.0, "max_abs_over_range": float("inf")}
+    ref64 = ref.astype(np.float64)
+    diff = np.abs(ref64 - got.astype(np.float64))
+    # NaN anywhere is a failure, never a pass: np.max would propagate it, but `<=` on NaN
+    # is False only where callers remember to write the test that way.
+    err = float(np.max(diff, initial=0.0)) if not np.isnan(diff).any() else float("inf")
+    spread = float(ref64.max() - ref64.min()) if ref.size else 0.0
+    scale = spread if spread > 0 else float(np.max(np.abs(ref64), initial=0.0))
+    return {
+        "max_abs": err,
+        "range": spread,
+        "max_abs_over_range": err / scale if scale > 0 else err,
+    }
+
+
+@dataclass
+class TaskCheck:
+    """The task-level half of parity: decode one case's outputs with the bundle's head
+    and gate ONNX Runtime's results against PyTorch's with the accuracy thresholds.
+
+    Attributes:
+        head: the bundle's task head (decodes ``head.output``, which must be the ONNX
+            model's first output: that is the one PyTorch's run returns).
+        case: the name of the case to decode (the real images: random inputs have no
+            meaningful results).
+        placements: one per input of that case.
+        thresholds: the accuracy gates' limits (mapping; each head reads its own).
+    """
+
+    head: Head
+    case: str
+    placements: Sequence[Placement]
+    thresholds: Mapping[str, float]
+
+    def run(self, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+        """The head's metric of ``got`` against ``ref``, with its gate ``failures``."""
+        out = self.head.output
+        metrics = self.head.metric(
+            self.head.decode({out: ref}, self.placements),
+            self.head.decode({out: got}, self.placements),
+        )
+        return {**metrics, "failures": self.head.gate(metrics, self.thresholds)}
 
 
 def parity(
@@ -314,30 +382,68 @@ def parity(
     cases: dict[str, np.ndarray],
     tolerance: float,
     threads: int | None = None,
+    task: TaskCheck | None = None,
 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with PyTorch on each case; fail above ``tolerance``.
+    """Compare ONNX Runtime with PyTorch on each case; fail above ``tolerance``, or when
+    ``task`` is given and the decoded results fail its gates.
 
     Returns:
-        ``{"tolerance", "measure", "cases": {name: {"shape", "max_abs", "max_rel"}}}``.
+        ``{"measure", "tolerance", "cases": {name: {"shape", "max_abs", "range",
+        "max_abs_over_range"[, "task"]}}}``; ``task`` holds the head's metric and
+        ``failures``.
 
     Raises:
-        ExportError: ``EXPORT_PARITY`` naming the worst case.
+        ExportError: ``EXPORT_PARITY`` naming the worst case, its measured value and
+        ``--parity-tolerance``; or the task gate's failures.
     """
     sess = session(model.path, threads)
     report: dict[str, Any] = {
-        "measure": "max |ONNX - PyTorch| / max |PyTorch| over the output",
+        "measure": "max |ONNX - PyTorch| / (max - min of PyTorch's output), per case",
         "tolerance": tolerance,
         "cases": {},
     }
+    measured: dict[str, float] = {}  # unrounded: the report's 4 digits must not decide
     for name, x in cases.items():
         ref = loaded.run(x)
         got = run_onnx(sess, x, batch=len(x))
-        report["cases"][name] = {"shape": list(x.shape), **_rounded(max_errors(ref, got))}
-    worst_name, worst = max(report["cases"].items(), key=lambda kv: kv[1]["max_rel"])
-    if not worst["max_rel"] <= tolerance:
+        if ref.shape != got.shape:
+            raise ExportError(
+                f"ONNX Runtime's output has shape {list(got.shape)} on '{name}', "
+                f"PyTorch's {list(ref.shape)}",
+                code="EXPORT_PARITY",
+            )
+        errors = max_errors(ref, got)
+        measured[name] = errors["max_abs_over_range"]
+        case = {"shape": list(x.shape), **_rounded(errors)}
+        if task is not None and name == task.case:
+            case["task"] = task.run(ref, got)
+        report["cases"][name] = case
+    worst_name = max(measured, key=measured.__getitem__)
+    worst = report["cases"][worst_name]
+    real = task.case if task is not None else ""
+    task_case = report["cases"].get(real, {}).get("task")
+    if not measured[worst_name] <= tolerance:
+        if task_case is None:
+            verdict = ""
+        elif task_case["failures"]:
+            verdict = "; the decoded results differ too"
+        else:
+            # Said so that a user can tell float32 noise on an ill-conditioned model from
+            # a broken export before deciding to raise the tolerance.
+            verdict = "; the decoded results on the real images still pass the accuracy gates"
         raise ExportError(
-            f"ONNX Runtime differs from PyTorch on '{worst_name}': max relative error "
-            f"{worst['max_rel']:.3g} > tolerance {tolerance:g} (max abs {worst['max_abs']:.3g})",
+            f"ONNX Runtime differs from PyTorch on '{worst_name}': max error "
+            f"{measured[worst_name]:.3g} of the output's range > --parity-tolerance "
+            f"{tolerance:g} (max abs {worst['max_abs']:.3g}, range {worst['range']:.3g})"
+            f"{verdict}",
+            code="EXPORT_PARITY",
+        )
+    if task_case is not None and task_case["failures"]:
+        raise ExportError(
+            f"ONNX Runtime's results differ from PyTorch's on '{real}' beyond the "
+            f"accuracy gates ({'; '.join(task_case['failures'])}), although the max error "
+            f"{measured[worst_name]:.3g} of the range is within --parity-tolerance "
+            f"{tolerance:g}",
             code="EXPORT_PARITY",
         )
     return report
@@ -378,7 +484,7 @@ def simplify(
         worst = 0.0
         for x in cases.values():
             errors = max_errors(run_onnx(ref_sess, x, len(x)), run_onnx(new_sess, x, len(x)))
-            worst = max(worst, errors["max_rel"])
+            worst = max(worst, errors["max_abs_over_range"])
     except ExportError as exc:
         candidate.unlink()
         return {"applied": False, "reason": f"simplified graph fails the checker ({exc.message})"}
@@ -386,7 +492,7 @@ def simplify(
         "tool": f"onnxslim {version}",
         "nodes_before": before,
         "nodes_after": len(slim.graph.node),
-        "max_rel_vs_unsimplified": float(f"{worst:.4g}"),
+        "max_abs_over_range_vs_unsimplified": float(f"{worst:.4g}"),
         "tolerance": SIMPLIFY_TOLERANCE,
     }
     if not worst <= SIMPLIFY_TOLERANCE:

@@ -35,6 +35,7 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
                 "labels": ", ".join(manifest["labels"]) or "(none)",
                 "source": f"`{exp['source']['model']}` ({exp['source']['kind']})",
                 "source sha256": f"`{exp['source']['sha256']}` ({exp['source']['sha256_of']})",
+                "weights": exp["source"]["weights"],
                 "input": f"`{manifest['input']['name']}` {manifest['input']['shape']} float32",
                 "output": f"`{manifest['outputs'][0]['name']}` {manifest['outputs'][0]['shape']}",
                 "ONNX exporter": exp["onnx"]["exporter"],
@@ -62,11 +63,11 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
         "",
         f"Measure: {parity['measure']}; tolerance {parity['tolerance']:g}.",
         "",
-        "| case | shape | max abs error | max relative error |",
-        "|---|---|---|---|",
+        "| case | shape | max abs error | output range | max error / range | task results |",
+        "|---|---|---|---|---|---|",
         *(
             f"| {name} | {'x'.join(map(str, c['shape']))} | {c['max_abs']:.3g} "
-            f"| {c['max_rel']:.3g} |"
+            f"| {c['range']:.3g} | {c['max_abs_over_range']:.3g} | {_task_text(c.get('task'))} |"
             for name, c in parity["cases"].items()
         ),
         "",
@@ -121,10 +122,22 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
 def _simplify_text(s: dict[str, Any]) -> str:
     if s.get("applied"):
         return (
-            f"{s['tool']}: {s['nodes_before']} → {s['nodes_after']} nodes, max relative "
-            f"difference {s['max_rel_vs_unsimplified']:.2g} (kept: ≤ {s['tolerance']:g})"
+            f"{s['tool']}: {s['nodes_before']} → {s['nodes_after']} nodes, max difference "
+            f"{s['max_abs_over_range_vs_unsimplified']:.2g} of the output's range (kept: "
+            f"≤ {s['tolerance']:g})"
         )
     return f"not applied: {s.get('reason', 'disabled')}"
+
+
+def _task_text(task: dict[str, Any] | None) -> str:
+    """The head's headline figure of ONNX Runtime's decoded results against PyTorch's."""
+    if task is None:
+        return "(not decoded)"
+    figures = [
+        f"{k} {v:.4g}" for k, v in task.items() if isinstance(v, float) and not isinstance(v, bool)
+    ][:2]
+    verdict = "fail: " + "; ".join(task["failures"]) if task["failures"] else "pass"
+    return f"{', '.join(figures)} ({verdict})" if figures else verdict
 
 
 def _n(count: int, noun: str) -> str:

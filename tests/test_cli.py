@@ -54,7 +54,18 @@ def test_one_bad_file_does_not_stop_the_others(broken_inputs, ct_small_path, tmp
     assert (tmp_path / "input-0002" / "result.json").is_file()
     assert not (tmp_path / "input-0001").exists()
     index = json.loads((tmp_path / "index.json").read_text())
-    assert index == {"results": [{"input": 2, "dir": "input-0002"}], "failed": 1}
+    # Every input by position, with its status and error code; never a file name.
+    assert index == {
+        "complete": True,
+        "inputs": 2,
+        "ok": 1,
+        "failed": 1,
+        "results": [
+            {"input": 1, "status": "failed", "error": "INPUT_UNSUPPORTED_FORMAT"},
+            {"input": 2, "status": "ok", "dir": "input-0002"},
+        ],
+    }
+    assert "random.bin" not in (tmp_path / "index.json").read_text()
 
 
 def test_tampered_bundle_exits_4(tmp_path, ct_small_path):
@@ -79,13 +90,13 @@ def test_unavailable_backend_exits_5(ct_small_path, tmp_path):
     _one_error_line(proc, "BACKEND_UNAVAILABLE")
 
 
-def test_missing_precision_exits_4(ct_small_path, tiny_bundle, tmp_path):
+def test_missing_precision_exits_2(ct_small_path, tiny_bundle, tmp_path):
     bundle = tiny_bundle("segmentation")  # FP32 only: INT8 is never silently substituted
-    proc = cli(
-        "run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(tmp_path)
-    )
-    assert proc.returncode == 4
-    _one_error_line(proc, "BUNDLE_ARTIFACT_MISSING")
+    out = tmp_path / "out"
+    proc = cli("run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(out))
+    assert proc.returncode == 2  # the bundle is fine; the precision asked for is not in it
+    _one_error_line(proc, "USAGE_PRECISION_MISSING")
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # staging removed
 
 
 def test_usage_errors_exit_2(tmp_path):

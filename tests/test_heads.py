@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgemed import MedicalImage, Result
 from edgemed.errors import BundleError
 from edgemed.heads import create_head, head_class, tasks
 from edgemed.heads.segmentation import SegmentationSpec
@@ -83,3 +84,25 @@ def test_specs_reject_typos_and_accept_schema_1_shared_keys():
     assert spec.to_dict() == {"normalize": "l2"}
     with pytest.raises(BundleError):
         head_class("nonsense")
+
+
+def test_segmentation_assembles_canonical_slices_into_the_inputs_own_grid():
+    # The model saw the canonical (LPS) picture; the mask comes back in the file's
+    # order. An image stored RAS (x towards R, y towards A) is mirrored both ways.
+    head = _head("segmentation", ["bg", "one"], outputs=[("logits", ("batch", 2, 4, 4))])
+    seen = np.zeros((3, 4), np.uint8)
+    seen[0, 0] = 1  # top-left as the model saw it: patient's right, anterior
+    ras = MedicalImage(np.zeros((3, 4), np.float32), (0.5, 2.0), origin=(0.0, 0.0, 0.0),
+                       direction=np.diag([-1.0, -1.0, 1.0]),
+                       metadata={"spacing_source": "nifti"})  # fmt: skip
+    out = head.assemble(ras, [seen])
+    assert out.mask.shape == (3, 4) and out.mask[2, 3] == 1 and out.mask.sum() == 1
+    assert out.stats["one"] == {"pixels": 1, "area_mm2": 1.0}
+    # Unknown spacing: pixel counts only, no millimetres from the 1.0 placeholder.
+    plain = MedicalImage(np.zeros((3, 4), np.float32), (1.0, 1.0),
+                         metadata={"spacing_source": "unknown"})  # fmt: skip
+    out = head.assemble(plain, [seen])
+    assert out.mask[0, 0] == 1 and out.stats["one"] == {"pixels": 1}
+    assert head.summary(Result("segmentation", plain, ["bg", "one"], {}, {}, out, head)) == [
+        "  labels   one 1 px"
+    ]

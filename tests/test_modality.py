@@ -8,11 +8,13 @@ declare no modality (NIfTI, PNG, arrays) cannot be checked and pass.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -23,7 +25,9 @@ from edgemed.errors import BundleError, InputError, UsageError
 from edgemed.export.calibration import collect
 from edgemed.export.config import ExportConfig
 from edgemed.fsutil import write_json
+from edgemed.io import read_image, read_series
 from tests.cli_run import cli
+from tests.support import error_code
 
 MR = get_testdata_file("MR_small.dcm")
 
@@ -47,6 +51,45 @@ def test_mr_dicom_is_refused_by_a_ct_model(demo_pipe, ct_small_path):
     with pytest.raises(InputError):
         demo_pipe.run_batch([ct_small_path, MR])
     assert demo_pipe(ct_small_path).mask.shape == (128, 128)  # CT runs as before
+
+
+def test_every_dicom_form_is_checked_series_folders_and_instances_too(demo_pipe, tmp_path):
+    # A folder holding MR_small.dcm used to run through the CT model (the series
+    # reader's format tag was not the one checked): every DICOM-derived image is checked.
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    shutil.copy(MR, one / "im0001")
+    instances = []
+    for z in (0.0, 3.0):  # MR_small as a two-slice series
+        ds = pydicom.dcmread(MR)
+        ds.ImagePositionPatient = [0.0, 0.0, z]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        instances.append(buffer.getvalue())
+        (two / f"s{len(instances)}").write_bytes(instances[-1])
+    data = Path(MR).read_bytes()
+    for item in (
+        str(one),  # a directory with one file
+        str(two),  # a directory with a series
+        data,  # bytes
+        io.BytesIO(data),  # a file object
+        read_series(instances),  # in-memory instances
+        read_image(two),  # a MedicalImage read from a folder
+    ):
+        assert error_code(demo_pipe, item, kind=InputError) == "INPUT_MODALITY"
+
+
+def test_cli_refuses_a_series_folder_of_another_modality(tmp_path):
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    shutil.copy(MR, folder / "MR_small.dcm")
+    proc = cli("run", str(folder), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgemed: error INPUT_MODALITY:")
+    assert not (tmp_path / "out" / "result.json").exists()
 
 
 def test_check_modality_false_runs_it_anyway():

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import edgemed
-from edgemed import MedicalImage, Pipeline
+from edgemed import MedicalImage, Options, Pipeline
 from edgemed.errors import UsageError
 from edgemed.pipeline import STAGES
+from edgemed.settings import MAX_BATCH_SIZE
+from tests.cli_run import cli
 
 
 def _image(seed, shape=(20, 30)):
@@ -109,3 +115,64 @@ def test_bad_inputs_are_usage_errors(tiny_bundle):
         pipe(np.zeros((2, 2, 2, 2), np.float32))
     with pytest.raises(UsageError):
         pipe(42)
+
+
+def test_batch_size_has_a_documented_bound():
+    assert Options(batch_size=MAX_BATCH_SIZE).batch_size == 1024
+    for bad in (0, MAX_BATCH_SIZE + 1, 1_000_000, 10**30):
+        with pytest.raises(UsageError):
+            Options(batch_size=bad)
+
+
+@pytest.mark.parametrize("value", ["1000000", "1025", "0", str(10**30)])
+def test_cli_batch_size_beyond_the_bound_is_a_usage_error(value, tmp_path, ct_small_path):
+    proc = cli("run", ct_small_path, "--batch-size", value, "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgemed: error USAGE: --batch-size")
+
+
+def test_input_buffer_is_sized_by_what_runs_not_by_batch_size(tiny_bundle):
+    # A batch size of 1024 used to allocate 1024 slices of model input up front; now
+    # memory follows the largest chunk actually run. tracemalloc sees numpy's buffers.
+    path = tiny_bundle("segmentation", size=128)  # 64 KiB of float32 input per slice
+    images = [_image(i, (30, 40)) for i in range(3)]
+    with Pipeline.from_bundle(path, "onnxruntime", batch_size=8) as small:
+        expected = [r.mask for r in small.run_batch(images)]
+    tracemalloc.start()
+    try:
+        with Pipeline.from_bundle(path, "onnxruntime", batch_size=MAX_BATCH_SIZE) as pipe:
+            got = [r.mask for r in pipe.run_batch(images)]
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_slice = 128 * 128 * 4
+    assert peak < 64 * per_slice, peak  # 1024 slices would be 64 MiB
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reader_imports_are_startup_not_the_first_read():
+    # In a fresh interpreter: building the pipeline imports the readers (pydicom,
+    # nibabel), reported as startup_ms; the first input's read time does not pay them.
+    code = (
+        "import json, sys, edgemed\n"
+        "pipe = edgemed.Pipeline.from_bundle(edgemed.demo_bundle(), 'onnxruntime', threads=1)\n"
+        "loaded = [m for m in ('pydicom', 'nibabel', 'edgemed.io.dicom', 'edgemed.io.nifti')"
+        " if m in sys.modules]\n"
+        "from pydicom.data import get_testdata_file\n"
+        "r = pipe(get_testdata_file('CT_small.dcm'))\n"
+        "print(json.dumps({'loaded': loaded, 'read': r.timings['read'],"
+        " 'startup': r.to_dict()['provenance']['startup_ms']}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "EDGEMED_ORT_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["loaded"] == ["pydicom", "nibabel", "edgemed.io.dicom", "edgemed.io.nifti"]
+    startup = facts["startup"]
+    assert set(startup) == {"readers", "bundle", "backend", "total"}
+    assert startup["total"] >= startup["readers"] + startup["bundle"] + startup["backend"] - 1
+    # The imports take hundreds of ms, a 128x128 slice's read a few: the read is no
+    # longer the start-up figure.
+    assert facts["read"] < startup["readers"], facts

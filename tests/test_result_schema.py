@@ -46,3 +46,32 @@ def test_cli_result_json_validates_and_schema_can_fail(tmp_path, ct_small_path):
     doc["input"]["patient_name"] = "x"  # nothing unexpected may creep in
     with pytest.raises(jsonschema.ValidationError):
         _validate(doc)
+
+
+def test_input_facts_validate_and_the_schema_holds_them_to_their_meaning(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    with Pipeline.from_bundle(edgemed.demo_bundle(), "onnxruntime", threads=1) as pipe:
+        lossy = json.loads(json.dumps(pipe(get_testdata_file("693_J2KI.dcm")).to_dict()))
+        unknown = json.loads(json.dumps(pipe(np.zeros((20, 20), np.float32)).to_dict()))
+    for doc in (lossy, unknown):
+        _validate(doc)
+    assert lossy["input"]["lossy"] is True and unknown["input"]["spacing_mm"] is None
+    assert lossy["provenance"]["startup_ms"]["readers"] >= 0
+    # Millimetres beside an unknown spacing, or none beside a known one, are invalid.
+    bad = json.loads(json.dumps(unknown))
+    bad["input"]["spacing_mm"] = [1.0, 1.0]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(bad)
+    bad = json.loads(json.dumps(lossy))
+    bad["input"]["spacing_mm"] = None
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(bad)
+    bad = json.loads(json.dumps(lossy))
+    bad["input"]["orientation"]["canonical"] = "RAS"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(bad)
+    bad = json.loads(json.dumps(lossy))
+    del bad["provenance"]["startup_ms"]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(bad)

@@ -4,6 +4,9 @@ Exit codes: 0 ok, 2 usage, 3 input error, 4 bundle error, 5 backend error (also 
 missing extra), 6 accuracy gate failed, 7 output could not be written, 8 export failed,
 1 internal error.
 Errors print one line naming the code and the file; ``--debug`` adds the traceback.
+Without ``--debug`` nothing else reaches stderr from the libraries underneath (Python
+warnings, OpenCV's native log). ``--debug`` and ``-v`` are accepted before or after the
+command. SIGTERM stops a command like Ctrl-C (exit 143, 130 for Ctrl-C), cleanup included.
 
 Each command group is a module with ``register(subparsers)``, which adds its parsers and
 sets ``handler``; a new command is one module plus one entry in ``COMMANDS``.
@@ -16,10 +19,13 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from edgemed._version import __version__
 from edgemed.cli import bench, engine, export, info, run, signing
+from edgemed.cli.signals import terminate_as_interrupt
 from edgemed.errors import EdgemedError
 from edgemed.settings import load_settings
 
@@ -31,16 +37,51 @@ log = logging.getLogger("edgemed")
 COMMANDS = (run, info, signing, export, bench, engine)
 
 
+def _common_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """``--debug`` and ``-v``, on the top-level parser (``default`` False) and on every
+    command's (``default`` SUPPRESS: a command's parser then leaves the top-level value
+    alone unless the flag is given after the command)."""
+    for flags, help_ in (
+        (("--debug",), "show tracebacks, debug logs and library warnings"),
+        (("-v", "--verbose"), "log what happens (INFO)"),
+    ):
+        if not any(f in p._option_string_actions for f in flags):
+            p.add_argument(*flags, action="store_true", default=default, help=help_)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgemed", description="Edge inference for medical imaging.")
     p.add_argument("--version", action="version", version=f"edgemed {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
+    _common_flags(p, False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMANDS:
         module.register(sub)
+    # Here, not in each module: a command added later gets them without an edit.
+    for command in {id(c): c for c in sub.choices.values()}.values():
+        _common_flags(command, argparse.SUPPRESS)
     return p
+
+
+@contextmanager
+def _quiet_stderr(debug: bool) -> Iterator[None]:
+    """Without ``--debug``, library chatter stays off stderr: the promise is one line
+    per error. Python warnings (nibabel's overflow warnings on odd geometry, say) are
+    ignored, and OpenCV's native log (libtiff's complaints about a broken TIFF) is
+    silenced; the typed error says what went wrong."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    with warnings.catch_warnings():
+        if debug:
+            warnings.simplefilter("default")
+        else:
+            warnings.simplefilter("ignore")
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            yield
+        finally:
+            cv2.utils.logging.setLogLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         quiet_libraries(debug=True)
     try:
-        return args.handler(args)
+        with _quiet_stderr(args.debug), terminate_as_interrupt():
+            return args.handler(args)
     except EdgemedError as exc:
         if args.debug:
             traceback.print_exc()
@@ -69,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (suppresses the flush-at-exit error)
         return 0
-    except KeyboardInterrupt:
-        print("edgemed: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (edgemed.cli.signals.Terminated)
+        signum = getattr(exc, "signum", 2)
+        print(f"edgemed: {'terminated' if signum != 2 else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # a bug: say so in one line, details with --debug
         if args.debug:
             traceback.print_exc()

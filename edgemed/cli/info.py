@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["register"]
+__all__ = ["provenance_lines", "register"]
+
+_WIDTH = 120  # a provenance line longer than this is cut (the whole is in --json)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,10 +55,105 @@ def _cmd_info(args: argparse.Namespace) -> int:
             for a in bundle.artifacts
         ),
     ]
-    if bundle.provenance:
-        lines.append("  provenance")
-        lines += [
-            f"    {k}: {v}" for k, v in bundle.provenance.items() if not isinstance(v, (dict, list))
-        ]
+    provenance = provenance_lines(bundle.provenance)
+    if provenance:
+        lines += ["  provenance   (edgemed info --json has all of it)", *provenance]
     print("\n".join(line for line in lines if line is not None))
     return 0
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _cut(text: str, width: int = _WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _brief(value: Any) -> str:
+    """One short phrase for any JSON value: scalars as they are, short lists of scalars
+    joined, everything else counted."""
+    if _scalar(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, list):
+        if value and len(value) <= 4 and all(_scalar(v) for v in value):
+            return ", ".join(_brief(v) for v in value)
+        return f"{len(value)} entries"
+    return f"{len(value)} fields" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _generic(value: Any) -> str:
+    if isinstance(value, Mapping):
+        parts = [f"{k} {_brief(v)}" for k, v in value.items() if v not in (None, [], {})]
+        return "; ".join(parts) or "(empty)"
+    return _brief(value)
+
+
+def _exported(e: Mapping[str, Any]) -> str:
+    source, onnx, versions = e.get("source") or {}, e.get("onnx") or {}, e.get("versions") or {}
+    parts = [f"{source.get('model')} ({source.get('kind')})" if source.get("model") else None]
+    if onnx.get("opset"):
+        exporter = str(onnx.get("exporter") or "").split(" ")[0]
+        parts.append(f"ONNX opset {onnx['opset']}" + (f" ({exporter})" if exporter else ""))
+    made = [p for p in ("fp16", "int8") if isinstance(e.get(p), Mapping)]
+    if made:
+        parts.append("+".join(made))
+    parts += [f"{k} {versions[k]}" for k in ("torch",) if k in versions]
+    return ", ".join(p for p in parts if p)
+
+
+def _parity(p: Mapping[str, Any]) -> str:
+    cases = [c for c in (p.get("cases") or {}).values() if isinstance(c, Mapping)]
+    worst = max((float(c["max_rel"]) for c in cases if "max_rel" in c), default=None)
+    if worst is None:
+        return _generic(p)
+    return (
+        f"max relative error {worst:.1e} over {len(cases)} cases (tolerance {p.get('tolerance')})"
+    )
+
+
+def _calibration(c: Mapping[str, Any]) -> str:
+    parts = []
+    for key in ("calibration", "validation"):
+        part = c.get(key)
+        if isinstance(part, Mapping) and "images" in part:
+            parts.append(f"{key} {part['images']} images ({part.get('slices', '?')} slices)")
+    return "; ".join(parts) or _generic(c)
+
+
+def _accuracy(a: Mapping[str, Any]) -> str:
+    parts = []
+    for name, v in (a.get("variants") or {}).items():
+        if not isinstance(v, Mapping):
+            continue
+        verdict = {True: "passed", False: "FAILED"}.get(v.get("passed"), "")
+        metric = next(
+            (f"{k} {x:g}" for k, x in v.items() if isinstance(x, float) and k != "passed"), ""
+        )
+        parts.append(f"{name} {verdict}" + (f" ({metric})" if metric else ""))
+    return ", ".join(parts) or _generic(a)
+
+
+#: What ``edgemed export`` records, summarised by meaning; any other entry generically.
+_KNOWN = {
+    "export": _exported,
+    "parity": _parity,
+    "calibration": _calibration,
+    "accuracy": _accuracy,
+}
+
+
+def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+    """``edgemed info``'s provenance lines: one per entry, nested entries summarised (an
+    exported bundle's provenance is all nested: export, parity, calibration, accuracy);
+    empty when there is nothing to say."""
+    lines = []
+    for key, value in provenance.items():
+        if value in (None, "", [], {}):
+            continue
+        try:
+            text = _KNOWN[key](value) if key in _KNOWN and isinstance(value, Mapping) else None
+        except (TypeError, ValueError, KeyError, AttributeError):  # another tool's shape
+            text = None
+        lines.append(_cut(f"    {key}: {text or _generic(value)}"))
+    return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from edgemed.errors import UsageError
 if TYPE_CHECKING:
     from edgemed.settings import Options
 
-__all__ = ["check_runtime_options", "open_pipeline", "runtime_options"]
+__all__ = ["check_runtime_options", "open_pipeline", "parse_spacing", "runtime_options"]
 
 
 def runtime_options(sp: argparse.ArgumentParser) -> None:
@@ -29,7 +30,10 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
         help="CPU threads for ONNX Runtime (default: cores, at most 8)",
     )
     sp.add_argument(
-        "--batch-size", type=int, default=8, help="most 2D slices per backend call (default 8)"
+        "--batch-size",
+        type=int,
+        default=8,
+        help="most 2D slices per backend call, 1 to 1024 (default 8)",
     )
     sp.add_argument(
         "--preprocess",
@@ -49,6 +53,14 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
         help="TensorRT: replay a CUDA graph while calls keep one shape",
     )
     sp.add_argument(
+        "--spacing",
+        default=None,
+        metavar="X,Y[,Z]",
+        help="pixel spacing in mm for inputs that do not state it (PNG, JPEG, TIFF, NPY, "
+        "DICOM without PixelSpacing), e.g. 0.7,0.7 or 0.7,0.7,2.5; without it they get "
+        "pixel counts only. A file's own spacing is never overridden",
+    )
+    sp.add_argument(
         "--any-modality",
         action="store_true",
         help="run DICOM inputs whose Modality the bundle does not list (refused, "
@@ -58,10 +70,31 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
 
 def check_runtime_options(args: argparse.Namespace) -> None:
     """Usage errors first, before any input is read or model loaded."""
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+    from edgemed.settings import MAX_BATCH_SIZE
+
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
+    parse_spacing(args.spacing)
+
+
+def parse_spacing(text: str | None) -> tuple[float, ...] | None:
+    """``--spacing X,Y[,Z]`` as millimetres (None when not given).
+
+    Raises:
+        UsageError: not 2 or 3 positive numbers.
+    """
+    if text is None:
+        return None
+    problem = f"--spacing must be X,Y or X,Y,Z in mm, positive numbers (got {text!r})"
+    try:
+        numbers = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(problem) from None
+    if len(numbers) not in (2, 3) or not all(math.isfinite(v) and v > 0 for v in numbers):
+        raise UsageError(problem)
+    return numbers
 
 
 def runtime(args: argparse.Namespace) -> Options:
@@ -78,6 +111,7 @@ def runtime(args: argparse.Namespace) -> Options:
         engine_cache=args.engine_cache,
         check_modality=False if args.any_modality else None,
         cuda_graphs=args.cuda_graphs or None,
+        spacing=parse_spacing(args.spacing),
     )
 
 

@@ -1,22 +1,46 @@
-"""``demo`` and ``run``: a bundle on inputs, results written and summarised."""
+"""``demo`` and ``run``: a bundle on inputs, results written and summarised.
+
+Outputs go through :class:`edgemed.cli.outdir.OutputDir`: ``--out`` is checked before
+the first input is read, filled in a staging directory beside it and renamed into place
+at the end, so it holds one run's complete set of files. With several inputs,
+``index.json`` lists every input by position with its status and error code, also when
+the run was interrupted (then marked incomplete).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from edgemed.cli.options import check_runtime_options, open_pipeline, runtime_options
-from edgemed.errors import InputError
+from edgemed.cli.outdir import OutputDir
+from edgemed.cli.progress import Progress
+from edgemed.cli.signals import ignored
+from edgemed.errors import EdgemedError, InputError, OutputError
 from edgemed.render import summary, write_result
 
 __all__ = ["register"]
 
 
+def _output_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that holds earlier results (as a whole, at the end)",
+    )
+    sp.add_argument("--quiet", action="store_true", help="no progress display on a terminal")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
+    _output_options(demo)
     runtime_options(demo)
     demo.set_defaults(handler=_cmd_demo)
 
@@ -28,7 +52,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="DICOM/NIfTI/PNG/JPEG/TIFF/NPY file or DICOM series directory",
     )
     run.add_argument("--bundle", default=None, help="bundle directory (default: the demo)")
-    run.add_argument("--out", required=True, help="output directory")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output directory: new, empty, or earlier results with --overwrite",
+    )
+    _output_options(run)
     runtime_options(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -44,42 +73,133 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise InputError(
             "pydicom's CT_small.dcm test file is not installed", code="INPUT_NOT_FOUND"
         )
-    out = Path(args.out)
-    with open_pipeline(args, demo_bundle()) as pipe:
+    title = "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"
+    with (
+        OutputDir(args.out, overwrite=args.overwrite) as out,
+        open_pipeline(args, demo_bundle()) as pipe,
+    ):
         pipe(ct)  # warm-up: the first call pays one-time allocation costs
-        result = pipe(ct)
-    written = write_result(result, out)
-    print(summary(result, written, "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"))
+        _run_one(args, pipe, ct, out, Progress(1, quiet=True), title)
     print("  note     demonstration model trained on synthetic phantoms; not for clinical use")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     check_runtime_options(args)
-    from edgemed.fsutil import write_json
     from edgemed.pipeline import demo_bundle
 
-    out = Path(args.out)
-    several = len(args.inputs) > 1
-    failures, index = 0, []
-    with open_pipeline(args, args.bundle or demo_bundle()) as pipe:
-        # Input by input, so each result's timings are its own (the API's run_batch
-        # shares backend calls between inputs instead).
-        for i, path in enumerate(args.inputs):
+    progress = Progress(len(args.inputs), quiet=args.quiet)
+    try:
+        # --out first: a bad one is refused before the model loads or any input is read.
+        with (
+            OutputDir(args.out, overwrite=args.overwrite) as out,
+            open_pipeline(args, args.bundle or demo_bundle()) as pipe,
+        ):
+            if len(args.inputs) == 1:
+                _run_one(args, pipe, args.inputs[0], out, progress, "input 1/1")
+                return 0
+            return _run_several(args, pipe, out, progress)
+    finally:
+        progress.close()
+
+
+def _infer(pipe: Any, item: str, position: int, progress: Progress) -> Any:
+    progress.begin(position)
+    return pipe.run_batch([item], progress=progress.slices)[0]
+
+
+def _written_at(written: list[Path], staging: Path, final: Path) -> list[Path]:
+    """Where the files written into ``staging`` are once it has become ``final``."""
+    return [final / p.relative_to(staging) for p in written]
+
+
+def _run_one(
+    args: argparse.Namespace, pipe: Any, item: str, out: OutputDir, progress: Progress, title: str
+) -> None:
+    """One input, its files directly in ``--out``. When it fails, ``--out`` is published
+    empty: nothing from an earlier run (``--overwrite``) survives to look like this
+    run's result."""
+    try:
+        result = _infer(pipe, item, 1, progress)
+        written = write_result(result, out.path)
+    except EdgemedError as exc:
+        progress.end(1, f"failed {exc.code}")
+        progress.close()
+        out.clear()
+        with contextlib.suppress(OutputError):  # the input's error is the one to report
+            out.publish()
+        raise
+    progress.end(1, "ok")
+    final = out.publish()
+    progress.close()
+    print(summary(result, _written_at(written, out.path, final), title))
+
+
+def _run_several(args: argparse.Namespace, pipe: Any, out: OutputDir, progress: Progress) -> int:
+    """Input by input (so each result's timings are its own; the API's ``run_batch``
+    shares backend calls between inputs instead) into ``input-0001/``, ...; one failure
+    does not stop the others. Returns the exit code of the first failure (0 if none)."""
+    n = len(args.inputs)
+    entries: list[dict[str, Any]] = [{"input": k + 1, "status": "not_run"} for k in range(n)]
+    exit_code, stopped, current = 0, None, -1
+    try:
+        for k, item in enumerate(args.inputs):
+            # Names are positional, never derived from file names (which may carry
+            # patient names or UIDs).
+            target = out.path / f"input-{k + 1:04d}"
+            current = k
+            entries[k]["status"] = "interrupted"  # until it has finished either way
             try:
-                result = pipe(path)
-            except InputError as exc:  # one bad file must not stop the others
-                failures += 1
-                if args.debug:
-                    traceback.print_exc()
-                print(f"edgemed: error {exc}", file=sys.stderr)
+                result = _infer(pipe, item, k + 1, progress)
+                written = write_result(result, target)
+                # Its status says whether its folder stays: an interrupt from here on
+                # keeps both, one before this line removes both.
+                entries[k] = {"input": k + 1, "status": "ok", "dir": target.name}
+            except EdgemedError as exc:
+                shutil.rmtree(target, ignore_errors=True)  # no partial result left
+                entries[k] = {"input": k + 1, "status": "failed", "error": exc.code}
+                exit_code = exit_code or exc.exit_code
+                progress.end(k + 1, f"failed {exc.code}")
+                with progress.paused():
+                    if args.debug:
+                        traceback.print_exc()
+                    print(f"edgemed: error {exc} [input {k + 1}/{n}]", file=sys.stderr)
+                if exc.code == "GPU_FATAL":  # the pipeline refuses all further work
+                    stopped = exc.code
+                    break
                 continue
-            # Output names are positional, never derived from file names (which may
-            # carry patient names or UIDs).
-            target = out / f"input-{i + 1:04d}" if several else out
-            written = write_result(result, target)
-            print(summary(result, written, f"input {i + 1}/{len(args.inputs)}"))
-            index.append({"input": i + 1, "dir": target.name if several else "."})
-    if several:
-        write_json(out / "index.json", {"results": index, "failed": failures})
-    return InputError.exit_code if failures else 0
+            progress.end(k + 1, "ok")
+            shown = _written_at(written, out.path, out.target)
+            with progress.paused():
+                print(summary(result, shown, f"input {k + 1}/{n}"), flush=True)
+    except KeyboardInterrupt as exc:
+        with ignored():  # a second Ctrl-C must not cut the index short
+            progress.close()
+            if current >= 0 and entries[current]["status"] == "interrupted":
+                shutil.rmtree(out.path / f"input-{current + 1:04d}", ignore_errors=True)
+            # Inputs finished before the interrupt are kept, listed in an index marked
+            # incomplete; with none finished, --out is left as it was.
+            if any(e["status"] in ("ok", "failed") for e in entries):
+                name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+                _publish_index(out, entries, stopped=name)
+        raise
+    progress.close()
+    _publish_index(out, entries, stopped=stopped)
+    return exit_code
+
+
+def _publish_index(out: OutputDir, entries: list[dict[str, Any]], *, stopped: str | None) -> None:
+    from edgemed.fsutil import write_json
+
+    index: dict[str, Any] = {
+        # complete: every input was attempted (each is "ok" or "failed").
+        "complete": stopped is None,
+        "inputs": len(entries),
+        "ok": sum(e["status"] == "ok" for e in entries),
+        "failed": sum(e["status"] == "failed" for e in entries),
+    }
+    if stopped is not None:
+        index["stopped_by"] = stopped
+    index["results"] = entries
+    write_json(out.path / "index.json", index)  # written last: it marks the set complete
+    out.publish()

@@ -18,10 +18,28 @@ from pathlib import Path
 
 from edgemed.errors import BackendError
 
-__all__ = ["KERNEL_DIR", "kernel_sources", "build_cubin", "build_host_library"]
+__all__ = [
+    "HOST_CXXFLAGS",
+    "KERNEL_DIR",
+    "NVCC_OPTIONS",
+    "kernel_sources",
+    "nvcc_command",
+    "build_cubin",
+    "build_host_library",
+]
 
 #: Folder holding the ``.cu`` sources and their headers (package data).
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+
+#: nvcc options of every kernel build (cubins here, pycuda's SourceModule in the
+#: launchers). ``-fmad=false``: nvcc would otherwise contract ``a * b + c`` into one fused
+#: multiply-add wherever the sources do not use the ``__*_rn`` intrinsics, while the host
+#: build (:data:`HOST_CXXFLAGS`, ``-ffp-contract=off``) rounds twice: the GPU would compute
+#: something other than what the host tests check.
+NVCC_OPTIONS = ("-O3", "-fmad=false")
+
+#: g++ flags of the host build that decide its arithmetic (see :data:`NVCC_OPTIONS`).
+HOST_CXXFLAGS = ("-std=c++17", "-ffp-contract=off")
 
 
 def kernel_sources() -> list[Path]:
@@ -38,6 +56,17 @@ def _run_compiler(cmd: list[str], what: str) -> None:
         raise BackendError(
             f"{what} failed ({' '.join(cmd)}):\n{proc.stderr.strip()}", code="GPU_KERNEL_BUILD"
         )
+
+
+def nvcc_command(
+    src: Path, dst: Path, arch: str, *, nvcc: str = "nvcc", werror: bool = False, ptx: bool = False
+) -> list[str]:
+    """The nvcc command line compiling ``src`` into ``dst`` for ``arch``: a cubin, or
+    with ``ptx`` the PTX of the very same compilation (tests read the instructions)."""
+    flags = ["-ptx" if ptx else "-cubin", f"-arch={arch}", *NVCC_OPTIONS, "-I", str(KERNEL_DIR)]
+    if werror:
+        flags += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
+    return [nvcc, *flags, "-o", str(dst), str(src)]
 
 
 def build_cubin(
@@ -57,13 +86,10 @@ def build_cubin(
     """
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)  # loaded only if others cannot write
-    flags = ["-cubin", f"-arch={arch}", "-O3", "-I", str(KERNEL_DIR)]
-    if werror:
-        flags += ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
     jobs = []
     for src in kernel_sources():
         dst = out / f"{src.stem}.{arch}.cubin"
-        cmd = [nvcc, *flags, "-o", str(dst), str(src)]
+        cmd = nvcc_command(src, dst, arch, nvcc=nvcc, werror=werror)
         try:  # the sources compile independently: run them side by side
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         except FileNotFoundError as exc:
@@ -95,7 +121,7 @@ def build_host_library(
     library only in a process started with ``LD_PRELOAD`` of ``libasan.so``.
     The file name carries a hash of the sources and flags: a changed kernel rebuilds.
     """
-    flags = ["-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"]
+    flags = [*HOST_CXXFLAGS, "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror"]
     if sanitize:
         flags += ["-O1", "-g", "-fno-omit-frame-pointer"]
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]

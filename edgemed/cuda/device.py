@@ -12,13 +12,23 @@ it again), and wrap CUDA work in :func:`cuda_errors` so failures become
 :class:`~edgemed.errors.BackendError` with ``GPU_OOM``, ``GPU_FATAL`` or
 ``GPU_UNAVAILABLE``. ``GPU_FATAL`` means the context is unusable (illegal address,
 launch failure...): the pipeline then refuses all further work.
+
+Lifetimes: pycuda frees an allocation, stream or event in the context it was made in,
+and once :meth:`CudaDevice.close` has detached that context every later free is skipped
+without a word (``CUDAPP_CATCH_CLEANUP_ON_DEAD_CONTEXT``), so memory freed late is
+leaked while TensorRT keeps the primary context alive. Hence :meth:`CudaDevice.close`
+frees every :class:`DeviceBuffer` and :class:`PinnedBuffer` made under it, and its
+stream, inside the context before it detaches; owners drop their events and graphs
+before that.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +46,7 @@ __all__ = [
     "PinnedBuffer",
     "classify_cuda_error",
     "cuda_errors",
+    "graph_driver",
     "query_device",
 ]
 
@@ -84,6 +95,16 @@ def cuda_errors(what: str = "CUDA call") -> Iterator[None]:
         raise BackendError(f"{what} failed: {exc}", code=code) from exc
 
 
+# The CudaDevice whose context each thread has made current through active() (innermost
+# last): buffers made there are owned by it and freed by its close().
+_ACTIVE = threading.local()
+
+
+def _owner() -> CudaDevice | None:
+    stack: list[CudaDevice] = getattr(_ACTIVE, "stack", [])
+    return stack[-1] if stack else None
+
+
 def _driver() -> Any:
     require("pycuda", "gpu", "the CUDA device")
     import pycuda.driver as drv
@@ -102,6 +123,9 @@ class DeviceInfo:
     compute_capability: tuple[int, int]
     integrated: bool
     total_memory: int
+    #: Streaming multiprocessors: tells apart GPUs of one name and compute capability
+    #: (AGX Orin, Orin NX and Orin Nano are all "Orin", 8.7).
+    multiprocessor_count: int = 0
 
     @property
     def cc(self) -> str:
@@ -136,6 +160,7 @@ def query_device(ordinal: int = 0) -> DeviceInfo:
             compute_capability=(int(major), int(minor)),
             integrated=bool(dev.get_attribute(drv.device_attribute.INTEGRATED)),
             total_memory=int(dev.total_memory()),
+            multiprocessor_count=int(dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)),
         )
 
 
@@ -152,6 +177,8 @@ class CudaDevice:
         self._context = context
         self.stream = stream
         self._closed = False
+        # Buffers made while this device was active, freed by close() if still alive.
+        self._owned: weakref.WeakSet[DeviceBuffer | PinnedBuffer] = weakref.WeakSet()
 
     @classmethod
     def open(cls, ordinal: int = 0) -> CudaDevice:
@@ -186,6 +213,11 @@ class CudaDevice:
         return self.info.integrated
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (nothing may be queued on it any more)."""
+        return self._closed
+
+    @property
     def stream_handle(self) -> int:
         """The raw ``CUstream`` handle (for ``execute_async_v3``)."""
         return int(self.stream.handle)
@@ -199,9 +231,12 @@ class CudaDevice:
 
         with cuda_errors("CUDA context switch"):
             self._context.push()
+        stack = _ACTIVE.__dict__.setdefault("stack", [])
+        stack.append(self)
         try:
             yield
         finally:
+            stack.pop()
             drv.Context.pop()
 
     def synchronize(self) -> None:
@@ -210,12 +245,22 @@ class CudaDevice:
             self.stream.synchronize()
 
     def close(self) -> None:
-        """Release the primary context (free this device's buffers first)."""
+        """Free what is left of this device's buffers and its stream, then release the
+        primary context. Owners drop their events and CUDA graphs before (those are
+        destroyed with their last reference, which must go while the context lives)."""
         if self._closed:
             return
-        self._closed = True
-        # detach() on a retained primary context releases our reference to it.
-        self._context.detach()
+        try:
+            with self.active():
+                for buffer in list(self._owned):
+                    buffer.free()
+                self._owned.clear()
+                # pycuda destroys a stream with its last reference: here, in its context.
+                self.stream = None
+        finally:
+            self._closed = True
+            # detach() on a retained primary context releases our reference to it.
+            self._context.detach()
 
 
 class DeviceBuffer:
@@ -233,6 +278,10 @@ class DeviceBuffer:
         with cuda_errors(f"allocating {self.nbytes} bytes of GPU memory"):
             self._alloc = drv.mem_alloc(max(1, self.nbytes))
         self.ptr = int(self._alloc)
+        self._freed = False
+        owner = _owner()
+        if owner is not None:
+            owner._owned.add(self)
 
     def upload(self, host: np.ndarray, stream: Any) -> None:
         """Queue a copy of ``host`` (pinned memory for a real overlap) into the buffer."""
@@ -253,7 +302,10 @@ class DeviceBuffer:
             drv.memcpy_dtoh_async(host, self.ptr, stream)
 
     def free(self) -> None:
-        self._alloc.free()
+        """Free the memory (in the current context; once: later calls do nothing)."""
+        if not self._freed:
+            self._freed = True
+            self._alloc.free()
 
 
 class PinnedBuffer:
@@ -277,6 +329,10 @@ class PinnedBuffer:
                 tuple(shape), np.dtype(dtype), mem_flags=flags
             )
         self._device_ptr = int(self.array.base.get_device_pointer()) if mapped else None
+        self._freed = False
+        owner = _owner()
+        if owner is not None:
+            owner._owned.add(self)
 
     @property
     def device_ptr(self) -> int:
@@ -286,31 +342,115 @@ class PinnedBuffer:
         return self._device_ptr
 
     def free(self) -> None:
-        allocation: Any = self.array.base  # pycuda's HostAllocation owns the memory
-        allocation.free()
+        """Free the memory (in the current context; once: later calls do nothing)."""
+        if not self._freed:
+            self._freed = True
+            allocation: Any = self.array.base  # pycuda's HostAllocation owns the memory
+            allocation.free()
+
+
+def graph_driver() -> Any:
+    """NVIDIA's driver API bindings (``cuda.bindings.driver``), which CUDA graphs need.
+
+    Raises:
+        MissingDependencyError: cuda-bindings is not installed (``edgemed[gpu]``).
+    """
+    return require("cuda.bindings.driver", "gpu", "CUDA graphs (--cuda-graphs)")
+
+
+def _cu(what: str, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` of cuda-bindings, whose results are ``(CUresult, value...)``:
+    the value (or ``None``) on success, else a :class:`BackendError` coded as pycuda's
+    errors are (:func:`classify_cuda_error`). A binding that raises (a driver too old
+    to have the function, say) is a BackendError too."""
+    try:
+        result = call(*args)
+    except Exception as exc:  # a typed error is the contract
+        code = classify_cuda_error(type(exc).__name__, str(exc))
+        raise BackendError(f"{what} failed: {exc}", code=code) from exc
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:  # CUDA_SUCCESS
+        cu = graph_driver()
+        name = _error_text(cu.cuGetErrorName, err) or f"CUresult {int(err)}"
+        text = _error_text(cu.cuGetErrorString, err)
+        message = f"{name}: {text}" if text else name
+        code = classify_cuda_error("CUresult", message)
+        raise BackendError(f"{what} failed: {message}", code=code)
+    return values[0] if len(values) == 1 else None
+
+
+def _error_text(call: Callable[..., Any], err: Any) -> str:
+    try:
+        status, text = call(err)
+    except Exception:  # only for a message
+        return ""
+    if int(status) != 0 or text is None:
+        return ""
+    return text.decode() if isinstance(text, bytes) else str(text)
 
 
 class CudaGraph:
-    """A CUDA graph captured from the work ``enqueue`` queues on a stream.
+    """A CUDA graph captured from the work ``enqueue`` queues on the stream whose raw
+    handle is ``stream_handle`` (:attr:`CudaDevice.stream_handle`).
 
     Replaying it with :meth:`launch` costs one driver call instead of one per kernel;
-    valid only while the captured shapes and buffer addresses stay the same.
+    valid only while the captured shapes and buffer addresses stay the same. pycuda has
+    no stream capture or graph API (its ``Stream`` binds ``synchronize``, ``is_done``,
+    ``wait_for_event`` and ``handle`` only), so this drives the driver API through
+    NVIDIA's cuda-bindings on the pycuda stream's raw handle. Capture runs in global
+    mode, as TensorRT documents for ``execute_async_v3``: a call unsafe during capture,
+    from any thread, fails the capture instead of slipping out of it.
+
+    Create, launch and :meth:`destroy` inside ``device.active()``; destroy before the
+    device closes (a graph is not freed with its last reference).
+
+    Raises:
+        MissingDependencyError: cuda-bindings is missing (``edgemed[gpu]``).
+        BackendError: ``GPU_*`` codes for CUDA failures; what ``enqueue`` raises, after
+            the capture has been ended.
     """
 
-    def __init__(self, stream: Any, enqueue: Callable[[], object]) -> None:
-        with cuda_errors("CUDA graph capture"):
-            stream.begin_capture()
-            try:
-                enqueue()
-            finally:
-                graph = stream.end_capture()
-            self._exec = graph.instantiate()
-        self._graph = graph
-        self._stream = stream
+    def __init__(self, stream_handle: int, enqueue: Callable[[], object]) -> None:
+        # The handle, not pycuda's Stream: nothing here (nor a traceback through here)
+        # keeps the stream alive past CudaDevice.close().
+        cu = graph_driver()
+        self._cu = cu
+        self._stream = cu.CUstream(int(stream_handle))
+        self._graph: Any = None
+        self._exec: Any = None
+        mode = cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_GLOBAL
+        _cu("beginning CUDA graph capture", cu.cuStreamBeginCapture, self._stream, mode)
+        try:
+            enqueue()
+        except BaseException:
+            # End the capture whatever happened: a stream left capturing fails all work.
+            with suppress(BackendError):
+                self._graph = _cu("ending CUDA graph capture", cu.cuStreamEndCapture, self._stream)
+            self.destroy()
+            raise
+        try:
+            self._graph = _cu("ending CUDA graph capture", cu.cuStreamEndCapture, self._stream)
+            self._exec = _cu("instantiating a CUDA graph", cu.cuGraphInstantiate, self._graph, 0)
+        except BaseException:
+            self.destroy()
+            raise
 
     def launch(self) -> None:
-        with cuda_errors("CUDA graph launch"):
-            self._exec.launch(self._stream)
+        """Queue the captured work on the stream again."""
+        if self._exec is None:
+            raise BackendError("the CUDA graph was destroyed", code="BACKEND_CLOSED")
+        _cu("launching a CUDA graph", self._cu.cuGraphLaunch, self._exec, self._stream)
+
+    def destroy(self) -> None:
+        """Free the executable graph and the graph (idempotent, never raises: cleanup
+        on a lost context has nothing left to save)."""
+        cu = self._cu
+        for attr, call in (("_exec", cu.cuGraphExecDestroy), ("_graph", cu.cuGraphDestroy)):
+            handle = getattr(self, attr)
+            setattr(self, attr, None)
+            if handle is not None and int(handle) != 0:
+                with suppress(Exception):  # best effort, as pycuda's own cleanup
+                    call(handle)
 
 
 class StageTimer:

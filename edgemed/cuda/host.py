@@ -53,10 +53,12 @@ class HostKernels:
         u = ctypes.c_uint
         vp = ctypes.c_void_p
         self._pre = self._lib.em_host_launch_preprocess
-        self._pre.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp, vp, ctypes.c_int]
+        # (name, grid, block, src, slices, spec, taps, stats, scale, dst, pass)
+        self._pre.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, *[vp] * 7, ctypes.c_int]
         self._pre.restype = ctypes.c_int
         self._seg = self._lib.em_host_launch_segment
-        self._seg.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp]
+        # (name, grid, block, logits, slices, spec, taps, masks)
+        self._seg.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp, vp]
         self._seg.restype = ctypes.c_int
 
     def _launch_pre(self, name: str, geo: Geometry, *arrays: np.ndarray, stage: int = 0) -> None:
@@ -80,10 +82,12 @@ class HostKernels:
             (len(shapes), len(spec.ranges), spec.height, spec.width), dtype=np.dtype(spec.dtype)
         )
         stats = np.zeros(max(1, launch.stats_count), dtype=np.float64)
-        args = (raw, launch.slices, launch.spec, stats, out)
+        scale = np.zeros(max(1, launch.stats_count), dtype=np.float32)
+        args = (raw, launch.slices, launch.spec, launch.taps, stats, scale, out)
         if launch.zstats_kernel is not None:
             for stage in (0, 1):
                 self._launch_pre(launch.zstats_kernel, launch.zstats_geometry, *args, stage=stage)
+            self._launch_pre(launch.zstats_kernel, launch.zscale_geometry, *args, stage=2)
         self._launch_pre(launch.kernel, launch.geometry, *args)
         return out, launch.placements
 
@@ -100,7 +104,7 @@ class HostKernels:
         launch = pack_segment(post, logits.shape, placements, logits.dtype, coord32)
         masks = np.zeros(max(1, launch.mask_bytes), dtype=np.uint8)
         geo = launch.geometry
-        args = (logits, launch.slices, launch.spec, masks)
+        args = (logits, launch.slices, launch.spec, launch.taps, masks)
         rc = self._seg(launch.kernel.encode(), *geo.grid, *geo.block, *map(_ptr, args))
         if rc != 0:
             raise UsageError(f"no kernel named {launch.kernel} in {self.path.name}")

@@ -15,6 +15,7 @@ without it.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -24,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgemed._lazy import require
-from edgemed.cuda.build import KERNEL_DIR, kernel_sources
+from edgemed.cuda.build import KERNEL_DIR, NVCC_OPTIONS, kernel_sources
 from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, cuda_errors
 from edgemed.cuda.packing import (
     POST_SLICE_DTYPE,
     POST_SPEC_DTYPE,
     PRE_SLICE_DTYPE,
     PRE_SPEC_DTYPE,
+    TAP_DTYPE,
     PreprocessLaunch,
     SegmentLaunch,
     check_preprocess_spec,
@@ -58,11 +60,14 @@ __all__ = [
 _ALIGN = 256  # offsets inside the staging buffer: device allocations are 256-aligned
 
 
-def _params_bytes(spec_dtype: np.dtype, slice_dtype: np.dtype, max_batch: int) -> int:
-    """Staging bytes for one spec record and ``max_batch`` slice records, rounded up to
-    :data:`_ALIGN` (what follows them in the buffer starts aligned)."""
-    n = spec_dtype.itemsize + slice_dtype.itemsize * max_batch
+def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _taps_offset(spec_dtype: np.dtype, slice_dtype: np.dtype, max_batch: int) -> int:
+    """Where the taps start in a parameter block: after one spec record and
+    ``max_batch`` slice records."""
+    return spec_dtype.itemsize + slice_dtype.itemsize * max_batch
 
 
 def _driver() -> Any:
@@ -130,7 +135,7 @@ def _load_module(
             no_extern_c=True,
             include_dirs=[str(KERNEL_DIR)],
             cache_dir=str(cache),
-            options=["-O3"],
+            options=list(NVCC_OPTIONS),  # as edgemed build's cubins: no FMA contraction
         )
     except cuda.CompileError as exc:  # a broken toolchain, not a broken GPU context
         raise BackendError(f"compiling {stem}.cu: {exc}", code="GPU_KERNEL_BUILD") from exc
@@ -157,13 +162,26 @@ class _Staging:
     def ptr(self) -> int:
         return self.device.ptr
 
-    def put_params(self, spec: np.ndarray, slices: np.ndarray) -> int:
-        """Write a launch's parameter blocks at the start of the pinned buffer: its spec
-        record, then its slice records. Returns the bytes written."""
+    def put_params(
+        self, spec: np.ndarray, slices: np.ndarray, taps: np.ndarray, taps_at: int
+    ) -> int:
+        """Write a launch's parameter blocks into the pinned buffer: its spec record and
+        its slice records at the start, its taps at ``taps_at``. Returns the bytes up to
+        the end of the taps (what the H2D copy must carry)."""
+        if taps.dtype != TAP_DTYPE:  # a packed copy would shift every record the kernel reads
+            raise BackendError(f"taps of layout {taps.dtype}, not {TAP_DTYPE}", code="GPU_FATAL")
         head = spec.nbytes
+        if head + slices.nbytes > taps_at or taps_at + taps.nbytes > self.nbytes:
+            raise BackendError("kernel parameters exceed their staging buffer", code="GPU_FATAL")
         self.host[:head] = spec.view(np.uint8)
         self.host[head : head + slices.nbytes] = slices.view(np.uint8)
-        return head + slices.nbytes
+        self.host[taps_at : taps_at + taps.nbytes] = taps.view(np.uint8)
+        return taps_at + taps.nbytes
+
+    def free(self) -> None:
+        """Free both buffers now (inside the context they were made in)."""
+        self.device.free()
+        self.pinned.free()
 
 
 class _Capacity:
@@ -243,13 +261,26 @@ class CudaPreprocessor:
         self.max_batch = self._capacity.max_batch
         self.max_source_pixels = self._capacity.max_pixels
         self.coord32 = coord32
-        self._params_bytes = _params_bytes(PRE_SPEC_DTYPE, PRE_SLICE_DTYPE, self.max_batch)
+        self._taps_at = _taps_offset(PRE_SPEC_DTYPE, PRE_SLICE_DTYPE, self.max_batch)
+        # A slice's box fits the model input: at most W column and H row taps per slice.
+        taps_bytes = TAP_DTYPE.itemsize * self.max_batch * (spec.width + spec.height)
+        self._params_bytes = _round_up(self._taps_at + taps_bytes)
         raw_bytes = 4 * self.max_batch * self.max_source_pixels  # widest raw type: 4 bytes
+        # zscore: float64 sums (2 per slice and channel), then the float32 offset and
+        # scale em_zstats pass 2 derives from them.
+        pairs = self.max_batch * len(spec.ranges)
+        self._scale_at = 8 * 2 * pairs
         _driver()  # MissingDependencyError (naming the extra) before any allocation
+        self._staging: _Staging | None = None
+        self._stats: DeviceBuffer | None = None
         with cuda_errors("allocating preprocessing buffers"):
             self._kernels = _KernelModule("preprocess", cubin_dir, kernel_cache)
-            self._staging = _Staging(self._params_bytes + raw_bytes)
-            self._stats = DeviceBuffer(8 * self.max_batch * len(spec.ranges) * 2)
+            try:
+                self._staging = _Staging(self._params_bytes + raw_bytes)
+                self._stats = DeviceBuffer(self._scale_at + 4 * 2 * pairs)
+            except BaseException:
+                self.close()  # what was allocated before the failure
+                raise
 
     def run(
         self,
@@ -284,12 +315,12 @@ class CudaPreprocessor:
         self._capacity.check(len(shapes), max(h * w for h, w in shapes))
         launch = pack_preprocess(self.spec, shapes, dtype, slopes, intercepts, self.coord32)
         cuda = _driver()
-        st = self._staging
+        st = self._open_staging()
         raw_off = self._params_bytes
         raw_bytes = launch.raw_elements * dtype.itemsize
         with cuda_errors("uploading slices to the GPU"):
             st.ready.synchronize()  # the previous copy may still read the pinned buffer
-            st.put_params(launch.spec, launch.slices)
+            st.put_params(launch.spec, launch.slices, launch.taps, self._taps_at)
             host = st.host
             view = host[raw_off : raw_off + raw_bytes].view(dtype)
             pos = 0
@@ -303,27 +334,51 @@ class CudaPreprocessor:
     def launch(self, launch: PreprocessLaunch, dst_ptr: int, stream: Any = None) -> None:
         """Queue the kernels for the batch :meth:`upload` staged last (same stream)."""
         cuda = _driver()
-        st = self._staging
+        st = self._open_staging()
+        assert self._stats is not None
         args = (
             np.uintp(st.ptr + self._params_bytes),  # raw pixels
             np.uintp(st.ptr + PRE_SPEC_DTYPE.itemsize),  # slice parameters
             np.uintp(st.ptr),  # launch parameters
-            np.uintp(self._stats.ptr),
+            np.uintp(st.ptr + self._taps_at),  # bilinear taps
+            np.uintp(self._stats.ptr),  # zscore sums (float64)
+            np.uintp(self._stats.ptr + self._scale_at),  # zscore offset and scale (float32)
             np.uintp(int(dst_ptr)),
         )
         with cuda_errors("preprocessing on the GPU"):
             if launch.zstats_kernel is not None:
-                # Statistics first (two passes), then the main kernel reads them: the
-                # launches are ordered on one stream, so no host synchronisation.
+                # Statistics first (two passes, then pass 2 turns them into the offset
+                # and scale), then the main kernel reads them: the launches are ordered
+                # on one stream, so no host synchronisation.
                 cuda.memset_d8_async(self._stats.ptr, 0, 8 * launch.stats_count, stream)
                 zfn = self._kernels.function(launch.zstats_kernel)
-                geo = launch.zstats_geometry
-                for stage in (0, 1):
+                for stage, geo in (
+                    (0, launch.zstats_geometry),
+                    (1, launch.zstats_geometry),
+                    (2, launch.zscale_geometry),
+                ):
                     zfn(*args, np.int32(stage), grid=geo.grid, block=geo.block, stream=stream)
             geo = launch.geometry
             self._kernels.function(launch.kernel)(
                 *args, np.int32(0), grid=geo.grid, block=geo.block, stream=stream
             )
+
+    def _open_staging(self) -> _Staging:
+        if self._staging is None:
+            raise BackendError("the CUDA preprocessor is closed", code="BACKEND_CLOSED")
+        return self._staging
+
+    def close(self) -> None:
+        """Free the staging and statistics buffers now; call it inside the CUDA context
+        they were allocated in, before that context is released (a free after
+        ``detach()`` is silently skipped by pycuda: a leak). Idempotent."""
+        staging, stats = self._staging, self._stats
+        self._staging = self._stats = None
+        with cuda_errors("freeing preprocessing buffers"):
+            if staging is not None:
+                staging.free()
+            if stats is not None:
+                stats.free()
 
 
 class CudaSegmentPostprocessor:
@@ -354,14 +409,25 @@ class CudaSegmentPostprocessor:
         self.max_batch = self._capacity.max_batch
         self.max_mask_pixels = self._capacity.max_pixels
         self.coord32 = coord32
-        self._params_bytes = _params_bytes(POST_SPEC_DTYPE, POST_SLICE_DTYPE, self.max_batch)
+        self._taps_at = _taps_offset(POST_SPEC_DTYPE, POST_SLICE_DTYPE, self.max_batch)
+        # Taps: one per mask column and row. Room for square-ish masks up front; a batch of
+        # long thin ones grows the block (launch()).
+        side = math.isqrt(self.max_mask_pixels) + 1
+        taps_bytes = TAP_DTYPE.itemsize * self.max_batch * 2 * side
         _driver()  # MissingDependencyError (naming the extra) before any allocation
+        self._params: _Staging | None = None
+        self._masks_host: PinnedBuffer | None = None
+        self._masks_dev: DeviceBuffer | None = None
         with cuda_errors("allocating postprocessing buffers"):
             self._kernels = _KernelModule("postprocess", cubin_dir, kernel_cache)
-            self._params = _Staging(self._params_bytes)
-            nbytes = self.max_batch * self.max_mask_pixels
-            self._masks_host = PinnedBuffer((nbytes,), np.uint8)
-            self._masks_dev = DeviceBuffer(nbytes)
+            try:
+                self._params = _Staging(_round_up(self._taps_at + taps_bytes))
+                nbytes = self.max_batch * self.max_mask_pixels
+                self._masks_host = PinnedBuffer((nbytes,), np.uint8)
+                self._masks_dev = DeviceBuffer(nbytes)
+            except BaseException:
+                self.close()  # what was allocated before the failure
+                raise
 
     def run(
         self,
@@ -392,10 +458,11 @@ class CudaSegmentPostprocessor:
         launch = pack_segment(self.post, logits_shape, placements, logits_dtype, self.coord32)
         self._capacity.check(len(placements), max(h * w for h, w in launch.shapes))
         cuda = _driver()
-        st = self._params
+        st = self._params_for(self._taps_at + launch.taps.nbytes, stream)
+        assert self._masks_dev is not None
         with cuda_errors("postprocessing on the GPU"):
             st.ready.synchronize()
-            nbytes = st.put_params(launch.spec, launch.slices)
+            nbytes = st.put_params(launch.spec, launch.slices, launch.taps, self._taps_at)
             cuda.memcpy_htod_async(st.ptr, st.host[:nbytes], stream)
             st.ready.record(stream)
             geo = launch.geometry
@@ -403,6 +470,7 @@ class CudaSegmentPostprocessor:
                 np.uintp(int(logits_ptr)),
                 np.uintp(st.ptr + POST_SPEC_DTYPE.itemsize),
                 np.uintp(st.ptr),
+                np.uintp(st.ptr + self._taps_at),
                 np.uintp(self._masks_dev.ptr),
                 grid=geo.grid,
                 block=geo.block,
@@ -410,10 +478,43 @@ class CudaSegmentPostprocessor:
             )
         return launch
 
+    def _params_for(self, nbytes: int, stream: Any) -> _Staging:
+        """The parameter staging, grown (geometrically) when a launch needs ``nbytes``."""
+        if self._params is None:
+            raise BackendError("the CUDA postprocessor is closed", code="BACKEND_CLOSED")
+        if nbytes <= self._params.nbytes:
+            return self._params
+        cuda = _driver()
+        with cuda_errors("growing postprocessing buffers"):
+            # Kernels queued earlier may still read the old block: wait for them first.
+            if stream is None:
+                cuda.Context.synchronize()
+            else:
+                stream.synchronize()
+            old, self._params = self._params, None
+            old.free()
+            self._params = _Staging(_round_up(max(nbytes, 2 * old.nbytes)))
+        return self._params
+
+    def close(self) -> None:
+        """Free every buffer now, inside the CUDA context they were allocated in (see
+        :meth:`CudaPreprocessor.close`). Idempotent."""
+        params, host, dev = self._params, self._masks_host, self._masks_dev
+        self._params = self._masks_host = self._masks_dev = None
+        with cuda_errors("freeing postprocessing buffers"):
+            if params is not None:
+                params.free()
+            if host is not None:
+                host.free()
+            if dev is not None:
+                dev.free()
+
     def fetch(self, launch: SegmentLaunch, stream: Any = None) -> list[np.ndarray]:
         """Copy the masks of :meth:`launch` back, wait, and split them per slice (then
         largest-component filtering on the CPU where the spec asks for it)."""
         cuda = _driver()
+        if self._masks_host is None or self._masks_dev is None:
+            raise BackendError("the CUDA postprocessor is closed", code="BACKEND_CLOSED")
         with cuda_errors("copying masks from the GPU"):
             host = self._masks_host.array[: launch.mask_bytes]
             cuda.memcpy_dtoh_async(host, self._masks_dev.ptr, stream)

@@ -9,14 +9,18 @@ shared by the GPU launchers (:mod:`edgemed.cuda.launchers`) and the host build
 
 Coordinates: OpenCV computes the bilinear source coordinate in float64 when its IPP code
 takes a resize and in float32 otherwise (see :mod:`edgemed.preprocess.cpu`, step 4). The
-kernels do either per slice (``coord32``); by default the packing follows what this
-machine's OpenCV does for the same resize (:func:`opencv_coord32`), so the GPU output
-matches this machine's CPU reference to float32 rounding. The two rules differ by at
-most ``2**-24 * max(h, w)`` of a pixel step.
+packing computes the taps of every destination row and column here, once per launch
+(:func:`bilinear_taps`), with either rule per slice (``coord32``); by default it follows
+what this machine's OpenCV does for the same resize (:func:`opencv_coord32`), so the GPU
+output matches this machine's CPU reference to float32 rounding. The two rules differ
+by at most ``2**-24 * max(h, w)`` of a pixel step. Doing it here rather than per output
+pixel in the kernels keeps float64 division out of them (sm_87 runs FP64 at 1/64 of
+FP32); NumPy rounds each float64 operation once, as the kernels' former code did.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,9 +43,11 @@ __all__ = [
     "PRE_SLICE_DTYPE",
     "POST_SPEC_DTYPE",
     "POST_SLICE_DTYPE",
+    "TAP_DTYPE",
     "Geometry",
     "PreprocessLaunch",
     "SegmentLaunch",
+    "bilinear_taps",
     "check_preprocess_spec",
     "opencv_coord32",
     "pack_preprocess",
@@ -79,9 +85,9 @@ PRE_SPEC_DTYPE = np.dtype(
 PRE_SLICE_DTYPE = np.dtype(
     {
         "names": ["src_offset", "src_h", "src_w", "top", "left", "box_h", "box_w"]
-        + ["slope", "intercept", "coord32"],
-        "formats": ["<i8"] + ["<i4"] * 6 + ["<f4", "<f4", "<i4"],
-        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 36, 40],
+        + ["slope", "intercept", "tap_x", "tap_y"],
+        "formats": ["<i8"] + ["<i4"] * 6 + ["<f4", "<f4", "<i4", "<i4"],
+        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44],
         "itemsize": 48,
     }
 )
@@ -95,16 +101,75 @@ POST_SPEC_DTYPE = np.dtype(
 )
 POST_SLICE_DTYPE = np.dtype(
     {
-        "names": ["out_offset", "src_h", "src_w", "top", "left", "box_h", "box_w", "coord32"],
-        "formats": ["<i8"] + ["<i4"] * 7,
-        "offsets": [0, 8, 12, 16, 20, 24, 28, 32],
+        "names": ["out_offset", "src_h", "src_w", "top", "left", "box_h", "box_w"]
+        + ["tap_x", "tap_y"],
+        "formats": ["<i8"] + ["<i4"] * 8,
+        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 36],
         "itemsize": 40,
+    }
+)
+TAP_DTYPE = np.dtype(
+    {
+        "names": ["i0", "i1", "a"],
+        "formats": ["<i4", "<i4", "<f4"],
+        "offsets": [0, 4, 8],
+        "itemsize": 16,
     }
 )
 
 _BLOCK_2D = (32, 8, 1)
 _ZSTATS_BLOCK = (256, 1, 1)
 _ZSTATS_MAX_BLOCKS = 64  # per slice: enough to fill a GPU, few float64 atomics each
+
+
+@functools.lru_cache(maxsize=256)
+def _taps(n_src: int, n_dst: int, coord32: bool) -> np.ndarray:
+    x = np.arange(n_dst, dtype=np.float64)
+    # Two roundings, as OpenCV (and the kernels' former per-pixel code): no fused
+    # multiply-add in NumPy.
+    s = (x + 0.5) * (n_src / n_dst) - 0.5
+    if coord32:
+        sf = s.astype(np.float32)
+        fl32 = np.floor(sf)
+        k = fl32.astype(np.int64)
+        frac = sf - fl32  # exact: fl32 is the integer part of sf
+    else:
+        fl = np.floor(s)
+        k = fl.astype(np.int64)
+        frac = (s - fl).astype(np.float32)
+    inside = (k >= 0) & (k < n_src - 1)
+    taps = np.zeros(n_dst, dtype=TAP_DTYPE)
+    taps["i0"] = np.clip(k, 0, n_src - 1)
+    taps["i1"] = np.where(inside, k + 1, taps["i0"])
+    taps["a"] = np.where(inside, frac, np.float32(0.0))
+    taps.flags.writeable = False  # cached: shared by every launch that asks
+    return taps
+
+
+def _join_taps(parts: list[np.ndarray]) -> np.ndarray:
+    """One ``TAP_DTYPE`` array of ``parts``, in order. (``np.concatenate`` would drop the
+    records' padding, giving 12-byte records where the kernels read 16.)"""
+    out = np.empty(sum(len(t) for t in parts), dtype=TAP_DTYPE)
+    pos = 0
+    for t in parts:
+        out[pos : pos + len(t)] = t
+        pos += len(t)
+    return out
+
+
+def bilinear_taps(n_src: int, n_dst: int, coord32: bool) -> np.ndarray:
+    """The ``TAP_DTYPE`` taps of the ``n_dst`` destination pixels of a row (or column)
+    when ``n_src`` pixels are resized to ``n_dst`` with OpenCV's ``INTER_LINEAR``.
+
+    Destination ``x`` samples ``sx = (x + 0.5) * (n_src / n_dst) - 0.5`` (float64, each
+    operation rounded once), rounded to float32 before the floor when ``coord32`` (OpenCV
+    without IPP); ``i0 = floor(sx)``, ``i1 = i0 + 1``, ``a = sx - i0``, clamped to the
+    edge pixel with ``a = 0`` outside ``[0, n_src - 1)``. Equal sizes give ``a = 0``: an
+    exact copy. The array is cached and read-only.
+    """
+    if n_src < 1 or n_dst < 1:
+        raise UsageError(f"cannot resize {n_src} pixels to {n_dst}")
+    return _taps(int(n_src), int(n_dst), bool(coord32))
 
 
 @dataclass(frozen=True)
@@ -124,23 +189,29 @@ class PreprocessLaunch:
         zstats_kernel: the statistics entry point (run first) for ``zscore``, else None.
         spec: one ``PRE_SPEC_DTYPE`` record (shape ``(1,)``).
         slices: ``PRE_SLICE_DTYPE`` records, one per slice.
+        taps: ``TAP_DTYPE`` records: per slice, its box's column taps then its row taps
+            (the slice records hold where they start).
         placements: where each slice lands (as :func:`edgemed.preprocess.cpu.place`).
         raw_elements: total raw pixels of the batch (packed one slice after another).
-        geometry: the main launch; ``zstats_geometry`` the statistics launches.
+        geometry: the main launch; ``zstats_geometry`` the statistics launches (passes 0
+            and 1), ``zscale_geometry`` pass 2 (one thread per slice).
     """
 
     kernel: str
     zstats_kernel: str | None
     spec: np.ndarray
     slices: np.ndarray
+    taps: np.ndarray
     placements: list[Placement]
     raw_elements: int
     geometry: Geometry
     zstats_geometry: Geometry
+    zscale_geometry: Geometry
 
     @property
     def stats_count(self) -> int:
-        """float64 values of the zscore statistics buffer (zeroed before each launch)."""
+        """float64 values of the zscore statistics buffer (zeroed before each launch);
+        the float32 offsets and scales pass 2 writes are as many."""
         return int(len(self.slices) * int(self.spec["channels"][0]) * 2)
 
 
@@ -151,6 +222,7 @@ class SegmentLaunch:
     Attributes:
         kernel: entry point, ``em_segment_f32`` or ``em_segment_f16``.
         spec: one ``POST_SPEC_DTYPE`` record; slices: one ``POST_SLICE_DTYPE`` per slice.
+        taps: ``TAP_DTYPE`` records: per slice, its mask's column taps then its row taps.
         shapes: each mask's ``(h, w)``; offsets: its first byte in the mask buffer.
         mask_bytes: size of the mask buffer.
     """
@@ -158,6 +230,7 @@ class SegmentLaunch:
     kernel: str
     spec: np.ndarray
     slices: np.ndarray
+    taps: np.ndarray
     shapes: list[tuple[int, int]]
     offsets: list[int]
     mask_bytes: int
@@ -248,13 +321,16 @@ def pack_preprocess(
 
     slices = np.zeros(n, dtype=PRE_SLICE_DTYPE)
     placements = []
-    offset = 0
+    taps: list[np.ndarray] = []
+    offset = ntaps = 0
     for i, (h, w) in enumerate(shapes):
         h, w = int(h), int(w)
         if h < 1 or w < 1:
             raise UsageError(f"empty slice of shape {(h, w)}")
         p = place((h, w), spec)
         placements.append(p)
+        use32 = opencv_coord32(h, w) if coord32 is None else coord32
+        taps += [bilinear_taps(w, p.width, use32), bilinear_taps(h, p.height, use32)]
         slices[i] = (
             offset,
             h,
@@ -265,9 +341,11 @@ def pack_preprocess(
             p.width,
             np.float32(slopes[i]),
             np.float32(intercepts[i]),
-            int(opencv_coord32(h, w) if coord32 is None else coord32),
+            ntaps,
+            ntaps + p.width,
         )
         offset += h * w
+        ntaps += p.width + p.height
     suffix = RAW_DTYPES[dt]
     out = "f16" if spec.dtype == "float16" else "f32"
     max_pixels = max(int(h) * int(w) for h, w in shapes)
@@ -277,12 +355,14 @@ def pack_preprocess(
         zstats_kernel=f"em_zstats_{suffix}" if spec.scale == "zscore" else None,
         spec=rec,
         slices=slices,
+        taps=_join_taps(taps),
         placements=placements,
         raw_elements=offset,
         geometry=Geometry(
             (-(-spec.width // _BLOCK_2D[0]), -(-spec.height // _BLOCK_2D[1]), n), _BLOCK_2D
         ),
         zstats_geometry=Geometry((zblocks, 1, n), _ZSTATS_BLOCK),
+        zscale_geometry=Geometry((1, 1, n), (1, 1, 1)),
     )
 
 
@@ -313,22 +393,26 @@ def pack_segment(
     rec["threshold"] = np.float32(post.threshold)
     slices = np.zeros(len(placements), dtype=POST_SLICE_DTYPE)
     offsets, shapes = [], []
-    offset = 0
+    taps: list[np.ndarray] = []
+    offset = ntaps = 0
     for i, p in enumerate(placements):
         if p.top < 0 or p.left < 0 or p.top + p.height > h_model or p.left + p.width > w_model:
             raise UsageError(f"placement {p} does not fit a {h_model} x {w_model} output")
         h, w = int(p.source[0]), int(p.source[1])
         use32 = opencv_coord32(p.height, p.width, c) if coord32 is None else coord32
-        slices[i] = (offset, h, w, p.top, p.left, p.height, p.width, int(use32))
+        taps += [bilinear_taps(p.width, w, use32), bilinear_taps(p.height, h, use32)]
+        slices[i] = (offset, h, w, p.top, p.left, p.height, p.width, ntaps, ntaps + w)
         offsets.append(offset)
         shapes.append((h, w))
         offset += h * w
+        ntaps += w + h
     max_h = max(s[0] for s in shapes)
     max_w = max(s[1] for s in shapes)
     return SegmentLaunch(
         kernel="em_segment_f16" if dt == np.float16 else "em_segment_f32",
         spec=rec,
         slices=slices,
+        taps=_join_taps(taps),
         shapes=shapes,
         offsets=offsets,
         mask_bytes=offset,

@@ -75,6 +75,7 @@ class CudaStages:
         out = {o.name: o for o in backend.outputs}.get(head.output)
         self.masks_on_gpu = self.on_engine and out is not None and head.decodes_on_device(out.dtype)
         self._head = head
+        self._closed = False
 
     @property
     def stream(self) -> Any:
@@ -159,8 +160,21 @@ class CudaStages:
             return self._post.run(ptr, shape, placements, self.stream, dtype)
 
     def close(self) -> None:
-        if not self.on_engine:  # the context is ours, not the engine's
+        """Release the launchers' staging, statistics and mask buffers and their events
+        inside the context, while it lives: pycuda skips every free in a detached context,
+        so anything released after the device closes would leak. (Buffers still alive
+        then are freed by :meth:`CudaDevice.close` itself.)"""
+        if self._closed:
+            return
+        self._closed = True
+        if self._device.closed:  # its close() freed every buffer already
+            self._pre = self._post = self._dst = None
+            return
+        try:
             with self._device.active():
-                if self._dst is not None:
-                    self._dst.free()
-            self._device.close()
+                # The last references: pycuda frees their memory and destroys their
+                # events right here, with this context current.
+                self._pre = self._post = self._dst = None
+        finally:
+            if not self.on_engine:  # the context is ours, not the engine's
+                self._device.close()

@@ -58,8 +58,9 @@ class SegmentationSpec(HeadSpec):
 
 @dataclass
 class SegmentationOutput:
-    """``mask``: uint8 ``(Y, X)`` or ``(Z, Y, X)``; ``stats``: per label ``pixels`` and
-    ``area_mm2`` (2D) or ``volume_mm3`` (volume)."""
+    """``mask``: uint8 ``(Y, X)`` or ``(Z, Y, X)`` in the input's own voxel grid;
+    ``stats``: per label ``pixels`` and ``area_mm2`` (2D) or ``volume_mm3`` (volume),
+    the millimetres only where the input's spacing is known."""
 
     mask: np.ndarray
     stats: dict[str, dict[str, float]]
@@ -89,9 +90,24 @@ class SegmentationHead(Head):
         return np.dtype(output_dtype) in (np.dtype(np.float32), np.dtype(np.float16))
 
     def assemble(self, image: MedicalImage, values: list[Any]) -> SegmentationOutput:
-        mask = np.stack(values) if image.is_volume else values[0]
+        """The mask in ``image``'s own voxel grid from the masks of its canonical slices.
+
+        ``values`` are per slice of the image as the model saw it, in the canonical
+        orientation (:func:`edgemed.io.orientation.canonical`); the stacked mask is
+        mapped back to the input's order, so it overlays the input voxel for voxel.
+        Sizes are pixel counts only where the spacing is unknown (no millimetres made
+        up from a placeholder 1.0).
+        """
+        from edgemed.io.orientation import orientation
+
+        how = orientation(image)
+        seen = np.stack(values) if how.volume else values[0]
+        mask = np.ascontiguousarray(how.to_input(seen)) if how.reoriented else seen
         names = ops.label_names(self.labels, max(len(self.labels), int(mask.max()) + 1))
-        return SegmentationOutput(mask, ops.segmentation_stats(mask, image.spacing, names))
+        stats = ops.segmentation_stats(mask, image.spacing, names)
+        if image.spacing_source == "unknown":
+            stats = {name: {"pixels": entry["pixels"]} for name, entry in stats.items()}
+        return SegmentationOutput(mask, stats)
 
     def values(self, output: SegmentationOutput) -> list[np.ndarray]:
         return list(output.mask) if output.mask.ndim == 3 else [output.mask]
@@ -104,10 +120,11 @@ class SegmentationHead(Head):
         }
 
     def summary(self, result: Result) -> list[str]:
+        from edgemed.io.writers import size_text
+
         background = result.labels[0] if result.labels else None
         parts = [
-            f"{name} {v.get('area_mm2', v.get('volume_mm3', 0)):,.0f} "
-            f"{'mm2' if 'area_mm2' in v else 'mm3'}"
+            f"{name} {size_text(v)}"
             for name, v in result.output.stats.items()
             if name != background and v["pixels"]
         ]

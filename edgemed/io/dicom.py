@@ -58,6 +58,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import (
     UID,
@@ -313,6 +314,46 @@ def _decoder(uid: UID, where: object) -> Any:
             path=where,
         )
     return decoder
+
+
+#: Transfer syntaxes whose pixel data is lossy by definition (JPEG Baseline and
+#: Extended, JPEG-LS near-lossless), whatever LossyImageCompression says.
+LOSSY_TRANSFER_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
+)
+
+
+def _lossy(ds: Dataset, uid: UID, where: object) -> dict[str, Any]:
+    """Whether the pixels went through lossy compression, with the ratios and methods
+    the file records (PS3.3 C.7.6.1.1.5: one value per compression step).
+
+    ``LossyImageCompression`` ``01`` says the image was lossy-compressed at some point
+    (it may be stored uncompressed now); a lossy transfer syntax says so by itself.
+    Ratio and method are descriptions: a malformed one is dropped, never refused.
+    """
+    flag = code_string(get_value(ds, "LossyImageCompression", where)) == "01"
+    facts: dict[str, Any] = {"lossy_compression": flag or str(uid) in LOSSY_TRANSFER_SYNTAXES}
+    try:
+        ratio = ds.get("LossyImageCompressionRatio")
+        method = ds.get("LossyImageCompressionMethod")
+    except Exception:  # an unparsable description is no reason to refuse the image
+        ratio = method = None
+    ratios = [first_float(v) for v in _values(ratio)]
+    if ratios and all(r is not None and r > 0 for r in ratios):
+        facts["lossy_ratio"] = ratios
+    methods = [code_string(v) for v in _values(method)]
+    if methods and all(methods):
+        facts["lossy_method"] = methods
+    return facts
+
+
+def _values(value: Any) -> list[Any]:
+    """A DICOM value as a list of its values (empty when absent)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return list(value)
+    return [value]
 
 
 def _name_term(photometric: str) -> str:
@@ -628,7 +669,7 @@ def _image(ds: Dataset, limits: ReaderLimits, where: object) -> MedicalImage:
         "pixel_spacing_source": spacing_source,
         "slice_thickness": optional_positive(ds, "SliceThickness", where),
         "spacing_between_slices": optional_positive(ds, "SpacingBetweenSlices", where),
-        "lossy_compression": code_string(get_value(ds, "LossyImageCompression", where)) == "01",
+        **_lossy(ds, uid, where),
     }
     if photometric in _MONOCHROME:
         array, facts = _monochrome(stored, ds, layout, where)
@@ -644,12 +685,16 @@ def _image(ds: Dataset, limits: ReaderLimits, where: object) -> MedicalImage:
         metadata["dose_units"] = code_string(get_value(ds, "DoseUnits", where))
 
     spacing: tuple[float, ...] = spacing_yx
+    known = spacing_source != "default"
     if layout.frames > 1:
         dz, sign, z_source = _frame_spacing(ds, layout.frames, direction, where)
         spacing = (dz, *spacing_yx)
         metadata["z_spacing_source"] = z_source
+        known = known and z_source != "default"
         if direction is not None and sign < 0:
             direction = direction * np.array([1.0, 1.0, -1.0])  # frames run against the normal
+    # Millimetres only where the file states every spacing the image needs.
+    metadata["spacing_source"] = "dicom" if known else "unknown"
     modality = code_string(get_value(ds, "Modality", where)) or "OT"
     return MedicalImage(
         array=np.ascontiguousarray(array, dtype=np.float32),

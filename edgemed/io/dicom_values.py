@@ -141,14 +141,21 @@ def direction_matrix(iop: Any, where: object) -> np.ndarray | None:
 
 
 def pixel_spacing(ds: Dataset, where: object) -> tuple[tuple[float, float], str]:
-    """In-plane ``(dy, dx)``: PixelSpacing is [row spacing, column spacing]."""
+    """In-plane ``(dy, dx)``: PixelSpacing is [row spacing, column spacing].
+
+    Returns the spacing and the keyword it came from, or ``(1.0, 1.0)`` and
+    ``"default"`` when the file does not say. A zero (``0\\0`` is what some writers
+    put when they do not know) says nothing, as if the element were absent; a negative
+    value is ``INPUT_INVALID``.
+    """
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = frame_value(ds, "PixelMeasuresSequence", keyword, 0, where)
         numbers = parse_floats(value, 2, keyword, where)
         if numbers is not None:
-            if min(numbers) <= 0:
-                raise input_error("INPUT_INVALID", f"{keyword} must be positive", where)
-            return (numbers[0], numbers[1]), keyword
+            if min(numbers) < 0:
+                raise input_error("INPUT_INVALID", f"{keyword} must not be negative", where)
+            if min(numbers) > 0:
+                return (numbers[0], numbers[1]), keyword
     return (1.0, 1.0), "default"
 
 

@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MedicalImage"]
+__all__ = ["DICOM_FORMATS", "SPACING_SOURCES", "MedicalImage"]
+
+#: ``metadata["format"]`` of images read from DICOM: one file (path or bytes), or a
+#: series (a directory or in-memory instances). Only these declare a modality.
+DICOM_FORMATS = ("dicom", "dicom-series")
+#: Where ``spacing`` came from (``metadata["spacing_source"]``): the file (``dicom``,
+#: ``nifti``), the caller (``user``), or nowhere (``unknown``: the values are 1.0
+#: placeholders, and nothing in millimetres may be derived from them).
+SPACING_SOURCES = ("dicom", "nifti", "user", "unknown")
 
 
 @dataclass
@@ -22,12 +30,16 @@ class MedicalImage:
       image, with a trailing channel axis ``C`` for colour (``(Y, X, 3)``,
       ``(Z, Y, X, 3)``, RGB order).
     * ``spacing`` has one entry per *spatial* array axis, in the same order, in mm
-      (``(dy, dx)`` or ``(dz, dy, dx)``); 1.0 where the file does not say.
+      (``(dy, dx)`` or ``(dz, dy, dx)``); 1.0 where the file does not say, and then
+      ``metadata["spacing_source"]`` is ``"unknown"`` (see :attr:`spacing_source`).
     * ``origin`` is the patient-space (DICOM LPS, mm) position of the centre of the
       first voxel, or ``None``; ``direction`` is a 3x3 matrix whose *columns* are the
       LPS unit vectors of the x, y and z index axes, or ``None``.
     * ``metadata`` holds technical fields only (window centre/width, rescale,
-      transfer syntax, format, ...). It never holds patient-identifying values.
+      transfer syntax, format, spacing source, lossy compression, ...). It never holds
+      patient-identifying values.
+    * Arrays keep the file's own voxel order; :mod:`edgemed.io.orientation` gives the
+      canonical (LPS) order a model sees, and the way back.
     """
 
     array: np.ndarray
@@ -62,6 +74,17 @@ class MedicalImage:
     def slices(self) -> np.ndarray:
         """The data as a stack of 2D slices: ``(N, Y, X)`` or ``(N, Y, X, C)``."""
         return self.array if self.is_volume else self.array[np.newaxis]
+
+    @property
+    def spacing_source(self) -> str:
+        """One of :data:`SPACING_SOURCES`. Every reader records it; an image built by the
+        caller without saying counts as ``user`` (the caller gave its spacing)."""
+        return str(self.metadata.get("spacing_source", "user"))
+
+    @property
+    def is_dicom(self) -> bool:
+        """True for images read from DICOM (a file, bytes, a directory or instances)."""
+        return self.metadata.get("format") in DICOM_FORMATS
 
     @property
     def pixel_spacing(self) -> tuple[float, float]:

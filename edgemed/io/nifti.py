@@ -287,9 +287,10 @@ def read_nifti(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalI
         limits: the caps the header is held to before any data is read.
 
     Returns:
-        ``(Z, Y, X)`` for 3D data, ``(Y, X)`` when the third axis has length 1;
-        ``spacing`` from the header's pixdim in the same order (mm), ``origin`` and
-        ``direction`` from the affine in LPS.
+        ``(Z, Y, X)`` for 3D data, ``(Y, X)`` when the third axis has length 1, in the
+        file's own voxel order; ``spacing`` from the header's pixdim in the same order
+        (mm; ``metadata["spacing_source"]`` ``unknown`` where pixdim is 0), ``origin``
+        and ``direction`` from the affine in LPS.
 
     Raises:
         InputError: ``INPUT_TRUNCATED``, ``INPUT_CORRUPT``, ``INPUT_UNSUPPORTED_FORMAT``
@@ -303,8 +304,9 @@ def read_nifti(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalI
     affine, to_mm = _geometry(header, where)
 
     pixdim = [float(z) * to_mm for z in header.fields["pixdim"][1:4]]
+    stated = [math.isfinite(z) and z != 0 for z in pixdim]
     # pixdim 0 (or NaN) means the file does not say: 1.0, as everywhere in edgemed.
-    zi, zj, zk = (abs(z) if math.isfinite(z) and z != 0 else 1.0 for z in pixdim)
+    zi, zj, zk = (abs(z) if ok else 1.0 for z, ok in zip(pixdim, stated, strict=True))
     ox, oy, oz = (float(v) for v in _RAS_TO_LPS @ affine[:3, 3] * to_mm)
     axes = _RAS_TO_LPS @ affine[:3, :3]
     norms = np.linalg.norm(axes, axis=0)
@@ -323,7 +325,13 @@ def read_nifti(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalI
         "qform_code": int(header.fields["qform_code"]),
         "sform_code": int(header.fields["sform_code"]),
         "spatial_unit": _UNIT_NAMES.get(int(header.fields["xyzt_units"]) & 0x07, "unknown"),
+        # Millimetres only where pixdim states every axis the image has.
+        "spacing_source": "nifti" if all(stated[: 2 if k == 1 else 3]) else "unknown",
     }
+    if k == 1 and stated[2]:
+        # A 2D image's step along its normal: the mask written for it keeps the input's
+        # affine (edgemed.io.writers.nifti_affine reads it).
+        metadata["slice_thickness"] = zk
     return MedicalImage(
         array=array[0] if k == 1 else array,
         spacing=spacing,

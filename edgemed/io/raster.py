@@ -1,8 +1,10 @@
 """Plain raster images (PNG, JPEG, TIFF via OpenCV) and NumPy ``.npy`` arrays.
 
-These formats carry no patient geometry: modality ``OT``, spacing 1.0, no origin or
-direction. Values are kept as stored (a 16-bit PNG stays 0..65535), converted to
-``float32``; the original dtype is recorded in ``metadata["dtype"]``.
+These formats carry no patient geometry: modality ``OT``, spacing 1.0 as a placeholder
+(``metadata["spacing_source"]`` ``unknown``: no millimetres are derived from it), no
+origin or direction. JPEG is lossy by definition (``metadata["lossy_compression"]``).
+Values are kept as stored (a 16-bit PNG stays 0..65535), converted to ``float32``; the
+original dtype is recorded in ``metadata["dtype"]``.
 
 Caps (:class:`~edgemed.limits.ReaderLimits`): every file (or bytes) is held to
 ``max_file_bytes`` before it is read; a PNG's size from its header to
@@ -130,7 +132,15 @@ def read_raster(source: SourceLike | Source, fmt: str, *, limits: ReaderLimits) 
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))  # float TIFF only
     if bad:
         raise input_error("INPUT_INVALID", f"image holds {bad} non-finite values", where)
-    metadata = {"format": fmt, "dtype": dtype, "alpha_dropped": alpha_dropped}
+    metadata = {
+        "format": fmt,
+        "dtype": dtype,
+        "alpha_dropped": alpha_dropped,
+        "spacing_source": "unknown",
+        "lossy_compression": fmt == "jpeg",
+    }
+    if fmt == "jpeg":
+        metadata["lossy_method"] = ["ISO_10918_1"]  # DICOM's term for JPEG
     return MedicalImage(
         array=array,
         spacing=(1.0, 1.0),
@@ -215,6 +225,11 @@ def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalIma
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise input_error("INPUT_INVALID", f"array holds {bad} non-finite values", where)
-    metadata = {"format": "npy", "dtype": str(dtype), "fortran_order": bool(fortran)}
+    metadata = {
+        "format": "npy",
+        "dtype": str(dtype),
+        "fortran_order": bool(fortran),
+        "spacing_source": "unknown",
+    }
     spacing = (1.0,) * len(shape)
     return MedicalImage(array=array, spacing=spacing, modality="OT", metadata=metadata)

@@ -10,6 +10,10 @@ The per-file rules (pixel values, geometry checks, privacy, caps) are those of
 holds at most ``max_frames`` files (or instances) and the volume at most
 ``max_elements`` elements (:class:`~edgemed.limits.ReaderLimits`), both checked before
 any pixel data is decoded.
+
+Metadata: ``spacing_source`` is ``dicom`` only when PixelSpacing and the slice step
+(positions, else SpacingBetweenSlices) are both stated; ``lossy_compression`` is true
+when any slice is lossy (with that slice's ratio and method).
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ def _same(values: list[Any], what: str, where: object, atol: float = 0.0) -> Non
 
 def _slice_order(
     headers: list[tuple[Source, Dataset]], where: object, spacing_yx: tuple[float, float]
-) -> tuple[list[int], float, str]:
-    """Slice order (indices into headers), spacing along z, and how it was found."""
+) -> tuple[list[int], float, str, str]:
+    """Slice order (indices into headers), spacing along z, how the order was found and
+    where the spacing came from (``default``: nowhere, 1.0 stands in)."""
     directions = [
         direction_matrix(get_value(ds, "ImageOrientationPatient", s.where), s.where)
         for s, ds in headers
@@ -95,7 +100,9 @@ def _slice_order(
         first, ds = headers[0]
         between = optional_positive(ds, "SpacingBetweenSlices", first.where)
         order = sorted(range(len(headers)), key=numbers.__getitem__)
-        return order, between or 1.0, "instance_number"
+        if between:
+            return order, between, "instance_number", "SpacingBetweenSlices"
+        return order, 1.0, "instance_number", "default"
     if not all(present):
         raise input_error("INPUT_SERIES_INCONSISTENT", "some slices lack position", where)
     _same(directions, "orientation", where, atol=1e-4)
@@ -118,7 +125,7 @@ def _slice_order(
         raise input_error(
             "INPUT_SERIES_INCONSISTENT", "slices are shifted in-plane (gantry tilt?)", where
         )
-    return order, step, "positions"
+    return order, step, "positions", "positions"
 
 
 def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> MedicalImage:
@@ -144,11 +151,10 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
             where,
         )
 
-    if len(headers) == 1:  # one file: its own frames, or a one-slice volume
+    if len(headers) == 1:
+        # One file: its own frames, or a 2D image. A single slice is a 2D image wherever
+        # it comes from (areas, not volumes), exactly as the file alone reads.
         image = read_dicom(headers[0][0], limits=limits)
-        if not image.is_volume:
-            dz = image.metadata.get("spacing_between_slices") or 1.0
-            image = replace(image, array=image.array[np.newaxis], spacing=(dz, *image.spacing))
         image.metadata.update(
             format="dicom-series", num_slices=image.num_slices, ignored_files=ignored
         )
@@ -170,20 +176,26 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
     rows, columns, samples = layouts[0]
     if rows * columns * samples * len(headers) > limits.max_elements:
         raise beyond_cap("series elements", "max_elements", limits, where)
-    order, dz, how = _slice_order(headers, where, spacings[0])
+    order, dz, how, z_source = _slice_order(headers, where, spacings[0])
 
     # Decode slice by slice into one preallocated volume: peak memory stays one volume
     # plus one slice, not two volumes.
     first = read_dicom(headers[order[0]][0], limits=limits)
     volume = np.empty((len(order), *first.array.shape), dtype=np.float32)
     rescales = set()
+    lossy: dict[str, Any] = {}
     for k, index in enumerate(order):
         image = first if k == 0 else read_dicom(headers[index][0], limits=limits)
         if (image.photometric, image.array.shape) != (first.photometric, first.array.shape):
             raise input_error("INPUT_SERIES_INCONSISTENT", "slices differ in pixel layout", where)
         volume[k] = image.array
         rescales.add((image.metadata.get("rescale_slope"), image.metadata.get("rescale_intercept")))
-    metadata = dict(first.metadata)
+        if image.metadata.get("lossy_compression") and not lossy:
+            # One lossy slice makes the volume lossy; its ratio and method describe it.
+            lossy = {k: v for k, v in image.metadata.items() if k.startswith("lossy_")}
+    metadata = {k: v for k, v in first.metadata.items() if not k.startswith("lossy_")}
+    metadata["lossy_compression"] = False
+    metadata.update(lossy)
     if len(rescales) > 1:  # e.g. PET: each slice has its own slope; values are right anyway
         metadata.pop("rescale_slope", None)
         metadata.pop("rescale_intercept", None)
@@ -193,7 +205,12 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
         num_slices=len(order),
         ignored_files=ignored,
         slice_order=how,
-        z_spacing_source=how,
+        z_spacing_source=z_source,
+        spacing_source=(
+            "dicom"
+            if first.metadata["spacing_source"] != "unknown" and z_source != "default"
+            else "unknown"
+        ),
     )
     return replace(first, array=volume, spacing=(float(dz), *first.spacing), metadata=metadata)
 
@@ -203,7 +220,9 @@ def read_dicom_series(directory: str | os.PathLike[str], *, limits: ReaderLimits
 
     Headers are read first (without pixel data). Files that are not DICOM images
     (other files, DICOMDIR, reports) are skipped and counted in
-    ``metadata["ignored_files"]``; a DICOM file that is broken fails the whole series.
+    ``metadata["ignored_files"]`` (a count, never names); a DICOM file that is broken
+    fails the whole series. A directory with a single DICOM image gives what that file
+    alone gives: a 2D image for one slice, its frames for a multi-frame file.
     Slices are sorted by the projection of ImagePositionPatient on the slice normal,
     ``spacing[0]`` is the median step and ``origin`` the first slice's position.
 
@@ -241,7 +260,8 @@ def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = No
             ``max_file_bytes`` the size of each.
 
     Returns:
-        A ``(Z, Y, X)`` volume (one multi-frame instance: its own frames).
+        A ``(Z, Y, X)`` volume (one instance: what it alone gives, a 2D image for a
+        single slice, its own frames for a multi-frame one).
 
     Raises:
         InputError: ``INPUT_EMPTY_SERIES`` (no items, or no DICOM image among them),

@@ -26,6 +26,7 @@ __all__ = [
     "PALETTE",
     "nifti_affine",
     "render_overlay",
+    "size_text",
     "write_mask_nifti",
     "write_overlay_png",
 ]
@@ -94,6 +95,10 @@ def write_mask_nifti(
 ) -> Path | None:
     """Save a uint8 label mask in the image's geometry as NIfTI-1.
 
+    The mask is in ``image``'s own voxel grid (the input file's order, not the
+    canonical one), so the file overlays its input voxel for voxel; its affine is the
+    input's (for a NIfTI input: the same affine, from direction, spacing and origin).
+
     Args:
         target: a path (``.nii.gz`` gzip-compressed, ``.nii`` plain, written
             atomically) or a binary file object, which receives gzip-compressed NIfTI-1:
@@ -125,6 +130,16 @@ def write_mask_nifti(
     return None
 
 
+def size_text(entry: dict[str, float]) -> str:
+    """A label's size for people: mm2 / mm3 where the spacing is known, else pixels
+    (``px``) or voxels, never millimetres made up from a placeholder spacing."""
+    if "area_mm2" in entry:
+        return f"{entry['area_mm2']:,.0f} mm2"
+    if "volume_mm3" in entry:
+        return f"{entry['volume_mm3']:,.0f} mm3"
+    return f"{int(entry.get('pixels', 0)):,} px"
+
+
 def _display(slice_: np.ndarray, image: MedicalImage) -> np.ndarray:
     """A uint8 grayscale (or RGB) rendering: the file's window if it has one, else the
     1st-99th percentile range."""
@@ -150,12 +165,19 @@ def render_overlay(
     """The image, the same image with the coloured mask, and a legend, side by side, as
     an RGB uint8 array.
 
+    ``image`` and ``mask`` are in the input's own voxel grid; the picture shows them in
+    the canonical orientation (:mod:`edgemed.io.orientation`: patient's right on the
+    left, anterior at the top for an axial slice), whatever order the file stored.
     Volumes show their middle slice. Small images are enlarged (nearest neighbour for
     the mask, linear for the image) so the legend stays readable.
     """
-    k = image.num_slices // 2
-    src = image.slices()[k]
-    m = mask[k] if mask.ndim == 3 else mask
+    from edgemed.io.orientation import orientation  # nibabel: imported when drawing
+
+    how = orientation(image)
+    pixels, masks = how.to_canonical(image.array), how.to_canonical(mask)  # views
+    k = pixels.shape[0] // 2 if image.is_volume else 0
+    src = pixels[k] if image.is_volume else pixels
+    m = np.ascontiguousarray(masks[k] if masks.ndim == 3 else masks)
     gray = _display(src, image)
     rgb = gray if gray.ndim == 3 else cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     scale = max(1, int(np.ceil(min_size / max(1, min(m.shape)))))
@@ -172,7 +194,7 @@ def render_overlay(
     row_h, panel_w = 26, 300
     present = [i for i in range(1, len(labels)) if stats is None or labels[i] in stats]
     panel = np.full((out.shape[0], panel_w, 3), 24, dtype=np.uint8)
-    title = "edgemed" + (f"  slice {k + 1}/{image.num_slices}" if image.is_volume else "")
+    title = "edgemed" + (f"  slice {k + 1}/{pixels.shape[0]}" if image.is_volume else "")
     cv2.putText(
         panel, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA
     )
@@ -184,10 +206,7 @@ def render_overlay(
         cv2.rectangle(panel, (10, y), (28, y + 18), colour, -1)
         text = labels[i]
         if stats and labels[i] in stats:
-            entry = stats[labels[i]]
-            amount = entry.get("area_mm2", entry.get("volume_mm3", 0.0))
-            unit = "mm2" if "area_mm2" in entry else "mm3"
-            text += f"  {amount:,.0f} {unit}"
+            text += f"  {size_text(stats[labels[i]])}"
         cv2.putText(
             panel,
             text,

@@ -40,10 +40,19 @@ def key(demo, profile):
         onnx_sha256=demo.artifact("onnx", "fp16").sha256,
         gpu_name="Orin",
         compute_capability="8.7",
+        multiprocessors=16,
+        memory_gib=61,
+        platform="Linux-aarch64-igpu",
         trt_version="10.3.0.30",
         precision="fp16",
         profile=profile.canonical(),
     )
+
+
+@pytest.fixture
+def server_key(key):
+    """The same model on a discrete server GPU (hardware compatibility applies there)."""
+    return dataclasses.replace(key, platform="Linux-x86_64-dgpu")
 
 
 @pytest.fixture
@@ -64,11 +73,14 @@ CHANGED = {
     "onnx_sha256": "0" * 64,
     "gpu_name": "NVIDIA H100 80GB HBM3",
     "compute_capability": "9.0",
+    "multiprocessors": 8,  # an Orin NX 16GB: "Orin", 8.7 too
+    "memory_gib": 15,
+    "platform": "Linux-aarch64-dgpu",
     "trt_version": "11.0.0.1",
     "precision": "int8",
+    "tf32": True,
     "profile": "image:1x3x256x256/4x3x256x256/16x3x256x256",
     "hardware_compat": "ampere_plus",
-    "version_compat": True,
 }
 
 
@@ -247,14 +259,27 @@ def test_select_with_nothing_cached_is_missing(cache, key):
 
 
 @pytest.mark.parametrize(
-    "field", ["gpu_name", "compute_capability", "trt_version"], ids=["gpu", "cc", "trt"]
+    "field",
+    ["gpu_name", "compute_capability", "multiprocessors", "memory_gib", "platform", "trt_version"],
 )
-def test_select_never_reuses_another_gpu_or_tensorrt(stored, key, field):
+def test_select_never_reuses_another_gpu_platform_or_tensorrt(stored, key, field):
     other = dataclasses.replace(key, **{field: CHANGED[field]})
     with pytest.raises(BackendError) as e:
         stored.select(other)
     assert e.value.code == "ENGINE_INCOMPATIBLE"
     assert "Orin" in e.value.message and "10.3.0.30" in e.value.message
+
+
+def test_orin_modules_are_told_apart(stored, key):
+    """AGX Orin 64GB, Orin NX 16GB and Orin Nano 8GB all report "Orin", cc 8.7: the
+    multiprocessor count and memory keep one's engine from running on another."""
+    for sms, gib in ((8, 15), (8, 7), (16, 30)):
+        other = dataclasses.replace(key, multiprocessors=sms, memory_gib=gib)
+        assert other.digest != key.digest
+        with pytest.raises(BackendError) as e:
+            stored.select(other)
+        assert e.value.code == "ENGINE_INCOMPATIBLE"
+        assert "16 SMs, 61 GiB" in e.value.message  # what the cache holds, in words
 
 
 @pytest.mark.parametrize(
@@ -268,19 +293,100 @@ def test_select_never_reuses_another_gpu_or_tensorrt(stored, key, field):
     ],
 )
 def test_hardware_compatible_plans_serve_the_gpus_tensorrt_allows(
-    cache, key, profile, compat, built_on, here, portable
+    cache, server_key, profile, compat, built_on, here, portable
 ):
     built = dataclasses.replace(
-        key, gpu_name=built_on[0], compute_capability=built_on[1], hardware_compat=compat
+        server_key,
+        gpu_name=built_on[0],
+        compute_capability=built_on[1],
+        multiprocessors=108,
+        memory_gib=80,
+        hardware_compat=compat,
     )
     cache.store(built, PLAN, profile)
-    want = dataclasses.replace(key, gpu_name=here[0], compute_capability=here[1])
+    want = dataclasses.replace(
+        server_key, gpu_name=here[0], compute_capability=here[1], multiprocessors=132
+    )
     if portable:
         assert cache.select(want) == built
         return
     with pytest.raises(BackendError) as e:
         cache.select(want)
     assert e.value.code == "ENGINE_INCOMPATIBLE"
+
+
+@pytest.mark.parametrize("compat", ["ampere_plus", "same_compute_capability"])
+@pytest.mark.parametrize(
+    "here", ["Linux-aarch64-dgpu", "Windows-x86_64-dgpu", "Linux-aarch64-igpu"]
+)
+def test_a_plan_from_another_platform_is_never_selected(
+    cache, server_key, profile, compat, here
+):
+    """Whatever its compatibility flags: TensorRT plans are not portable across
+    platforms, and JetPack's TensorRT has no hardware compatibility at all."""
+    built = dataclasses.replace(server_key, hardware_compat=compat)  # Linux-x86_64-dgpu
+    cache.store(built, PLAN, profile)
+    assert cache.select(server_key) == built  # the same platform: portable
+    want = dataclasses.replace(server_key, platform=here)
+    with pytest.raises(BackendError) as e:
+        cache.select(want)
+    assert e.value.code == "ENGINE_INCOMPATIBLE" and "Linux-x86_64-dgpu" in e.value.message
+    with pytest.raises(BackendError) as e:
+        cache.read_verified(dataclasses.replace(built, platform=here))
+    assert e.value.code in ("ENGINE_MISSING", "ENGINE_INCOMPATIBLE")
+
+
+def test_tf32_is_a_preference_that_the_provenance_reports(stored, key, profile):
+    """The runtime wants float32 math; an engine the operator built with --tf32 is used
+    when it is the only one (its key says so), and the float32 one wins when both exist."""
+    want = dataclasses.replace(key, profile="")
+    tf32 = dataclasses.replace(key, tf32=True)
+    stored.remove([key])
+    stored.store(tf32, PLAN, profile)
+    assert stored.select(want).tf32 is True
+    stored.store(key, PLAN, profile)
+    assert stored.select(want) == key  # neither has the wanted profile: float32 first
+    side = json.loads(stored.sidecar_path(tf32).read_text())
+    assert side["tf32"] is True and side["schema"] == 2
+
+
+def _schema1_sidecar(cache, key, profile):
+    """What edgemed wrote before this schema: no SMs, memory, platform or TF32 fields."""
+    old = {
+        "schema": 1,
+        "onnx_sha256": key.onnx_sha256,
+        "gpu_name": key.gpu_name,
+        "compute_capability": key.compute_capability,
+        "trt_version": key.trt_version,
+        "precision": key.precision,
+        "profile": profile.to_dict(),
+        "hardware_compat": "none",
+        "version_compat": False,
+        "plan": "fp16-old.plan",
+        "plan_sha256": hashlib.sha256(PLAN).hexdigest(),
+        "plan_bytes": len(PLAN),
+    }
+    cache.ensure_root()
+    write_private(cache.root / "fp16-old.plan", PLAN)
+    write_private(cache.root / "fp16-old.json", json.dumps(old).encode())
+    return old
+
+
+def test_schema_1_sidecars_are_refused_with_a_rebuild_message(cache, key, profile):
+    _schema1_sidecar(cache, key, profile)
+    with pytest.raises(BackendError) as e:
+        cache.select(key)
+    assert e.value.code == "ENGINE_INCOMPATIBLE"
+    assert "older edgemed" in e.value.message and "edgemed build" in e.value.message
+    assert cache.entries() == []  # never a usable engine
+    # one under the very file names of a new key (copied over): refused, not loaded
+    write_private(cache.plan_path(key), PLAN)
+    cache.sidecar_path(key).write_bytes((cache.root / "fp16-old.json").read_bytes())
+    _expect(cache, key, "ENGINE_INCOMPATIBLE")
+    # another model's old engine says nothing about this one: just missing
+    with pytest.raises(BackendError) as e:
+        cache.select(dataclasses.replace(key, onnx_sha256="0" * 64))
+    assert e.value.code == "ENGINE_MISSING"
 
 
 def test_select_ignores_other_models_and_precisions(stored, key):

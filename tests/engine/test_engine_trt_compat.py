@@ -8,13 +8,16 @@ compatibility layer is.
 from __future__ import annotations
 
 import enum
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from edgemed.backends.tensorrt import builder
 from edgemed.backends.tensorrt import compat as trt_compat
-from edgemed.errors import BackendError, UsageError
+from edgemed.errors import BackendError, MissingDependencyError, UsageError
 
 
 def fake_trt(version="10.3.0.30", *, strongly_typed=1, **extra):
@@ -24,7 +27,7 @@ def fake_trt(version="10.3.0.30", *, strongly_typed=1, **extra):
     ns = SimpleNamespace(
         __version__=version,
         NetworkDefinitionCreationFlag=enum.IntEnum("NetworkDefinitionCreationFlag", flags),
-        BuilderFlag=SimpleNamespace(VERSION_COMPATIBLE="VC", EXCLUDE_LEAN_RUNTIME="XL"),
+        BuilderFlag=SimpleNamespace(TF32="tf32-flag"),
         MemoryPoolType=SimpleNamespace(WORKSPACE="workspace-pool"),
         TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"),
     )
@@ -140,13 +143,61 @@ def test_hardware_compat_levels_by_name():
         trt_compat.hardware_compat_level(fake_trt(), "ampere_plus")  # no enum at all
 
 
-def test_version_compat_excludes_the_lean_runtime():
-    assert trt_compat.version_compat_flags(fake_trt()) == ["VC", "XL"]
-    trt = fake_trt()
-    trt.BuilderFlag = SimpleNamespace(VERSION_COMPATIBLE="VC")
+class FakeConfig:
+    """IBuilderConfig's flag calls; TF32 starts on, as in TensorRT 10.3 and 11.x."""
+
+    def __init__(self, *, sticky=False):
+        self.flags = {"tf32-flag"}
+        self.sticky = sticky  # a config that ignores clear_flag (must be noticed)
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        if not self.sticky:
+            self.flags.discard(flag)
+
+    def get_flag(self, flag):
+        return flag in self.flags
+
+
+def test_tf32_is_cleared_unless_asked_for():
+    config = FakeConfig()
+    trt_compat.set_tf32(fake_trt(), config, False)
+    assert config.flags == set()
+    trt_compat.set_tf32(fake_trt(), config, True)
+    assert config.flags == {"tf32-flag"}
     with pytest.raises(BackendError) as e:
-        trt_compat.version_compat_flags(trt)
-    assert "EXCLUDE_LEAN_RUNTIME" in e.value.message
+        trt_compat.set_tf32(fake_trt(), FakeConfig(sticky=True), False)
+    assert e.value.code == "ENGINE_BUILD_FAILED"
+
+
+def test_tf32_on_a_tensorrt_without_the_flag():
+    trt = fake_trt()
+    trt.BuilderFlag = SimpleNamespace()
+    config = FakeConfig()
+    config.flags.clear()
+    trt_compat.set_tf32(trt, config, False)  # nothing to clear: float32 math anyway
+    with pytest.raises(BackendError) as e:
+        trt_compat.set_tf32(trt, config, True)
+    assert e.value.code == "ENGINE_BUILD_FAILED" and "TF32" in e.value.message
+
+
+def test_no_version_compatibility_helper_is_left():
+    """Version-compatible plans are refused (BuildOptions): nothing sets those flags."""
+    assert not hasattr(trt_compat, "version_compat_flags")
+    source = Path(trt_compat.__file__).read_text() + Path(builder.__file__).read_text()
+    assert "VERSION_COMPATIBLE" not in source and "EXCLUDE_LEAN_RUNTIME" not in source
+
+
+def test_missing_tensorrt_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError) as e:
+        trt_compat.require_tensorrt("the TensorRT backend")
+    assert e.value.code == "DEPENDENCY_MISSING" and e.value.module == "tensorrt"
+    # not the gpu extra (it does not install TensorRT) but what does
+    assert "tensorrt-cu12" in e.value.message and "JetPack" in e.value.message
+    assert 'edgemed[gpu]"' not in e.value.message
 
 
 # -- engines -----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
-from edgemed.export import ExportConfig, export_bundle
+from edgemed.export import ExportConfig, RandomWeightsWarning, export_bundle
 from edgemed.export.config import Thresholds
 from edgemed.export.reference.phantom_files import write_nifti_volume
 from tests import cli_run
@@ -60,20 +61,21 @@ def api_export(
     labels,
     channels: int = 1,
 ) -> Path:
-    """Export with LENIENT gates, from ``data``'s spec.json, calib/ and val/."""
-    export_bundle(
-        ExportConfig(
-            model=model,
-            model_kwargs=kwargs,
-            input_shape=(1, channels, SIZE, SIZE),
-            task=task,
-            labels=labels,
-            preprocess=str(data / "spec.json"),
-            calibration=data / "calib",
-            validation=data / "val",
-            thresholds=LENIENT,
-            seed=0,
-            out=out,
-        )
+    """Export with LENIENT gates, from ``data``'s spec.json, calib/ and val/. The
+    models have random weights: the export must say so (a RandomWeightsWarning)."""
+    config = ExportConfig(
+        model=model,
+        model_kwargs=kwargs,
+        input_shape=(1, channels, SIZE, SIZE),
+        task=task,
+        labels=labels,
+        preprocess=str(data / "spec.json"),
+        calibration=data / "calib",
+        validation=data / "val",
+        thresholds=LENIENT,
+        seed=0,
+        out=out,
     )
+    with pytest.warns(RandomWeightsWarning, match=r"random initialisation \(torch seed 0\)"):
+        export_bundle(config)
     return out

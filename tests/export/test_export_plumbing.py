@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,50 @@ def test_run_onnx_pads_the_last_run_of_a_fixed_batch(tmp_path):
     data = np.arange(5 * 16, dtype=np.float32).reshape(5, 1, 4, 4)
     out = run_onnx(session(path), data, batch=8)
     assert out.shape == (5, 1, 4, 4) and np.array_equal(out, -data)
+
+
+def test_parity_measure_is_relative_to_the_output_range():
+    from edgemed.export.onnx_export import max_errors
+
+    ref = np.array([[100.0, 101.0, 102.0, 104.0]], np.float32)  # range 4, max |ref| 104
+    got = ref + np.array([[0.0, 0.002, -0.004, 0.0]], np.float32)
+    e = max_errors(ref, got)
+    assert e["range"] == 4.0
+    assert e["max_abs"] == pytest.approx(0.004, rel=1e-3)
+    # Against the range: the old measure (/ max |ref|) called this 3.8e-5 and let an
+    # error that moves values by 1/1000 of their spread pass a 1e-4 tolerance.
+    assert e["max_abs_over_range"] == pytest.approx(1e-3, rel=1e-3)
+    # An offset changes no decision and no measure.
+    assert max_errors(ref - 100, got - 100)["max_abs_over_range"] == pytest.approx(1e-3, rel=1e-3)
+    const = np.full((1, 4), 2.0, np.float32)
+    assert max_errors(const, const + 0.001)["max_abs_over_range"] == pytest.approx(5e-4, rel=1e-3)
+    zero = np.zeros((1, 4), np.float32)
+    assert max_errors(zero, zero + 0.25)["max_abs_over_range"] == 0.25
+    nan = got.copy()
+    nan[0, 1] = np.nan
+    assert max_errors(ref, nan)["max_abs_over_range"] == float("inf")  # never a pass
+    assert max_errors(ref, got[:, :3])["max_abs_over_range"] == float("inf")
+
+
+def test_parity_tolerance_default_is_one_number(tmp_path):
+    from edgemed.export.config import DEFAULT_PARITY_TOLERANCE
+
+    cfg = ExportConfig(
+        model="m:f", input_shape="1x1x8x8", task="segmentation", calibration=tmp_path,
+        out=tmp_path / "o",
+    )  # fmt: skip
+    assert cfg.parity_tolerance == DEFAULT_PARITY_TOLERANCE == 1e-3
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(UsageError):
+            ExportConfig(**{**cfg.__dict__, "parity_tolerance": bad, "overwrite": True})
+
+
+def test_cli_help_states_the_config_default(capsys):
+    from edgemed.cli import main
+    from edgemed.export.config import DEFAULT_PARITY_TOLERANCE
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    stated = re.search(r"relative to the output's range \(default ([0-9.e+-]+)\)", help_text)
+    assert stated and float(stated.group(1)) == DEFAULT_PARITY_TOLERANCE

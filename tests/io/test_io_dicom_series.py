@@ -188,6 +188,11 @@ def test_real_problem_series_from_the_corpus(corpus, folder, code):
     assert error_code(read_image, corpus / folder, kind=InputError) == code
 
 
-def test_single_file_directory_is_a_one_slice_volume(corpus):
-    image = read_image(corpus / "dicomdirtests/77654033/CR1")
-    assert image.array.shape == (1, 16, 16) and image.spacing == (1.0, 0.1, 0.1)
+def test_single_file_directory_is_the_files_2d_image(corpus):
+    # A single slice is a 2D image wherever it comes from: areas, not volumes.
+    folder = corpus / "dicomdirtests/77654033/CR1"
+    image = read_image(folder)
+    alone = read_image(next(folder.iterdir()))
+    assert image.array.shape == (16, 16) and image.spacing == (0.1, 0.1)
+    np.testing.assert_array_equal(image.array, alone.array)
+    assert (image.metadata["format"], image.metadata["num_slices"]) == ("dicom-series", 1)

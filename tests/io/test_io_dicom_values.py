@@ -144,10 +144,14 @@ def test_metadata_holds_only_allowlisted_technical_fields(corpus):
         "slice_thickness", "spacing_between_slices", "lossy_compression", "rescale_slope",
         "rescale_intercept", "rescale_varies", "rescale_type", "modality_lut",
         "window_center", "window_width", "monochrome1_inverted", "z_spacing_source",
-        "dose_units",
+        "dose_units", "spacing_source", "lossy_ratio", "lossy_method",
     }  # fmt: skip
-    for name in ("CT_small.dcm", "rtdose.dcm", "examples_ybr_color.dcm", "liver_1frame.dcm"):
+    names = ("CT_small.dcm", "rtdose.dcm", "examples_ybr_color.dcm", "liver_1frame.dcm",
+             "SC_rgb_jpeg.dcm")  # fmt: skip
+    for name in names:
         md = read_image(corpus / name).metadata
         assert set(md) <= allowed, set(md) - allowed
         for value in md.values():
-            assert value is None or isinstance(value, (bool, int, float, str))
+            # Lossy ratio and method are lists: one value per compression step.
+            items = value if isinstance(value, list) else [value]
+            assert all(v is None or isinstance(v, (bool, int, float, str)) for v in items)

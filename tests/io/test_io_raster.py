@@ -28,7 +28,13 @@ def test_uint16_png_keeps_its_range(tmp_path):
     np.testing.assert_array_equal(image.array, stored)
     assert image.array.max() == 65535.0
     assert (image.modality, image.photometric, image.spacing) == ("OT", "MONOCHROME2", (1.0, 1.0))
-    assert image.metadata == {"format": "png", "dtype": "uint16", "alpha_dropped": False}
+    assert image.metadata == {
+        "format": "png",
+        "dtype": "uint16",
+        "alpha_dropped": False,
+        "spacing_source": "unknown",  # 1.0 is a placeholder: no mm derived from it
+        "lossy_compression": False,
+    }
 
 
 def test_colour_png_comes_back_rgb(tmp_path):

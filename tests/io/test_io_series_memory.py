@@ -97,9 +97,9 @@ def test_items_that_are_not_dicom_images_are_ignored_and_counted(series, corpus)
     np.testing.assert_array_equal(image.array, expected.array)
 
 
-def test_single_instance_is_a_one_slice_volume(corpus):
+def test_single_instance_is_a_2d_image(corpus):
     expected = read_image(corpus / "dicomdirtests/77654033/CR1")
-    assert expected.array.shape == (1, 16, 16)
+    assert expected.array.shape == (16, 16) and not expected.is_volume
     data = (corpus / "dicomdirtests/77654033/CR1/6154").read_bytes()
     assert_same_image(expected, read_series([data]))
     frames = read_series([(corpus / "rtdose.dcm").read_bytes()])  # multi-frame: its frames

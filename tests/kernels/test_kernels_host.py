@@ -21,6 +21,7 @@ from edgemed.cuda.packing import (
     PRE_SLICE_DTYPE,
     PRE_SPEC_DTYPE,
     RAW_DTYPES,
+    TAP_DTYPE,
     pack_preprocess,
 )
 from edgemed.errors import UsageError
@@ -150,6 +151,7 @@ def test_parameter_layouts_match_the_c_structs():
     assert int(sizes["EmPreSlice"]) == PRE_SLICE_DTYPE.itemsize
     assert int(sizes["EmPostSpec"]) == POST_SPEC_DTYPE.itemsize
     assert int(sizes["EmPostSlice"]) == POST_SLICE_DTYPE.itemsize
+    assert int(sizes["EmTap"]) == TAP_DTYPE.itemsize
     assert f"#define EM_MAX_CHANNELS {MAX_CHANNELS}" in header
 
 

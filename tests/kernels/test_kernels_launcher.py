@@ -29,18 +29,39 @@ pytestmark = pytest.mark.kernels
 LABELS = ["background", "lung", "fat", "soft_tissue", "bone"]
 
 
+LIVE: dict[int, str] = {}  # serial -> "device" / "pinned": allocations not freed yet
+_SERIAL = iter(range(1 << 62))
+
+
 class _Alloc:
     """Host memory standing in for a device allocation (``int()`` is its address)."""
 
     def __init__(self, nbytes: int) -> None:
         self.buf = np.full(nbytes + 256, 0xAB, np.uint8)  # poisoned: unwritten reads show
         self.addr = (self.buf.ctypes.data + 255) // 256 * 256  # 256-aligned like cudaMalloc
+        self.serial = next(_SERIAL)
+        LIVE[self.serial] = "device"
 
     def __int__(self) -> int:
         return self.addr
 
     def free(self) -> None:
-        pass
+        LIVE.pop(self.serial, None)
+
+
+class _HostAllocation(bytearray):
+    """pycuda's HostAllocation: the ``.base`` of a pagelocked array, with ``free()``."""
+
+    def free(self) -> None:
+        LIVE.pop(self.serial, None)
+
+
+def _pagelocked_empty(shape, dtype, mem_flags=0):
+    dtype = np.dtype(dtype)
+    alloc = _HostAllocation(int(np.prod(shape)) * dtype.itemsize)
+    alloc.serial = next(_SERIAL)
+    LIVE[alloc.serial] = "pinned"
+    return np.ndarray(shape, dtype, buffer=alloc)
 
 
 def _fake_pycuda(host, launches: list):
@@ -54,7 +75,7 @@ def _fake_pycuda(host, launches: list):
     drv.CompileError = type("CompileError", (Error,), {})
     drv.init = lambda: None
     drv.mem_alloc = _Alloc
-    drv.pagelocked_empty = lambda shape, dtype, mem_flags=0: np.zeros(shape, dtype)
+    drv.pagelocked_empty = _pagelocked_empty
 
     class Event:
         def record(self, stream=None):
@@ -146,8 +167,10 @@ def test_cuda_preprocessor_launches_compute_the_reference(fake_gpu, name):
         assert placements == ref_placements
         check_preprocess(out, ref, dtype)
     kernels = [k for k, _, _ in fake_gpu]
-    if "zscore" in name:  # two statistics passes before each main launch
-        assert kernels[:3] == ["em_zstats_i16", "em_zstats_i16", "em_preprocess_i16_f32"]
+    if "zscore" in name:  # two statistics passes and the scale pass before each main launch
+        assert kernels[:4] == ["em_zstats_i16"] * 3 + ["em_preprocess_i16_f32"]
+        # pass 2 (offset and scale per slice and channel): one thread per slice
+        assert fake_gpu[2][1:] == ((1, 1, n), (1, 1, 1))
     else:
         assert len(kernels) == 2 and kernels[0].startswith("em_preprocess_")
 
@@ -199,6 +222,49 @@ def test_cuda_segment_postprocessor_matches_segment(fake_gpu, logits_dtype):
         ref = segment(logits, placements, post, LABELS)
         check_masks(got, ref, logits, placements, SegmentationSpec())
     assert fake_gpu[-1][0] == f"em_segment_{'f16' if logits_dtype == 'float16' else 'f32'}"
+
+
+def test_segment_postprocessor_grows_its_parameters_for_thin_masks(fake_gpu):
+    """Taps are one per mask column and row: a batch of long thin masks needs more than
+    the square-ish room made up front, and gets it (the old block is freed)."""
+    from edgemed.cuda.device import DeviceBuffer
+    from edgemed.cuda.launchers import CudaSegmentPostprocessor
+    from edgemed.preprocess import Placement
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (2, 5, 16, 64)).astype(np.float32)
+    placements = [Placement((2, 3000), 7, 0, 2, 64), Placement((3000, 2), 0, 0, 16, 1)]
+    src = DeviceBuffer(logits.nbytes)
+    src.upload(logits, None)
+    seg = CudaSegmentPostprocessor(SegmentationSpec(), LABELS, 2, 6000)
+    small = seg._params.nbytes
+    before = len(LIVE)
+    got = seg.run(src.ptr, logits.shape, placements, None)
+    assert seg._params.nbytes > small and len(LIVE) == before  # replaced, not added
+    ref = segment(logits, placements, SegmentationSpec(), LABELS)
+    check_masks(got, ref, logits, placements, SegmentationSpec())
+    again = seg.run(src.ptr, logits.shape, placements, None)  # fits now: no regrowth
+    assert all(np.array_equal(a, b) for a, b in zip(got, again, strict=True))
+
+
+def test_close_frees_every_launcher_buffer(fake_gpu):
+    """close() frees the staging, statistics and mask buffers at once (inside the
+    caller's context: after a context is detached pycuda skips frees), and is final."""
+    from edgemed.cuda.launchers import CudaPreprocessor, CudaSegmentPostprocessor
+    from edgemed.errors import BackendError
+
+    before = dict(LIVE)
+    pre = CudaPreprocessor(CASES["mr-zscore-64to256"].spec, 2, 64 * 64)
+    post = CudaSegmentPostprocessor(SegmentationSpec(), LABELS, 2, 64 * 64)
+    kinds = sorted(k for i, k in LIVE.items() if i not in before)
+    assert kinds == ["device"] * 4 + ["pinned"] * 3  # staging x2, stats, masks x2
+    pre.close()
+    post.close()
+    post.close()  # idempotent
+    assert before == LIVE
+    with pytest.raises(BackendError) as e:
+        pre.run([np.zeros((8, 8), np.int16)], None, None, 0, None)
+    assert e.value.code == "BACKEND_CLOSED"
 
 
 def test_without_pycuda_the_launchers_name_the_extra(monkeypatch):

@@ -137,7 +137,10 @@ launch = pack_preprocess(spec, [(64, 64)], np.int16)
 raw = np.zeros(64 * 64, np.int16)
 out = np.zeros(128 * 64, np.float32)  # half of 128 x 128
 stats = np.zeros(2)
-lib._launch_pre(launch.kernel, launch.geometry, raw, launch.slices, launch.spec, stats, out)
+scale = np.zeros(2, np.float32)
+lib._launch_pre(
+    launch.kernel, launch.geometry, raw, launch.slices, launch.spec, launch.taps, stats, scale, out
+)
 print("no error")
 """
     proc = subprocess.run(

@@ -6,8 +6,13 @@ dtypes come from the engine (FP16 IO is possible); ``set_input_shape``,
 once, for the profile's largest shapes, and reused:
 
 - discrete GPUs: device buffers plus pinned host staging buffers, copied async;
-- integrated GPUs (Jetson, IGX iGPU): mapped pinned memory that TensorRT reads and
-  writes in place, no copies.
+- integrated GPUs (Jetson, IGX iGPU): no copies. What the host writes or reads
+  (:meth:`TensorRTBackend.infer`'s inputs, every output a call fetches) is mapped pinned
+  memory that TensorRT reads and writes in place; what stays on the GPU (an input a
+  CUDA preprocessor writes, logits the mask kernel reads) is plain device memory, which
+  the GPU caches: mapped memory is not, and the mask kernel reads each logit about eight
+  times. Each tensor gets the kind it is used as, at first use, and is bound to
+  TensorRT per call.
 
 The plan is read through :meth:`EngineCache.open`, which verifies it (sha256 against
 the sidecar, sidecar against the bundle's ONNX sha256) before any byte reaches
@@ -29,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemed._lazy import available, require
+from edgemed._lazy import available
 from edgemed.backends.base import Backend, TensorSpec
 from edgemed.backends.tensorrt import compat as trt_compat
-from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
+from edgemed.backends.tensorrt.cache import EngineCache, EngineKey, gpu_fields
 from edgemed.backends.tensorrt.profiles import derive_profile
 from edgemed.errors import BackendError, EdgemedError
 
@@ -40,7 +45,14 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from edgemed.bundle import Bundle
-    from edgemed.cuda.device import CudaDevice, CudaGraph, DeviceBuffer, PinnedBuffer, StageTimer
+    from edgemed.cuda.device import (
+        CudaDevice,
+        CudaGraph,
+        DeviceBuffer,
+        DeviceInfo,
+        PinnedBuffer,
+        StageTimer,
+    )
 
 __all__ = ["TensorRTBackend", "probe"]
 
@@ -54,7 +66,7 @@ def probe(bundle: Bundle, precision: str, cache_dir: str | os.PathLike[str] | No
     verified-looking engine for this model, GPU and TensorRT version is in the cache.
     """
     if not available("tensorrt"):
-        return 'the tensorrt module is not installed (pip install "edgemed[gpu]")'
+        return f"the tensorrt module is not installed ({trt_compat.TENSORRT_INSTALL})"
     if not available("pycuda"):
         return 'pycuda is not installed (pip install "edgemed[gpu]")'
     import tensorrt as trt
@@ -63,23 +75,23 @@ def probe(bundle: Bundle, precision: str, cache_dir: str | os.PathLike[str] | No
 
     try:
         gpu = query_device(0)
-        want = _wanted_key(bundle, precision, gpu.name, gpu.cc, trt.__version__)
+        want = _wanted_key(bundle, precision, gpu, trt.__version__)
         EngineCache.for_bundle(bundle, cache_dir).select(want)
     except EdgemedError as exc:
         return exc.message
     return ""
 
 
-def _wanted_key(bundle: Bundle, precision: str, gpu: str, cc: str, version: str) -> EngineKey:
-    """The key of the default-profile engine (a preference: any profile is accepted)."""
+def _wanted_key(bundle: Bundle, precision: str, gpu: DeviceInfo, version: str) -> EngineKey:
+    """The key of the default-profile engine without TF32 on ``gpu`` here (profile, math
+    mode and hardware compatibility are preferences: see :meth:`EngineCache.select`)."""
     try:
         profile = derive_profile(bundle.input).canonical()
     except EdgemedError:  # non-batch dynamic axes have no default: any profile then
         profile = ""
     return EngineKey(
         onnx_sha256=bundle.artifact("onnx", precision).sha256,
-        gpu_name=gpu,
-        compute_capability=cc,
+        **gpu_fields(gpu),
         trt_version=version,
         precision=precision,
         profile=profile,
@@ -107,7 +119,7 @@ class TensorRTBackend(Backend):
         """Bind a deserialized ``engine`` on ``device`` (see :meth:`from_bundle`)."""
         import tensorrt as trt
 
-        from edgemed.cuda.device import DeviceBuffer, PinnedBuffer, StageTimer, cuda_errors
+        from edgemed.cuda.device import StageTimer, cuda_errors
 
         kind = "integrated" if device.integrated else "discrete"
         super().__init__(
@@ -120,6 +132,10 @@ class TensorRTBackend(Backend):
         self._gpu = device
         self._errors = errors if errors is not None else []
         self._cuda_graphs = cuda_graphs
+        if cuda_graphs:  # missing cuda-bindings: refused at load, not at the second call
+            from edgemed.cuda.device import graph_driver
+
+            graph_driver()
         # (input shapes, graph): one graph, for the shapes of consecutive calls.
         self._graph: tuple[tuple[tuple[int, ...], ...], CudaGraph] | None = None
         self._last_shapes: tuple[tuple[int, ...], ...] | None = None
@@ -140,6 +156,10 @@ class TensorRTBackend(Backend):
             self._limits[spec.name] = (trt_compat.dims(lo), trt_compat.dims(hi))
         self._device_buffers: dict[str, DeviceBuffer] = {}
         self._host_buffers: dict[str, PinnedBuffer] = {}
+        # Per tensor: the profile's largest shape (it sizes the buffers) and the address
+        # TensorRT has for it now.
+        self._max_shapes: dict[str, tuple[int, ...]] = {}
+        self._bound: dict[str, int] = {}
         self._timer: StageTimer | None = None
         self._last_ms: dict[str, float] = {}
         with device.active(), cuda_errors("TensorRT execution context"):
@@ -153,7 +173,7 @@ class TensorRTBackend(Backend):
             # Largest shapes first: the output sizes that follow bound every buffer.
             for spec in self._inputs:
                 self._set_shape(spec.name, self._limits[spec.name][1])
-            for name, tensor in self._io.items():
+            for name in self._io:
                 shape = trt_compat.dims(self._context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise BackendError(
@@ -161,19 +181,42 @@ class TensorRTBackend(Backend):
                         "support",
                         code="ENGINE_INCOMPATIBLE",
                     )
-                host = PinnedBuffer(shape, tensor.dtype, mapped=device.integrated)
-                self._host_buffers[name] = host
-                if device.integrated:
-                    address = host.device_ptr
-                else:
-                    buffer = DeviceBuffer(host.array.nbytes)
-                    self._device_buffers[name] = buffer
-                    address = buffer.ptr
-                if not self._context.set_tensor_address(name, address):
-                    raise BackendError(
-                        f"TensorRT refused the address of '{name}'", code="ENGINE_INCOMPATIBLE"
-                    )
+                self._max_shapes[name] = shape
+                if not device.integrated:  # both kinds, now (integrated: at first use)
+                    self._bind(name, self._device_buffer(name).ptr)
+                    self._host_buffer(name)
             self._timer = StageTimer(device.stream, ("h2d", "infer", "d2h"))
+
+    def _device_buffer(self, name: str) -> DeviceBuffer:
+        """Tensor ``name``'s device memory, allocated at first use (context active)."""
+        from edgemed.cuda.device import DeviceBuffer
+
+        if name not in self._device_buffers:
+            tensor = self._io[name]
+            nbytes = int(np.prod(self._max_shapes[name])) * tensor.dtype.itemsize
+            self._device_buffers[name] = DeviceBuffer(nbytes)
+        return self._device_buffers[name]
+
+    def _host_buffer(self, name: str) -> PinnedBuffer:
+        """Tensor ``name``'s pinned host memory (mapped into the GPU on an integrated
+        one), allocated at first use (context active)."""
+        from edgemed.cuda.device import PinnedBuffer
+
+        if name not in self._host_buffers:
+            mapped = self._gpu.integrated
+            buffer = PinnedBuffer(self._max_shapes[name], self._io[name].dtype, mapped=mapped)
+            self._host_buffers[name] = buffer
+        return self._host_buffers[name]
+
+    def _bind(self, name: str, address: int) -> None:
+        """Give TensorRT ``address`` for tensor ``name`` (unless it has it already)."""
+        if self._bound.get(name) == address:
+            return
+        if not self._context.set_tensor_address(name, address):
+            raise BackendError(
+                f"TensorRT refused the address of '{name}'", code="ENGINE_INCOMPATIBLE"
+            )
+        self._bound[name] = address
 
     @classmethod
     def from_bundle(
@@ -204,7 +247,7 @@ class TensorRTBackend(Backend):
             BackendError: ``GPU_UNAVAILABLE``, ``GPU_OOM``, ``ENGINE_MISSING``,
                 ``ENGINE_INCOMPATIBLE``, ``ENGINE_INTEGRITY``, ``ENGINE_BUILD_FAILED``.
         """
-        require("tensorrt", "gpu", "the TensorRT backend")
+        trt_compat.require_tensorrt("the TensorRT backend")
         import tensorrt as trt
 
         from edgemed.backends.tensorrt.builder import BuildOptions, build_engine, make_logger
@@ -216,7 +259,7 @@ class TensorRTBackend(Backend):
         # runtime then works on this device, not on device 0.
         try:
             with gpu.active():
-                want = _wanted_key(bundle, precision, gpu.name, gpu.info.cc, trt.__version__)
+                want = _wanted_key(bundle, precision, gpu.info, trt.__version__)
                 try:
                     key = cache.select(want)
                 except BackendError as exc:
@@ -259,9 +302,12 @@ class TensorRTBackend(Backend):
             gpu.close()
             raise
         backend.engine_path = cache.plan_path(key)
+        backend.engine_key = key
         return backend
 
     engine_path: Path | None = None
+    #: The cache key of the loaded engine (its math mode goes into the provenance).
+    engine_key: EngineKey | None = None
 
     @property
     def max_batch(self) -> int | None:
@@ -288,6 +334,9 @@ class TensorRTBackend(Backend):
         d = super().info()
         if self.engine_path is not None:
             d["engine"] = self.engine_path.name
+        if self.engine_key is not None:
+            # float32 math as built: TF32 only where `edgemed build --tf32` allowed it
+            d["tf32"] = self.engine_key.tf32
         d["cuda_graphs"] = self._cuda_graphs
         return d
 
@@ -318,9 +367,12 @@ class TensorRTBackend(Backend):
             for spec in self._inputs:
                 arr = feeds[spec.name]
                 self._set_shape(spec.name, tuple(arr.shape))
-                host = self._host_buffers[spec.name].array.reshape(-1)[: arr.size]
+                pinned = self._host_buffer(spec.name)
+                host = pinned.array.reshape(-1)[: arr.size]
                 host.reshape(arr.shape)[...] = arr
-                if not self._gpu.integrated:
+                if self._gpu.integrated:  # TensorRT reads it where the host wrote it
+                    self._bind(spec.name, pinned.device_ptr)
+                else:
                     self._device_buffers[spec.name].upload(host, self._gpu.stream)
             self._timer.mark("h2d")
             return self._run()
@@ -336,8 +388,10 @@ class TensorRTBackend(Backend):
             raise BackendError(f"the engine has no input '{name}'", code="BACKEND_IO_MISMATCH")
         with self._gpu.active():
             self._set_shape(name, tuple(int(d) for d in shape))
+            address = self._device_buffer(name).ptr
+            self._bind(name, address)
         self._device_inputs.add(name)
-        return self._address(name), tuple(shape), self._io[name].dtype
+        return address, tuple(shape), self._io[name].dtype
 
     def device_output(self, name: str) -> tuple[int, tuple[int, ...], Any]:
         """``(device pointer, shape, dtype)`` of output ``name`` for the current input
@@ -347,14 +401,10 @@ class TensorRTBackend(Backend):
         if name not in self._io or self._io[name].is_input:
             raise BackendError(f"the engine has no output '{name}'", code="BACKEND_IO_MISMATCH")
         shape = trt_compat.dims(self._context.get_tensor_shape(name))
-        return self._address(name), shape, self._io[name].dtype
-
-    def _address(self, name: str) -> int:
-        """The device address of tensor ``name``: its mapped pinned buffer on an
-        integrated GPU, else its device buffer."""
-        if self._gpu.integrated:
-            return self._host_buffers[name].device_ptr
-        return self._device_buffers[name].ptr
+        with self._gpu.active():
+            # Where the last run wrote it (device memory unless that run fetched it).
+            address = self._bound.get(name) or self._device_buffer(name).ptr
+        return address, shape, self._io[name].dtype
 
     def infer_device(self, fetch: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Run on device inputs already filled (see :meth:`device_input`).
@@ -373,6 +423,8 @@ class TensorRTBackend(Backend):
 
         with self._gpu.active(), cuda_errors("TensorRT inference"):
             assert self._timer is not None
+            for name in self._limits:  # the memory device_input() handed out
+                self._bind(name, self._device_buffer(name).ptr)
             self._timer.start()
             self._timer.mark("h2d")  # the input is on the device already: no copy
             return self._run(fetch)
@@ -382,18 +434,30 @@ class TensorRTBackend(Backend):
         default) and wait for them; the context is active."""
         from edgemed.cuda.device import CudaGraph
 
-        stream = self._gpu.stream
-        shapes = tuple(self._shapes[s.name] for s in self._inputs)
+        # No local reference to the pycuda stream: a traceback a caller keeps would keep
+        # it alive past close(), when pycuda can no longer destroy it (a leak).
+        gpu = self._gpu
+        if self._gpu.integrated:  # fetched outputs where the host reads them, others on the GPU
+            for spec in self._outputs:
+                if fetch is None or spec.name in fetch:
+                    self._bind(spec.name, self._host_buffer(spec.name).device_ptr)
+                else:
+                    self._bind(spec.name, self._device_buffer(spec.name).ptr)
+        # A graph replays the addresses it was captured with: they are part of its key.
+        shapes = (
+            *(self._shapes[s.name] for s in self._inputs),
+            tuple(self._bound[name] for name in self._io),
+        )
         if self._graph is not None and self._graph[0] == shapes:
             self._graph[1].launch()
         else:
-            self._graph = None  # captured for other shapes: never replayed for these
+            self._drop_graph()  # captured for other shapes: never replayed for these
             self._execute()
             if self._cuda_graphs and shapes == self._last_shapes:
                 # Captured only after a plain run at these shapes: TensorRT does its
                 # shape-dependent setup on the first execution, which must not be captured.
-                stream.synchronize()
-                self._graph = (shapes, CudaGraph(stream, self._execute))
+                gpu.stream.synchronize()
+                self._graph = (shapes, CudaGraph(gpu.stream_handle, self._execute))
         self._last_shapes = shapes
         timer = self._timer
         assert timer is not None
@@ -403,13 +467,13 @@ class TensorRTBackend(Backend):
             if fetch is not None and spec.name not in fetch:
                 continue
             shape = trt_compat.dims(self._context.get_tensor_shape(spec.name))
-            host = self._host_buffers[spec.name].array.reshape(-1)[: int(np.prod(shape))]
+            host = self._host_buffer(spec.name).array.reshape(-1)[: int(np.prod(shape))]
             if not self._gpu.integrated:
-                self._device_buffers[spec.name].download(host, stream)
+                self._device_buffers[spec.name].download(host, gpu.stream)
             results[spec.name] = host.reshape(shape)
         timer.mark("d2h")
         if results:  # nothing fetched: later work on the stream reads the outputs
-            stream.synchronize()
+            gpu.stream.synchronize()
             self._last_ms = timer.elapsed_ms()
         return results
 
@@ -429,12 +493,22 @@ class TensorRTBackend(Backend):
                 "TensorRT inference failed" + detail, code="BACKEND_INFERENCE_FAILED"
             )
 
+    def _drop_graph(self) -> None:
+        """Destroy the captured CUDA graph, if any (the context is active)."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            graph[1].destroy()
+
     def close(self) -> None:
         if self._closed:
             return
         try:
             with self._gpu.active():
-                self._graph = None
+                # Graphs, then events (destroyed with their last reference), then
+                # memory, all in the live context: pycuda skips every free after the
+                # context is detached, which leaked them on each reload.
+                self._drop_graph()
+                self._timer = None
                 for buffer in self._device_buffers.values():
                     buffer.free()
                 for host in self._host_buffers.values():

@@ -3,6 +3,12 @@
 The network is strongly typed: the precision is the ONNX's own (FP16 by AutoCast,
 INT8 by Q/DQ), so no precision builder flags exist here (TensorRT 11 removed them).
 The ONNX bytes handed to the parser are the ones :meth:`Bundle.read_artifact` hashed.
+TensorRT's TF32 flag, on by default, is cleared unless ``--tf32`` asks for it: float32
+layers then compute in float32, as the ONNX Runtime reference and the export's accuracy
+gates did (TF32 rounds the inputs of every float32 convolution and matrix product to 10
+mantissa bits on the tensor cores of sm_80 and newer, Orin and H100 included). This
+holds for the float32 parts of FP16 and INT8 models too. The math mode is part of the
+engine's key and sidecar and of every result's provenance.
 
 A build writes, under the cache key (:mod:`edgemed.backends.tensorrt.cache`), the plain plan and
 its sidecar, and keeps TensorRT's timing cache for this GPU beside them, so later
@@ -22,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgemed._lazy import require
 from edgemed.backends.tensorrt import compat as trt_compat
-from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
+from edgemed.backends.tensorrt.cache import EngineCache, EngineKey, gpu_fields
 from edgemed.backends.tensorrt.profiles import Profile, derive_profile
 from edgemed.errors import BackendError, UsageError
 from edgemed.fsutil import write_private
@@ -48,8 +53,16 @@ class BuildOptions:
         precision: which ONNX artifact of the bundle to build (``fp32``/``fp16``/``int8``).
         ranges: ``MIN:OPT:MAX`` per dynamic axis name (see :func:`derive_profile`).
         workspace_mib: cap on the builder's workspace pool (None: TensorRT's default).
-        hardware_compat: ``none``, ``ampere_plus`` or ``same_compute_capability``.
-        version_compat: build a version-compatible plan (lean runtime excluded).
+        hardware_compat: ``none``, ``ampere_plus`` or ``same_compute_capability``
+            (refused on integrated GPUs: JetPack's TensorRT has no hardware
+            compatibility).
+        tf32: allow TF32 for float32 math (TensorRT's default, which edgemed turns off:
+            see the module docstring). Recorded in the key, sidecar and provenance.
+        version_compat: refused (``UsageError``). A version-compatible plan needs
+            TensorRT's lean runtime of the building version at load time, either
+            embedded in the plan (host code, which edgemed never allows) or loaded from
+            a library, which edgemed does not do; and the cache key pins the TensorRT
+            version anyway. After a TensorRT update, rebuild with ``edgemed build``.
         timing_cache: read and update the timing cache beside the engines.
         force: rebuild even when a verified engine for the key exists.
         device: CUDA device ordinal.
@@ -59,6 +72,7 @@ class BuildOptions:
     ranges: dict[str, str] = field(default_factory=dict)
     workspace_mib: int | None = None
     hardware_compat: str = "none"
+    tf32: bool = False
     version_compat: bool = False
     timing_cache: bool = True
     force: bool = False
@@ -84,25 +98,25 @@ def engine_key(
     trt_version: str,
     *,
     hardware_compat: str = "none",
-    version_compat: bool = False,
+    tf32: bool = False,
 ) -> EngineKey:
-    """The cache key for building ``bundle``'s ``precision`` ONNX on ``gpu``."""
+    """The cache key for building ``bundle``'s ``precision`` ONNX on ``gpu`` (on this
+    machine's platform)."""
     return EngineKey(
         onnx_sha256=bundle.artifact("onnx", precision).sha256,
-        gpu_name=gpu.name,
-        compute_capability=gpu.cc,
+        **gpu_fields(gpu),
         trt_version=trt_version,
         precision=precision,
         profile=profile.canonical(),
+        tf32=tf32,
         hardware_compat=hardware_compat,
-        version_compat=version_compat,
     )
 
 
 def make_logger(errors: list[str]) -> trt.ILogger:
     """A TensorRT logger sending warnings to Python logging and keeping errors in
     ``errors`` (so a failure message can say what TensorRT said)."""
-    require("tensorrt", "gpu", "TensorRT engines")
+    trt_compat.require_tensorrt("TensorRT engines")
     import tensorrt as trt
 
     severity = trt.ILogger.Severity
@@ -163,7 +177,8 @@ def build_engine(
     Raises:
         UsageError: bad ranges or options.
         BundleError: no ONNX of that precision, or its bytes fail verification.
-        MissingDependencyError: tensorrt or pycuda missing (``edgemed[gpu]``).
+        MissingDependencyError: tensorrt (installed apart from edgemed's extras:
+            ``compat.TENSORRT_INSTALL``) or pycuda (``edgemed[gpu]``) missing.
         BackendError: ``GPU_UNAVAILABLE``, ``ENGINE_BUILD_FAILED``.
         OutputError: the cache directory cannot be written.
     """
@@ -171,9 +186,16 @@ def build_engine(
     profile = derive_profile(bundle.input, options.ranges)
     if options.hardware_compat not in trt_compat.HARDWARE_COMPAT_LEVELS:
         raise UsageError(f"unknown hardware compatibility level {options.hardware_compat!r}")
+    if options.version_compat:
+        raise UsageError(
+            "version-compatible engines are not supported: loading one needs TensorRT's "
+            "lean runtime of the building version (embedded host code, which edgemed never "
+            "allows, or a separate library edgemed does not load); after a TensorRT "
+            "update, rebuild with `edgemed build`"
+        )
     cache = cache or EngineCache.for_bundle(bundle)
 
-    require("tensorrt", "gpu", "building TensorRT engines")
+    trt_compat.require_tensorrt("building TensorRT engines")
     from edgemed.cuda.device import CudaDevice
 
     device = CudaDevice.open(options.device)
@@ -195,6 +217,14 @@ def _build_on(
 ) -> BuildResult:
     import tensorrt as trt
 
+    if gpu.integrated and options.hardware_compat != "none":
+        # TensorRT's support matrix: hardware compatibility is not supported on JetPack
+        # (nor DRIVE OS); a plan for an integrated GPU is built on that device.
+        raise UsageError(
+            f"--hardware-compat {options.hardware_compat} is not supported on an integrated "
+            f"GPU ({gpu.name}: Jetson/JetPack's TensorRT has no hardware compatibility); "
+            "build without it on each device model"
+        )
     artifact = bundle.artifact("onnx", options.precision)
     key = engine_key(
         bundle,
@@ -203,7 +233,7 @@ def _build_on(
         gpu,
         trt.__version__,
         hardware_compat=options.hardware_compat,
-        version_compat=options.version_compat,
+        tf32=options.tf32,
     )
     if not options.force:
         try:
@@ -290,9 +320,7 @@ def _build(
     level = trt_compat.hardware_compat_level(trt, options.hardware_compat)
     if level is not None:
         config.hardware_compatibility_level = level
-    if options.version_compat:
-        for flag in trt_compat.version_compat_flags(trt):
-            config.set_flag(flag)
+    trt_compat.set_tf32(trt, config, options.tf32)
 
     timing_path = cache.timing_cache_path(gpu.name, gpu.cc, trt.__version__)
     if options.timing_cache:

@@ -8,11 +8,21 @@ the bundle is read-only on the device)::
     timing-<gpu>-<cc>-trt<version>.cache   TensorRT's timing cache for this GPU
 
 The key, as Holoscan does it, is the ONNX sha256 + GPU name + compute capability +
-TensorRT version + precision + profile (plus the compatibility options, which change
-the plan). A plan is only ever used under the key it was built for: anything else is
-``ENGINE_INCOMPATIBLE`` (or a rebuild, when the caller allows one). The one exception is
-TensorRT's own: a plan built hardware-compatible (``edgemed build --hardware-compat``)
-serves the other GPUs TensorRT says it runs on (see :func:`_portable_fields`).
+TensorRT version + precision + profile, plus what else changes the plan or where it may
+run: the GPU's multiprocessor count and memory (AGX Orin, Orin NX and Orin Nano all
+report "Orin", cc 8.7: tactics timed on one are not the best, or not even runnable
+within the memory, of another), the platform (OS, CPU architecture, integrated or
+discrete GPU: TensorRT plans are not portable across platforms), the math mode (TF32
+allowed or not) and the hardware compatibility level. A plan is only ever used under
+the key it was built for: anything else is ``ENGINE_INCOMPATIBLE`` (or a rebuild, when
+the caller allows one). The one exception is TensorRT's own: a plan built
+hardware-compatible (``edgemed build --hardware-compat``) serves the other GPUs
+TensorRT says it runs on (see :func:`_portable_fields`), on the same platform only.
+
+Sidecars of schema 1 (edgemed before the multiprocessor, memory, platform and TF32
+fields) are not migrated: nothing in them says which module or platform built the plan,
+and their plans were built with TensorRT's default TF32 on. They are reported as
+``ENGINE_INCOMPATIBLE`` ("rebuild with ``edgemed build``") and never loaded.
 
 An engine is executable code, so :meth:`EngineCache.open` checks, in order, before a
 single plan byte reaches the deserializer: the sidecar parses and describes the
@@ -32,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -45,6 +56,7 @@ from edgemed.fsutil import check_private, write_private
 
 if TYPE_CHECKING:
     from edgemed.bundle import Bundle
+    from edgemed.cuda.device import DeviceInfo
 
 __all__ = [
     "KEY_FIELDS",
@@ -52,33 +64,43 @@ __all__ = [
     "EngineCache",
     "EngineKey",
     "default_cache_dir",
+    "gpu_fields",
+    "host_platform",
 ]
 
 log = logging.getLogger("edgemed.backends.tensorrt")
 
-SIDECAR_SCHEMA = 1
+SIDECAR_SCHEMA = 2
 #: The fields of :class:`EngineKey`, in the order messages list them.
 KEY_FIELDS = (
     "onnx_sha256",
     "gpu_name",
     "compute_capability",
+    "multiprocessors",
+    "memory_gib",
+    "platform",
     "trt_version",
     "precision",
+    "tf32",
     "profile",
     "hardware_compat",
-    "version_compat",
 )
 # Human words for mismatch messages.
 _FIELD_WORDS = {
     "onnx_sha256": "model (ONNX sha256)",
     "gpu_name": "GPU",
     "compute_capability": "compute capability",
+    "multiprocessors": "multiprocessors",
+    "memory_gib": "GPU memory (GiB)",
+    "platform": "platform",
     "trt_version": "TensorRT version",
     "precision": "precision",
+    "tf32": "TF32 math",
     "profile": "profile",
     "hardware_compat": "hardware compatibility",
-    "version_compat": "version compatibility",
 }
+_INT_FIELDS = ("multiprocessors", "memory_gib")
+_BOOL_FIELDS = ("tf32",)
 _SAFE = re.compile(r"[^A-Za-z0-9.]+")
 
 T = TypeVar("T")
@@ -92,21 +114,30 @@ class EngineKey:
         onnx_sha256: sha256 of the ONNX artifact the plan was parsed from.
         gpu_name: the CUDA device name (``NVIDIA H100 80GB HBM3``, ``Orin``).
         compute_capability: ``"major.minor"``, e.g. ``"8.7"``.
+        multiprocessors: the GPU's streaming multiprocessor count.
+        memory_gib: the GPU's total memory in GiB, rounded to the nearest integer (a
+            few MiB more or less reserved after a system update does not orphan the
+            engines; Orin modules differ by 4 GiB or more).
+        platform: ``<OS>-<CPU architecture>-<igpu|dgpu>`` (:func:`host_platform`).
         trt_version: ``tensorrt.__version__`` of the builder.
         precision: the bundle precision (``fp32``/``fp16``/``int8``).
+        tf32: whether TensorRT was allowed TF32 for float32 math (``edgemed build
+            --tf32``); False: float32 math stays float32.
         profile: :meth:`Profile.canonical` of the optimisation profile.
         hardware_compat: ``none``, ``ampere_plus`` or ``same_compute_capability``.
-        version_compat: built version-compatible (lean runtime excluded).
     """
 
     onnx_sha256: str
     gpu_name: str
     compute_capability: str
+    multiprocessors: int
+    memory_gib: int
+    platform: str
     trt_version: str
     precision: str
     profile: str
+    tf32: bool = False
     hardware_compat: str = "none"
-    version_compat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,11 +158,34 @@ class EngineKey:
         return [f for f in KEY_FIELDS if getattr(self, f) != getattr(other, f)]
 
     def describe(self) -> str:
-        """One line for messages: ``GPU x (cc 8.7), TensorRT y, fp16``."""
+        """One line for messages: ``GPU x (cc 8.7), TensorRT y, fp16; 8 SMs, 7 GiB,
+        Linux-aarch64-igpu``."""
+        math = ", TF32 allowed" if self.tf32 else ""
         return (
             f"{self.gpu_name} (cc {self.compute_capability}), TensorRT {self.trt_version}, "
-            f"{self.precision}"
+            f"{self.precision}{math}; {self.multiprocessors} SMs, {self.memory_gib} GiB, "
+            f"{self.platform}"
         )
+
+
+def host_platform(integrated: bool) -> str:
+    """``<OS>-<CPU architecture>-<igpu|dgpu>`` of this machine, e.g. ``Linux-aarch64-igpu``
+    (Jetson) or ``Linux-aarch64-dgpu`` (an SBSA server): TensorRT plans are not portable
+    across platforms, and JetPack's TensorRT is another build than the server one."""
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return f"{platform.system()}-{arch}-{'igpu' if integrated else 'dgpu'}"
+
+
+def gpu_fields(gpu: DeviceInfo) -> dict[str, Any]:
+    """The :class:`EngineKey` fields that describe ``gpu`` and this machine."""
+    return {
+        "gpu_name": gpu.name,
+        "compute_capability": gpu.cc,
+        "multiprocessors": int(gpu.multiprocessor_count),
+        "memory_gib": round(gpu.total_memory / 2**30),
+        "platform": host_platform(gpu.integrated),
+    }
 
 
 def default_cache_dir(bundle: Bundle) -> Path:
@@ -143,8 +197,18 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _OldSchema(ValueError):
+    """A sidecar written by an older edgemed (see the module docstring)."""
+
+
 def _key_from_sidecar(data: Any) -> EngineKey:
-    """The key a sidecar describes; ``ValueError`` if any field is missing or mistyped."""
+    """The key a sidecar describes; ``ValueError`` if any field is missing or mistyped
+    (:class:`_OldSchema` for a sidecar of an older schema)."""
+    if isinstance(data, dict) and data.get("schema") == 1:
+        raise _OldSchema(
+            "engine built by an older edgemed (sidecar schema 1: no multiprocessor, memory, "
+            "platform or TF32 fields, and TF32 was on); rebuild it with `edgemed build`"
+        )
     if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
         raise ValueError("not an edgemed engine sidecar of a known schema")
     fields: dict[str, Any] = {}
@@ -152,9 +216,12 @@ def _key_from_sidecar(data: Any) -> EngineKey:
         value = data.get(name)
         if name == "profile":
             value = Profile.from_dict(value).canonical() if isinstance(value, dict) else None
-        if name == "version_compat":
+        if name in _BOOL_FIELDS:
             if type(value) is not bool:
-                raise ValueError("version_compat must be true or false")
+                raise ValueError(f"{name} must be true or false")
+        elif name in _INT_FIELDS:
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
         elif not isinstance(value, str):
             raise ValueError(f"{name} must be a string")
         fields[name] = value
@@ -170,15 +237,21 @@ def _portable_fields(built: EngineKey, here: EngineKey) -> tuple[str, ...]:
     """The GPU fields in which a hardware-compatible plan may differ from this GPU.
 
     TensorRT's ``AMPERE_PLUS`` plans run on any GPU of compute capability 8.0 or newer,
-    ``SAME_COMPUTE_CAPABILITY`` plans on any GPU of the capability they were built on.
+    ``SAME_COMPUTE_CAPABILITY`` plans on any GPU of the capability they were built on;
+    neither crosses platforms (the ``platform`` field is never relaxed), and JetPack's
+    TensorRT has no hardware compatibility at all (nothing is portable to an
+    integrated GPU).
     """
+    if here.platform.endswith("-igpu"):
+        return ()
+    same_gpu_model = ("gpu_name", "multiprocessors", "memory_gib")
     if built.hardware_compat == "ampere_plus" and _cc(here.compute_capability) >= (8, 0):
-        return ("gpu_name", "compute_capability")
+        return (*same_gpu_model, "compute_capability")
     if (
         built.hardware_compat == "same_compute_capability"
         and built.compute_capability == here.compute_capability
     ):
-        return ("gpu_name",)
+        return same_gpu_model
     return ()
 
 
@@ -265,37 +338,47 @@ class EngineCache:
         Sidecars that cannot be read or parsed are skipped here (and logged): they are
         nobody's engine. :meth:`open` reports them when asked for their key.
         """
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[tuple[EngineKey, dict[str, Any]]], list[dict[str, Any]]]:
+        """:meth:`entries`, and the sidecars of an older schema (with their plans)."""
         found: list[tuple[EngineKey, dict[str, Any]]] = []
+        old: list[dict[str, Any]] = []
         if not self.root.is_dir():
-            return found
+            return found, old
         for path in sorted(self.root.glob("*.json")):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 found.append((_key_from_sidecar(data), data))
+            except _OldSchema:
+                if (self.root / str(data.get("plan", ""))).is_file():
+                    old.append(data)
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
                 log.debug("skipping %s: %s", path.name, exc)
-        return found
+        return found, old
 
     def select(self, want: EngineKey, *, any_profile: bool = True) -> EngineKey:
         """The key of the cached engine to use for ``want``.
 
         Args:
-            want: the key wanted. With ``any_profile``, its profile (and compatibility
-                options) are a preference: an engine built for this exact model, GPU,
-                TensorRT version and precision with another profile is used when none
-                has the preferred one (the newest such engine).
+            want: the key wanted. With ``any_profile``, its profile, math mode and
+                hardware compatibility are a preference: an engine built for this exact
+                model, GPU, platform, TensorRT version and precision with another
+                profile (or built ``--tf32``: the provenance then says so) is used when
+                none has the preferred ones (the closest, float32 math first, then the
+                newest).
 
         Raises:
             BackendError: ``ENGINE_MISSING`` (nothing for this model and precision) or
-                ``ENGINE_INCOMPATIBLE`` (engines exist, but for another GPU or TensorRT
-                version, or another profile when ``any_profile`` is False).
+                ``ENGINE_INCOMPATIBLE`` (engines exist, but for another GPU, platform or
+                TensorRT version, or built by an older edgemed, or another profile when
+                ``any_profile`` is False).
         """
-        relaxed: tuple[str, ...] = (
-            ("profile", "hardware_compat", "version_compat") if any_profile else ()
-        )
+        relaxed: tuple[str, ...] = ("profile", "tf32", "hardware_compat") if any_profile else ()
         same_model: list[tuple[EngineKey, dict[str, Any]]] = []
         usable: list[tuple[EngineKey, dict[str, Any]]] = []
-        for key, data in self.entries():
+        entries, old_schema = self._scan()
+        for key, data in entries:
             if key.onnx_sha256 != want.onnx_sha256 or key.precision != want.precision:
                 continue
             if not self.plan_path(key).is_file():
@@ -308,12 +391,33 @@ class EngineCache:
             if key == want:
                 return key
         if usable:
-            return max(usable, key=lambda kd: str(kd[1].get("created", "")))[0]
+            # The closest to the preferences (float32 math first), then the newest.
+            return max(
+                usable,
+                key=lambda kd: (
+                    kd[0].tf32 == want.tf32,
+                    kd[0].profile == want.profile,
+                    kd[0].hardware_compat == want.hardware_compat,
+                    str(kd[1].get("created", "")),
+                ),
+            )[0]
         if same_model:
             seen = "; ".join(sorted({k.describe() for k, _ in same_model}))
             raise BackendError(
                 f"no engine for {want.describe()} in {self.root}; the cache holds engines "
                 f"for {seen} only: rebuild with `edgemed build`",
+                code="ENGINE_INCOMPATIBLE",
+                path=self.root,
+            )
+        if any(
+            d.get("onnx_sha256") == want.onnx_sha256 and d.get("precision") == want.precision
+            for d in old_schema
+        ):
+            raise BackendError(
+                f"the {want.precision} engine for this model in {self.root} was built by an "
+                "older edgemed (sidecar schema 1: it does not record which GPU module or "
+                "platform built it, and it ran TF32): rebuild it with `edgemed build "
+                f"BUNDLE --precision {want.precision}`",
                 code="ENGINE_INCOMPATIBLE",
                 path=self.root,
             )
@@ -342,6 +446,8 @@ class EngineCache:
         try:
             data = json.loads(sidecar_path.read_text(encoding="utf-8"))
             found = _key_from_sidecar(data)
+        except _OldSchema as exc:
+            raise BackendError(str(exc), code="ENGINE_INCOMPATIBLE", path=sidecar_path) from exc
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise BackendError(
                 f"engine sidecar cannot be read ({exc.__class__.__name__}: {exc})",

@@ -16,25 +16,37 @@ What differs, and how it is handled:
 - ``IProgressMonitor``: used when present; otherwise the builder prints elapsed time.
 - Execution memory: only ``device_memory_size_v2`` is read (the older name is gone in
   11).
-- Hardware and version compatibility: enum members looked up by name.
+- Hardware compatibility: enum members looked up by name. Version-compatible plans are
+  not built (see :class:`edgemed.backends.tensorrt.builder.BuildOptions`).
+- TF32: ``BuilderFlag.TF32`` is on by default in 10.x and 11.x; :func:`set_tf32` sets or
+  clears it explicitly.
+
+TensorRT is not part of the ``gpu`` extra (pip cannot say "the TensorRT already
+installed": the ``tensorrt`` metapackage would pull the newest ``tensorrt_cu13`` over a
+working ``tensorrt-cu12`` or JetPack install); :func:`require_tensorrt` says how to
+install the right one.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from edgemed.errors import BackendError, UsageError
+from edgemed.errors import BackendError, MissingDependencyError, UsageError
 
 __all__ = [
     "HARDWARE_COMPAT_LEVELS",
+    "TENSORRT_INSTALL",
     "IOTensor",
     "ProgressPrinter",
+    "TensorRTMissingError",
     "device_memory_bytes",
     "dims",
     "hardware_compat_level",
@@ -43,9 +55,39 @@ __all__ = [
     "network_flags",
     "numpy_dtype",
     "progress_monitor",
+    "require_tensorrt",
+    "set_tf32",
     "set_workspace",
-    "version_compat_flags",
 ]
+
+#: How to get TensorRT, which no edgemed extra installs (see the module docstring).
+TENSORRT_INSTALL = (
+    "TensorRT is not part of edgemed[gpu]: install the one matching this machine's CUDA "
+    "(pip install tensorrt-cu12 or tensorrt-cu13, or NVIDIA's packages; on Jetson, "
+    "JetPack's own, in a venv made with --system-site-packages)"
+)
+
+
+class TensorRTMissingError(MissingDependencyError):
+    """``tensorrt`` does not import: ``DEPENDENCY_MISSING``, saying how to install it."""
+
+    def __init__(self, purpose: str) -> None:
+        # Not MissingDependencyError's message: `pip install "edgemed[gpu]"` brings
+        # pycuda, not TensorRT.
+        BackendError.__init__(
+            self, f"the Python module 'tensorrt' is needed for {purpose}: {TENSORRT_INSTALL}"
+        )
+        self.module = "tensorrt"
+        self.extra = "gpu"
+
+
+def require_tensorrt(purpose: str) -> ModuleType:
+    """Import ``tensorrt`` or raise :class:`TensorRTMissingError`."""
+    try:
+        return importlib.import_module("tensorrt")
+    except ImportError as exc:  # also when sys.modules["tensorrt"] is None (blocked)
+        raise TensorRTMissingError(purpose) from exc
+
 
 #: ``--hardware-compat`` values -> ``HardwareCompatibilityLevel`` member names.
 HARDWARE_COMPAT_LEVELS = {
@@ -131,26 +173,34 @@ def hardware_compat_level(trt: Any, level: str) -> Any:
     return member
 
 
-def version_compat_flags(trt: Any) -> list[Any]:
-    """Builder flags for a version-compatible plan that carries no executable code.
+def set_tf32(trt: Any, config: Any, enabled: bool) -> None:
+    """Allow (``enabled``) or forbid TF32 for float32 math in ``config``.
 
-    ``VERSION_COMPATIBLE`` alone embeds TensorRT's lean runtime in the plan, and
-    loading that needs ``engine_host_code_allowed = True``, which edgemed never sets.
-    ``EXCLUDE_LEAN_RUNTIME`` keeps the plan data only.
+    TensorRT sets ``BuilderFlag.TF32`` by default; strongly typed networks still honour
+    it (it is no precision flag but a math mode of FLOAT tensors). Forbidding it on a
+    TensorRT without the flag needs nothing; asking for it there cannot be honoured.
 
     Raises:
-        BackendError: ``ENGINE_BUILD_FAILED`` when either flag is absent.
+        BackendError: ``ENGINE_BUILD_FAILED`` when TF32 is asked for and absent, or the
+            flag does not take the state asked for.
     """
-    names = ("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME")
-    flags = [getattr(trt.BuilderFlag, n, None) for n in names]
-    missing = [n for n, f in zip(names, flags, strict=True) if f is None]
-    if missing:
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    if flag is None:
+        if enabled:
+            raise BackendError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.TF32: --tf32 cannot be honoured",
+                code="ENGINE_BUILD_FAILED",
+            )
+        return
+    if enabled:
+        config.set_flag(flag)
+    else:
+        config.clear_flag(flag)
+    if bool(config.get_flag(flag)) != enabled:
         raise BackendError(
-            f"TensorRT {trt.__version__} lacks BuilderFlag {', '.join(missing)}: "
-            "it cannot build version-compatible engines",
+            f"TensorRT kept TF32 {'off' if enabled else 'on'} against the build options",
             code="ENGINE_BUILD_FAILED",
         )
-    return flags
 
 
 def device_memory_bytes(engine: Any) -> int | None:

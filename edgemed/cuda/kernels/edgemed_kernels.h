@@ -5,10 +5,17 @@
 // change on one side without the other fails to compile rather than reading garbage.
 //
 // Every float32 operation whose rounding the CPU reference (edgemed.preprocess.cpu,
-// NumPy/OpenCV) fixes goes through em_add/em_sub/em_mul/em_div: under nvcc they are the
-// round-to-nearest intrinsics, which nvcc never contracts into a fused multiply-add
-// (a plain a*b+c may become an FMA and round once instead of twice). Host builds use
-// -ffp-contract=off for the same reason.
+// NumPy/OpenCV) fixes goes through em_add/em_sub/em_mul/em_div, and every float64 one
+// through em_dadd/em_dsub/em_dmul: under nvcc they are the round-to-nearest intrinsics,
+// which nvcc never contracts into a fused multiply-add (a plain a*b+c may become an FMA
+// and round once instead of twice). Host builds use -ffp-contract=off, and nvcc gets
+// -fmad=false (edgemed.cuda.build.NVCC_OPTIONS), for the same reason: both compilers then
+// round what the host tests check the way the GPU rounds it.
+//
+// No float64 division or square root runs per pixel (sm_87 runs FP64 at 1/64 of FP32):
+// the bilinear taps are computed once per row and column on the host
+// (edgemed.cuda.packing.bilinear_taps) and the z-score offset and scale once per slice
+// and channel (em_zstats pass 2).
 #pragma once
 
 #include "host_shim.h"
@@ -54,8 +61,8 @@ struct EmPreSlice {
     int32_t src_h, src_w;
     int32_t top, left, box_h, box_w;  // placement box inside H x W
     float slope, intercept;           // physical = raw * slope + intercept (float32)
-    int32_t coord32;                  // 1: source coordinate rounded to float32 (no-IPP OpenCV)
-    int32_t reserved;
+    int32_t tap_x;                    // first of box_w column taps (EmTap) of this slice
+    int32_t tap_y;                    // first of box_h row taps
 };
 static_assert(sizeof(EmPreSlice) == 48, "EmPreSlice layout changed: update cuda/packing.py");
 
@@ -75,10 +82,19 @@ struct EmPostSlice {
     int64_t out_offset;  // first mask byte of this slice
     int32_t src_h, src_w;             // mask size (the source slice)
     int32_t top, left, box_h, box_w;  // placement box inside H x W
-    int32_t coord32;
-    int32_t reserved;
+    int32_t tap_x;                    // first of src_w column taps (EmTap) of this slice
+    int32_t tap_y;                    // first of src_h row taps
 };
 static_assert(sizeof(EmPostSlice) == 40, "EmPostSlice layout changed: update cuda/packing.py");
+
+// One bilinear tap of a destination row or column: source pixels i0 and i1 (clamped) and
+// the weight a of i1, as OpenCV INTER_LINEAR computes them (edgemed.cuda.packing).
+struct EmTap {
+    int32_t i0, i1;
+    float a;
+    int32_t reserved;
+};
+static_assert(sizeof(EmTap) == 16, "EmTap layout changed: update cuda/packing.py");
 
 // ---- float32 arithmetic with one rounding per operation --------------------------------
 
@@ -87,11 +103,17 @@ __device__ __forceinline__ float em_add(float a, float b) { return __fadd_rn(a, 
 __device__ __forceinline__ float em_sub(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ float em_mul(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ float em_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double em_dadd(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double em_dsub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double em_dmul(double a, double b) { return __dmul_rn(a, b); }
 #else
 __device__ __forceinline__ float em_add(float a, float b) { return a + b; }
 __device__ __forceinline__ float em_sub(float a, float b) { return a - b; }
 __device__ __forceinline__ float em_mul(float a, float b) { return a * b; }
 __device__ __forceinline__ float em_div(float a, float b) { return a / b; }
+__device__ __forceinline__ double em_dadd(double a, double b) { return a + b; }
+__device__ __forceinline__ double em_dsub(double a, double b) { return a - b; }
+__device__ __forceinline__ double em_dmul(double a, double b) { return a * b; }
 #endif
 
 // ---- float16 <-> float32, round to nearest even (as NumPy's astype) --------------------
@@ -138,43 +160,7 @@ __device__ __forceinline__ float em_h2f(uint16_t h) {
 }
 #endif
 
-// ---- bilinear taps, OpenCV INTER_LINEAR -------------------------------------------------
-
-// Source taps for destination index x when n_src pixels are resized to n_dst: half-pixel
-// centres, sx = (x + 0.5) * (n_src / n_dst) - 0.5 in float64 (OpenCV with IPP) or rounded
-// to float32 before the floor (OpenCV without IPP) when coord32; clamped to the edge
-// pixel with weight 0 outside [0, n_src - 1). Equal sizes give a = 0: an exact copy.
-__device__ __forceinline__ void em_taps(int x, int n_src, int n_dst, int coord32, int* i0,
-                                        int* i1, float* a) {
-    const double s = (static_cast<double>(x) + 0.5) *
-                         (static_cast<double>(n_src) / static_cast<double>(n_dst)) -
-                     0.5;
-    int k;
-    float frac;
-    if (coord32) {
-        const float sf = static_cast<float>(s);
-        const float fl = floorf(sf);
-        k = static_cast<int>(fl);
-        frac = sf - fl;  // exact: fl is the integer part of sf
-    } else {
-        const double fl = floor(s);
-        k = static_cast<int>(fl);
-        frac = static_cast<float>(s - fl);
-    }
-    if (k < 0) {
-        *i0 = 0;
-        *i1 = 0;
-        *a = 0.0f;
-    } else if (k >= n_src - 1) {
-        *i0 = n_src - 1;
-        *i1 = n_src - 1;
-        *a = 0.0f;
-    } else {
-        *i0 = k;
-        *i1 = k + 1;
-        *a = frac;
-    }
-}
+// ---- bilinear interpolation, OpenCV INTER_LINEAR --------------------------------------
 
 // (1 - a) * p0 + a * p1 with float32 weights, each operation rounded once (OpenCV's
 // horizontal pass, and its vertical pass on the two row results).

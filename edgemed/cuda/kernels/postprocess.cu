@@ -9,8 +9,9 @@
 //       exp, then the sum taken channel 0, 1, ... in order as NumPy reduces that axis,
 //       then one division), sigmoid as 0.5 * (1 + tanh(0.5 * x)), or none;
 //   crop to the placement box and bilinear resize to (src_h, src_w) with the same
-//       INTER_LINEAR rule as preprocessing (em_taps, clamped to the box's edges),
-//       interpolating the activated probabilities of the four taps per channel;
+//       INTER_LINEAR rule as preprocessing (taps per mask column and row from the host,
+//       EmTap, clamped to the box's edges), interpolating the activated probabilities
+//       of the four taps per channel;
 //   decision: argmax (ties to the lowest channel), or threshold: channel c + 1 for the
 //       most probable channel when its probability >= float32(threshold), else 0.
 // The activation is recomputed for each of the four taps instead of stored: no scratch
@@ -24,7 +25,7 @@ __device__ __forceinline__ float em_load(const uint16_t* p, int64_t i) { return 
 
 template <typename T>
 __device__ void em_segment_body(const T* logits, const EmPostSlice* slices,
-                                const EmPostSpec* spec, uint8_t* masks) {
+                                const EmPostSpec* spec, const EmTap* taps, uint8_t* masks) {
     const int x = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
     const int y = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
     const int n = static_cast<int>(blockIdx.z);
@@ -35,15 +36,15 @@ __device__ void em_segment_body(const T* logits, const EmPostSlice* slices,
     const int64_t plane = static_cast<int64_t>(spec->height) * W;
     const T* L = logits + static_cast<int64_t>(n) * C * plane;
 
-    int x0, x1, y0, y1;
-    float ax, ay;
-    em_taps(x, s.box_w, s.src_w, s.coord32, &x0, &x1, &ax);
-    em_taps(y, s.box_h, s.src_h, s.coord32, &y0, &y1, &ay);
+    const EmTap tx = taps[s.tap_x + x];
+    const EmTap ty = taps[s.tap_y + y];
+    const float ax = tx.a;
+    const float ay = ty.a;
     int64_t tap[4];
-    tap[0] = static_cast<int64_t>(s.top + y0) * W + s.left + x0;
-    tap[1] = static_cast<int64_t>(s.top + y0) * W + s.left + x1;
-    tap[2] = static_cast<int64_t>(s.top + y1) * W + s.left + x0;
-    tap[3] = static_cast<int64_t>(s.top + y1) * W + s.left + x1;
+    tap[0] = static_cast<int64_t>(s.top + ty.i0) * W + s.left + tx.i0;
+    tap[1] = static_cast<int64_t>(s.top + ty.i0) * W + s.left + tx.i1;
+    tap[2] = static_cast<int64_t>(s.top + ty.i1) * W + s.left + tx.i0;
+    tap[3] = static_cast<int64_t>(s.top + ty.i1) * W + s.left + tx.i1;
 
     // Softmax normalisers per tap: the channel maximum and the sum of exponentials.
     float mx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -87,13 +88,16 @@ __device__ void em_segment_body(const T* logits, const EmPostSlice* slices,
 }
 
 extern "C" __global__ void em_segment_f32(const void* logits, const EmPostSlice* slices,
-                                          const EmPostSpec* spec, uint8_t* masks) {
-    em_segment_body<float>(static_cast<const float*>(logits), slices, spec, masks);
+                                          const EmPostSpec* spec, const EmTap* taps,
+                                          uint8_t* masks) {
+    em_segment_body<float>(static_cast<const float*>(logits), slices, spec, taps, masks);
 }
 
 extern "C" __global__ void em_segment_f16(const void* logits, const EmPostSlice* slices,
-                                          const EmPostSpec* spec, uint8_t* masks) {
-    em_segment_body<uint16_t>(static_cast<const uint16_t*>(logits), slices, spec, masks);
+                                          const EmPostSpec* spec, const EmTap* taps,
+                                          uint8_t* masks) {
+    em_segment_body<uint16_t>(static_cast<const uint16_t*>(logits), slices, spec, taps,
+                              masks);
 }
 
 #if !defined(__CUDACC__)
@@ -103,14 +107,17 @@ extern "C" __global__ void em_segment_f16(const void* logits, const EmPostSlice*
 
 extern "C" int em_host_launch_segment(const char* name, unsigned gx, unsigned gy, unsigned gz,
                                       unsigned bx, unsigned by, unsigned bz, const void* logits,
-                                      const void* slices, const void* spec, uint8_t* masks) {
-    void (*fn)(const void*, const EmPostSlice*, const EmPostSpec*, uint8_t*) = nullptr;
+                                      const void* slices, const void* spec, const void* taps,
+                                      uint8_t* masks) {
+    void (*fn)(const void*, const EmPostSlice*, const EmPostSpec*, const EmTap*, uint8_t*) =
+        nullptr;
     if (std::strcmp(name, "em_segment_f32") == 0) fn = em_segment_f32;
     if (std::strcmp(name, "em_segment_f16") == 0) fn = em_segment_f16;
     if (fn == nullptr) return -1;
     const EmPostSlice* sl = static_cast<const EmPostSlice*>(slices);
     const EmPostSpec* sp = static_cast<const EmPostSpec*>(spec);
-    em_host_launch(dim3(gx, gy, gz), dim3(bx, by, bz), [&] { fn(logits, sl, sp, masks); });
+    const EmTap* tp = static_cast<const EmTap*>(taps);
+    em_host_launch(dim3(gx, gy, gz), dim3(bx, by, bz), [&] { fn(logits, sl, sp, tp, masks); });
     return 0;
 }
 #endif  // !__CUDACC__

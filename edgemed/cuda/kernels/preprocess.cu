@@ -3,8 +3,9 @@
 // One launch handles a whole batch: grid (ceil(W/bx), ceil(H/by), N), blockIdx.z is the
 // slice, one thread per model-input pixel (x, y) computing every channel there. Per
 // slice (EmPreSlice): where its raw pixels start, its size, its placement box, its
-// rescale slope/intercept. Per launch (EmPreSpec): the model geometry, the per-channel
-// window/clip range and the scale mode.
+// rescale slope/intercept and where its bilinear taps are (EmTap, one per column and
+// row of the box, from edgemed.cuda.packing.bilinear_taps). Per launch (EmPreSpec): the
+// model geometry, the per-channel window/clip range and the scale mode.
 //
 // Arithmetic, matching edgemed.preprocess.cpu step by step (its docstring is the spec):
 //   physical  s = raw * slope + intercept                  (float32, two roundings)
@@ -12,8 +13,9 @@
 //   scale     unit:   v = (v - lo) * inv
 //             zscore: v = (v - float32(mean)) * float32(1 / max(std, 1e-6)), mean and
 //                     population std of the windowed source slice in float64, from
-//                     em_zstats (two passes: sum, then sum of squared deviations)
-//   resize    bilinear, OpenCV INTER_LINEAR half-pixel rule (em_taps), the three steps
+//                     em_zstats (passes 0 and 1: sum, then sum of squared deviations;
+//                     pass 2: the float32 offset and scale per slice and channel)
+//   resize    bilinear, OpenCV INTER_LINEAR half-pixel rule (the host's taps), the steps
 //             above applied to each of the four source taps BEFORE interpolating, as the
 //             CPU reference windows the whole source slice and then resizes it
 //   place     stretch: the box is H x W; letterbox: outside the box is pad_value
@@ -52,16 +54,29 @@ __device__ __forceinline__ float em_window(float v, const EmPreSpec* spec, int c
 // thread accumulates a grid-stride share in float64 and adds it atomically (no shared
 // memory, so the host shim runs the same body). The float64 sums are exact enough that
 // their order (atomics are unordered) moves the float32 mean/scale by at most one ulp.
+// Pass 2 (grid (1, 1, N), one thread) turns them into what the main kernel applies:
+// scale[(n * C + c) * 2 + 0] = float32(mean), [... + 1] = float32(1 / max(std, 1e-6)),
+// so the float64 division and square root run once per slice and channel, not per pixel.
 template <typename T>
 __device__ void em_zstats_body(const T* src, const EmPreSlice* slices, const EmPreSpec* spec,
-                               double* stats, int pass) {
+                               double* stats, float* scale, int pass) {
     const int n = static_cast<int>(blockIdx.z);
     const EmPreSlice s = slices[n];
     const T* p = src + s.src_offset;
     const int64_t count = static_cast<int64_t>(s.src_h) * s.src_w;
+    const int C = spec->channels;
+    if (pass == 2) {
+        if (blockIdx.x != 0 || threadIdx.x != 0) return;
+        for (int c = 0; c < C; ++c) {
+            const int64_t k = (static_cast<int64_t>(n) * C + c) * 2;
+            const double sd = sqrt(stats[k + 1] / static_cast<double>(count));
+            scale[k] = static_cast<float>(stats[k] / static_cast<double>(count));
+            scale[k + 1] = static_cast<float>(1.0 / (sd > 1e-6 ? sd : 1e-6));
+        }
+        return;
+    }
     const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    const int C = spec->channels;
     for (int c = 0; c < C; ++c) {
         double* slot = stats + (static_cast<int64_t>(n) * C + c) * 2;
         const double mean = pass ? slot[0] / static_cast<double>(count) : 0.0;
@@ -69,10 +84,10 @@ __device__ void em_zstats_body(const T* src, const EmPreSlice* slices, const EmP
         for (int64_t i = first; i < count; i += stride) {
             const double v = em_window(em_physical(p, i, s.slope, s.intercept), spec, c);
             if (pass) {
-                const double d = v - mean;
-                acc += d * d;
+                const double d = em_dsub(v, mean);
+                acc = em_dadd(acc, em_dmul(d, d));
             } else {
-                acc += v;
+                acc = em_dadd(acc, v);
             }
         }
         if (first < count) atomicAdd(slot + pass, acc);
@@ -91,7 +106,8 @@ __device__ __forceinline__ void em_store(void* dst, int64_t i, float v) {
 
 template <typename T, bool HALF>
 __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
-                                   const EmPreSpec* spec, const double* stats, void* dst) {
+                                   const EmPreSpec* spec, const EmTap* taps, const float* scale,
+                                   void* dst) {
     const int H = spec->height;
     const int W = spec->width;
     const int x = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
@@ -109,18 +125,17 @@ __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
         for (int c = 0; c < C; ++c) em_store<HALF>(dst, out0 + c * plane, spec->pad_value);
         return;
     }
-    int x0, x1, y0, y1;
-    float ax, ay;
-    em_taps(x - s.left, s.src_w, s.box_w, s.coord32, &x0, &x1, &ax);
-    em_taps(y - s.top, s.src_h, s.box_h, s.coord32, &y0, &y1, &ay);
+    const EmTap tx = taps[s.tap_x + (x - s.left)];
+    const EmTap ty = taps[s.tap_y + (y - s.top)];
+    const float ax = tx.a;
+    const float ay = ty.a;
     const T* p = src + s.src_offset;
-    const int64_t r0 = static_cast<int64_t>(y0) * s.src_w;
-    const int64_t r1 = static_cast<int64_t>(y1) * s.src_w;
-    const float p00 = em_physical(p, r0 + x0, s.slope, s.intercept);
-    const float p01 = em_physical(p, r0 + x1, s.slope, s.intercept);
-    const float p10 = em_physical(p, r1 + x0, s.slope, s.intercept);
-    const float p11 = em_physical(p, r1 + x1, s.slope, s.intercept);
-    const double count = static_cast<double>(s.src_h) * s.src_w;
+    const int64_t r0 = static_cast<int64_t>(ty.i0) * s.src_w;
+    const int64_t r1 = static_cast<int64_t>(ty.i1) * s.src_w;
+    const float p00 = em_physical(p, r0 + tx.i0, s.slope, s.intercept);
+    const float p01 = em_physical(p, r0 + tx.i1, s.slope, s.intercept);
+    const float p10 = em_physical(p, r1 + tx.i0, s.slope, s.intercept);
+    const float p11 = em_physical(p, r1 + tx.i1, s.slope, s.intercept);
     for (int c = 0; c < C; ++c) {
         float off = 0.0f;
         float mul = 1.0f;
@@ -128,10 +143,9 @@ __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
             off = spec->lo[c];
             mul = spec->inv[c];
         } else if (spec->scale == EM_SCALE_ZSCORE) {
-            const double* st = stats + (static_cast<int64_t>(n) * C + c) * 2;
-            const double sd = sqrt(st[1] / count);
-            off = static_cast<float>(st[0] / count);
-            mul = static_cast<float>(1.0 / (sd > 1e-6 ? sd : 1e-6));
+            const int64_t k = (static_cast<int64_t>(n) * C + c) * 2;
+            off = scale[k];
+            mul = scale[k + 1];
         }
         // Window and scale each tap at the source resolution, then interpolate.
         float q00 = em_window(p00, spec, c);
@@ -151,30 +165,33 @@ __device__ void em_preprocess_body(const T* src, const EmPreSlice* slices,
 
 // ---- entry points (C names: pycuda get_function, ctypes) --------------------------------
 //
-// All share one signature so launchers treat them alike: (src, slices, spec, stats, dst,
-// pass). em_preprocess_* ignore pass; em_zstats_* ignore dst.
+// All share one signature so launchers treat them alike: (src, slices, spec, taps, stats,
+// scale, dst, pass). em_preprocess_* ignore stats and pass (they read scale, which
+// em_zstats pass 2 wrote); em_zstats_* ignore taps and dst.
 
 #define EM_PRE_ENTRY(suffix, T)                                                          \
     extern "C" __global__ void em_preprocess_##suffix##_f32(                            \
-        const void* src, const EmPreSlice* slices, const EmPreSpec* spec, double* stats, \
-        void* dst, int pass) {                                                           \
+        const void* src, const EmPreSlice* slices, const EmPreSpec* spec,                \
+        const EmTap* taps, double* stats, float* scale, void* dst, int pass) {           \
+        (void)stats;                                                                     \
         (void)pass;                                                                      \
-        em_preprocess_body<T, false>(static_cast<const T*>(src), slices, spec, stats,   \
-                                     dst);                                               \
+        em_preprocess_body<T, false>(static_cast<const T*>(src), slices, spec, taps,    \
+                                     scale, dst);                                        \
     }                                                                                    \
     extern "C" __global__ void em_preprocess_##suffix##_f16(                            \
-        const void* src, const EmPreSlice* slices, const EmPreSpec* spec, double* stats, \
-        void* dst, int pass) {                                                           \
+        const void* src, const EmPreSlice* slices, const EmPreSpec* spec,                \
+        const EmTap* taps, double* stats, float* scale, void* dst, int pass) {           \
+        (void)stats;                                                                     \
         (void)pass;                                                                      \
-        em_preprocess_body<T, true>(static_cast<const T*>(src), slices, spec, stats,    \
-                                    dst);                                                \
+        em_preprocess_body<T, true>(static_cast<const T*>(src), slices, spec, taps,     \
+                                    scale, dst);                                         \
     }                                                                                    \
-    extern "C" __global__ void em_zstats_##suffix(const void* src,                       \
-                                                  const EmPreSlice* slices,              \
-                                                  const EmPreSpec* spec, double* stats,  \
-                                                  void* dst, int pass) {                 \
+    extern "C" __global__ void em_zstats_##suffix(                                      \
+        const void* src, const EmPreSlice* slices, const EmPreSpec* spec,                \
+        const EmTap* taps, double* stats, float* scale, void* dst, int pass) {           \
+        (void)taps;                                                                      \
         (void)dst;                                                                       \
-        em_zstats_body<T>(static_cast<const T*>(src), slices, spec, stats, pass);       \
+        em_zstats_body<T>(static_cast<const T*>(src), slices, spec, stats, scale, pass); \
     }
 
 EM_PRE_ENTRY(i16, int16_t)
@@ -189,13 +206,14 @@ EM_PRE_ENTRY(f32, float)
 // Returns 0, or -1 for an unknown kernel name.
 #include <cstring>
 
-typedef void (*EmPreKernel)(const void*, const EmPreSlice*, const EmPreSpec*, double*, void*,
-                            int);
+typedef void (*EmPreKernel)(const void*, const EmPreSlice*, const EmPreSpec*, const EmTap*,
+                            double*, float*, void*, int);
 
 extern "C" int em_host_launch_preprocess(const char* name, unsigned gx, unsigned gy,
                                          unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                          const void* src, const void* slices, const void* spec,
-                                         double* stats, void* dst, int pass) {
+                                         const void* taps, double* stats, float* scale,
+                                         void* dst, int pass) {
     static const struct {
         const char* name;
         EmPreKernel fn;
@@ -217,8 +235,9 @@ extern "C" int em_host_launch_preprocess(const char* name, unsigned gx, unsigned
         if (std::strcmp(entry.name, name) == 0) {
             const EmPreSlice* sl = static_cast<const EmPreSlice*>(slices);
             const EmPreSpec* sp = static_cast<const EmPreSpec*>(spec);
+            const EmTap* tp = static_cast<const EmTap*>(taps);
             em_host_launch(dim3(gx, gy, gz), dim3(bx, by, bz),
-                           [&] { entry.fn(src, sl, sp, stats, dst, pass); });
+                           [&] { entry.fn(src, sl, sp, tp, stats, scale, dst, pass); });
             return 0;
         }
     }
