@@ -46,7 +46,8 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("pylibjpeg-rle", "rle"),
     ),
     "signing": (("cryptography", "cryptography"),),
-    "gpu": (("tensorrt", "tensorrt"), ("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
+    # TensorRT is in no extra: it must match the machine's CUDA (or come with JetPack).
+    "gpu": (("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
     "jetson": (("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
     "bench": (("matplotlib", "matplotlib"), ("psutil", "psutil"), ("tqdm", "tqdm")),
     "export": (
@@ -89,10 +90,11 @@ def _findable(module: str) -> bool:
 
 def extras_facts() -> dict[str, dict[str, Any]]:
     """Per extra of :data:`EXTRAS`: whether all its modules are there (found, not
-    imported: importing torch to say it exists would take seconds), and which are not."""
+    imported: importing torch to say it exists would take seconds), and the
+    distributions of those that are not."""
     facts = {}
     for extra, parts in EXTRAS.items():
-        missing = [module for _, module in parts if not _findable(module)]
+        missing = [dist for dist, module in parts if not _findable(module)]  # pip's names
         facts[extra] = {"installed": not missing, "missing": missing}
     return facts
 

@@ -93,7 +93,9 @@ def test_unavailable_backend_exits_5(ct_small_path, tmp_path):
 def test_missing_precision_exits_2(ct_small_path, tiny_bundle, tmp_path):
     bundle = tiny_bundle("segmentation")  # FP32 only: INT8 is never silently substituted
     out = tmp_path / "out"
-    proc = cli("run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(out))
+    proc = cli(
+        "run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(out)
+    )
     assert proc.returncode == 2  # the bundle is fine; the precision asked for is not in it
     _one_error_line(proc, "USAGE_PRECISION_MISSING")
     assert not out.exists() and not list(tmp_path.glob(".out.*"))  # staging removed
@@ -183,3 +185,80 @@ def test_reader_caps_from_the_environment(ct_small_path, tmp_path):
     proc = cli(*args, env={"EDGEMED_MAX_FILE_BYTES": "lots"})
     assert proc.returncode == 2
     _one_error_line(proc, "USAGE")
+
+
+def _bundle_with_provenance(tmp_path, provenance) -> Path:
+    import edgemed
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(edgemed.demo_bundle(), bundle)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["provenance"] = provenance  # unsigned: the artifacts' hashes still hold
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_info_summarises_an_exported_bundles_nested_provenance(tmp_path):
+    import edgemed
+
+    demo = json.loads((edgemed.demo_bundle() / "bundle.json").read_text())["provenance"]
+    # what `edgemed export` writes, and nothing else: every value is nested
+    exported = {k: demo[k] for k in ("export", "parity", "calibration", "accuracy")}
+    proc = cli("info", str(_bundle_with_provenance(tmp_path, exported)))
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("\n  provenance", 1)[1].splitlines()[1:]
+    e, p, c, a = (exported[k] for k in ("export", "parity", "calibration", "accuracy"))
+    worst = max(case["max_rel"] for case in p["cases"].values())
+    assert section == [
+        f"    export: {e['source']['model']} ({e['source']['kind']}), ONNX opset "
+        f"{e['onnx']['opset']} (dynamo), fp16+int8, torch {e['versions']['torch']}",
+        f"    parity: max relative error {worst:.1e} over {len(p['cases'])} cases "
+        f"(tolerance {p['tolerance']})",
+        f"    calibration: calibration {c['calibration']['images']} images "
+        f"({c['calibration']['slices']} slices); validation {c['validation']['images']} "
+        f"images ({c['validation']['slices']} slices)",
+        "    accuracy: "
+        + ", ".join(
+            f"{name} passed (mean_dice {v['mean_dice']:g})" for name, v in a["variants"].items()
+        ),
+    ]
+
+
+def test_info_prints_no_empty_provenance_heading(tmp_path):
+    bundle = _bundle_with_provenance(tmp_path, {"note": "", "extra": {}, "list": []})
+    proc = cli("info", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "provenance" not in proc.stdout
+
+
+def test_provenance_of_another_shape_is_summarised_generically():
+    from edgemed.cli.info import provenance_lines
+
+    lines = provenance_lines(
+        {
+            "tool": "other-exporter 2.0",
+            "accuracy": {"variants": ["fp16"], "note": "not edgemed's shape"},
+            "data": {"sets": [{"a": 1}, {"b": 2}], "seed": 7, "ok": True},
+            "long": "x" * 300,
+        }
+    )
+    assert lines[:3] == [
+        "    tool: other-exporter 2.0",
+        "    accuracy: variants fp16; note not edgemed's shape",
+        "    data: sets 2 entries; seed 7; ok True",
+    ]
+    assert len(lines[3]) == 120 and lines[3].endswith("…")
+
+
+@pytest.mark.parametrize(
+    "task, postprocess",
+    [
+        ("classification", "  postprocess  activation softmax, top_k"),
+        ("embedding", "  postprocess  normalize l2"),
+    ],
+)
+def test_info_describes_bundles_of_every_task(tiny_bundle, task, postprocess):
+    proc = cli("info", str(tiny_bundle(task)))  # each head's own postprocess fields
+    assert proc.returncode == 0, proc.stderr
+    assert f"({task})" in proc.stdout
+    assert any(line.startswith(postprocess) for line in proc.stdout.splitlines()), proc.stdout

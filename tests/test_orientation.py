@@ -173,20 +173,29 @@ def test_an_oblique_image_goes_to_the_closest_axes_without_resampling(demo, tmp_
     assert "oblique" in summary(result, [], "t")
 
 
-def test_a_2d_image_keeps_its_plane(demo):
-    # A sagittal slice: columns towards posterior, rows towards inferior (IOP
-    # 0\1\0\0\0\-1). Canonical: the plane's own axes, X = P, Y = S: flipped vertically.
+@pytest.mark.parametrize(
+    ("iop", "axes", "flip"),
+    [
+        ([0, 1, 0, 0, 0, -1], "PIR", (1, 1)),  # standard sagittal: as stored
+        ([1, 0, 0, 0, 0, -1], "LIP", (1, 1)),  # standard coronal: as stored
+        ([0, -1, 0, 0, 0, 1], "ASR", (-1, -1)),  # sagittal stored head down, face right
+        ([1, 0, 0, 0, 0, 1], "LSA", (-1, 1)),  # coronal stored head down
+        ([-1, 0, 0, 0, 1, 0], "RPI", (1, -1)),  # axial stored mirrored
+    ],
+)
+def test_a_2d_image_keeps_its_plane_in_dicoms_standard_view(demo, iop, axes, flip):
+    # A single slice keeps its plane and is laid out as DICOM's standard views store
+    # it: X towards L (P for sagittal), Y towards P (axial) or I (head at the top).
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    ds.ImageOrientationPatient = iop
     image = read_image(ds_bytes(ds))
     view, how = canonical(image)
-    assert (how.input_axes, how.reoriented) == ("PIR", True)
-    np.testing.assert_array_equal(view.array, image.array[::-1])
-    assert view.array.shape == image.array.shape
+    rows, cols = flip
+    assert (how.input_axes, how.reoriented) == (axes, flip != (1, 1))
+    np.testing.assert_array_equal(view.array, image.array[::rows, ::cols])
     result = demo(ds_bytes(ds))
-    as_seen = demo(MedicalImage(image.array[::-1].copy(), spacing=image.spacing))
-    np.testing.assert_array_equal(result.mask, as_seen.mask[::-1])
-    assert result.mask.shape == image.array.shape
+    as_seen = demo(MedicalImage(image.array[::rows, ::cols].copy(), spacing=image.spacing))
+    np.testing.assert_array_equal(result.mask, as_seen.mask[::rows, ::cols])
 
 
 def test_colour_and_channels_follow_the_spatial_axes():

@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="let the engine run on other GPUs too (no value: ampere_plus)",
     )
     a(
+        "--tf32",
+        action="store_true",
+        help="allow TF32 for float32 math (faster; off by default so FP32 engines compute "
+        "what ONNX Runtime and the export's gates did; recorded in the provenance)",
+    )
+    a(
         "--version-compat",
         action="store_true",
         help="version-compatible plan (lean runtime excluded: no host code in the plan)",
@@ -77,6 +83,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ranges=ranges,
         workspace_mib=args.workspace,
         hardware_compat=args.hardware_compat,
+        tf32=args.tf32,
         version_compat=args.version_compat,
         timing_cache=not args.no_timing_cache,
         force=args.force,

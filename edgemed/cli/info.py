@@ -46,7 +46,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  preprocess   {intensity}; scale {pre.scale}; {pre.resize} to "
         f"{pre.height}x{pre.width}; {pre.num_channels} channels{' + edges' if pre.edges else ''}"
         f"; {pre.dtype}",
-        f"  postprocess  {bundle.postprocess.activation}, {bundle.postprocess.decision}",
+        # Each head has its own spec (segmentation: activation, decision; embedding:
+        # normalize): its fields, not one head's names.
+        "  postprocess  "
+        + (", ".join(f"{k} {v}" for k, v in bundle.postprocess.to_dict().items()) or "none"),
         f"  signature    {bundle.describe_signature()}",
         "  artifacts    (sha256 verified)",
         *(
@@ -126,7 +129,8 @@ def _accuracy(a: Mapping[str, Any]) -> str:
     for name, v in (a.get("variants") or {}).items():
         if not isinstance(v, Mapping):
             continue
-        verdict = {True: "passed", False: "FAILED"}.get(v.get("passed"), "")
+        passed = v.get("passed")
+        verdict = "passed" if passed is True else "FAILED" if passed is False else ""
         metric = next(
             (f"{k} {x:g}" for k, x in v.items() if isinstance(x, float) and k != "passed"), ""
         )

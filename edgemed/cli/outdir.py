@@ -110,8 +110,11 @@ class OutputDir:
                 code="OUTPUT_NOT_A_DIRECTORY",
                 path=t,
             )
-        cwd = Path.cwd().resolve()
-        if t == cwd or t in cwd.parents:
+        try:
+            cwd = Path.cwd().resolve()
+        except OSError:  # the current directory was removed: it cannot be --out either
+            cwd = None
+        if cwd is not None and (t == cwd or t in cwd.parents):
             raise OutputError(
                 "--out is the current directory or holds it; give a directory for the "
                 "results alone",
@@ -125,8 +128,12 @@ class OutputDir:
             )
         if not os.access(t, os.W_OK | os.X_OK):
             raise OutputError("--out is not writable", path=t)
-        if os.listdir(t):
-            if not looks_like_results(t):
+        try:
+            names = os.listdir(t)
+        except OSError as exc:
+            raise OutputError(f"--out cannot be listed ({exc.strerror})", path=t) from exc
+        if names:
+            if not any(m in names for m in RESULT_MARKERS):
                 raise OutputError(
                     "--out holds files edgemed did not write (no result.json or "
                     "index.json); give a new or empty directory",
@@ -189,7 +196,11 @@ class OutputDir:
                         code="OUTPUT_EXISTS",
                         path=t,
                     )
-                if not looks_like_results(t):
+                try:
+                    ours = looks_like_results(t)
+                except FileNotFoundError:  # another run moved it aside just now
+                    continue
+                if not ours:
                     raise OutputError(
                         "--out now holds files edgemed did not write; nothing replaced",
                         code="OUTPUT_EXISTS",

@@ -28,19 +28,18 @@ from edgemed.render import summary, write_result
 __all__ = ["register"]
 
 
-def _output_options(sp: argparse.ArgumentParser) -> None:
+def _overwrite_option(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an --out that holds earlier results (as a whole, at the end)",
     )
-    sp.add_argument("--quiet", action="store_true", help="no progress display on a terminal")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
-    _output_options(demo)
+    _overwrite_option(demo)
     runtime_options(demo)
     demo.set_defaults(handler=_cmd_demo)
 
@@ -57,7 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         required=True,
         help="output directory: new, empty, or earlier results with --overwrite",
     )
-    _output_options(run)
+    _overwrite_option(run)
+    run.add_argument("--quiet", action="store_true", help="no progress display on a terminal")
     runtime_options(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -69,7 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from edgemed.pipeline import demo_bundle
 
     ct = get_testdata_file("CT_small.dcm")  # ships inside pydicom; nothing is downloaded
-    if ct is None:
+    if not isinstance(ct, str):
         raise InputError(
             "pydicom's CT_small.dcm test file is not installed", code="INPUT_NOT_FOUND"
         )

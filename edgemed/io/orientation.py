@@ -20,12 +20,17 @@ In nibabel's terms the ``(X, Y, Z)`` index axes have the axis codes ``('L', 'P',
 A volume is reoriented by nibabel's orientation tools (:func:`io_orientation`,
 :func:`ornt_transform`, :func:`apply_orientation`): flips and axis swaps, never
 resampling. An oblique volume goes to the *closest* canonical axes (``oblique`` says
-so). A 2D image keeps its plane: its two in-plane axes are flipped and swapped to the
-canonical codes they are closest to, the lower of them (in ``L``, ``P``, ``S`` order)
-as ``X``, exactly the picture one gets by cutting that plane out of the canonical
-volume (an axial slice: ``X`` = L, ``Y`` = P, as above). Images without geometry (PNG,
-JPEG, TIFF, NPY, arrays, DICOM without ImageOrientationPatient) cannot be placed in the
-patient and are taken as they are (``input_axes`` None).
+so). A sagittal or coronal volume therefore reaches a 2D model as axial slices.
+
+A 2D image keeps its plane (the patient axis closest to its normal) and is laid out as
+DICOM's standard views store it (ImageOrientationPatient ``1\0\0\0\1\0`` axial,
+``1\0\0\0\0\-1`` coronal, ``0\1\0\0\0\-1`` sagittal): ``X`` towards L (axial,
+coronal) or P (sagittal), ``Y`` towards P (axial) or I (coronal, sagittal: the head at
+the top). For an axial slice that is exactly the canonical volume's slice.
+
+Images without geometry (PNG, JPEG, TIFF, NPY, arrays, DICOM without
+ImageOrientationPatient) cannot be placed in the patient and are taken as they are
+(``input_axes`` None).
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ _LPS = np.diag([-1.0, -1.0, 1.0])
 _TARGET = axcodes2ornt(tuple(CANONICAL))  # world axis and sense for X, Y, Z
 # Sense (+1: towards R, A or S) of the canonical code for each RAS world axis.
 _SENSE = {int(axis): float(sense) for axis, sense in _TARGET}
+# A 2D image's rows (Y) run towards P (axial) or towards I (coronal, sagittal: DICOM's
+# standard views show the head at the top).
+_SENSE_2D_ROWS = {1: _SENSE[1], 2: -_SENSE[2]}
 _IDENTITY = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
 # An index axis further than this from every patient axis (a direction cosine
 # component off the nearest axis, about 0.06 degrees) makes the image oblique.
 _OBLIQUE_TOLERANCE = 1e-3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: the fields hold arrays
 class Orientation:
     """How an image's own voxel order relates to the canonical one.
 
@@ -147,16 +155,17 @@ def orientation(image: MedicalImage) -> Orientation:
     if image.is_volume:
         target = _TARGET
     else:
-        # Keep the plane: the in-plane axes take the canonical codes of the patient
-        # axes they lie along (the lower one as X), the normal stays the third axis.
+        # Keep the plane: the in-plane axes take the patient axes they lie along, the
+        # lower one (R-L, then A-P, then S-I) as X, in DICOM's standard view senses;
+        # the normal stays the third axis as it is (flipping a single slice along it
+        # would change nothing but the sign).
         low, high = sorted(int(a) for a in start[:2, 0])
-        normal = int(start[2, 0])
-        target = np.array([[a, _SENSE[a]] for a in (low, high, normal)])
+        target = np.array([[low, _SENSE[low]], [high, _SENSE_2D_ROWS[high]], start[2]])
     transform = ornt_transform(start, target)
     # Each index axis's second-largest direction cosine: 0 when it lies on a patient axis.
     off_axis = np.sort(np.abs(np.asarray(direction, float)), axis=0)[-2]
     return Orientation(
-        input_axes="".join(ornt2axcodes(start)),  # type: ignore[arg-type]
+        input_axes="".join(str(code) for code in ornt2axcodes(start)),
         reoriented=not np.array_equal(transform, _IDENTITY),
         oblique=bool(np.any(off_axis > _OBLIQUE_TOLERANCE)),
         transform=transform,

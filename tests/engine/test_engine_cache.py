@@ -319,9 +319,7 @@ def test_hardware_compatible_plans_serve_the_gpus_tensorrt_allows(
 @pytest.mark.parametrize(
     "here", ["Linux-aarch64-dgpu", "Windows-x86_64-dgpu", "Linux-aarch64-igpu"]
 )
-def test_a_plan_from_another_platform_is_never_selected(
-    cache, server_key, profile, compat, here
-):
+def test_a_plan_from_another_platform_is_never_selected(cache, server_key, profile, compat, here):
     """Whatever its compatibility flags: TensorRT plans are not portable across
     platforms, and JetPack's TensorRT has no hardware compatibility at all."""
     built = dataclasses.replace(server_key, hardware_compat=compat)  # Linux-x86_64-dgpu

@@ -164,7 +164,7 @@ def test_doctor_json_is_complete(tmp_path):
     }
     assert facts["gpu"]["present"] is _nvidia_on_pci_here()
     assert facts["extras"]["gpu"]["installed"] is False
-    assert {"tensorrt", "pycuda"} <= set(facts["extras"]["gpu"]["missing"])
+    assert "pycuda" in facts["extras"]["gpu"]["missing"]
     assert facts["extras"]["dicom"]["installed"] is True  # the test extra brings it
     assert facts["tensorrt"]["installed"] is False and facts["pycuda"]["installed"] is False
     assert facts["cuda"]["nvcc"] is None and facts["cuda"]["driver"] is None

@@ -414,7 +414,7 @@ def test_parity_catches_one_weight_one_percent_off(bundle, parity_setup, tmp_pat
     bad = tmp_path / "bad.onnx"
     _one_weight_off(bundle[0] / "model.onnx", bad, 1.01)
     measured = _measured(loaded, bad, cases)
-    assert measured > DEFAULT_PARITY_TOLERANCE  # measured 2.3e-3 when this was written
+    assert measured > DEFAULT_PARITY_TOLERANCE  # measured 1.8e-3 when this was written
     with pytest.raises(ExportError) as err:
         parity(loaded, _onnx(bad), cases, DEFAULT_PARITY_TOLERANCE, task=task)
     assert err.value.code == "EXPORT_PARITY"

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.kernels
 LABELS = ["background", "lung", "fat", "soft_tissue", "bone"]
 
 
+COMPILES: list[dict] = []  # the keyword arguments of every SourceModule call
 LIVE: dict[int, str] = {}  # serial -> "device" / "pinned": allocations not freed yet
 _SERIAL = iter(range(1 << 62))
 
@@ -130,7 +131,12 @@ def _fake_pycuda(host, launches: list):
             return Function(name)
 
     compiler = types.ModuleType("pycuda.compiler")
-    compiler.SourceModule = lambda source, **kw: Module()
+
+    def source_module(source, **kw):
+        COMPILES.append(kw)
+        return Module()
+
+    compiler.SourceModule = source_module
     drv.module_from_file = lambda path: Module()
     pkg = types.ModuleType("pycuda")
     pkg.driver, pkg.compiler = drv, compiler
@@ -245,6 +251,22 @@ def test_segment_postprocessor_grows_its_parameters_for_thin_masks(fake_gpu):
     check_masks(got, ref, logits, placements, SegmentationSpec())
     again = seg.run(src.ptr, logits.shape, placements, None)  # fits now: no regrowth
     assert all(np.array_equal(a, b) for a, b in zip(got, again, strict=True))
+
+
+def test_pycuda_compiles_with_the_cubin_builds_options(fake_gpu):
+    """At first use pycuda compiles the kernels as `edgemed build` does: -fmad=false,
+    so a kernel compiled on the device rounds as the tested cubins and host build do."""
+    import shutil
+
+    from edgemed.cuda.build import NVCC_OPTIONS
+    from edgemed.cuda.launchers import CudaPreprocessor
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("without nvcc the launchers refuse to compile (GPU_TOOLCHAIN)")
+    COMPILES.clear()
+    CudaPreprocessor(CASES["ct-demo-128to256"].spec, 1, 128 * 128)
+    assert [kw["options"] for kw in COMPILES] == [list(NVCC_OPTIONS)]
+    assert "-fmad=false" in COMPILES[0]["options"]
 
 
 def test_close_frees_every_launcher_buffer(fake_gpu):
