@@ -42,11 +42,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "what ONNX Runtime and the export's gates did; recorded in the provenance)",
     )
     a(
-        "--version-compat",
-        action="store_true",
-        help="version-compatible plan (lean runtime excluded: no host code in the plan)",
-    )
-    a(
         "--cache",
         default=None,
         metavar="DIR",
@@ -84,7 +79,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
         workspace_mib=args.workspace,
         hardware_compat=args.hardware_compat,
         tf32=args.tf32,
-        version_compat=args.version_compat,
         timing_cache=not args.no_timing_cache,
         force=args.force,
         device=args.device,

@@ -102,17 +102,23 @@ def _exported(e: Mapping[str, Any]) -> str:
     if made:
         parts.append("+".join(made))
     parts += [f"{k} {versions[k]}" for k in ("torch",) if k in versions]
+    if source.get("weights"):
+        parts.append(f"weights: {source['weights']}")
     return ", ".join(p for p in parts if p)
 
 
 def _parity(p: Mapping[str, Any]) -> str:
     cases = [c for c in (p.get("cases") or {}).values() if isinstance(c, Mapping)]
-    worst = max((float(c["max_rel"]) for c in cases if "max_rel" in c), default=None)
-    if worst is None:
-        return _generic(p)
-    return (
-        f"max relative error {worst:.1e} over {len(cases)} cases (tolerance {p.get('tolerance')})"
-    )
+    # max_abs_over_range: bundles exported since the range-relative metric; max_rel: older
+    # ones (the shipped demo among them).
+    for key, words in (
+        ("max_abs_over_range", "max error / output range"),
+        ("max_rel", "max relative error"),
+    ):
+        worst = max((float(c[key]) for c in cases if key in c), default=None)
+        if worst is not None:
+            return f"{words} {worst:.1e} over {len(cases)} cases (tolerance {p.get('tolerance')})"
+    return _generic(p)
 
 
 def _calibration(c: Mapping[str, Any]) -> str:
