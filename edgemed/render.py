@@ -52,7 +52,7 @@ def _input_lines(facts: dict[str, Any]) -> list[str]:
     if facts.get("ignored_files"):
         n = facts["ignored_files"]
         lines.append(
-            f"  ignored  {n} file{'s' if n != 1 else ''} in the folder not part of the series"
+            f"  ignored  {n} file{'s' if n != 1 else ''} in the folder (not part of the series)"
         )
     return lines
 

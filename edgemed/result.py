@@ -35,12 +35,14 @@ class Result:
         labels: label names from the bundle.
         timings: milliseconds per stage (:data:`STAGES`); when several inputs share one
             backend call, ``preprocess``/``infer``/``postprocess`` are that batch's.
-        provenance: versions, bundle, artifact sha256, backend, precision, device.
+        provenance: versions, bundle, artifact sha256, backend, precision, device,
+            the pipeline's one-time ``startup_ms``.
         output: the head's output object. Segmentation: ``mask`` (uint8 label mask in
-            the input's geometry, ``(Y, X)`` or ``(Z, Y, X)``) and ``stats`` (per-label
-            ``pixels`` and ``area_mm2`` / ``volume_mm3``); classification: ``classes``
-            (per slice ``{"probabilities", "top_k"}``); embedding: ``embedding``
-            (``(N, D)`` vectors, one per slice). Its fields read as result attributes.
+            the input's own voxel grid, ``(Y, X)`` or ``(Z, Y, X)``) and ``stats``
+            (per-label ``pixels``, and ``area_mm2`` / ``volume_mm3`` where the spacing is
+            known); classification: ``classes`` (per canonical slice ``{"probabilities",
+            "top_k"}``); embedding: ``embedding`` (``(N, D)`` vectors, one per canonical
+            slice). Its fields read as result attributes.
         head: the head that made it (serialises, summarises and writes it).
         orientation: how the input's voxel order relates to the canonical one the
             model saw (:mod:`edgemed.io.orientation`); None: worked out from ``image``.

@@ -30,6 +30,7 @@ import numpy as np
 from edgemed.errors import UsageError
 from edgemed.fsutil import sha256_file
 from edgemed.io import read_image
+from edgemed.io.orientation import canonical
 from edgemed.io.read import detect_format
 from edgemed.pipeline import check_modality
 from edgemed.preprocess import Placement, PreprocessSpec, preprocess
@@ -147,7 +148,8 @@ def load_images(
     """
     if not sources:
         raise UsageError(f"no {role} images found (DICOM, NIfTI, PNG/JPEG/TIFF or NPY)")
-    images = [read_image(s.path) for s in sources]
+    # The runtime's own orientation: calibration sees the slices the model will see.
+    images = [canonical(read_image(s.path))[0] for s in sources]
     for src, image in zip(sources, images, strict=True):
         check_modality(image, modalities, src.path)
     counts = [im.num_slices for im in images]

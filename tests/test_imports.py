@@ -8,7 +8,7 @@ import sys
 
 import edgemed
 
-BLOCKED = ["torch", "tensorrt", "pycuda", "modelopt", "cupy"]
+BLOCKED = ["torch", "tensorrt", "pycuda", "cuda", "cuda.bindings", "modelopt", "cupy"]
 
 
 def test_runtime_imports_without_optional_packages():

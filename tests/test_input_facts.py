@@ -115,7 +115,7 @@ def test_a_folder_with_one_slice_and_other_files(demo, tmp_path):
     assert "area_mm2" in doc["outputs"]["labels"]["lung"]
     written = write_result(result, tmp_path / "out")
     text = summary(result, written, "t")
-    assert "  ignored  3 files in the folder not part of the series" in text
+    assert "  ignored  3 files in the folder (not part of the series)" in text
     everything = text + (tmp_path / "out" / "result.json").read_text()
     for name in ("PATIENT_NAME", "photo", "notes", "v.nii"):  # counts, never names
         assert name not in everything

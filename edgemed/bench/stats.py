@@ -53,7 +53,7 @@ def too_few(count: int) -> str | None:
     )
 
 
-def distribution(values: Sequence[float], suffix: str = "") -> dict[str, float | None]:
+def distribution(values: Sequence[float] | np.ndarray, suffix: str = "") -> dict[str, float | None]:
     """count, min, mean, the :data:`PERCENTILES` and max of ``values`` (keys ``min`` +
     ``suffix`` and so on); a percentile from too few values is ``None``."""
     x = np.sort(np.asarray(values, dtype=np.float64))

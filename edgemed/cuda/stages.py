@@ -63,6 +63,7 @@ class CudaStages:
         check_preprocess_spec(spec)
         self.spec = spec
         self.max_batch = max_batch
+        self._slots = 0  # slices the current launchers and buffers hold
         self._backend = backend
         self._cubins = Path(cubin_dir) if cubin_dir is not None else None
         self.on_engine = backend.device_io
@@ -82,32 +83,43 @@ class CudaStages:
         return self._device.stream
 
     def _ensure(self, slices: Sequence[np.ndarray]) -> None:
-        """(Re)create the launchers when a slice is larger than any seen so far."""
+        """(Re)create the launchers when a call has more slices, or a larger slice, than
+        any so far: buffers are sized by what runs, not by the batch size the pipeline
+        allows (up to 1024 slices beside a backend without a batch bound)."""
         pixels = max(int(s.shape[0]) * int(s.shape[1]) for s in slices)
-        if pixels <= self._max_pixels:
+        n = len(slices)
+        if pixels <= self._max_pixels and n <= self._slots:
             return
         # Grow geometrically so a series of slowly growing slices reallocates rarely.
-        self._max_pixels = max(pixels, 2 * self._max_pixels)
+        if pixels > self._max_pixels:
+            self._max_pixels = max(pixels, 2 * self._max_pixels)
+        if n > self._slots:
+            self._slots = min(self.max_batch, max(n, 2 * self._slots))
+        for old in (self._pre, self._post):
+            if old is not None:
+                old.close()  # inside the active context: freed now, not at detach
         self._pre = CudaPreprocessor(
-            self.spec, self.max_batch, self._max_pixels, cubin_dir=self._cubins
+            self.spec, self._slots, self._max_pixels, cubin_dir=self._cubins
         )
         if self.masks_on_gpu:
             self._post = CudaSegmentPostprocessor(
                 self._head.spec,  # type: ignore[arg-type]  # masks_on_gpu: a segmentation head
                 self._head.labels,
-                self.max_batch,
+                self._slots,
                 self._max_pixels,
                 cubin_dir=self._cubins,
             )
         if not self.on_engine:
             nbytes = (
-                self.max_batch
+                self._slots
                 * self.spec.num_channels
                 * self.spec.height
                 * self.spec.width
                 * np.dtype(self.spec.dtype).itemsize
             )
             if self._dst is None or self._dst.nbytes < nbytes:
+                if self._dst is not None:
+                    self._dst.free()
                 self._dst = DeviceBuffer(nbytes)
 
     def preprocess(

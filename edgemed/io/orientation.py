@@ -1,4 +1,4 @@
-"""One voxel order for every image before it reaches a model, and the way back.
+r"""One voxel order for every image before it reaches a model, and the way back.
 
 Readers keep each file's own voxel order (a mask must overlay its input in the input's
 own grid). A 2D model, though, sees whatever order its slices arrive in: a CT saved as
@@ -10,10 +10,10 @@ standard axial image (ImageOrientationPatient ``1\\0\\0\\0\\1\\0``) and an axial
 sorted along its normal, the order the demo model was trained on. Array axes
 ``(Z, Y, X)``:
 
-* ``X`` (columns) increases towards the patient's **L**\\ eft: the patient's right is on
+* ``X`` (columns) increases towards the patient's left (L): the patient's right is on
   the left of the picture, as radiologists read;
-* ``Y`` (rows) increases towards **P**\\ osterior: the face is at the top;
-* ``Z`` (slices) increases towards **S**\\ uperior: the first slice is the lowest.
+* ``Y`` (rows) increases towards posterior (P): the face is at the top;
+* ``Z`` (slices) increases towards superior (S): the first slice is the lowest.
 
 In nibabel's terms the ``(X, Y, Z)`` index axes have the axis codes ``('L', 'P', 'S')``.
 
@@ -23,8 +23,8 @@ resampling. An oblique volume goes to the *closest* canonical axes (``oblique`` 
 so). A sagittal or coronal volume therefore reaches a 2D model as axial slices.
 
 A 2D image keeps its plane (the patient axis closest to its normal) and is laid out as
-DICOM's standard views store it (ImageOrientationPatient ``1\0\0\0\1\0`` axial,
-``1\0\0\0\0\-1`` coronal, ``0\1\0\0\0\-1`` sagittal): ``X`` towards L (axial,
+DICOM's standard views store it (ImageOrientationPatient ``1\\0\\0\\0\\1\\0`` axial,
+``1\\0\\0\\0\\0\\-1`` coronal, ``0\\1\\0\\0\\0\\-1`` sagittal): ``X`` towards L (axial,
 coronal) or P (sagittal), ``Y`` towards P (axial) or I (coronal, sagittal: the head at
 the top). For an axial slice that is exactly the canonical volume's slice.
 
