@@ -159,10 +159,18 @@ def pixel_spacing(ds: Dataset, where: object) -> tuple[tuple[float, float], str]
     return (1.0, 1.0), "default"
 
 
+#: Largest patient coordinate accepted (mm): 10 km is beyond any scanner's space.
+MAX_POSITION_MM = 1e7
+
+
 def image_position(ds: Dataset, frame: int, where: object) -> np.ndarray | None:
     """ImagePositionPatient of ``frame`` (top level or functional groups), or None."""
     value = frame_value(ds, "PlanePositionSequence", "ImagePositionPatient", frame, where)
     numbers = parse_floats(value, 3, "ImagePositionPatient", where)
+    if numbers is not None and max(abs(n) for n in numbers) > MAX_POSITION_MM:
+        # Finite but absurd (1e308 fits a float64, not the float32 of a NIfTI affine): a
+        # mask written with it would carry an infinite offset.
+        raise input_error("INPUT_INVALID", "ImagePositionPatient is beyond 10 km", where)
     return None if numbers is None else np.array(numbers)
 
 

@@ -195,3 +195,23 @@ def test_decoder_panic_on_bad_rle_data_is_corrupt(corpus, tmp_path):
     data[fragment + 64 : fragment + 66] = b"\x81\x7f"
     (tmp_path / "overrun.dcm").write_bytes(bytes(data))
     assert error_code(read_image, tmp_path / "overrun.dcm", kind=InputError) == "INPUT_CORRUPT"
+
+
+def test_an_absurd_image_position_is_invalid(tmp_path):
+    """1e308 mm is a finite float64 but no place in a scanner; as a NIfTI offset (float32)
+    it became -inf in mask.nii.gz. Refused at reading."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from edgemed.errors import InputError
+    from edgemed.io import read_image
+    from tests.support import error_code
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ImagePositionPatient = [1e308, 0, 0]
+    path = tmp_path / "far.dcm"
+    ds.save_as(path)
+    assert error_code(read_image, path, kind=InputError) == "INPUT_INVALID"
+    ds.ImagePositionPatient = [-9999.5, 120.0, 30.0]  # large but real: still reads
+    ds.save_as(path)
+    assert read_image(path).origin[0] == -9999.5
