@@ -94,7 +94,10 @@ class CudaStages:
         if pixels > self._max_pixels:
             self._max_pixels = max(pixels, 2 * self._max_pixels)
         if n > self._slots:
-            self._slots = min(self.max_batch, max(n, 2 * self._slots))
+            # Beside an engine the batch is bounded by its profile, and launchers are
+            # compiled per creation: size them once for that bound.
+            want = self.max_batch if self.on_engine else max(n, 2 * self._slots)
+            self._slots = min(self.max_batch, want)
         for old in (self._pre, self._post):
             if old is not None:
                 old.close()  # inside the active context: freed now, not at detach
