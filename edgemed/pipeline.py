@@ -173,7 +173,6 @@ class Pipeline:
             "artifact": {"path": artifact.path, "sha256": artifact.sha256},
             **backend.info(),
             "preprocess_device": self.preprocess_device,
-            "startup_ms": self.startup_ms,
         }
 
     @classmethod
@@ -232,7 +231,7 @@ class Pipeline:
             batch_size=batch_size,
             trusted_key=trusted_key,
             preprocess=preprocess,
-            engine_cache=None if engine_cache is None else Path(engine_cache),
+            engine_cache=engine_cache,  # Options makes it a Path
             check_modality=check_modality,
             cuda_graphs=cuda_graphs,
             spacing=spacing,
@@ -282,17 +281,12 @@ class Pipeline:
                 infer_host,
                 head.decode,
             )
-        if gpu.masks_on_gpu:  # outputs stay on the device; only masks come back
-            return (
-                lambda slices: gpu.preprocess(slices, buffer(0)),
-                lambda _batch: gpu.infer(),
-                lambda _raw, placements: gpu.segment(placements),
-            )
-        return (
-            (lambda slices: gpu.preprocess(slices, buffer(0))),
-            (lambda _b: gpu.infer()),
-            head.decode,
+        # The kernels write the engine's input on the device (no host buffer); with
+        # masks decided on the GPU the outputs stay there and only masks come back.
+        decode = (
+            (lambda _raw, placements: gpu.segment(placements)) if gpu.masks_on_gpu else head.decode
         )
+        return (lambda slices: gpu.preprocess(slices, buffer(0))), (lambda _b: gpu.infer()), decode
 
     def _host_buffer(self, slices: int) -> np.ndarray:
         """The reused host input buffer, grown (never shrunk) to hold ``slices``."""
@@ -413,7 +407,7 @@ class Pipeline:
         )
         # The head gets the input image (its own grid) and the values of its canonical
         # slices: a segmentation head maps its mask back (see heads.segmentation).
-        output = self.head.assemble(image, values)
+        output = self.head.assemble(image, values, how)
         return Result(
             self.bundle.task,
             image,

@@ -214,17 +214,20 @@ def label_names(spec_labels: Sequence[str], n_values: int) -> list[str]:
 
 
 def segmentation_stats(
-    mask: np.ndarray, spacing: Sequence[float], labels: Sequence[str]
+    mask: np.ndarray, spacing: Sequence[float] | None, labels: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """Per-label pixel counts and physical size.
 
     ``mask`` is ``(Y, X)`` (sizes in mm^2, key ``area_mm2``) or ``(Z, Y, X)`` (mm^3,
-    ``volume_mm3``); ``spacing`` follows the mask's axes in mm.
+    ``volume_mm3``); ``spacing`` follows the mask's axes in mm. ``None`` (the spacing
+    is unknown): pixel counts only, never millimetres made up from a placeholder.
     """
     counts = _label_counts(mask, len(labels))
+    names = label_names(labels, len(counts))
+    if spacing is None:
+        return {names[i]: {"pixels": int(c)} for i, c in enumerate(counts)}
     unit = float(np.prod([float(s) for s in spacing]))
     key = "volume_mm3" if mask.ndim == 3 else "area_mm2"
-    names = label_names(labels, len(counts))
     return {
         names[i]: {"pixels": int(c), key: round(float(c) * unit, 4)} for i, c in enumerate(counts)
     }

@@ -10,6 +10,7 @@ from edgemed import MedicalImage, Result
 from edgemed.errors import BundleError
 from edgemed.heads import create_head, head_class, tasks
 from edgemed.heads.segmentation import SegmentationSpec
+from edgemed.io.orientation import orientation
 
 
 def _head(task, labels=(), outputs=(("logits", ("batch", 3, 4, 4)),), spec=None):
@@ -95,13 +96,13 @@ def test_segmentation_assembles_canonical_slices_into_the_inputs_own_grid():
     ras = MedicalImage(np.zeros((3, 4), np.float32), (0.5, 2.0), origin=(0.0, 0.0, 0.0),
                        direction=np.diag([-1.0, -1.0, 1.0]),
                        metadata={"spacing_source": "nifti"})  # fmt: skip
-    out = head.assemble(ras, [seen])
+    out = head.assemble(ras, [seen], orientation(ras))
     assert out.mask.shape == (3, 4) and out.mask[2, 3] == 1 and out.mask.sum() == 1
     assert out.stats["one"] == {"pixels": 1, "area_mm2": 1.0}
     # Unknown spacing: pixel counts only, no millimetres from the 1.0 placeholder.
     plain = MedicalImage(np.zeros((3, 4), np.float32), (1.0, 1.0),
                          metadata={"spacing_source": "unknown"})  # fmt: skip
-    out = head.assemble(plain, [seen])
+    out = head.assemble(plain, [seen], orientation(plain))
     assert out.mask[0, 0] == 1 and out.stats["one"] == {"pixels": 1}
     assert head.summary(Result("segmentation", plain, ["bg", "one"], {}, {}, out, head)) == [
         "  labels   one 1 px"

@@ -61,6 +61,11 @@ def test_stats_area_and_volume():
     assert s3["b"]["pixels"] == 0 and s3["bg"]["pixels"] == 20
     s2 = post.segmentation_stats(mask[0], (0.5, 0.25), ["bg", "a"])
     assert s2["a"] == {"pixels": 4, "area_mm2": 0.5}
+    # Unknown spacing: counts only, no key in mm at all.
+    assert post.segmentation_stats(mask, None, ["bg", "a"]) == {
+        "bg": {"pixels": 20},
+        "a": {"pixels": 4},
+    }
 
 
 def test_classify_top_k_order_and_labels():

@@ -116,7 +116,7 @@ class ArgmaxHead(Head):
         x = np.asarray(raw[self.output]).reshape(len(placements), -1)
         return [int(v) for v in x.argmax(axis=1)]
 
-    def assemble(self, image, values):
+    def assemble(self, image, values, how):
         return ArgmaxOutput(list(values))
 
     def values(self, output):

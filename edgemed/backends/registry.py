@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgemed._lazy import available
@@ -187,7 +186,7 @@ def create_backend(
         backend=name,
         precision=precision,
         threads=threads,
-        engine_cache=None if engine_cache is None else Path(engine_cache),
+        engine_cache=engine_cache,  # Options makes it a Path
         cuda_graphs=cuda_graphs,
     )
     bundle.artifact("onnx", options.precision)  # USAGE_PRECISION_MISSING before anything

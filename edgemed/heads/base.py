@@ -30,6 +30,7 @@ from edgemed.errors import BundleError
 
 if TYPE_CHECKING:
     from edgemed.io.image import MedicalImage
+    from edgemed.io.orientation import Orientation
     from edgemed.preprocess.cpu import Placement
     from edgemed.result import Result
 
@@ -127,8 +128,12 @@ class Head(abc.ABC):
         the caller (valid after the backend's next call)."""
 
     @abc.abstractmethod
-    def assemble(self, image: MedicalImage, values: list[Any]) -> Any:
-        """The per-slice values of one image -> its output object."""
+    def assemble(self, image: MedicalImage, values: list[Any], how: Orientation) -> Any:
+        """The per-slice values of one image -> its output object.
+
+        ``values`` are per slice of the image as the model saw it, in the canonical
+        orientation; ``how`` (:func:`edgemed.io.orientation.canonical`'s, computed once by
+        the pipeline) maps a spatial output back to ``image``'s own grid."""
 
     def values(self, output: Any) -> list[Any]:
         """The per-slice values inside an assembled output (inverse of assemble)."""

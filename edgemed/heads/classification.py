@@ -14,6 +14,7 @@ from edgemed.heads.base import Head, HeadSpec
 
 if TYPE_CHECKING:
     from edgemed.io.image import MedicalImage
+    from edgemed.io.orientation import Orientation
     from edgemed.preprocess.cpu import Placement
     from edgemed.result import Result
 
@@ -60,7 +61,9 @@ class ClassificationHead(Head):
     ) -> list[dict[str, Any]]:
         return ops.classify(raw[self.output], self.spec, self.labels)
 
-    def assemble(self, image: MedicalImage, values: list[Any]) -> ClassificationOutput:
+    def assemble(
+        self, image: MedicalImage, values: list[Any], how: Orientation
+    ) -> ClassificationOutput:
         return ClassificationOutput(values)
 
     def values(self, output: ClassificationOutput) -> list[dict[str, Any]]:

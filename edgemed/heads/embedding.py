@@ -14,6 +14,7 @@ from edgemed.heads.base import Head, HeadSpec
 
 if TYPE_CHECKING:
     from edgemed.io.image import MedicalImage
+    from edgemed.io.orientation import Orientation
     from edgemed.preprocess.cpu import Placement
 
 __all__ = ["EmbeddingHead", "EmbeddingOutput", "EmbeddingSpec"]
@@ -50,7 +51,7 @@ class EmbeddingHead(Head):
         # on the next call, and a volume's rows are kept across calls until assembled.
         return [np.array(row, dtype=np.float32) for row in ops.embed(raw[self.output], self.spec)]
 
-    def assemble(self, image: MedicalImage, values: list[Any]) -> EmbeddingOutput:
+    def assemble(self, image: MedicalImage, values: list[Any], how: Orientation) -> EmbeddingOutput:
         return EmbeddingOutput(np.stack(values))
 
     def values(self, output: EmbeddingOutput) -> list[np.ndarray]:

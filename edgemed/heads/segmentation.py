@@ -15,6 +15,7 @@ from edgemed.heads.base import Head, HeadSpec
 
 if TYPE_CHECKING:
     from edgemed.io.image import MedicalImage
+    from edgemed.io.orientation import Orientation
     from edgemed.preprocess.cpu import Placement
     from edgemed.result import Result
 
@@ -89,7 +90,9 @@ class SegmentationHead(Head):
     def decodes_on_device(self, output_dtype: Any) -> bool:
         return np.dtype(output_dtype) in (np.dtype(np.float32), np.dtype(np.float16))
 
-    def assemble(self, image: MedicalImage, values: list[Any]) -> SegmentationOutput:
+    def assemble(
+        self, image: MedicalImage, values: list[Any], how: Orientation
+    ) -> SegmentationOutput:
         """The mask in ``image``'s own voxel grid from the masks of its canonical slices.
 
         ``values`` are per slice of the image as the model saw it, in the canonical
@@ -98,15 +101,11 @@ class SegmentationHead(Head):
         Sizes are pixel counts only where the spacing is unknown (no millimetres made
         up from a placeholder 1.0).
         """
-        from edgemed.io.orientation import orientation
-
-        how = orientation(image)
         seen = np.stack(values) if how.volume else values[0]
         mask = np.ascontiguousarray(how.to_input(seen)) if how.reoriented else seen
         names = ops.label_names(self.labels, max(len(self.labels), int(mask.max()) + 1))
-        stats = ops.segmentation_stats(mask, image.spacing, names)
-        if image.spacing_source == "unknown":
-            stats = {name: {"pixels": entry["pixels"]} for name, entry in stats.items()}
+        known = image.spacing_source != "unknown"
+        stats = ops.segmentation_stats(mask, image.spacing if known else None, names)
         return SegmentationOutput(mask, stats)
 
     def values(self, output: SegmentationOutput) -> list[np.ndarray]:
