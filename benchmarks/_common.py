@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
-import importlib.util
 import os
 import platform
 import shlex
@@ -33,6 +32,7 @@ __all__ = [
     "ct_small",
     "dice",
     "environment",
+    "figure",
     "machine",
     "phantom",
     "stats",
@@ -44,29 +44,10 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _export_reference() -> Any:
-    """``edgemed.export.reference`` (the phantoms), also from a checkout whose editable
-    install predates the ``edgemed.export`` mapping: ``export/`` is then loaded under
-    that name from this repository."""
-    try:
-        return importlib.import_module("edgemed.export.reference.phantoms")
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location(
-        "edgemed.export",
-        REPO / "export" / "__init__.py",
-        submodule_search_locations=[str(REPO / "export")],
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["edgemed.export"] = module
-    spec.loader.exec_module(module)
-    return importlib.import_module("edgemed.export.reference.phantoms")
-
-
 def phantom(size: int, seed: int = 7, region: str = "thorax", spacing_mm: float | None = None):
     """A seeded synthetic axial CT slice (HU, float32), its spacing and true labels."""
-    phantoms = _export_reference()
+    from edgemed.export.reference import phantoms  # the export package: imported when used
+
     spacing = spacing_mm if spacing_mm is not None else 400.0 / size  # whole body in view
     p = phantoms.make_phantom(np.random.default_rng(seed), size, spacing, region)
     return p.hu.astype(np.float32), (float(p.spacing_mm[0]), float(p.spacing_mm[1])), p.labels
@@ -188,9 +169,16 @@ def timed_rounds(
     return samples
 
 
-def stats(samples_ms: Sequence[float], items: int = 1) -> dict[str, float]:
-    """:func:`edgemed.bench.stats.summarize`, rounded for the JSON."""
-    return {k: round(v, 4) for k, v in summarize(samples_ms, items).items()}
+def stats(samples_ms: Sequence[float], items: int = 1) -> dict[str, float | None]:
+    """:func:`edgemed.bench.stats.summarize`, rounded for the JSON (a percentile from too
+    few samples stays ``None``: p99 needs 100, and a run cut short by ``--budget-s``
+    may have as few as 20)."""
+    return {k: None if v is None else round(v, 4) for k, v in summarize(samples_ms, items).items()}
+
+
+def figure(value: float | None, digits: int = 2) -> str:
+    """A figure for the markdown tables: ``—`` for a percentile from too few samples."""
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def arguments(
@@ -209,7 +197,7 @@ def arguments(
 
 def write_results(out_dir: str | os.PathLike[str], name: str, data: dict, markdown: str) -> Path:
     """Write ``name.json`` and ``name.md`` into ``out_dir`` (atomically, with
-    :mod:`edgemed.io.writers`); returns the JSON path."""
+    :mod:`edgemed.fsutil`); returns the JSON path."""
     out = Path(out_dir)
     path = write_json(out / f"{name}.json", data)
     text = markdown.rstrip() + "\n"

@@ -43,6 +43,7 @@ from benchmarks._common import (
     ct_small,
     dice,
     environment,
+    figure,
     phantom,
     stats,
     timed_rounds,
@@ -132,8 +133,8 @@ def _markdown(data: dict[str, Any]) -> str:
                 else f"{d['mean_dice']:.5f} ({100 * d['pixel_agreement']:.3f} % px)"
             )
             lines.append(
-                f"| {name} | {tool} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | "
-                f"{t['p99_ms']:.2f} | {'-' if speed is None else f'{speed:.2f}x'} | "
+                f"| {name} | {tool} | {t['p50_ms']:.2f} | {figure(t['p90_ms'])} | "
+                f"{figure(t['p99_ms'])} | {'-' if speed is None else f'{speed:.2f}x'} | "
                 f"{r['model_p50_ms'][tool]:.2f} | {r['outside_model_p50_ms'][tool]:.2f} | "
                 f"{dtext} |"
             )

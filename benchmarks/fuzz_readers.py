@@ -505,20 +505,26 @@ def check_image(image: Any) -> str | None:
     return None
 
 
-def read_one(path: Path) -> dict[str, Any]:
-    """Read ``path`` below read_image's boundary and classify the outcome."""
+def classify(read: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
+    """Run ``read()`` (a read below read_image's boundary) and classify the outcome.
+
+    Returns:
+        The outcome (``status`` ok, bad, refused or crash, with ``seconds``) and what the
+        read gave: the image, the EdgemedError that refused it, or None after a crash.
+    """
     import warnings
 
     from edgemed.errors import EdgemedError
-    from edgemed.io.read import _read
 
     started = time.perf_counter()
+    result: Any = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every oddity it meets
         try:
-            image = _read(path)
+            result = read()
         except EdgemedError as exc:
-            outcome = {"status": "refused", "code": exc.code}
+            outcome: dict[str, Any] = {"status": "refused", "code": exc.code}
+            result = exc
         except BaseException as exc:  # the point of the exercise
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -529,9 +535,18 @@ def read_one(path: Path) -> dict[str, Any]:
                 "traceback": "".join(frames[-6:]),
             }
         else:
-            problem = check_image(image)
+            problem = check_image(result)
             outcome = {"status": "bad", "error": problem} if problem else {"status": "ok"}
     outcome["seconds"] = time.perf_counter() - started
+    return outcome, result
+
+
+def read_one(path: Path) -> dict[str, Any]:
+    """Read ``path`` below read_image's boundary and classify the outcome."""
+    from edgemed.io.read import _read
+    from edgemed.limits import DEFAULT_LIMITS
+
+    outcome, _ = classify(lambda: _read(path, DEFAULT_LIMITS))
     outcome["rss_kb"] = _peak_rss_kb()
     return outcome
 
@@ -553,8 +568,8 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def worker_main(memory_limit_mb: int) -> None:
-    """Read one path per stdin line; one JSON outcome per stdout line."""
+def worker_main(memory_limit_mb: int, read: Callable[[Path], dict[str, Any]] = read_one) -> None:
+    """Read one path per stdin line with ``read``; one JSON outcome per stdout line."""
     if memory_limit_mb > 0:  # a safety net for a shared machine, far above the caps
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -565,7 +580,7 @@ def worker_main(memory_limit_mb: int) -> None:
     import edgemed.io.series  # noqa: F401
 
     for line in sys.stdin:
-        outcome = read_one(Path(line.rstrip("\n")))
+        outcome = read(Path(line.rstrip("\n")))
         protocol.write(json.dumps(outcome) + "\n")
         protocol.flush()
 
@@ -580,10 +595,14 @@ class Worker:
     started: float = 0.0
     job: Any = None
 
+    def command(self) -> list[str]:
+        """The worker process's command line (run from the repository root)."""
+        limit = str(self.memory_limit_mb)
+        return [sys.executable, __file__, "--worker", "--memory-limit-mb", limit]
+
     def start(self) -> None:
-        command = [sys.executable, __file__, "--worker", "--memory-limit-mb"]
         self.proc = subprocess.Popen(
-            [*command, str(self.memory_limit_mb)],
+            self.command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

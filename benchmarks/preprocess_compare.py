@@ -34,7 +34,15 @@ import cv2
 import numpy as np
 
 import edgemed
-from benchmarks._common import arguments, environment, phantom, stats, timed_rounds, write_results
+from benchmarks._common import (
+    arguments,
+    environment,
+    figure,
+    phantom,
+    stats,
+    timed_rounds,
+    write_results,
+)
 from edgemed.preprocess import allocate, preprocess
 
 __all__ = ["main", "monai_preprocess", "monai_slice", "opencv_preprocess"]
@@ -103,7 +111,7 @@ def _markdown(data: dict[str, Any]) -> str:
             diff = case["max_abs_diff_vs_edgemed"].get(impl)
             lines.append(
                 f"| {case['slice']} | {case['batch']} | {impl} | {t['p50_ms']:.3f} | "
-                f"{t['p90_ms']:.3f} | {t['p99_ms']:.3f} | {speed:.2f}x | "
+                f"{figure(t['p90_ms'], 3)} | {figure(t['p99_ms'], 3)} | {speed:.2f}x | "
                 f"{'-' if diff is None else f'{diff:.2g}'} |"
             )
     lines += ["", f"Target: edgemed >= {TARGET_SPEEDUP:.0f}x faster than MONAI and OpenCV."]

@@ -71,9 +71,7 @@ def _cpu_compare(data: Mapping[str, Any]) -> list[str]:
         for tool, t in r["tools"].items():
             d = r["dice_vs_edgemed"].get(tool)
             faster = "-" if tool == "edgemed" else f"{r['speedup_p50'][tool]:.2f}x"
-            agree = (
-                "-" if d is None else f"{d.get('mean_dice', d.get('mean')):.4f}"
-            )  # older runs: mean
+            agree = "-" if d is None else f"{d['mean_dice']:.4f}"
             lines.append(
                 f"| {name} | {tool} | {t['p50_ms']:.2f} ms | {faster} | "
                 f"{r['outside_model_p50_ms'][tool]:.2f} ms | {agree} |"

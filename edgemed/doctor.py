@@ -115,31 +115,19 @@ def platform_facts() -> dict[str, Any]:
     return facts
 
 
-def _run(cmd: list[str], which: Callable[[str], str | None]) -> str | None:
+def _run(
+    cmd: list[str], which: Callable[[str], str | None]
+) -> subprocess.CompletedProcess[str] | None:
+    """``cmd``'s outcome (text output captured), or None when it cannot be run."""
     exe = which(cmd[0])
     if exe is None:
         return None
     try:
-        out = subprocess.run(
+        return subprocess.run(
             [exe, *cmd[1:]], capture_output=True, text=True, timeout=_TIMEOUT, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def _run_full(cmd: list[str], which: Callable[[str], str | None]) -> tuple[int, str] | None:
-    """(exit status, stdout + stderr) of ``cmd``, or None when it cannot be run."""
-    exe = which(cmd[0])
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, *cmd[1:]], capture_output=True, text=True, timeout=_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.returncode, out.stdout + out.stderr
 
 
 def _pci_gpus(root: Path) -> list[str] | None:
@@ -201,14 +189,15 @@ def gpu_facts(
                     "reason": "the CUDA driver sees no device",
                 }
             notes.append(f"pycuda: {text.splitlines()[0]}")
-    smi = _run_full(
+    smi = _run(
         ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
         which,
     )
+    said = "" if smi is None else (smi.stdout + smi.stderr).strip()
     if smi is None:
         notes.append("no nvidia-smi")
-    elif smi[0] == 0 and smi[1].strip():
-        parts = [p.strip() for p in smi[1].strip().splitlines()[0].split(",")]
+    elif smi.returncode == 0 and said:
+        parts = [p.strip() for p in said.splitlines()[0].split(",")]
         return {
             "present": True,
             "source": "nvidia-smi",
@@ -217,10 +206,10 @@ def gpu_facts(
             "integrated": None,
             "total_memory": parts[2] if len(parts) > 2 else None,
         }
-    elif "No devices were found" in smi[1]:
+    elif "No devices were found" in said:
         return {"present": False, "source": "nvidia-smi", "reason": "nvidia-smi finds no device"}
     else:
-        first = smi[1].strip().splitlines()[0] if smi[1].strip() else f"exit {smi[0]}"
+        first = said.splitlines()[0] if said else f"exit {smi.returncode}"
         notes.append(f"nvidia-smi failed: {first}")
     if (root / "etc" / "nv_tegra_release").is_file():
         return {
@@ -264,10 +253,10 @@ def cuda_facts(which: Callable[[str], str | None] = shutil.which) -> dict[str, A
             facts["pycuda_built_for"] = ".".join(str(p) for p in drv.get_version())
         except Exception as exc:
             facts["driver_error"] = f"{exc.__class__.__name__}: {exc}"
-    out = _run(["nvcc", "--version"], which)
-    if out:
-        m = re.search(r"release (\d+\.\d+)", out)
-        facts["nvcc"] = m.group(1) if m else out.strip().splitlines()[-1]
+    nvcc = _run(["nvcc", "--version"], which)
+    if nvcc is not None and nvcc.returncode == 0 and nvcc.stdout.strip():
+        m = re.search(r"release (\d+\.\d+)", nvcc.stdout)
+        facts["nvcc"] = m.group(1) if m else nvcc.stdout.strip().splitlines()[-1]
     return facts
 
 

@@ -3,13 +3,15 @@
 Hostile or broken files must not make a reader allocate, inflate or loop without
 bound, so every reader checks these caps *before* the work they limit and refuses with
 ``INPUT_INVALID`` beyond them. A small device lowers them (``EDGEMED_MAX_*``, resolved
-by :func:`edgemed.settings.load_settings`, or ``ReaderLimits(...)`` passed to
+by :func:`edgemed.settings.load_limits`, or ``ReaderLimits(...)`` passed to
 ``read_image`` / the pipeline options); nothing is changed globally.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+
+from edgemed.errors import UsageError
 
 __all__ = ["DEFAULT_LIMITS", "ReaderLimits"]
 
@@ -39,8 +41,6 @@ class ReaderLimits:
     max_elements: int = 2**31
 
     def __post_init__(self) -> None:
-        from edgemed.errors import UsageError
-
         for f in fields(self):
             value = getattr(self, f.name)
             if type(value) is not int or value <= 0:

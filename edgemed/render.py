@@ -1,5 +1,5 @@
-"""Rendering a result for people and files, shared by every front-end (the CLI's
-``run``/``demo``, a service answering requests).
+"""Rendering a result for people and files, for the front-ends (today the CLI's
+``run`` and ``demo``).
 
 What is task-specific comes from the result's head (its summary lines and its files);
 this module adds what every result has: ``result.json``, model, backend, input and

@@ -19,7 +19,6 @@ Stages, in order (each timed; any failure leaves no bundle behind):
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -284,13 +283,14 @@ def _build(
         else {"applied": False, "reason": "disabled (--no-simplify)"}
     )
     onnx_export.strip_value_info(fp32.path)
+    input_shape, outputs = _io_shapes(fp32.path)  # final from here on
     parity = onnx_export.parity(
         loaded,
         fp32,
         cases,
         config.parity_tolerance,
         threads,
-        task=_task_check(config, post, fp32.path, [calib.placements[i] for i in real_idx]),
+        task=_task_check(config, post, outputs, [calib.placements[i] for i in real_idx]),
     )
     t = _lap(seconds, "onnx", t)
     worst = max(c["max_abs_over_range"] for c in parity["cases"].values())
@@ -343,10 +343,6 @@ def _build(
         )
     say(f"gates       passed ({seconds['gates']:.1f} s)")
 
-    import onnx
-
-    graph = onnx.load(str(fp32.path)).graph
-    input_shape = _shape_of(graph.input[0])
     manifest: dict[str, Any] = {
         "name": config.name or _default_name(loaded.source),
         "version": config.version,
@@ -360,9 +356,7 @@ def _build(
             "shape": input_shape,
             "dtype": "float32",
         },
-        "outputs": [
-            {"name": fp32.output_name, "shape": _shape_of(graph.output[0]), "dtype": "float32"}
-        ],
+        "outputs": [{"name": fp32.output_name, "shape": outputs[0][1], "dtype": "float32"}],
         "preprocess": pre.to_dict(),
         "postprocess": post.to_dict(),
         "artifacts": [
@@ -404,18 +398,26 @@ def _build(
     return manifest, table
 
 
-def _task_check(
-    config: ExportConfig, post: Any, fp32: Path, placements: list[Any]
-) -> onnx_export.TaskCheck | None:
-    """Parity's task half on the real images, or None where the head would decode an
-    output PyTorch's run does not return (only the first output comes back)."""
+def _io_shapes(path: Path) -> tuple[list[int | str], list[tuple[str, list[int | str]]]]:
+    """The ONNX model's input shape, and its outputs' names and shapes."""
     import onnx
 
-    outputs = [(o.name, _shape_of(o)) for o in onnx.load(str(fp32)).graph.output]
+    graph = onnx.load(str(path)).graph
+    return _shape_of(graph.input[0]), [(o.name, _shape_of(o)) for o in graph.output]
+
+
+def _task_check(
+    config: ExportConfig,
+    post: Any,
+    outputs: list[tuple[str, list[int | str]]],
+    placements: list[Any],
+) -> gates.TaskCheck | None:
+    """Parity's task half on the real images, or None where the head would decode an
+    output PyTorch's run does not return (only the first output comes back)."""
     head = create_head(config.task, post, list(config.labels), outputs)
     if head.output != outputs[0][0]:
         return None
-    return onnx_export.TaskCheck(head, REAL_CASE, placements, dataclasses.asdict(config.thresholds))
+    return gates.TaskCheck(head, REAL_CASE, placements, config.thresholds)
 
 
 def _lap(seconds: dict[str, float], stage: str, start: float) -> float:

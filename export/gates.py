@@ -20,20 +20,27 @@ FP32's) and the largest absolute difference of any class probability.
 Embedding: cosine similarity of each vector with FP32's (min and mean).
 
 Any other registered head: its own metric and gate.
+
+:class:`TaskCheck` applies the same metric and gate to parity's real images (ONNX
+Runtime's decoded results against PyTorch's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgemed.export.calibration import ImageSet
 from edgemed.export.onnx_export import run_onnx_outputs, session
-from edgemed.heads import HeadSpec, create_head, head_class
+from edgemed.heads import Head, HeadSpec, create_head, head_class
+from edgemed.preprocess import Placement
 
-__all__ = ["compare", "format_table"]
+__all__ = ["TaskCheck", "compare", "format_table"]
 
 _CHUNK = 8  # slices per ONNX Runtime call: bounds the memory of 256x256xC logits
 
@@ -51,6 +58,47 @@ def _thresholds(thresholds: Any) -> Mapping[str, float]:
     if dataclasses.is_dataclass(thresholds) and not isinstance(thresholds, type):
         return dataclasses.asdict(thresholds)
     return dict(thresholds)
+
+
+def _judge(
+    head: Head, reference: Sequence[Any], other: Sequence[Any], limits: Mapping[str, float]
+) -> dict[str, Any]:
+    """The head's metric of ``other`` against ``reference``, and its gate's failures."""
+    metrics = head.metric(reference, other)
+    fails = head.gate(metrics, limits)
+    return {"passed": not fails, "failures": fails, **metrics}
+
+
+@dataclass
+class TaskCheck:
+    """The task-level half of parity (:func:`edgemed.export.onnx_export.parity`): decode
+    one case's outputs with the bundle's head and gate ONNX Runtime's results against
+    PyTorch's with the accuracy thresholds, as :func:`compare` gates a variant.
+
+    Attributes:
+        head: the bundle's task head (decodes ``head.output``, which must be the ONNX
+            model's first output: that is the one PyTorch's run returns).
+        case: the name of the case to decode (the real images: random inputs have no
+            meaningful results).
+        placements: one per input of that case.
+        thresholds: the accuracy gates' limits (a mapping or dataclass, as for
+            :func:`compare`).
+    """
+
+    head: Head
+    case: str
+    placements: Sequence[Placement]
+    thresholds: Any
+
+    def run(self, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+        """The head's metric of ``got`` against ``ref``, with ``passed`` and ``failures``."""
+        out = self.head.output
+        return _judge(
+            self.head,
+            self.head.decode({out: ref}, self.placements),
+            self.head.decode({out: got}, self.placements),
+            _thresholds(self.thresholds),
+        )
 
 
 def compare(
@@ -73,13 +121,12 @@ def compare(
     ref = _values(head, ref_sess, data)
     report: dict[str, Any] = {
         "reference": "FP32 ONNX, ONNX Runtime CPU; outputs decoded by the task head",
-        "thresholds": {k: head._limit(k, limits) for k in head.thresholds},
+        "thresholds": {k: head.limit(k, limits) for k in head.thresholds},
         "variants": {},
     }
     for precision, path in variants.items():
-        metrics = head.metric(ref, _values(head, session(path, threads), data))
-        fails = head.gate(metrics, limits)
-        report["variants"][precision] = {"passed": not fails, "failures": fails, **metrics}
+        values = _values(head, session(path, threads), data)
+        report["variants"][precision] = _judge(head, ref, values, limits)
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     return report
 

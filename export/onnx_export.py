@@ -13,9 +13,10 @@ in two ways:
   ``max |PyTorch|``: argmax, softmax and thresholds ignore a constant offset, so the
   spread of the values is the scale on which an error can change a result; and one
   element near zero cannot blow the measure up. The export fails above the tolerance.
-* by task (:class:`TaskCheck`): on the real images, both outputs are decoded by the
-  bundle's task head and must meet the accuracy gates against each other, so a raised
-  ``--parity-tolerance`` still cannot let through an export whose results differ.
+* by task (:class:`edgemed.export.gates.TaskCheck`): on the real images, both outputs
+  are decoded by the bundle's task head and must meet the accuracy gates against each
+  other, so a raised ``--parity-tolerance`` still cannot let through an export whose
+  results differ.
 
 Why the default tolerance is 1e-3 (:data:`edgemed.export.config.DEFAULT_PARITY_TOLERANCE`):
 float32 arithmetic done in another order differs by amounts that depend on the network
@@ -42,10 +43,10 @@ import contextlib
 import io
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -54,12 +55,12 @@ import onnxruntime as ort
 from edgemed._lazy import require
 from edgemed.errors import ExportError
 from edgemed.export.load import LoadedModel
-from edgemed.heads import Head
-from edgemed.preprocess import Placement
+
+if TYPE_CHECKING:  # gates imports this module
+    from edgemed.export.gates import TaskCheck
 
 __all__ = [
     "OnnxModel",
-    "TaskCheck",
     "check_onnx",
     "export_onnx",
     "max_errors",
@@ -348,35 +349,6 @@ def max_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
         "range": spread,
         "max_abs_over_range": err / scale if scale > 0 else err,
     }
-
-
-@dataclass
-class TaskCheck:
-    """The task-level half of parity: decode one case's outputs with the bundle's head
-    and gate ONNX Runtime's results against PyTorch's with the accuracy thresholds.
-
-    Attributes:
-        head: the bundle's task head (decodes ``head.output``, which must be the ONNX
-            model's first output: that is the one PyTorch's run returns).
-        case: the name of the case to decode (the real images: random inputs have no
-            meaningful results).
-        placements: one per input of that case.
-        thresholds: the accuracy gates' limits (mapping; each head reads its own).
-    """
-
-    head: Head
-    case: str
-    placements: Sequence[Placement]
-    thresholds: Mapping[str, float]
-
-    def run(self, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-        """The head's metric of ``got`` against ``ref``, with its gate ``failures``."""
-        out = self.head.output
-        metrics = self.head.metric(
-            self.head.decode({out: ref}, self.placements),
-            self.head.decode({out: got}, self.placements),
-        )
-        return {**metrics, "failures": self.head.gate(metrics, self.thresholds)}
 
 
 def parity(

@@ -133,9 +133,7 @@ def _task_text(task: dict[str, Any] | None) -> str:
     """The head's headline figure of ONNX Runtime's decoded results against PyTorch's."""
     if task is None:
         return "(not decoded)"
-    figures = [
-        f"{k} {v:.4g}" for k, v in task.items() if isinstance(v, float) and not isinstance(v, bool)
-    ][:2]
+    figures = [f"{k} {v:.4g}" for k, v in task.items() if isinstance(v, float)][:2]
     verdict = "fail: " + "; ".join(task["failures"]) if task["failures"] else "pass"
     return f"{', '.join(figures)} ({verdict})" if figures else verdict
 

@@ -1,7 +1,8 @@
 """``cli()``: the command line as a user meets it, in a real subprocess.
 
 Shared by tests/test_cli.py, tests/test_modality.py and tests/export/ (``from tests.cli_run
-import cli``).
+import cli``); :func:`cli_command` and :func:`cli_env` for a test that starts the process
+itself (two at once, a signal mid-run, a private mount namespace).
 """
 
 from __future__ import annotations
@@ -10,6 +11,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv of ``python -m edgemed.cli *args``."""
+    return [sys.executable, "-m", "edgemed.cli", *args]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The inherited environment with one ORT thread, plus (overridden by) ``env``."""
+    return {**os.environ, "EDGEMED_ORT_THREADS": "1", **(env or {})}
 
 
 def cli(
@@ -25,10 +36,10 @@ def cli(
     go to ``subprocess.run`` (e.g. ``preexec_fn``).
     """
     return subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", *args],
+        cli_command(*args),
         capture_output=True,
         text=True,
-        env={**os.environ, "EDGEMED_ORT_THREADS": "1", **(env or {})},
+        env=cli_env(env),
         cwd=cwd,
         timeout=timeout,
         **run_kwargs,

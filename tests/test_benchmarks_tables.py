@@ -98,3 +98,13 @@ def test_section_between_markers_is_replaced_and_the_rest_kept(tmp_path):
 def test_missing_markers_are_an_error():
     with pytest.raises(ValueError, match="markers"):
         tables.replace_section("# no markers\n", "x")
+
+
+def test_a_run_cut_short_keeps_its_missing_percentiles():
+    # --budget-s stops a script after 20 samples: p99 (which needs 100) is None in the
+    # JSON and "—" in its table, never a crash and never the maximum under p99's name.
+    from benchmarks._common import figure, stats
+
+    s = stats([float(v) for v in range(30, 0, -1)])
+    assert (s["p50_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == (15.0, 27.0, 29.0, None)
+    assert (figure(s["p99_ms"]), figure(s["p90_ms"], 3)) == ("—", "27.000")

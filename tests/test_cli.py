@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_run import cli
-
-
-def _one_error_line(proc, code: str) -> None:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("edgemed: error ") and code in lines[0]
-    assert "Traceback" not in proc.stderr
+from tests.support import dicom_series, limit_file_size, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def broken_inputs(tmp_path_factory, ct_small_path):
 def test_run_bad_input_exits_3_with_one_line(broken_inputs, tmp_path, name, code):
     proc = cli("run", str(broken_inputs / name), "--out", str(tmp_path / "out"))
     assert proc.returncode == 3, proc.stderr
-    _one_error_line(proc, code)
+    one_error_line(proc, code)
     assert not (tmp_path / "out" / "result.json").exists()
 
 
@@ -79,7 +73,7 @@ def test_tampered_bundle_exits_4(tmp_path, ct_small_path):
     model.write_bytes(bytes(data))
     proc = cli("run", ct_small_path, "--bundle", str(bundle), "--out", str(tmp_path / "o"))
     assert proc.returncode == 4
-    _one_error_line(proc, "BUNDLE_INTEGRITY")
+    one_error_line(proc, "BUNDLE_INTEGRITY")
     proc = cli("info", str(bundle))
     assert proc.returncode == 4
 
@@ -87,7 +81,7 @@ def test_tampered_bundle_exits_4(tmp_path, ct_small_path):
 def test_unavailable_backend_exits_5(ct_small_path, tmp_path):
     proc = cli("run", ct_small_path, "--backend", "tensorrt", "--out", str(tmp_path))
     assert proc.returncode == 5
-    _one_error_line(proc, "BACKEND_UNAVAILABLE")
+    one_error_line(proc, "BACKEND_UNAVAILABLE")
 
 
 def test_missing_precision_exits_2(ct_small_path, tiny_bundle, tmp_path):
@@ -97,7 +91,7 @@ def test_missing_precision_exits_2(ct_small_path, tiny_bundle, tmp_path):
         "run", ct_small_path, "--bundle", str(bundle), "--precision", "int8", "--out", str(out)
     )
     assert proc.returncode == 2  # the bundle is fine; the precision asked for is not in it
-    _one_error_line(proc, "USAGE_PRECISION_MISSING")
+    one_error_line(proc, "USAGE_PRECISION_MISSING")
     assert not out.exists() and not list(tmp_path.glob(".out.*"))  # staging removed
 
 
@@ -105,7 +99,7 @@ def test_usage_errors_exit_2(tmp_path):
     assert cli("run").returncode == 2  # argparse: no inputs
     proc = cli("run", "x.dcm", "--out", str(tmp_path), "--batch-size", "0")
     assert proc.returncode == 2
-    _one_error_line(proc, "USAGE")
+    one_error_line(proc, "USAGE")
 
 
 def test_info_describes_the_demo_bundle():
@@ -136,16 +130,13 @@ def test_demo_writes_three_files(tmp_path):
 
 def test_run_on_a_series_directory(tmp_path, ct_small_path):
     import numpy as np
-    import pydicom
 
-    series = tmp_path / "series"
-    series.mkdir()
-    for k in range(3):
-        ds = pydicom.dcmread(ct_small_path)
-        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    def brighter(ds, k: int) -> None:
         ds.PixelData = (ds.pixel_array + np.int16(10 * k)).astype(ds.pixel_array.dtype).tobytes()
-        ds.save_as(series / f"slice{2 - k}.dcm")
+
+    series = dicom_series(
+        ct_small_path, tmp_path / "series", 3, name=lambda k: f"slice{2 - k}.dcm", edit=brighter
+    )
     proc = cli("run", str(series), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -157,19 +148,11 @@ def test_run_on_a_series_directory(tmp_path, ct_small_path):
     assert nib.load(tmp_path / "out" / "mask.nii.gz").shape == (128, 128, 3)
 
 
-def _limit_file_size() -> None:  # runs in the child: a real EFBIG from the kernel
-    import resource
-    import signal
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-
-
 def test_full_disk_gives_exit_7_and_no_file_that_looks_complete(tmp_path, ct_small_path):
     out = tmp_path / "out"
-    proc = cli("run", ct_small_path, "--out", str(out), preexec_fn=_limit_file_size)
+    proc = cli("run", ct_small_path, "--out", str(out), preexec_fn=limit_file_size(50_000))
     assert proc.returncode == 7, proc.stderr
-    _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    one_error_line(proc, "OUTPUT_WRITE_FAILED")
     names = sorted(p.name for p in out.iterdir())
     # overlay.png (> 50 kB) failed: no partial copy, no temp file; result.json, which is
     # written last to mark a complete result, is absent.
@@ -181,10 +164,10 @@ def test_reader_caps_from_the_environment(ct_small_path, tmp_path):
     args = ("run", ct_small_path, "--out", str(tmp_path))
     proc = cli(*args, env={"EDGEMED_MAX_FILE_BYTES": "10000"})  # CT_small is ~39 kB
     assert proc.returncode == 3
-    _one_error_line(proc, "INPUT_INVALID")
+    one_error_line(proc, "INPUT_INVALID")
     proc = cli(*args, env={"EDGEMED_MAX_FILE_BYTES": "lots"})
     assert proc.returncode == 2
-    _one_error_line(proc, "USAGE")
+    one_error_line(proc, "USAGE")
 
 
 def _bundle_with_provenance(tmp_path, provenance) -> Path:

@@ -16,6 +16,7 @@ subprocesses, real files, real signals and a real terminal (a pty).
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import termios
 import time
+import types
 from pathlib import Path
 
 import nibabel as nib
@@ -36,17 +38,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from edgemed.cli import _parser
-from tests.cli_run import cli
+from tests.cli_run import cli, cli_command, cli_env
+from tests.support import dicom_series, limit_file_size, one_error_line
 
 CORPUS = Path(get_testdata_file("CT_small.dcm")).parent
 BLOCK_TQDM = "import sys\nsys.modules['tqdm'] = None\n"
-
-
-def _one_error_line(proc, code: str) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("edgemed: error ") and code in lines[0], lines[0]
-    return lines[0]
 
 
 def _phantom(n: int) -> np.ndarray:
@@ -65,13 +61,7 @@ def inputs(tmp_path_factory, ct_small_path):
     np.save(d / "small.npy", _phantom(64))
     rng = np.random.default_rng(0)  # noise: an overlay.png of about 1.6 MB
     np.save(d / "noise.npy", rng.uniform(-1000, 1500, (512, 512)).astype(np.float32))
-    series = d / "series"
-    series.mkdir()
-    for k in range(3):
-        ds = pydicom.dcmread(ct_small_path)
-        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(series / f"s{k}.dcm")
+    series = dicom_series(ct_small_path, d / "series", 3)
     data = Path(ct_small_path).read_bytes()
     (d / "truncated.dcm").write_bytes(data[: len(data) - 5000])
     return {
@@ -106,7 +96,7 @@ def test_a_second_run_is_refused_and_overwrite_replaces_the_whole_set(inputs, tm
 
     proc = cli("run", str(inputs["small"]), "--out", str(out))
     assert proc.returncode == 7
-    _one_error_line(proc, "OUTPUT_EXISTS")
+    one_error_line(proc, "OUTPUT_EXISTS")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
 
     # two inputs on top of one: no result.json of the earlier run is left at the top
@@ -123,7 +113,7 @@ def test_a_second_run_is_refused_and_overwrite_replaces_the_whole_set(inputs, tm
     # a run that fails leaves no earlier result to pass for its own
     proc = cli("run", str(inputs["truncated"]), "--out", str(out), "--overwrite")
     assert proc.returncode == 3
-    _one_error_line(proc, "INPUT_TRUNCATED")
+    one_error_line(proc, "INPUT_TRUNCATED")
     assert list(out.iterdir()) == []
     assert _no_leftovers(tmp_path) == []
 
@@ -134,12 +124,12 @@ def test_overwrite_never_replaces_a_folder_edgemed_did_not_write(inputs, tmp_pat
     (mine / "notes.txt").write_text("keep me")
     proc = cli("run", str(inputs["small"]), "--out", str(mine), "--overwrite")
     assert proc.returncode == 7
-    _one_error_line(proc, "OUTPUT_EXISTS")
+    one_error_line(proc, "OUTPUT_EXISTS")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     # nor the current directory (a typo of `--out .` with --overwrite)
     proc = cli("run", str(inputs["small"]), "--out", ".", "--overwrite", cwd=mine)
     assert proc.returncode == 7
-    _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    one_error_line(proc, "OUTPUT_WRITE_FAILED")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert _no_leftovers(tmp_path) == []
 
@@ -160,14 +150,13 @@ def test_an_empty_or_symlinked_out_is_filled_in_place(inputs, tmp_path):
 
 def _race(*commands: list[str]) -> list[subprocess.CompletedProcess]:
     """Start the commands together; their results once all have finished."""
-    env = {**os.environ, "EDGEMED_ORT_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "edgemed.cli", *args],
+            cli_command(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=cli_env(),
         )
         for args in commands
     ]
@@ -188,7 +177,7 @@ def test_two_runs_at_once_never_mix_their_files(inputs, tmp_path, round_):
     codes = sorted([a.returncode, b.returncode])
     assert codes == [0, 7], (a.stderr, b.stderr)
     loser = a if a.returncode == 7 else b
-    _one_error_line(loser, "OUTPUT_EXISTS")
+    one_error_line(loser, "OUTPUT_EXISTS")
     assert sorted(p.name for p in out.iterdir()) == ["mask.nii.gz", "overlay.png", "result.json"]
     shape, mask = _shape_of_set(out)
     assert tuple(shape) == mask and shape in ([128, 128], [512, 512])
@@ -226,7 +215,7 @@ def test_a_bad_out_is_refused_before_the_bundle_or_any_input(tmp_path, make_out,
     # a missing input and a missing bundle: neither is looked at first
     proc = cli("run", str(tmp_path / "missing.dcm"), "--bundle", str(tmp_path / "nb"), "--out", out)
     assert proc.returncode == (2 if code == "USAGE" else 7)
-    _one_error_line(proc, code)
+    one_error_line(proc, code)
     assert proc.stdout == ""
 
 
@@ -249,8 +238,8 @@ def _run_with_read_only_out(
     ro = tmp_path / "ro"
     ro.mkdir()
     out = ro / "out"
-    cmd = [sys.executable, "-m", "edgemed.cli", "run", *args, "--out", str(out)]
-    env = {**os.environ, "EDGEMED_ORT_THREADS": "1"}
+    cmd = cli_command("run", *args, "--out", str(out))
+    env = cli_env()
     if os.geteuid() != 0:
         if existing:
             out.mkdir()
@@ -286,7 +275,7 @@ def test_a_read_only_out_fails_before_any_input_is_read(inputs, tmp_path, existi
     missing = str(tmp_path / "missing.dcm")
     proc = _run_with_read_only_out(tmp_path, missing, str(inputs["series"]), existing=existing)
     assert proc.returncode == 7, proc.stderr
-    _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    one_error_line(proc, "OUTPUT_WRITE_FAILED")
     assert proc.stdout == ""  # no input ran
 
 
@@ -295,7 +284,7 @@ def test_a_mount_point_out_is_refused_at_once_with_what_to_do(inputs, tmp_path):
     # rename(2) cannot replace a mount point (EBUSY): refuse before the work, not after
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    cmd = [sys.executable, "-m", "edgemed.cli", "run", str(inputs["small"]), "--out", str(mnt)]
+    cmd = cli_command("run", str(inputs["small"]), "--out", str(mnt))
     proc = subprocess.run(
         [
             "unshare",
@@ -311,24 +300,17 @@ def test_a_mount_point_out_is_refused_at_once_with_what_to_do(inputs, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 7
-    line = _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    line = one_error_line(proc, "OUTPUT_WRITE_FAILED")
     assert "mount point" in line and "directory inside it" in line
-
-
-def _limit_file_size() -> None:  # runs in the child: a real EFBIG from the kernel
-    import resource
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
 
 def test_one_output_failure_does_not_stop_the_other_inputs(inputs, tmp_path):
     out = tmp_path / "out"
     # the noise image's overlay.png (~1.6 MB) cannot be written; the phantom's (~26 kB) can
     args = ("run", str(inputs["noise"]), str(inputs["big"]), "--out", str(out))
-    proc = cli(*args, preexec_fn=_limit_file_size)
+    proc = cli(*args, preexec_fn=limit_file_size(200_000))
     assert proc.returncode == 7, proc.stderr
-    line = _one_error_line(proc, "OUTPUT_WRITE_FAILED")
+    line = one_error_line(proc, "OUTPUT_WRITE_FAILED")
     assert line.endswith("[input 1/2]")
     index = json.loads((out / "index.json").read_text())
     assert index["results"] == [
@@ -371,11 +353,7 @@ def test_index_lists_every_input_by_position_with_status_and_code(inputs, tmp_pa
 
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edgemed.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "EDGEMED_ORT_THREADS": "1"},
+        cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
     )
 
 
@@ -427,8 +405,9 @@ def test_jpeg_lossy_gives_exactly_one_line(tmp_path):
         assert proc.stderr == ""
     else:
         assert proc.returncode == 3
-        _one_error_line(proc, "INPUT_")
+        one_error_line(proc, "INPUT_")
     debug = cli("--debug", "run", str(CORPUS / "JPEG-lossy.dcm"), "--out", str(tmp_path / "d"))
+    assert debug.returncode == proc.returncode, debug.stderr
     if debug.returncode == 3:  # --debug shows what pydicom's decoders said
         assert "pydicom" in debug.stderr and "Traceback" in debug.stderr
 
@@ -544,7 +523,7 @@ def _run_on_a_terminal(args: list[str], *, block_tqdm: bool = False) -> tuple[in
         [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=slave,
-        env={**os.environ, "EDGEMED_ORT_THREADS": "1", "COLUMNS": "120"},
+        env=cli_env({"COLUMNS": "120"}),
     )
     os.close(slave)
     received = b""
@@ -570,11 +549,37 @@ def test_progress_on_a_terminal_without_tqdm(inputs, tmp_path):
     args = ["run", str(inputs["small"]), str(inputs["series"]), "--batch-size", "1"]
     status, stdout, tty = _run_on_a_terminal([*args, "--out", str(tmp_path / "o")], block_tqdm=True)
     assert status == 0, tty
-    assert "\redgemed run: input 1/2" in tty and "\redgemed run: input 2/2, slice 2/3" in tty
-    assert "slice 3/3" in tty
+    # the last slice is always drawn; those between only 0.1 s apart (see the next test)
+    assert "\redgemed run: input 1/2" in tty and "\redgemed run: input 2/2, slice 3/3" in tty
     assert "input 2/2" in stdout  # the summaries still go to stdout
     # cleared at the end: the last thing on the terminal is a blank carriage-return line
     assert tty.rstrip(" ").endswith("\r")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_a_slice_between_first_and_last_once_0_1_s_has_passed(monkeypatch):
+    from edgemed.cli import progress as progress_module
+
+    now = [100.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    term = _Terminal()
+    progress = progress_module.Progress(2, stream=term, use_tqdm=False)
+    progress.begin(2)  # drawn at once: "reading"
+    progress.slices(1, 3)  # at the same moment: not redrawn (a fast model only flickers)
+    now[0] += 0.2
+    progress.slices(2, 3)
+    progress.slices(3, 3)  # the last one is drawn whenever it comes
+    shown = term.getvalue()
+    assert "\redgemed run: input 2/2, reading" in shown and "slice 1/3" not in shown
+    assert "\redgemed run: input 2/2, slice 2/3" in shown
+    assert "\redgemed run: input 2/2, slice 3/3" in shown
+    progress.close()  # the line blanked out, the cursor back at its start
+    cleared = term.getvalue()[len(shown) :]
+    assert cleared == "\r" + " " * len(shown.rsplit("\r", 1)[1]) + "\r"
 
 
 def test_progress_on_a_terminal_with_tqdm(inputs, tmp_path):
@@ -607,4 +612,4 @@ def test_no_terminal_gets_one_info_line_per_input(inputs, tmp_path):
     assert "3 slices" in per_input[2]
     quiet = cli(*args, "--out", str(tmp_path / "q"))  # without -v: only the error line
     assert quiet.returncode == 3
-    _one_error_line(quiet, "INPUT_TRUNCATED")
+    one_error_line(quiet, "INPUT_TRUNCATED")

@@ -21,6 +21,7 @@ from edgemed import Pipeline
 from edgemed.io import read_image, read_series
 from edgemed.render import summary, write_result
 from tests.cli_run import cli
+from tests.support import dicom_series
 from tests.test_result_schema import SCHEMA
 
 CT = get_testdata_file("CT_small.dcm")
@@ -65,18 +66,14 @@ def test_lossy_method_and_transfer_syntax():
 
 
 def test_one_lossy_slice_makes_a_series_lossy(tmp_path):
-    instances = []
-    for i in range(3):
-        ds = pydicom.dcmread(CT)
-        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * i]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        if i == 2:  # the file says this slice went through lossy compression once
+    def edit(ds, k):
+        if k == 2:  # the file says this slice went through lossy compression once
             ds.LossyImageCompression = "01"
             ds.LossyImageCompressionRatio = [12.5]
             ds.LossyImageCompressionMethod = ["ISO_15444_1"]
-        buffer = io.BytesIO()
-        ds.save_as(buffer)
-        instances.append(buffer.getvalue())
+
+    folder = dicom_series(CT, tmp_path / "s", 3, edit=edit)
+    instances = [(folder / f"s{k}.dcm").read_bytes() for k in range(3)]
     md = read_series(instances).metadata
     assert md["lossy_compression"] is True
     assert (md["lossy_ratio"], md["lossy_method"]) == ([12.5], ["ISO_15444_1"])
@@ -123,14 +120,7 @@ def test_a_folder_with_one_slice_and_other_files(demo, tmp_path):
 
 
 def test_a_clean_series_reports_zero_ignored_files(demo, tmp_path):
-    folder = tmp_path / "s"
-    folder.mkdir()
-    for i in range(2):
-        ds = pydicom.dcmread(CT)
-        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * i]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(folder / f"s{i}")
-    result = demo(str(folder))
+    result = demo(str(dicom_series(CT, tmp_path / "s", 2)))
     assert result.to_dict()["input"]["ignored_files"] == 0
     assert "ignored" not in summary(result, [], "t")
     assert "volume_mm3" in result.stats["lung"]

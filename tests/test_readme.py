@@ -259,3 +259,90 @@ def test_python_block_runs(block, workdir):
         timeout=180,
     )
     assert proc.returncode == 0, f"{block}\n{proc.stdout}\n{proc.stderr}"
+
+
+# -- the exit code table ---------------------------------------------------------------------
+
+# Each family of codes and the exit code its errors carry (edgemed.errors).
+FAMILY_EXIT = {
+    "USAGE": 2,
+    "INPUT": 3,
+    "BUNDLE": 4,
+    "BACKEND": 5,
+    "DEPENDENCY": 5,
+    "ENGINE": 5,
+    "GPU": 5,
+    "ACCURACY": 6,
+    "OUTPUT": 7,
+    "EXPORT": 8,
+}
+
+
+def exit_code_table(text: str | None = None) -> dict[str, set[str]]:
+    """README's exit code table: the exit column's text -> the codes on that row."""
+    lines = (README.read_text(encoding="utf-8") if text is None else text).splitlines()
+    start = lines.index("### Exit codes and errors")
+    rows = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("### ") or line.startswith("## "):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"\d+(, \d+)*", cells[0]):
+            rows[cells[0]] = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[2]))
+    return rows
+
+
+def codes_in_source() -> set[str]:
+    """Every error code edgemed and its export stage can raise: the string literals of a
+    family's form, and each error class's default."""
+    from edgemed import errors
+
+    families = "|".join(FAMILY_EXIT)
+    literal = re.compile(rf"[\"']((?:{families})_[A-Z0-9_]+)[\"']")
+    root = README.parent
+    found = {
+        code
+        for package in ("edgemed", "export")
+        for path in (root / package).rglob("*.py")
+        for code in literal.findall(path.read_text(encoding="utf-8"))
+    }
+    found.discard("INPUT_ERROR_CODES")  # a name in edgemed.io.read's __all__, not a code
+    defaults = {
+        cls.default_code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.EdgemedError)
+    }
+    return found | (defaults - {errors.EdgemedError.default_code})
+
+
+def table_problems(table: dict[str, set[str]], codes: set[str]) -> list[str]:
+    listed = {code: exit_ for exit_, row in table.items() for code in row}
+    problems = [f"{c} is missing from the table" for c in sorted(codes - set(listed))]
+    problems += [f"{c} is in the table but raised nowhere" for c in sorted(set(listed) - codes)]
+    for code, exit_ in sorted(listed.items()):
+        family_exit = FAMILY_EXIT.get(code.split("_")[0])
+        if exit_ != str(family_exit):
+            problems.append(f"{code} is on row {exit_}; its errors exit {family_exit}")
+    return problems
+
+
+def test_exit_code_table_lists_every_code_on_its_exit_codes_row():
+    from edgemed.errors import EXIT_CODES
+
+    table = exit_code_table()
+    assert {str(v) for v in EXIT_CODES.values()} | {"1"} <= set(table)
+    assert table_problems(table, codes_in_source()) == []
+
+
+def test_the_exit_code_check_can_fail():
+    text = (
+        "### Exit codes and errors\n\n| exit | meaning | error codes |\n|---|---|---|\n"
+        "| 3 | input | `INPUT_NOT_FOUND`, `OUTPUT_EXISTS` |\n\n## Next\n| 9 | x | `GPU_OOM` |\n"
+    )
+    table = exit_code_table(text)
+    assert table == {"3": {"INPUT_NOT_FOUND", "OUTPUT_EXISTS"}}
+    assert table_problems(table, {"INPUT_NOT_FOUND", "INPUT_TRUNCATED"}) == [
+        "INPUT_TRUNCATED is missing from the table",
+        "OUTPUT_EXISTS is in the table but raised nowhere",
+        "OUTPUT_EXISTS is on row 3; its errors exit 7",
+    ]

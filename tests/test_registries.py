@@ -130,7 +130,7 @@ class ArgmaxHead(Head):
         return {"metric": "agreement", "agreement": round(agree, 6)}
 
     def gate(self, metrics, thresholds):
-        limit = self._limit("min_agreement", thresholds)
+        limit = self.limit("min_agreement", thresholds)
         return (
             [] if metrics["agreement"] >= limit else [f"agreement {metrics['agreement']} < {limit}"]
         )

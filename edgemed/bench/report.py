@@ -1,6 +1,6 @@
 """``bench.json``, ``bench.csv``, ``bench.md`` and the terminal table.
 
-Every file is written atomically (:func:`edgemed.io.writers.atomic_write`); ``bench.json``
+Every file is written atomically (:func:`edgemed.fsutil.atomic_write`); ``bench.json``
 is written last, so its presence means the other files are complete.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemed.bench.runner import STAGES
+from edgemed.bench.stats import PERCENTILES, too_few_text
 from edgemed.fsutil import atomic_write, write_json
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 #: The published JSON Schema of bench.json.
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "data" / "bench.schema.json"
 
-_STAT_KEYS = ("count", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+_STAT_KEYS = ("count", "min_ms", "mean_ms", *(f"p{p}_ms" for p in PERCENTILES), "max_ms")
 #: One bench.csv row per configuration and stage.
 CSV_COLUMNS = (
     "config",
@@ -136,8 +137,7 @@ def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "volume); throughput is images per second",
         "- overhead: per call, (end_to_end - infer) / end_to_end of that same call; its "
         "p50 and p90 over the calls",
-        "- — for a percentile: too few calls for it (p50 needs 2, p90 10, p95 20, p99 100; "
-        "with fewer it would only be the maximum)",
+        f"- — for a percentile: {too_few_text()}",
         "",
         "## Summary",
         "",
@@ -175,7 +175,7 @@ def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
         few = c["absent"].get("percentiles")
         lines.append(
             f"- {c['name']}: {st['reason']} ({st['warmup']} warm-up calls in "
-            f"{st.get('warmup_s', 0):.2f} s, {st['iterations']} measured in "
+            f"{st['warmup_s']:.2f} s, {st['iterations']} measured in "
             f"{st['elapsed_s']:.2f} s; cap {doc['settings']['time_cap_s']:g} s)"
             + (f"; {few}" if few else "")
         )

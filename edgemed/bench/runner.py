@@ -46,6 +46,7 @@ plus model loading.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import os
 import sys
@@ -149,10 +150,14 @@ class BenchOptions:
     check_modality: bool | None = None
     runtime: Options | None = None
 
+    @functools.cached_property
+    def _runtime(self) -> Options:
+        # Resolved once (EDGEMED_*), not per configuration.
+        return self.runtime or Options.resolve()
+
     def options(self, precision: str, batch: int = 1) -> Options:
         """The pipeline options of one configuration."""
-        base = self.runtime or Options.resolve()
-        return base.replace(
+        return self._runtime.replace(
             backend=self.backend,
             precision=precision,
             threads=self.threads,
@@ -372,12 +377,9 @@ def _bundle_accuracy(bundle: Bundle, precision: str) -> dict[str, Any] | None:
     variant = (acc.get("variants") or {}).get(precision)
     if not isinstance(variant, dict):
         return None
-    keep = {
-        k: v
-        for k, v in variant.items()
-        if k in ("passed", "mean_dice", "mean_dice_drop", "pixel_agreement")
-        or k in ("top1_agreement", "max_prob_diff", "min_cosine", "mean_cosine")
-    }
+    # The head's scalar figures, whatever the head (per-class tables and the failure
+    # lines stay in the bundle).
+    keep: dict[str, Any] = {k: v for k, v in variant.items() if isinstance(v, (bool, int, float))}
     validation = acc.get("validation")
     if isinstance(validation, dict):
         keep["validation"] = validation
@@ -580,7 +582,7 @@ def _run_config(
             if k in m.samples
         },
     }
-    return config, (last[0] if last else None)
+    return config, last[0]  # measure() makes at least one call
 
 
 def _precisions(bundle: Bundle, wanted: Sequence[str] | None) -> list[str]:
@@ -646,8 +648,11 @@ def run_bench(
         results, reference = _separate_reference(bundle, inputs, opts, clock)
         references = dict(enumerate(results))
     else:
-        reference = {"source": "none: the bundle has no fp32 model", "extra_calls": 0}
-        reference["elapsed_s"] = 0.0
+        reference = {
+            "source": "none: the bundle has no fp32 model",
+            "extra_calls": 0,
+            "elapsed_s": 0.0,
+        }
     configs: list[dict[str, Any]] = []
     for precision in precisions:
         backend = create_backend(None, bundle, options=opts.options(precision))
@@ -669,13 +674,13 @@ def run_bench(
                     config, result = _run_config(
                         pipe, inp, batch, opts, progress=progress, clock=clock
                     )
-                    if precision == "fp32" and result is not None:
+                    if precision == "fp32":
                         references.setdefault(i, result)
                     accuracy: dict[str, Any] = {
                         "reference": "fp32 on the same input and backend",
                         "is_reference": precision == "fp32",
                     }
-                    if i in references and result is not None:
+                    if i in references:
                         accuracy.update(compare_outputs(pipe, result, references[i]))
                     else:
                         accuracy["reason"] = "the bundle has no fp32 model to compare with"

@@ -40,6 +40,12 @@ def min_samples(p: float) -> int:
     return math.ceil(100.0 / (100.0 - p) - 1e-9)
 
 
+def too_few_text() -> str:
+    """Why a percentile is missing, for reports and the terminal (one wording)."""
+    needs = ", ".join(f"p{p} needs {min_samples(p)}" for p in PERCENTILES)
+    return f"too few calls for it ({needs}; with fewer it would only be the maximum)"
+
+
 def too_few(count: int) -> str | None:
     """Why some percentiles of ``count`` samples are ``None``; ``None`` if none are."""
     missing = [p for p in PERCENTILES if count < min_samples(p)]
@@ -93,9 +99,9 @@ def summarize(samples_ms: Sequence[float], items_per_sample: int = 1) -> dict[st
         A percentile from too few samples (see the module doc) is ``None``.
     """
     x = np.asarray(samples_ms, dtype=np.float64)
-    if x.size and (not np.isfinite(x).all() or x.min() < 0):
-        raise UsageError("latency samples must be finite and non-negative")
-    out = distribution(x, "_ms")
+    if x.size and x.min() < 0:
+        raise UsageError("latency samples must be non-negative")
+    out = distribution(x, "_ms")  # no samples, or not finite: UsageError
     total_s = float(x.sum()) / 1e3
     out["throughput_ips"] = items_per_sample * x.size / total_s if total_s > 0 else math.inf
     return out

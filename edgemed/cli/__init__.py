@@ -41,12 +41,15 @@ def _common_flags(p: argparse.ArgumentParser, default: object) -> None:
     """``--debug`` and ``-v``, on the top-level parser (``default`` False) and on every
     command's (``default`` SUPPRESS: a command's parser then leaves the top-level value
     alone unless the flag is given after the command)."""
-    for flags, help_ in (
-        (("--debug",), "show tracebacks, debug logs and library warnings"),
-        (("-v", "--verbose"), "log what happens (INFO)"),
-    ):
-        if not any(f in p._option_string_actions for f in flags):
-            p.add_argument(*flags, action="store_true", default=default, help=help_)
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show tracebacks, debug logs and library warnings",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log what happens (INFO)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         module.register(sub)
     # Here, not in each module: a command added later gets them without an edit.
-    for command in {id(c): c for c in sub.choices.values()}.values():
+    for command in sub.choices.values():
         _common_flags(command, argparse.SUPPRESS)
     return p
 

@@ -177,9 +177,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "per second; ovh = p50 over calls of each call's share outside infer"
     )
     if any("percentiles" in c["absent"] for c in doc["configs"]):
-        print(
-            "  — for a percentile: too few calls for it (p50 needs 2, p90 10, p99 100; "
-            "with fewer it would be the maximum): raise --time-cap for more"
-        )
+        from edgemed.bench.stats import too_few_text
+
+        print(f"  — for a percentile: {too_few_text()}: raise --time-cap for more")
     print(f"  wrote    {Path(args.out)}/ ({', '.join(p.name for p in written)})")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgemed.errors import UsageError
@@ -12,7 +11,7 @@ from edgemed.errors import UsageError
 if TYPE_CHECKING:
     from edgemed.settings import Options
 
-__all__ = ["check_runtime_options", "open_pipeline", "parse_spacing", "runtime_options"]
+__all__ = ["parse_spacing", "runtime", "runtime_options"]
 
 
 def runtime_options(sp: argparse.ArgumentParser) -> None:
@@ -68,17 +67,6 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def check_runtime_options(args: argparse.Namespace) -> None:
-    """Usage errors first, before any input is read or model loaded."""
-    from edgemed.settings import MAX_BATCH_SIZE
-
-    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
-        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be >= 1")
-    parse_spacing(args.spacing)
-
-
 def parse_spacing(text: str | None) -> tuple[float, ...] | None:
     """``--spacing X,Y[,Z]`` as millimetres (None when not given).
 
@@ -99,9 +87,16 @@ def parse_spacing(text: str | None) -> tuple[float, ...] | None:
 
 def runtime(args: argparse.Namespace) -> Options:
     """The options the runtime flags give, resolved as the library resolves them (what
-    was given, then ``EDGEMED_*``, then defaults): one function for CLI and API."""
-    from edgemed.settings import Options
+    was given, then ``EDGEMED_*``, then defaults): one function for CLI and API. Called
+    first, before ``--out`` is looked at, any input read or the model loaded: a bad flag
+    is a usage error naming the flag.
+    """
+    from edgemed.settings import MAX_BATCH_SIZE, Options
 
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
     return Options.resolve(
         backend=args.backend,
         precision=args.precision,
@@ -113,10 +108,3 @@ def runtime(args: argparse.Namespace) -> Options:
         cuda_graphs=args.cuda_graphs or None,
         spacing=parse_spacing(args.spacing),
     )
-
-
-def open_pipeline(args: argparse.Namespace, bundle: str | Path):
-    """The Pipeline for ``bundle`` from the runtime flags (see :func:`runtime`)."""
-    from edgemed.pipeline import Pipeline
-
-    return Pipeline.from_bundle(bundle, options=runtime(args))

@@ -180,7 +180,7 @@ class OutputDir:
                     os.rename(self.path, t)
                     break
                 except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # --out is there
                         raise OutputError(
                             f"cannot move the results into place ({exc.strerror})", path=t
                         ) from exc

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgemed.cli.options import check_runtime_options, open_pipeline, runtime_options
+from edgemed.cli.options import runtime, runtime_options
 from edgemed.cli.outdir import OutputDir
 from edgemed.cli.progress import Progress
 from edgemed.cli.signals import ignored
@@ -63,10 +63,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    check_runtime_options(args)
+    options = runtime(args)
     from pydicom.data import get_testdata_file
 
-    from edgemed.pipeline import demo_bundle
+    from edgemed.pipeline import Pipeline, demo_bundle
 
     ct = get_testdata_file("CT_small.dcm")  # ships inside pydicom; nothing is downloaded
     if not isinstance(ct, str):
@@ -76,7 +76,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     title = "edgemed demo: CT_small.dcm (pydicom's real CT test slice)"
     with (
         OutputDir(args.out, overwrite=args.overwrite) as out,
-        open_pipeline(args, demo_bundle()) as pipe,
+        Pipeline.from_bundle(demo_bundle(), options=options) as pipe,
     ):
         pipe(ct)  # warm-up: the first call pays one-time allocation costs
         _run_one(args, pipe, ct, out, Progress(1, quiet=True), title)
@@ -85,15 +85,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    check_runtime_options(args)
-    from edgemed.pipeline import demo_bundle
+    options = runtime(args)
+    from edgemed.pipeline import Pipeline, demo_bundle
 
     progress = Progress(len(args.inputs), quiet=args.quiet)
-    try:
+    try:  # the live line is cleared before main() prints an error or interruption
         # --out first: a bad one is refused before the model loads or any input is read.
         with (
             OutputDir(args.out, overwrite=args.overwrite) as out,
-            open_pipeline(args, args.bundle or demo_bundle()) as pipe,
+            Pipeline.from_bundle(args.bundle or demo_bundle(), options=options) as pipe,
         ):
             if len(args.inputs) == 1:
                 _run_one(args, pipe, args.inputs[0], out, progress, "input 1/1")
@@ -124,7 +124,6 @@ def _run_one(
         written = write_result(result, out.path)
     except EdgemedError as exc:
         progress.end(1, f"failed {exc.code}")
-        progress.close()
         out.clear()
         with contextlib.suppress(OutputError):  # the input's error is the one to report
             out.publish()
@@ -135,19 +134,21 @@ def _run_one(
     print(summary(result, _written_at(written, out.path, final), title))
 
 
+def _input_dir(position: int) -> str:
+    # Positional, never derived from file names (which may carry patient names or UIDs).
+    return f"input-{position:04d}"
+
+
 def _run_several(args: argparse.Namespace, pipe: Any, out: OutputDir, progress: Progress) -> int:
     """Input by input (so each result's timings are its own; the API's ``run_batch``
     shares backend calls between inputs instead) into ``input-0001/``, ...; one failure
     does not stop the others. Returns the exit code of the first failure (0 if none)."""
     n = len(args.inputs)
     entries: list[dict[str, Any]] = [{"input": k + 1, "status": "not_run"} for k in range(n)]
-    exit_code, stopped, current = 0, None, -1
+    exit_code, stopped = 0, None
     try:
         for k, item in enumerate(args.inputs):
-            # Names are positional, never derived from file names (which may carry
-            # patient names or UIDs).
-            target = out.path / f"input-{k + 1:04d}"
-            current = k
+            target = out.path / _input_dir(k + 1)
             entries[k]["status"] = "interrupted"  # until it has finished either way
             try:
                 result = _infer(pipe, item, k + 1, progress)
@@ -174,16 +175,15 @@ def _run_several(args: argparse.Namespace, pipe: Any, out: OutputDir, progress: 
                 print(summary(result, shown, f"input {k + 1}/{n}"), flush=True)
     except KeyboardInterrupt as exc:
         with ignored():  # a second Ctrl-C must not cut the index short
-            progress.close()
-            if current >= 0 and entries[current]["status"] == "interrupted":
-                shutil.rmtree(out.path / f"input-{current + 1:04d}", ignore_errors=True)
+            for e in entries:  # the one being worked on: its folder may be partial
+                if e["status"] == "interrupted":
+                    shutil.rmtree(out.path / _input_dir(e["input"]), ignore_errors=True)
             # Inputs finished before the interrupt are kept, listed in an index marked
             # incomplete; with none finished, --out is left as it was.
             if any(e["status"] in ("ok", "failed") for e in entries):
                 name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
                 _publish_index(out, entries, stopped=name)
         raise
-    progress.close()
     _publish_index(out, entries, stopped=stopped)
     return exit_code
 

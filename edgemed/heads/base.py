@@ -183,13 +183,14 @@ class Head(abc.ABC):
         lines = [f"{'variant':10s}" + "".join(f"{c:>18s}" for c in cols)]
         for name, v in variants.items():
             lines.append(f"{name:10s}" + "".join(f"{float(v[c]):18.6f}" for c in cols))
-        limits = ", ".join(f"{k} {cls._limit(k, thresholds)}" for k in cls.thresholds)
+        limits = ", ".join(f"{k} {cls.limit(k, thresholds)}" for k in cls.thresholds)
         if limits:
             lines.append(f"limits: {limits}")
         return lines
 
     @classmethod
-    def _limit(cls, key: str, thresholds: Mapping[str, float]) -> float:
+    def limit(cls, key: str, thresholds: Mapping[str, float]) -> float:
+        """Gate limit ``key``: from ``thresholds`` where given, else this head's default."""
         return float(thresholds.get(key, cls.thresholds[key]))
 
     def decodes_on_device(self, output_dtype: Any) -> bool:

@@ -90,8 +90,8 @@ class ClassificationHead(Head):
         }
 
     def gate(self, metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
-        top1 = self._limit("min_top1_agreement", thresholds)
-        diff = self._limit("max_prob_diff", thresholds)
+        top1 = self.limit("min_top1_agreement", thresholds)
+        diff = self.limit("max_prob_diff", thresholds)
         fails = []
         if metrics["top1_agreement"] < top1:
             fails.append(f"top-1 agreement {metrics['top1_agreement']:.4f} < {top1}")

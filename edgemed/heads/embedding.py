@@ -76,7 +76,7 @@ class EmbeddingHead(Head):
         }
 
     def gate(self, metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
-        limit = self._limit("min_cosine", thresholds)
+        limit = self.limit("min_cosine", thresholds)
         if metrics["min_cosine"] < limit:
             return [f"min cosine {metrics['min_cosine']:.4f} < {limit}"]
         return []

@@ -185,8 +185,8 @@ class SegmentationHead(Head):
         }
 
     def gate(self, metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
-        mean_limit = self._limit("max_dice_drop", thresholds)
-        class_limit = self._limit("max_class_dice_drop", thresholds)
+        mean_limit = self.limit("max_dice_drop", thresholds)
+        class_limit = self.limit("max_class_dice_drop", thresholds)
         fails = []
         if metrics["mean_dice_drop"] > mean_limit:
             fails.append(f"mean Dice drop {metrics['mean_dice_drop']:.4f} > {mean_limit}")
@@ -197,8 +197,8 @@ class SegmentationHead(Head):
 
     @classmethod
     def gate_table(cls, variants: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
-        mean_limit = cls._limit("max_dice_drop", thresholds)
-        class_limit = cls._limit("max_class_dice_drop", thresholds)
+        mean_limit = cls.limit("max_dice_drop", thresholds)
+        class_limit = cls.limit("max_class_dice_drop", thresholds)
         cols = list(variants)
         header = f"{'class':16s}" + "".join(f"{p + ' Dice':>12s}{p + ' drop':>12s}" for p in cols)
         lines = [header, "-" * len(header)]

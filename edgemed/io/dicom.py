@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import struct
 import zlib
@@ -86,13 +85,19 @@ from edgemed.io.dicom_values import (
     pixel_spacing,
 )
 from edgemed.io.image import MedicalImage
-from edgemed.io.source import Source, SourceLike, beyond_cap, input_error, resolve_source
+from edgemed.io.source import (
+    Source,
+    SourceLike,
+    beyond_cap,
+    has_preamble,
+    input_error,
+    resolve_source,
+)
 from edgemed.limits import ReaderLimits
 
 __all__ = [
     "SUFFIXES_WITHOUT_MAGIC",
     "SUPPORTED_TRANSFER_SYNTAXES",
-    "has_preamble",
     "parse_dicom",
     "read_dicom",
 ]
@@ -196,11 +201,6 @@ class _ReadWatch:
         return self._partial or self._short_reads > 1
 
 
-def has_preamble(head: bytes) -> bool:
-    """Whether the first 132 bytes of a file hold the DICOM ``DICM`` preamble."""
-    return head[128:132] == b"DICM"
-
-
 def parse_dicom(
     source: SourceLike | Source, *, limits: ReaderLimits, header_only: bool
 ) -> tuple[Dataset, bool]:
@@ -221,16 +221,13 @@ def parse_dicom(
     """
     src = resolve_source(source, limits)
     where = src.where
-    raw = src.open()
-    with raw:
+    src.size(limits)
+    with src.open() as raw:
         try:
-            size = len(src.data) if src.data is not None else os.fstat(raw.fileno()).st_size
             has_magic = has_preamble(raw.read(132))
             raw.seek(0)
         except OSError as exc:
             raise input_error("INPUT_UNREADABLE", "file cannot be read", where) from exc
-        if size > limits.max_file_bytes:
-            raise beyond_cap("file size", "max_file_bytes", limits, where)
         watch = _ReadWatch(raw, limits, where)
         try:
             ds = pydicom.dcmread(watch, force=True, stop_before_pixels=header_only)
@@ -536,6 +533,7 @@ def _stored_range(layout: _Layout) -> tuple[int, int]:
 def _rescale(ds: Dataset, frames: int, where: object) -> tuple[list[float], list[float], str]:
     """Per-frame slope and intercept of the linear Modality LUT, and where they came from."""
     slopes, intercepts, source = [], [], "none"
+    dose = code_string(get_value(ds, "Modality", where)) == "RTDOSE" and "DoseGridScaling" in ds
     for frame in range(frames):
         slope = frame_value(ds, "PixelValueTransformationSequence", "RescaleSlope", frame, where)
         intercept = frame_value(
@@ -543,7 +541,7 @@ def _rescale(ds: Dataset, frames: int, where: object) -> tuple[list[float], list
         )
         if slope is not None or intercept is not None:
             source = "rescale"
-        elif code_string(get_value(ds, "Modality", where)) == "RTDOSE" and "DoseGridScaling" in ds:
+        elif dose:
             slope, source = get_value(ds, "DoseGridScaling", where), "dose_grid_scaling"
         slope = parse_floats(slope, 1, "RescaleSlope", where) or [1.0]
         intercept = parse_floats(intercept, 1, "RescaleIntercept", where) or [0.0]
@@ -681,7 +679,8 @@ def _image(ds: Dataset, limits: ReaderLimits, where: object) -> MedicalImage:
         photometric_out = "MONOCHROME2"
     else:
         array, photometric_out = _colour(stored, photometric, ds, where), "RGB"
-    if code_string(get_value(ds, "Modality", where)) == "RTDOSE":
+    modality = code_string(get_value(ds, "Modality", where)) or "OT"
+    if modality == "RTDOSE":
         metadata["dose_units"] = code_string(get_value(ds, "DoseUnits", where))
 
     spacing: tuple[float, ...] = spacing_yx
@@ -695,7 +694,6 @@ def _image(ds: Dataset, limits: ReaderLimits, where: object) -> MedicalImage:
             direction = direction * np.array([1.0, 1.0, -1.0])  # frames run against the normal
     # Millimetres only where the file states every spacing the image needs.
     metadata["spacing_source"] = "dicom" if known else "unknown"
-    modality = code_string(get_value(ds, "Modality", where)) or "OT"
     return MedicalImage(
         array=np.ascontiguousarray(array, dtype=np.float32),
         spacing=tuple(float(s) for s in spacing),

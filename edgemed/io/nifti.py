@@ -52,7 +52,6 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 
-from edgemed.errors import InputError
 from edgemed.io.image import MedicalImage
 from edgemed.io.source import Source, SourceLike, beyond_cap, input_error, resolve_source
 from edgemed.limits import ReaderLimits
@@ -232,10 +231,6 @@ def _read_stored(src: Source, limits: ReaderLimits) -> tuple[_Header, np.ndarray
             else:
                 stream.seek(header.offset)  # gzip: inflates and drops what it skips
                 data = _read_exactly(stream, header.nbytes)
-    except InputError:
-        raise
-    except FileNotFoundError as exc:
-        raise input_error("INPUT_NOT_FOUND", "file does not exist", where) from exc
     except EOFError as exc:  # gzip stream ends before its end-of-stream marker
         raise input_error("INPUT_TRUNCATED", "compressed NIfTI file ends early", where) from exc
     except (zlib.error, gzip.BadGzipFile) as exc:

@@ -18,7 +18,6 @@ them, never a copy of the encoded input.
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import cv2
@@ -150,8 +149,8 @@ def read_raster(source: SourceLike | Source, fmt: str, *, limits: ReaderLimits) 
     )
 
 
-def _npy_header(src: Source) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
-    """Shape, Fortran order, dtype, data offset and size of an NPY file or bytes."""
+def _npy_header(src: Source) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of an NPY file or bytes."""
     where = src.where
     try:
         with src.open() as handle:
@@ -161,18 +160,15 @@ def _npy_header(src: Source) -> tuple[tuple[int, ...], bool, np.dtype, int, int]
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
             data_offset = handle.tell()
-            size = handle.seek(0, io.SEEK_END)
-    except FileNotFoundError as exc:
-        raise input_error("INPUT_NOT_FOUND", "file does not exist", where) from exc
     except OSError as exc:
-        raise input_error("INPUT_UNREADABLE", "file cannot be opened or read", where) from exc
-    except InputError:
+        raise input_error("INPUT_UNREADABLE", "file cannot be read", where) from exc
+    except InputError:  # from src.open()
         raise
     except Exception as exc:  # ValueError and friends from a malformed header
         raise input_error(
             "INPUT_CORRUPT", f"NPY header is invalid ({type(exc).__name__})", where
         ) from exc
-    return shape, fortran, dtype, data_offset, size
+    return shape, fortran, dtype, data_offset
 
 
 def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalImage:
@@ -193,8 +189,8 @@ def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalIma
     """
     src = resolve_source(source, limits)
     where = src.where
-    src.size(limits)
-    shape, fortran, dtype, data_offset, size = _npy_header(src)
+    size = src.size(limits)
+    shape, fortran, dtype, data_offset = _npy_header(src)
 
     if dtype.hasobject or dtype.kind not in "biuf":
         # The kind only: a structured dtype's field names are text from the file.
@@ -208,13 +204,12 @@ def read_npy(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalIma
         raise beyond_cap("array elements", "max_elements", limits, where)
     if size < data_offset + count * dtype.itemsize:
         raise input_error("INPUT_TRUNCATED", "NPY file is shorter than its header describes", where)
+    order: Literal["F", "C"] = "F" if fortran else "C"
     try:
-        if src.data is not None:  # a view of the bytes, as np.load's mmap is of the file
-            order: Literal["F", "C"] = "F" if fortran else "C"
-            stored = np.ndarray(shape, dtype, buffer=src.data, offset=data_offset, order=order)
-        else:
-            assert src.path is not None
-            stored = np.load(src.path, mmap_mode="r", allow_pickle=False)
+        # A view of the bytes, or of the file mapped read-only: only the float32 result
+        # is allocated.
+        buffer = src.data if src.path is None else np.memmap(src.path, np.uint8, "r")
+        stored = np.ndarray(shape, dtype, buffer=buffer, offset=data_offset, order=order)
         array = np.ascontiguousarray(stored, dtype=np.float32)
     except MemoryError as exc:
         raise input_error("INPUT_INVALID", "array too large to read here", where) from exc

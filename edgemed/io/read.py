@@ -53,7 +53,7 @@ Caps. Hostile or broken files must not make a reader allocate, inflate or loop w
 bound, so every reader checks the caps of a :class:`~edgemed.limits.ReaderLimits`
 *before* the work they limit and refuses with ``INPUT_INVALID`` beyond them.
 ``read_image(source, limits=ReaderLimits(...))`` passes them down to the reader; without
-``limits`` they come from :func:`edgemed.settings.load_settings` (the ``EDGEMED_MAX_*``
+``limits`` they come from :func:`edgemed.settings.load_limits` (the ``EDGEMED_MAX_*``
 variables, else :data:`~edgemed.limits.DEFAULT_LIMITS`), resolved once per call, so the
 API and the CLI honour the same settings. Nothing is changed globally. What each cap
 limits is documented on :class:`~edgemed.limits.ReaderLimits`; for bytes and file
@@ -77,10 +77,9 @@ from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
 
 __all__ = ["read_image", "detect_format", "preload_readers", "INPUT_ERROR_CODES"]
 
-# The caps used to be module constants here (MAX_FILE_BYTES, ...) that the CLI changed
-# with setattr (edgemed/cli.py `_apply_reader_caps`, to be removed). Nothing reads such
-# attributes any more: setting them is harmless and changes nothing; pass
-# `limits=ReaderLimits(...)` or set EDGEMED_MAX_* instead.
+# The caps used to be module constants here (MAX_FILE_BYTES, ...) changed with setattr.
+# Nothing reads such attributes any more: pass `limits=ReaderLimits(...)` or set
+# EDGEMED_MAX_* instead.
 
 INPUT_ERROR_CODES = (
     "INPUT_NOT_FOUND",
@@ -123,9 +122,9 @@ def detect_format(source: SourceLike | Source) -> str | None:
     return sniff_format(src)
 
 
-def _read(source: SourceLike | Source, limits: ReaderLimits = DEFAULT_LIMITS) -> MedicalImage:
+def _read(source: SourceLike | Source, limits: ReaderLimits) -> MedicalImage:
     """``read_image`` below its catch-all boundary (benchmarks/fuzz_readers.py calls it
-    with a path alone, hence the default)."""
+    there, so that an exception only the boundary would catch counts as a failure)."""
     src = resolve_source(source, limits)
     # Readers are imported on first use so that `import edgemed` stays fast on devices.
     fmt = detect_format(src)
@@ -179,7 +178,7 @@ def read_image(source: SourceLike, *, limits: ReaderLimits | None = None) -> Med
             its current position to its end; it stays open). For several in-memory
             DICOM instances of one series use :func:`edgemed.io.series.read_series`.
         limits: the readers' caps; None resolves them from the environment
-            (``EDGEMED_MAX_*``, see :func:`edgemed.settings.load_settings`).
+            (``EDGEMED_MAX_*``, see :func:`edgemed.settings.load_limits`).
 
     Returns:
         A :class:`~edgemed.io.image.MedicalImage` following its documented conventions.

@@ -28,7 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from edgemed.errors import InputError, UsageError
-from edgemed.io.dicom import SUFFIXES_WITHOUT_MAGIC, has_preamble, parse_dicom, read_dicom
+from edgemed.io.dicom import SUFFIXES_WITHOUT_MAGIC, parse_dicom, read_dicom
 from edgemed.io.dicom_values import (
     direction_matrix,
     even_step,
@@ -44,6 +44,7 @@ from edgemed.io.source import (
     SourceLike,
     beyond_cap,
     guard,
+    has_preamble,
     input_error,
     resolve_limits,
     resolve_source,
@@ -151,15 +152,18 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
             where,
         )
 
-    if len(headers) == 1:
-        # One file: its own frames, or a 2D image. A single slice is a 2D image wherever
-        # it comes from (areas, not volumes), exactly as the file alone reads.
-        image = read_dicom(headers[0][0], limits=limits)
-        image.metadata.update(
-            format="dicom-series", num_slices=image.num_slices, ignored_files=ignored
-        )
-        return image
+    # One file: its own frames, or a 2D image. A single slice is a 2D image wherever it
+    # comes from (areas, not volumes), exactly as the file alone reads.
+    one = len(headers) == 1
+    image = read_dicom(headers[0][0], limits=limits) if one else _stack(headers, limits, where)
+    image.metadata.update(format="dicom-series", num_slices=image.num_slices, ignored_files=ignored)
+    return image
 
+
+def _stack(
+    headers: list[tuple[Source, Dataset]], limits: ReaderLimits, where: object
+) -> MedicalImage:
+    """One ``(Z, Y, X)`` volume from the single-frame slices of one series."""
     layouts = [
         (
             get_int(ds, "Rows", s.where),
@@ -201,9 +205,6 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
         metadata.pop("rescale_intercept", None)
         metadata["rescale_varies"] = True
     metadata.update(
-        format="dicom-series",
-        num_slices=len(order),
-        ignored_files=ignored,
         slice_order=how,
         z_spacing_source=z_source,
         spacing_source=(

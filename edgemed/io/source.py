@@ -22,16 +22,17 @@ from typing import Any, BinaryIO, TypeVar
 
 from edgemed.errors import EdgemedError, InputError, UsageError
 from edgemed.limits import ReaderLimits
+from edgemed.settings import load_limits
 
 __all__ = [
     "SNIFF_BYTES",
     "Source",
     "SourceLike",
     "beyond_cap",
-    "checked_file_size",
     "describe",
     "format_from_name",
     "guard",
+    "has_preamble",
     "input_error",
     "resolve_limits",
     "resolve_source",
@@ -58,6 +59,7 @@ _SIGNATURES = (
 )
 _EXTENSIONS = {
     ".nii": "nifti",
+    ".nii.gz": "nifti",
     ".png": "png",
     ".jpg": "jpeg",
     ".jpeg": "jpeg",
@@ -70,6 +72,12 @@ _EXTENSIONS = {
 }
 
 _T = TypeVar("_T")
+
+
+def _suffix(name: str) -> str:
+    """The lower-case extension of a file name (``.nii.gz`` counts as one)."""
+    name = name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def input_error(code: str, problem: str, where: object) -> InputError:
@@ -114,8 +122,7 @@ class Source:
     @property
     def suffix(self) -> str:
         """The lower-case extension of :attr:`name` (``.nii.gz`` counts as one)."""
-        name = self.name.lower()
-        return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+        return _suffix(self.name)
 
     def open(self) -> io.BufferedIOBase:
         """A binary stream positioned at the start (the caller closes it).
@@ -151,30 +158,21 @@ class Source:
         Raises:
             InputError: ``INPUT_NOT_FOUND``, ``INPUT_UNREADABLE`` or ``INPUT_INVALID``.
         """
-        if self.data is None:
+        if self.data is not None:
+            size = len(self.data)
+        else:
             assert self.path is not None
-            return checked_file_size(self.path, limits)
-        if len(self.data) > limits.max_file_bytes:
-            raise beyond_cap("input size", "max_file_bytes", limits, self.where)
-        return len(self.data)
-
-
-def checked_file_size(path: Path, limits: ReaderLimits) -> int:
-    """Size of the file at ``path`` in bytes, refused beyond ``limits.max_file_bytes``.
-
-    Raises:
-        InputError: ``INPUT_NOT_FOUND``, ``INPUT_UNREADABLE``, or ``INPUT_INVALID`` for a
-            file larger than the cap.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise input_error("INPUT_NOT_FOUND", "file does not exist", path) from exc
-    except OSError as exc:
-        raise input_error("INPUT_UNREADABLE", "file cannot be examined", path) from exc
-    if size > limits.max_file_bytes:
-        raise beyond_cap("file size", "max_file_bytes", limits, path)
-    return size
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError as exc:
+                raise input_error("INPUT_NOT_FOUND", "file does not exist", self.where) from exc
+            except OSError as exc:
+                raise input_error(
+                    "INPUT_UNREADABLE", "file cannot be examined", self.where
+                ) from exc
+        if size > limits.max_file_bytes:
+            raise beyond_cap("file size", "max_file_bytes", limits, self.where)
+        return size
 
 
 def _file_name(handle: Any) -> str | None:
@@ -230,8 +228,6 @@ def resolve_limits(limits: ReaderLimits | None) -> ReaderLimits:
         UsageError: ``limits`` is not a ReaderLimits, or an ``EDGEMED_*`` variable is bad.
     """
     if limits is None:
-        from edgemed.settings import load_limits  # settings imports nothing of io
-
         return load_limits()
     if not isinstance(limits, ReaderLimits):
         raise UsageError(f"limits must be a ReaderLimits, not {type(limits).__name__}")
@@ -273,6 +269,11 @@ def resolve_source(source: SourceLike | Source, limits: ReaderLimits) -> Source:
     )
 
 
+def has_preamble(head: bytes) -> bool:
+    """Whether the first 132 bytes of a file hold the DICOM ``DICM`` preamble."""
+    return head[128:132] == b"DICM"
+
+
 def _is_nifti(head: bytes) -> bool:
     """NIfTI-1 (magic at byte 344) or NIfTI-2 (magic at byte 4) single-file header.
 
@@ -288,10 +289,7 @@ def format_from_name(name: str) -> str | None:
     Bytes have no name and so count as a file without an extension: tried as DICOM,
     whose parser then only accepts data that really holds DICOM elements.
     """
-    name = name.lower()
-    if name.endswith(".nii.gz"):
-        return "nifti"
-    return _EXTENSIONS.get(Path(name).suffix)
+    return _EXTENSIONS.get(_suffix(name))
 
 
 def sniff_format(source: Source) -> str | None:
@@ -305,7 +303,7 @@ def sniff_format(source: Source) -> str | None:
         InputError: ``INPUT_NOT_FOUND`` or ``INPUT_UNREADABLE`` for a path.
     """
     head = source.head(SNIFF_BYTES)
-    if head[128:132] == b"DICM":  # checked first: a DICOM file may also look like a TIFF
+    if has_preamble(head):  # checked first: a DICOM file may also look like a TIFF
         return "dicom"
     for signature, fmt in _SIGNATURES:
         if head.startswith(signature):

@@ -2,8 +2,8 @@
 
 The target is a path or a binary file object. A path is written to a temporary name in
 the target directory and renamed into place, so a crash or a full disk never leaves a
-file that looks complete. A file object (an HTTP response body, a ``BytesIO``) gets the
-encoded bytes in one ``write``; nothing touches the disk.
+file that looks complete. A file object (an HTTP response body, a ``BytesIO``) is handed
+the encoded bytes, written until it has taken them all; nothing touches the disk.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def write_mask_nifti(
 
 
 def size_text(entry: dict[str, float]) -> str:
-    """A label's size for people: mm2 / mm3 where the spacing is known, else pixels
-    (``px``) or voxels, never millimetres made up from a placeholder spacing."""
+    """A label's size for people: mm2 / mm3 where the spacing is known, else its pixel
+    (or voxel) count as ``px``, never millimetres made up from a placeholder spacing."""
     if "area_mm2" in entry:
         return f"{entry['area_mm2']:,.0f} mm2"
     if "volume_mm3" in entry:

@@ -28,6 +28,7 @@ from edgemed.doctor import (
     gpu_facts,
 )
 from edgemed.errors import MissingDependencyError, UsageError
+from tests.support import one_error_line
 
 BLOCK = "import sys\nfor m in ('tensorrt', 'pycuda', 'pycuda.driver'): sys.modules[m] = None\n"
 
@@ -44,20 +45,13 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def _one_error_line(proc, code: str) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("edgemed: error ") and code in lines[0]
-    return lines[0]
-
-
 # -- edgemed build ----------------------------------------------------------------------------
 
 
 def test_build_without_tensorrt_exits_5_with_one_line(demo_copy):
     proc = cli("build", str(demo_copy), "--precision", "fp16")
     assert proc.returncode == 5
-    line = _one_error_line(proc, "DEPENDENCY_MISSING")
+    line = one_error_line(proc, "DEPENDENCY_MISSING")
     assert "'tensorrt'" in line and TENSORRT_INSTALL in line  # how to get it, in words
     assert not (demo_copy / "engines").exists()  # nothing written
 
@@ -75,14 +69,14 @@ def test_build_without_tensorrt_exits_5_with_one_line(demo_copy):
 def test_build_usage_errors_exit_2_before_tensorrt(demo_copy, args):
     proc = cli("build", str(demo_copy), *args)
     assert proc.returncode == 2, proc.stderr
-    _one_error_line(proc, "USAGE")
+    one_error_line(proc, "USAGE")
 
 
 def test_build_bad_choice_and_missing_bundle(demo_copy, tmp_path):
     assert cli("build", str(demo_copy), "--precision", "fp8").returncode == 2
     proc = cli("build", str(tmp_path / "nowhere"))
     assert proc.returncode == 4
-    _one_error_line(proc, "BUNDLE_NOT_FOUND")
+    one_error_line(proc, "BUNDLE_NOT_FOUND")
 
 
 def test_build_missing_precision_is_refused_naming_the_code(tiny_bundle):

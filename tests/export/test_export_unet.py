@@ -27,10 +27,10 @@ from edgemed.export import ExportConfig, RandomWeightsWarning, export_bundle  # 
 from edgemed.export.api import REAL_CASE  # noqa: E402
 from edgemed.export.calibration import collect  # noqa: E402
 from edgemed.export.config import DEFAULT_PARITY_TOLERANCE, Thresholds  # noqa: E402
+from edgemed.export.gates import TaskCheck  # noqa: E402
 from edgemed.export.load import load_model  # noqa: E402
 from edgemed.export.onnx_export import (  # noqa: E402
     OnnxModel,
-    TaskCheck,
     max_errors,
     parity,
     run_onnx,

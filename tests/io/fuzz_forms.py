@@ -17,32 +17,20 @@ the path read's outcome (as the benchmark's own worker reports it), plus
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
-import time
-import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks import fuzz_readers as fuzz
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 class FormsWorker(fuzz.Worker):  # type: ignore[misc,name-defined]
     """The benchmark's worker process, running this module (``python -m``, from the
     repository root, so ``tests`` and ``benchmarks`` import) instead of the benchmark."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.io.fuzz_forms", str(self.memory_limit_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tests.io.fuzz_forms", str(self.memory_limit_mb)]
 
 
 def _digest(image: Any) -> str:
@@ -61,27 +49,12 @@ def _digest(image: Any) -> str:
 
 
 def _classify(read: Callable[[], Any]) -> dict[str, Any]:
-    from edgemed.errors import EdgemedError
-
-    started = time.perf_counter()
-    try:
-        image = read()
-    except EdgemedError as exc:
-        outcome: dict[str, Any] = {"status": "refused", "code": exc.code, "named": exc.path}
-    except BaseException as exc:  # what the boundary would have hidden
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        outcome = {
-            "status": "crash",
-            "error": f"{type(exc).__name__}: {str(exc)[:200]}",
-            "traceback": "".join(frames[-6:]),
-        }
-    else:
-        problem = fuzz.check_image(image)
-        outcome = {"status": "bad", "error": problem} if problem else {"status": "ok"}
-        outcome["digest"] = _digest(image)
-    outcome["seconds"] = time.perf_counter() - started
+    """The benchmark's outcome, plus the path a refusal named or the image's digest."""
+    outcome, result = fuzz.classify(read)
+    if outcome["status"] == "refused":
+        outcome["named"] = result.path
+    elif outcome["status"] != "crash":
+        outcome["digest"] = _digest(result)
     return outcome
 
 
@@ -101,28 +74,25 @@ def read_forms(path: Path) -> dict[str, Any]:
     from edgemed.io.series import _read_series
     from edgemed.limits import DEFAULT_LIMITS
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about every oddity it meets
-        outcome = _classify(lambda: _read(path, DEFAULT_LIMITS))
-        if path.is_dir():
-            items = [p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()]
-            outcome["bytes"] = _classify(lambda: _read_series(items, DEFAULT_LIMITS))
-            outcome["bytes_expected"] = "path"
-        else:
-            data = path.read_bytes()
-            outcome["bytes"] = _classify(lambda: _read(data, DEFAULT_LIMITS))
-            outcome["bytes_expected"] = "path"
-            if _detected(data) != _detected(path):  # the path read went by its name
-                copy = path.with_name("input-without-extension")
-                copy.write_bytes(data)
-                outcome["bytes_expected"] = "noext"
-                outcome["noext"] = _classify(lambda: _read(copy, DEFAULT_LIMITS))
+    outcome = _classify(lambda: _read(path, DEFAULT_LIMITS))
+    if path.is_dir():
+        items = [p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()]
+        outcome["bytes"] = _classify(lambda: _read_series(items, DEFAULT_LIMITS))
+        outcome["bytes_expected"] = "path"
+    else:
+        data = path.read_bytes()
+        outcome["bytes"] = _classify(lambda: _read(data, DEFAULT_LIMITS))
+        outcome["bytes_expected"] = "path"
+        if _detected(data) != _detected(path):  # the path read went by its name
+            copy = path.with_name("input-without-extension")
+            copy.write_bytes(data)
+            outcome["bytes_expected"] = "noext"
+            outcome["noext"] = _classify(lambda: _read(copy, DEFAULT_LIMITS))
     outcome["rss_kb"] = fuzz._peak_rss_kb()
     return outcome
 
 
 if __name__ == "__main__":
     # The benchmark's worker loop (memory limit, stdout kept for the protocol, readers
-    # imported before the first timed read) with this module's read in place of its own.
-    fuzz.read_one = read_forms
-    fuzz.worker_main(int(sys.argv[1]))
+    # imported before the first timed read) with this module's read.
+    fuzz.worker_main(int(sys.argv[1]), read_forms)

@@ -64,8 +64,8 @@ def test_no_reader_imports_the_read_module_and_no_private_names_cross_modules():
 
 
 def test_setting_the_old_globals_changes_nothing(corpus, monkeypatch):
-    # edgemed/cli.py `_apply_reader_caps` still does setattr(read, "MAX_...", value) until
-    # it is removed: harmless, and no cap comes from there any more.
+    # The CLI once set the caps with setattr(read, "MAX_...", value): no cap comes from
+    # such attributes any more, so setting them is harmless.
     for name in OLD_GLOBALS:
         monkeypatch.setattr(read_module, name, 1, raising=False)
     assert read_image(corpus / "CT_small.dcm", limits=DEFAULT_LIMITS).array.shape == (128, 128)

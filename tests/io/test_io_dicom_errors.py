@@ -197,17 +197,10 @@ def test_decoder_panic_on_bad_rle_data_is_corrupt(corpus, tmp_path):
     assert error_code(read_image, tmp_path / "overrun.dcm", kind=InputError) == "INPUT_CORRUPT"
 
 
-def test_an_absurd_image_position_is_invalid(tmp_path):
+def test_an_absurd_image_position_is_invalid(corpus, tmp_path):
     """1e308 mm is a finite float64 but no place in a scanner; as a NIfTI offset (float32)
     it became -inf in mask.nii.gz. Refused at reading."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    from edgemed.errors import InputError
-    from edgemed.io import read_image
-    from tests.support import error_code
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(corpus / "CT_small.dcm")
     ds.ImagePositionPatient = [1e308, 0, 0]
     path = tmp_path / "far.dcm"
     ds.save_as(path)
