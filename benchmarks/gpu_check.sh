@@ -11,14 +11,13 @@
 # 2. pytest -m "gpu or kernels" over the GPU-facing tests: the GPU launchers against the
 #    CPU reference (tests/cuda), the TensorRT builder/backend (tests/engine), the pipeline
 #    with CUDA preprocessing (tests/test_pipeline_gpu.py) and the host-build/nvcc kernel
-#    tests (tests/kernels).
+#    tests (tests/kernels). Among them (tests/engine/test_engine_hybrid.py) the whole
+#    pipeline with the REAL pycuda, the real kernels on the GPU, real CUDA graphs
+#    (cuda-bindings, installed first if missing) and the STAND-IN tensorrt (its engine
+#    copies its input out of real device memory, runs the network in ONNX Runtime and
+#    copies the output back), so everything but TensorRT itself runs for real: masks
+#    against ONNX Runtime, and 20 reloads must not lose GPU memory. Needs no TensorRT.
 # 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
-# 3b. the whole pipeline with the REAL pycuda, the real kernels on the GPU, real CUDA
-#    graphs (cuda-bindings) and the STAND-IN tensorrt (tests/engine/test_engine_hybrid.py:
-#    its engine copies its input out of real device memory, runs the network in ONNX
-#    Runtime and copies the output back), so everything but TensorRT itself runs for
-#    real: masks against ONNX Runtime, and 20 reloads must not lose GPU memory. Needs no
-#    TensorRT install; needs the test extra and cuda-bindings (installed here if missing).
 # 4. with tensorrt: `edgemed build` of the demo bundle's three precisions, then
 #    `edgemed bench` on TensorRT and on ONNX Runtime (outputs under $BENCH_OUT, default
 #    gpu-bench/).
@@ -66,16 +65,14 @@ if ! "$PYTHON" -c "import pycuda.driver" >/dev/null 2>&1; then
 fi
 "$PYTHON" -c "import pycuda; print('pycuda', pycuda.VERSION_TEXT)"
 
+echo "== cuda-bindings (CUDA graphs)"
+"$PYTHON" -c "import cuda.bindings.driver" >/dev/null 2>&1 \
+    || "$PYTHON" -m pip install -q "cuda-bindings>=12.6,<13" || true
+
 echo "== tests: pytest -m 'gpu or kernels'"
 status=0
 "$PYTHON" -m pytest -q -rs -m "gpu or kernels" tests/cuda tests/engine tests/kernels \
     tests/test_pipeline_gpu.py || status=$?
-
-echo "== whole pipeline: real pycuda + kernels + CUDA graphs, stand-in tensorrt"
-"$PYTHON" -c "import cuda.bindings.driver" >/dev/null 2>&1 \
-    || "$PYTHON" -m pip install -q "cuda-bindings>=12.6,<13" || true
-"$PYTHON" -m pytest -q -rs -m gpu tests/engine/test_engine_hybrid.py \
-    || { [[ $status -ne 0 ]] || status=$?; }
 
 echo "== kernel benchmark"
 "$PYTHON" benchmarks/kernel_bench.py || { [[ $status -ne 0 ]] || status=$?; }

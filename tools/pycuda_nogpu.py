@@ -20,9 +20,10 @@ gitignored ``.cache/pycuda-nogpu/``:
 :func:`api_surface` then lists, from that venv, the names the real modules offer (module
 attributes, class attributes, enum members), for tests/engine/test_engine_conformance.py.
 
-Needs: python3 with venv, gcc, a CUDA toolkit (``include/cuda.h``; found from
-``CUDA_ROOT``, ``CUDA_HOME`` or nvcc), and PyPI. :class:`Unavailable` says which is
-missing.
+Needs: python3 with venv and its headers, gcc and g++, a CUDA toolkit (``include/cuda.h``;
+found from ``CUDA_ROOT``, ``CUDA_HOME`` or nvcc), and PyPI. :class:`Unavailable` says
+which is missing (tests skip on it); :class:`BuildFailed` is a step that failed with all
+of them there (tests fail on it: the recipe, or what it builds, is broken).
 
 Usage: ``python tools/pycuda_nogpu.py [--force] [--surface]``.
 """
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -64,11 +67,15 @@ VARIANTS = (
     ("-D__CUDA_API_VERSION_INTERNAL", "-DCUDA_API_PER_THREAD_DEFAULT_STREAM"),
 )
 
-__all__ = ["Unavailable", "ensure", "api_surface", "cuda_root", "driver_symbols"]
+__all__ = ["BuildFailed", "Unavailable", "ensure", "api_surface", "cuda_root", "driver_symbols"]
 
 
 class Unavailable(RuntimeError):
     """The toolchain or network this build needs is missing (tests skip with this)."""
+
+
+class BuildFailed(RuntimeError):
+    """A step failed although its toolchain is there (tests fail with this)."""
 
 
 def cuda_root() -> Path:
@@ -122,7 +129,7 @@ def driver_symbols(include: Path) -> set[str]:
                 text=True,
             )
             if proc.returncode != 0:
-                raise Unavailable(f"gcc cannot preprocess cuda.h: {proc.stderr[-500:]}")
+                raise BuildFailed(f"gcc cannot preprocess cuda.h: {proc.stderr[-500:]}")
             names.update(_DECLARED.findall(proc.stdout))
     for header in present:
         text = (include / header).read_text(errors="replace")
@@ -153,7 +160,7 @@ def write_stub(include: Path, dest: Path) -> int:
     entry points it exports."""
     names = sorted(driver_symbols(include) - {"cuGetErrorString", "cuGetErrorName"})
     if len(names) < 300:  # CUDA 12/13's cuda.h: over 600; fewer means a broken scan
-        raise Unavailable(f"only {len(names)} cu* names found in {include}/cuda.h")
+        raise BuildFailed(f"only {len(names)} cu* names found in {include}/cuda.h")
     dest.mkdir(parents=True, exist_ok=True)
     src = dest / "libcuda_stub.c"
     body = "".join(f"int {n}(void) {{ return 100; }}\n" for n in names)
@@ -167,11 +174,15 @@ def write_stub(include: Path, dest: Path) -> int:
     return len(names) + 2
 
 
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], what: str, error: type[RuntimeError] = BuildFailed, **kw
+) -> subprocess.CompletedProcess:
+    """Run ``cmd``; ``error`` if it fails (:class:`Unavailable` for the steps that fail
+    only offline: those that reach PyPI)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-2000:]
-        raise Unavailable(f"{what} failed ({' '.join(cmd[:4])} ...):\n{tail}")
+        raise error(f"{what} failed ({' '.join(cmd[:4])} ...):\n{tail}")
     return proc
 
 
@@ -210,15 +221,20 @@ def ensure(cache: Path = CACHE, force: bool = False, log=print) -> Path:
     """The venv's python with the real pycuda and cuda-bindings, built if needed.
 
     Raises:
-        Unavailable: no CUDA toolkit, no gcc, or PyPI cannot be reached.
+        Unavailable: no CUDA toolkit, gcc, g++ or Python headers, or PyPI cannot be
+            reached.
+        BuildFailed: a step failed with all of those there.
     """
     root = cuda_root()
-    if shutil.which("gcc") is None:
-        raise Unavailable("gcc is not on PATH")
     with _locked(cache):
         marker = cache / "built.json"
         if not force and marker.is_file() and json.loads(marker.read_text()) == _marker(root):
             return _python(cache / "venv")
+        for tool in ("gcc", "g++"):
+            if shutil.which(tool) is None:
+                raise Unavailable(f"{tool} is not on PATH")
+        if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
+            raise Unavailable("no Python.h for this interpreter (python3-dev): pycuda cannot build")
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
         _build(cache, root, log)
@@ -238,6 +254,7 @@ def _build(cache: Path, root: Path, log) -> None:
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "pycuda",
          "-d", str(dl), PYCUDA],
         "downloading pycuda's sdist",
+        Unavailable,
         env=pip_env,
     )  # fmt: skip
     (sdist,) = dl.glob("pycuda-*.tar.gz")
@@ -248,7 +265,12 @@ def _build(cache: Path, root: Path, log) -> None:
     log("pycuda-nogpu: venv with pycuda's dependencies and cuda-bindings")
     _run([sys.executable, "-m", "venv", str(venv)], "creating the venv")
     py = str(_python(venv))
-    _run([py, "-m", "pip", "install", "-q", *BUILD_DEPS, CUDA_BINDINGS], "pip install", env=pip_env)
+    _run(
+        [py, "-m", "pip", "install", "-q", *BUILD_DEPS, CUDA_BINDINGS],
+        "pip install",
+        Unavailable,
+        env=pip_env,
+    )
     log("pycuda-nogpu: configure.py and compile (a few minutes)")
     _run(
         [py, "configure.py", f"--cuda-root={root}", f"--cudadrv-lib-dir={cache / 'stub'}",
@@ -324,10 +346,19 @@ MODULES = ("pycuda", "pycuda.driver", "pycuda.compiler", "cuda.bindings.driver")
 
 def api_surface(cache: Path = CACHE) -> dict:
     """``{"modules": {module: {attr: {"type", "attrs"?, "members"?}}}, "pycuda", ...}``
-    of the real modules in the built venv (:func:`ensure` first)."""
+    of the real modules in the built venv (:func:`ensure` first). Listed once per build
+    and listing script, then read from the cache (a rebuild removes it)."""
+    digest = hashlib.sha256("\0".join((_SURFACE, *MODULES)).encode()).hexdigest()[:16]
+    saved = cache / f"surface-{digest}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
     py = str(_python(cache / "venv"))
     proc = _run([py, "-c", _SURFACE, *MODULES], "listing the real API", env=env(cache), cwd=cache)
-    return json.loads(proc.stdout)
+    surface = json.loads(proc.stdout)
+    tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
+    tmp.write_text(proc.stdout)
+    tmp.replace(saved)  # atomic: parallel test processes read a whole file or none
+    return surface
 
 
 def main(argv: list[str] | None = None) -> int:

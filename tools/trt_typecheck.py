@@ -13,10 +13,10 @@ What it does:
 2. Patch the three places where those stubs trip mypy: parameters named ``in`` (a
    keyword) are renamed ``in_``; ``add_scale_nd`` has a default before a non-default
    parameter (``channel_axis`` gets a default); ``import tensorrt_libs`` is dropped.
-3. Run mypy on ``edgemed/backends/tensorrt/backend.py`` and ``edgemed/backends/tensorrt/`` (or on the
-   paths given) with ``mypy_path`` pointing at ``.typings`` and errors inside the stub
-   modules ignored. ``tensorrt`` must resolve to the stubs: a missing stub is an error,
-   never a silent ``Any``.
+3. Run mypy on ``edgemed/backends/tensorrt/`` (or on the paths given) with
+   ``mypy_path`` pointing at ``.typings`` and errors inside the stub modules ignored.
+   ``tensorrt`` must resolve to the stubs: a missing stub is an error, never a silent
+   ``Any``.
 
 Usage: ``python tools/trt_typecheck.py [PATH ...]``; exits with mypy's status.
 """

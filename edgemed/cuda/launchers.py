@@ -74,6 +74,14 @@ def _driver() -> Any:
     return require("pycuda.driver", "gpu", purpose="the CUDA preprocessing kernels")
 
 
+def _synchronize(stream: Any) -> None:
+    """Wait for ``stream``, or for the whole current context when it is ``None``."""
+    if stream is None:
+        _driver().Context.synchronize()
+    else:
+        stream.synchronize()
+
+
 def default_kernel_cache() -> Path:
     """Where SourceModule keeps compiled kernels: ``~/.cache/edgemed/kernels``.
 
@@ -484,13 +492,8 @@ class CudaSegmentPostprocessor:
             raise BackendError("the CUDA postprocessor is closed", code="BACKEND_CLOSED")
         if nbytes <= self._params.nbytes:
             return self._params
-        cuda = _driver()
         with cuda_errors("growing postprocessing buffers"):
-            # Kernels queued earlier may still read the old block: wait for them first.
-            if stream is None:
-                cuda.Context.synchronize()
-            else:
-                stream.synchronize()
+            _synchronize(stream)  # kernels queued earlier may still read the old block
             old, self._params = self._params, None
             old.free()
             self._params = _Staging(_round_up(max(nbytes, 2 * old.nbytes)))
@@ -518,8 +521,5 @@ class CudaSegmentPostprocessor:
         with cuda_errors("copying masks from the GPU"):
             host = self._masks_host.array[: launch.mask_bytes]
             cuda.memcpy_dtoh_async(host, self._masks_dev.ptr, stream)
-            if stream is None:
-                cuda.Context.synchronize()
-            else:
-                stream.synchronize()
+            _synchronize(stream)
         return largest_components(split_masks(host, launch), self.post, self.labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import onnxruntime as ort
 import pytest
 
 from edgemed.bundle import Bundle
@@ -21,6 +22,15 @@ def demo_copy(tmp_path):
 @pytest.fixture
 def demo(demo_copy) -> Bundle:
     return Bundle.load(demo_copy)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The demo's FP32 ONNX in ONNX Runtime, straight from the packaged file."""
+    session = ort.InferenceSession(
+        str(demo_bundle() / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return lambda x: session.run(None, {"image": x})[0]
 
 
 @pytest.fixture

@@ -193,14 +193,38 @@ def make_pycuda(sim: Sim) -> dict[str, types.ModuleType]:
             return False
         return True
 
-    class DeviceAllocation:
+    class _Allocation:
+        """A pycuda allocation's free: in its owner's context, once; what the garbage
+        collector takes unfreed is freed too (pycuda's destructor)."""
+
+        _standin_kind = "allocation"  # pycuda's name in messages
+
+        def _standin_free(self, what: str) -> None:
+            if not self._standin_valid:
+                raise drv.LogicError(f"{self._standin_kind}::free failed: invalid handle")
+            self._standin_valid = False
+            if not cleanup_allowed(self._standin_ctx, self._standin_kind):
+                sim.count("free_skipped")  # stays in sim.mem: leaked
+                return
+            nbytes, kind, _ = sim.mem.pop(self._standin_addr)
+            if kind == "device":
+                sim.used -= nbytes
+            sim.count(what)
+
+        def __del__(self) -> None:
+            if getattr(self, "_standin_valid", False):
+                self._standin_free("gc_free")
+
+    class DeviceAllocation(_Allocation):
+        _standin_kind = "device_allocation"
+
         def __init__(self, nbytes: int) -> None:
             self._standin_ctx = need_context("cuMemAlloc")
             if sim.used + nbytes > sim.total_memory:
                 raise drv.MemoryError("cuMemAlloc failed: out of memory")
             buf = np.full(nbytes + 256, 0xAB, np.uint8)  # poisoned: unwritten reads show
             self._standin_addr = (buf.ctypes.data + 255) // 256 * 256  # 256-aligned
-            self._standin_nbytes, self._standin_valid = nbytes, True
+            self._standin_valid = True
             sim.mem[self._standin_addr] = (nbytes, "device", buf)
             sim.used += nbytes
             sim.count("mem_alloc")
@@ -213,26 +237,13 @@ def make_pycuda(sim: Sim) -> dict[str, types.ModuleType]:
         def free(self) -> None:
             self._standin_free("mem_free")
 
-        def _standin_free(self, what: str) -> None:
-            if not self._standin_valid:
-                raise drv.LogicError("device_allocation::free failed: invalid resource handle")
-            self._standin_valid = False
-            if not cleanup_allowed(self._standin_ctx, "device_allocation"):
-                sim.count("free_skipped")  # stays in sim.mem: leaked
-                return
-            del sim.mem[self._standin_addr]
-            sim.used -= self._standin_nbytes
-            sim.count(what)
-
-        def __del__(self) -> None:  # pycuda frees what is garbage-collected unfreed
-            if getattr(self, "_standin_valid", False):
-                self._standin_free("gc_free")
-
     def mem_alloc(nbytes: int, /) -> DeviceAllocation:
         return DeviceAllocation(nbytes)
 
-    class PagelockedHostAllocation:
+    class PagelockedHostAllocation(_Allocation):
         """The ``.base`` of a pagelocked array, as pycuda's."""
+
+        _standin_kind = "pagelocked_host_allocation"
 
         def __init__(self, nbytes: int, flags: int) -> None:
             self._standin_ctx = need_context("cuMemHostAlloc")
@@ -257,20 +268,6 @@ def make_pycuda(sim: Sim) -> dict[str, types.ModuleType]:
 
         def free(self) -> None:
             self._standin_free("host_free")
-
-        def _standin_free(self, what: str) -> None:
-            if not self._standin_valid:
-                raise drv.LogicError("pagelocked_host_allocation::free failed: invalid handle")
-            self._standin_valid = False
-            if not cleanup_allowed(self._standin_ctx, "pagelocked_host_allocation"):
-                sim.count("free_skipped")
-                return
-            del sim.mem[self._standin_addr]
-            sim.count(what)
-
-        def __del__(self) -> None:
-            if getattr(self, "_standin_valid", False):
-                self._standin_free("gc_free")
 
     def pagelocked_empty(shape, dtype, order="C", mem_flags=0) -> np.ndarray:
         dtype = np.dtype(dtype)

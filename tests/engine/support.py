@@ -5,9 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-__all__ = ["without_nvcc"]
+__all__ = ["IN", "OUT", "batch", "live", "without_nvcc"]
+
+IN = 3 * 256 * 256 * 4  # bytes of one demo input slice (float32)
+OUT = 5 * 256 * 256 * 4  # bytes of one slice's demo logits
+
+
+def batch(n: int, seed: int) -> np.ndarray:
+    """``n`` random demo input slices, ``(n, 3, 256, 256)`` float32."""
+    return np.random.default_rng(seed).random((n, 3, 256, 256), dtype=np.float32)
+
+
+def live(sim, kind: str) -> list[int]:
+    """The sizes of the stand-in's live allocations of ``kind`` (device, pinned, mapped)."""
+    return sorted(n for n, k, _ in sim.mem.values() if k == kind)
 
 
 def without_nvcc(monkeypatch: pytest.MonkeyPatch) -> None:

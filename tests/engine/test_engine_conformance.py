@@ -24,7 +24,7 @@ import ast
 import enum
 import inspect
 import re
-import shutil
+import subprocess
 import types
 from pathlib import Path
 
@@ -245,11 +245,13 @@ def _live_objects(sim: Sim, modules) -> list[object]:
 def test_standin_instances_carry_only_real_or_private_attributes(real_api):
     sim = Sim()
     modules = _standin_modules(sim)
+    real = real_api["modules"]
     for obj in _live_objects(sim, modules):
-        module = type(obj).__module__
+        name = type(obj).__name__
         extra = {k for k in vars(obj) if not k.startswith(PRIVATE)}
-        assert extra == set(), f"{type(obj).__name__}: {extra}"
-        assert module  # (classes named as the real ones: checked by the test above)
+        assert extra == set(), f"{name}: {extra}"
+        # What edgemed is handed is an instance of a class the real modules have.
+        assert any("attrs" in real[m].get(name, {}) for m in real), name  # a real class
 
 
 def test_the_gpu_extras_install_the_cuda_bindings_that_were_checked():
@@ -266,12 +268,10 @@ def test_the_gpu_extras_install_the_cuda_bindings_that_were_checked():
 def trt_stubs() -> dict[str, set[str]]:
     """Class name -> member names (methods, properties, attributes, enum members,
     nested classes, inherited ones too) of tensorrt-stubs, and "" -> module names."""
-    if shutil.which("pip") is None and not (ROOT / ".typings" / "tensorrt").is_dir():
-        pytest.skip("pip is not available to download tensorrt-stubs")
     try:
         trt_typecheck.install_stubs()
-    except Exception as exc:  # noqa: BLE001 (offline: nothing to compare with)
-        pytest.skip(f"tensorrt-stubs cannot be installed: {exc}")
+    except (subprocess.CalledProcessError, SystemExit) as exc:  # pip cannot download them
+        pytest.skip(f"tensorrt-stubs cannot be downloaded: {exc}")
     tree = ast.parse((ROOT / ".typings" / "tensorrt_bindings" / "tensorrt.pyi").read_text())
     classes: dict[str, ast.ClassDef] = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
 

@@ -11,24 +11,12 @@ GPU caches.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
-import pytest
 
 from edgemed.backends.tensorrt.backend import TensorRTBackend
 from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
 from edgemed.bundle import Bundle
-from edgemed.pipeline import Pipeline, demo_bundle
-
-IN = 3 * 256 * 256 * 4  # bytes of one input slice (float32)
-OUT = 5 * 256 * 256 * 4  # bytes of one slice's logits
-
-
-@pytest.fixture(scope="module")
-def reference():
-    session = ort.InferenceSession(
-        str(demo_bundle() / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    return lambda x: session.run(None, {"image": x})[0]
+from edgemed.pipeline import Pipeline
+from tests.engine.support import IN, OUT, batch, live
 
 
 def jetson(sim) -> None:
@@ -47,14 +35,6 @@ def kind_at(sim, address: int) -> str:
     raise AssertionError(f"{address:#x} is in no live allocation")
 
 
-def sizes(sim, kind: str) -> list[int]:
-    return sorted(n for n, k, _ in sim.mem.values() if k == kind)
-
-
-def x(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 3, 256, 256), dtype=np.float32)
-
-
 def test_device_path_reads_and_writes_device_memory(standin_gpu, demo, reference):
     """A CUDA preprocessor writes the input, the mask kernel reads the logits: both in
     device memory; nothing mapped is allocated for them."""
@@ -64,16 +44,16 @@ def test_device_path_reads_and_writes_device_memory(standin_gpu, demo, reference
     jetson(sim)
     build(demo)
     with TensorRTBackend.from_bundle(demo, "fp32") as be:
-        assert sizes(sim, "mapped") == sizes(sim, "device") == []  # nothing until used
+        assert live(sim, "mapped") == live(sim, "device") == []  # nothing until used
         ptr, shape, _ = be.device_input("image", (2, 3, 256, 256))
         assert kind_at(sim, ptr) == "device"
-        data = x(2, 1)  # alive until the stream has copied it
+        data = batch(2, 1)  # alive until the stream has copied it
         with be.gpu.active():
             drv.memcpy_htod_async(ptr, data, be.stream)
         assert be.infer_device(fetch=()) == {}
         optr, oshape, odtype = be.device_output("logits")
         assert kind_at(sim, optr) == "device"
-        assert sizes(sim, "device") == [8 * IN, 8 * OUT] and sizes(sim, "mapped") == []
+        assert live(sim, "device") == [8 * IN, 8 * OUT] and live(sim, "mapped") == []
         host = np.empty(oshape, odtype)
         with be.gpu.active():
             drv.memcpy_dtoh_async(host, optr, be.stream)
@@ -83,7 +63,7 @@ def test_device_path_reads_and_writes_device_memory(standin_gpu, demo, reference
         got = be.infer_device()["logits"]
         np.testing.assert_allclose(got, reference(data), atol=1e-5)
         assert kind_at(sim, be.device_output("logits")[0]) == "mapped"
-        assert sizes(sim, "mapped") == [8 * OUT]
+        assert live(sim, "mapped") == [8 * OUT]
     assert sim.mem == {}
 
 
@@ -94,9 +74,9 @@ def test_host_path_stays_zero_copy(standin_gpu, demo, reference):
     with TensorRTBackend.from_bundle(demo, "fp32") as be:
         for n, seed in ((3, 2), (1, 3)):
             np.testing.assert_allclose(
-                be.infer({"image": x(n, seed)})["logits"], reference(x(n, seed)), atol=1e-5
+                be.infer({"image": batch(n, seed)})["logits"], reference(batch(n, seed)), atol=1e-5
             )
-        assert sizes(sim, "mapped") == [8 * IN, 8 * OUT] and sizes(sim, "device") == []
+        assert live(sim, "mapped") == [8 * IN, 8 * OUT] and live(sim, "device") == []
         assert (sim.n("htod"), sim.n("dtoh")) == (0, 0)
 
 
@@ -115,7 +95,7 @@ def test_gpu_pipeline_on_jetson_keeps_the_logits_in_device_memory(
         be = pipe.backend
         assert kind_at(sim, be.device_input("image", (1, 3, 256, 256))[0]) == "device"
         assert kind_at(sim, be.device_output("logits")[0]) == "device"
-        assert sizes(sim, "mapped") == []  # no TensorRT tensor is mapped on this path
+        assert live(sim, "mapped") == []  # no TensorRT tensor is mapped on this path
     assert got.provenance["preprocess_device"] == "cuda"
     assert (got.mask == ref.mask).mean() >= 0.9999
 
@@ -130,9 +110,9 @@ def test_a_cuda_graph_is_not_replayed_with_other_addresses(standin_gpu, demo, re
     build(demo)
     with TensorRTBackend.from_bundle(demo, "fp32", cuda_graphs=True) as be:
         for seed in (4, 5, 6):  # plain, captured, replayed
-            be.infer({"image": x(1, seed)})
+            be.infer({"image": batch(1, seed)})
         ptr, _, _ = be.device_input("image", (1, 3, 256, 256))
-        data = x(1, 7)
+        data = batch(1, 7)
         with be.gpu.active():
             drv.memcpy_htod_async(ptr, data, be.stream)
         np.testing.assert_allclose(be.infer_device()["logits"], reference(data), atol=1e-5)

@@ -18,7 +18,6 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgemed.backends.tensorrt.backend import TensorRTBackend
@@ -26,34 +25,14 @@ from edgemed.backends.tensorrt.builder import BuildOptions, build_engine
 from edgemed.bundle import Bundle
 from edgemed.cli import main
 from edgemed.errors import BackendError, UsageError
-from edgemed.pipeline import Pipeline, demo_bundle
+from edgemed.pipeline import Pipeline
 from tests.engine.standin_trt import CACHE_MAGIC, PLAN_MAGIC
-from tests.engine.support import without_nvcc
-
-IN = 3 * 256 * 256 * 4  # bytes of one input slice (float32)
-OUT = 5 * 256 * 256 * 4  # bytes of one slice's logits
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """The demo's FP32 ONNX in ONNX Runtime, straight from the packaged file."""
-    session = ort.InferenceSession(
-        str(demo_bundle() / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    return lambda x: session.run(None, {"image": x})[0]
-
-
-def batch(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 3, 256, 256), dtype=np.float32)
+from tests.engine.support import IN, OUT, batch, live, without_nvcc
 
 
 def build(bundle: Bundle, **kw) -> tuple[object, list[str]]:
     lines: list[str] = []
     return build_engine(bundle, BuildOptions(**kw), progress=lines.append), lines
-
-
-def live(sim, kind: str) -> list[int]:
-    return sorted(n for n, k, _ in sim.mem.values() if k == kind)
 
 
 def mode(path: Path) -> int:

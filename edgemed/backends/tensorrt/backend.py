@@ -37,7 +37,8 @@ import numpy as np
 from edgemed._lazy import available
 from edgemed.backends.base import Backend, TensorSpec
 from edgemed.backends.tensorrt import compat as trt_compat
-from edgemed.backends.tensorrt.cache import EngineCache, EngineKey, gpu_fields
+from edgemed.backends.tensorrt.builder import engine_key
+from edgemed.backends.tensorrt.cache import EngineCache, EngineKey
 from edgemed.backends.tensorrt.profiles import derive_profile
 from edgemed.errors import BackendError, EdgemedError
 
@@ -89,13 +90,7 @@ def _wanted_key(bundle: Bundle, precision: str, gpu: DeviceInfo, version: str) -
         profile = derive_profile(bundle.input).canonical()
     except EdgemedError:  # non-batch dynamic axes have no default: any profile then
         profile = ""
-    return EngineKey(
-        onnx_sha256=bundle.artifact("onnx", precision).sha256,
-        **gpu_fields(gpu),
-        trt_version=version,
-        precision=precision,
-        profile=profile,
-    )
+    return engine_key(bundle, precision, profile, gpu, version)
 
 
 class TensorRTBackend(Backend):
@@ -504,23 +499,20 @@ class TensorRTBackend(Backend):
             return
         try:
             with self._gpu.active():
-                # Graphs, then events (destroyed with their last reference), then
-                # memory, all in the live context: pycuda skips every free after the
-                # context is detached, which leaked them on each reload.
+                # Graphs and events (destroyed with their last reference) in the live
+                # context: pycuda skips every free after the context is detached, which
+                # leaked them on each reload.
                 self._drop_graph()
                 self._timer = None
-                for buffer in self._device_buffers.values():
-                    buffer.free()
-                for host in self._host_buffers.values():
-                    host.free()
-                self._device_buffers.clear()
-                self._host_buffers.clear()
                 # Context before engine before runtime, while the CUDA context is current.
                 del self._context
                 del self._engine
                 self._runtime = None
         finally:
+            # Frees every buffer made under the device, ours included, in its context.
             self._gpu.close()
+            self._device_buffers.clear()
+            self._host_buffers.clear()
             super().close()
 
 

@@ -93,21 +93,21 @@ class BuildResult:
 def engine_key(
     bundle: Bundle,
     precision: str,
-    profile: Profile,
+    profile: str,
     gpu: DeviceInfo,
     trt_version: str,
     *,
     hardware_compat: str = "none",
     tf32: bool = False,
 ) -> EngineKey:
-    """The cache key for building ``bundle``'s ``precision`` ONNX on ``gpu`` (on this
-    machine's platform)."""
+    """The cache key of ``bundle``'s ``precision`` ONNX on ``gpu`` (on this machine's
+    platform) with ``profile`` (:meth:`Profile.canonical`)."""
     return EngineKey(
         onnx_sha256=bundle.artifact("onnx", precision).sha256,
         **gpu_fields(gpu),
         trt_version=trt_version,
         precision=precision,
-        profile=profile.canonical(),
+        profile=profile,
         tf32=tf32,
         hardware_compat=hardware_compat,
     )
@@ -229,7 +229,7 @@ def _build_on(
     key = engine_key(
         bundle,
         options.precision,
-        profile,
+        profile.canonical(),
         gpu,
         trt.__version__,
         hardware_compat=options.hardware_compat,

@@ -71,21 +71,7 @@ __all__ = [
 log = logging.getLogger("edgemed.backends.tensorrt")
 
 SIDECAR_SCHEMA = 2
-#: The fields of :class:`EngineKey`, in the order messages list them.
-KEY_FIELDS = (
-    "onnx_sha256",
-    "gpu_name",
-    "compute_capability",
-    "multiprocessors",
-    "memory_gib",
-    "platform",
-    "trt_version",
-    "precision",
-    "tf32",
-    "profile",
-    "hardware_compat",
-)
-# Human words for mismatch messages.
+# The fields of :class:`EngineKey` in the order messages list them, and their words there.
 _FIELD_WORDS = {
     "onnx_sha256": "model (ONNX sha256)",
     "gpu_name": "GPU",
@@ -99,6 +85,8 @@ _FIELD_WORDS = {
     "profile": "profile",
     "hardware_compat": "hardware compatibility",
 }
+#: The fields of :class:`EngineKey`, in the order messages list them.
+KEY_FIELDS = tuple(_FIELD_WORDS)
 _INT_FIELDS = ("multiprocessors", "memory_gib")
 _BOOL_FIELDS = ("tf32",)
 _SAFE = re.compile(r"[^A-Za-z0-9.]+")
