@@ -396,6 +396,20 @@ def test_a_signal_before_any_input_finished_leaves_nothing(inputs, tmp_path):
     assert not out.exists() and _no_leftovers(tmp_path) == []
 
 
+def test_an_interrupt_before_the_with_block_took_charge_leaves_nothing(tmp_path):
+    # The window between mkdir and __enter__ (no __exit__ runs for it): the CLI's
+    # interrupt handler sweeps what no run published or discarded.
+    from edgemed.cli.outdir import OutputDir, discard_unpublished
+
+    made = OutputDir(tmp_path / "out")  # as if the interrupt struck right after mkdir
+    published = OutputDir(tmp_path / "kept")
+    assert made.path.is_dir()
+    published.publish()
+    discard_unpublished()
+    assert not made.path.exists() and (tmp_path / "kept").is_dir()
+    assert _no_leftovers(tmp_path) == []
+
+
 # -- item 9: one line per input on stderr --------------------------------------------------------
 
 

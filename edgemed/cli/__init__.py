@@ -25,7 +25,8 @@ from contextlib import contextmanager
 
 from edgemed._version import __version__
 from edgemed.cli import bench, engine, export, info, run, signing
-from edgemed.cli.signals import terminate_as_interrupt
+from edgemed.cli.outdir import discard_unpublished
+from edgemed.cli.signals import ignored, terminate_as_interrupt
 from edgemed.errors import EdgemedError
 from edgemed.settings import load_settings
 
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (edgemed.cli.signals.Terminated)
         signum = getattr(exc, "signum", 2)
+        with ignored():  # whatever point the interrupt reached, no staging folder stays
+            discard_unpublished()
         print(f"edgemed: {'terminated' if signum != 2 else 'interrupted'}", file=sys.stderr)
         return 128 + signum
     except Exception as exc:  # a bug: say so in one line, details with --debug

@@ -21,7 +21,7 @@ from types import TracebackType
 from edgemed.cli.signals import ignored
 from edgemed.errors import OutputError, UsageError
 
-__all__ = ["OutputDir", "looks_like_results"]
+__all__ = ["OutputDir", "discard_unpublished", "looks_like_results"]
 
 #: Top-level names that mark a directory as edgemed's results (one input: result.json;
 #: several: index.json). ``--overwrite`` replaces only such a directory (or an empty one).
@@ -31,6 +31,20 @@ _STAGING = "edgemed-staging"
 _OLD = "edgemed-old"
 # Replace-and-retry rounds when another run keeps publishing into the same --out.
 _PUBLISH_TRIES = 8
+
+
+# Staging directories not yet published or discarded. An interrupt can land between
+# ``mkdir`` and the ``with`` block taking charge (no ``__exit__`` runs then), so the CLI's
+# interrupt handler sweeps this set; a path is added before its directory exists.
+_unpublished: set[Path] = set()
+
+
+def discard_unpublished() -> None:
+    """Remove every staging directory no run published (the CLI calls this on an
+    interrupt, whatever point the run had reached)."""
+    for path in list(_unpublished):
+        shutil.rmtree(path, ignore_errors=True)
+        _unpublished.discard(path)
 
 
 def looks_like_results(path: Path) -> bool:
@@ -82,17 +96,19 @@ class OutputDir:
         self.target = Path(os.path.realpath(given))
         self.overwrite = overwrite
         self._check()
+        self.published = False
+        self.path = _hidden_sibling(self.target, _STAGING)
+        _unpublished.add(self.path)
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.path = _hidden_sibling(self.target, _STAGING)
             os.mkdir(self.path, 0o777)  # the umask decides, as for any new folder
         except OSError as exc:
+            _unpublished.discard(self.path)
             raise OutputError(
                 f"cannot create the output directory's parent or a folder beside it "
                 f"({exc.strerror or exc})",
                 path=given,
             ) from exc
-        self.published = False
 
     def _check(self) -> None:
         t = self.target
@@ -225,6 +241,7 @@ class OutputDir:
             for path in old:
                 shutil.rmtree(path, ignore_errors=True)
         self.published = True
+        _unpublished.discard(self.path)
         _fsync_dir(t.parent)  # the rename survives a power cut
         return t
 
@@ -238,6 +255,7 @@ class OutputDir:
         """Remove the staging directory and whatever is in it."""
         if not self.published:
             shutil.rmtree(self.path, ignore_errors=True)
+            _unpublished.discard(self.path)
 
     def __enter__(self) -> OutputDir:
         return self
