@@ -40,7 +40,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("heads", ("edgemed.heads", "edgemed.result")),
     ("bundle", ("edgemed.bundle",)),
     ("pipeline", ("edgemed.pipeline", "edgemed.render")),
-    ("front-ends", ("edgemed.cli", "edgemed.bench", "edgemed.doctor", "edgemed.export")),
+    (
+        "front-ends",
+        (
+            "edgemed.cli",
+            "edgemed.bench",
+            "edgemed.doctor",
+            "edgemed.export",
+            "edgemed.serve",
+            "edgemed.dicomnode",
+            "edgemed.triton",
+        ),
+    ),
 ]
 
 
