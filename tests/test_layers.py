@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("io", ("edgemed.io",)),
-    ("preprocess", ("edgemed.preprocess", "edgemed.postprocess")),
+    ("preprocess", ("edgemed.preprocess", "edgemed.postprocess", "edgemed.sliding_window")),
     ("backends", ("edgemed.backends", "edgemed.cuda")),
     ("heads", ("edgemed.heads", "edgemed.result")),
     ("bundle", ("edgemed.bundle",)),
