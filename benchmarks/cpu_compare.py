@@ -22,6 +22,14 @@ bilinear resize of the probabilities, argmax); the masks are compared with edgem
 with the same number of intra-op threads (edgemed's default: the cores, at most 8).
 Inputs: pydicom's real ``CT_small.dcm`` (128x128) and a 512x512 synthetic CT slice from
 ``export/reference/phantoms.py``. Cases alternate in blocks of calls (see ``_common.timed_rounds``).
+
+With the ``openvino`` extra, edgemed on OpenVINO (fp32, int8, and bf16 on a BF16 CPU) runs
+in the same rounds; each of those precisions is also put through the bundle's validation
+gate (``edgemed check``), and the fastest one that passes is "edgemed (best gated)".
+``model_calls`` times the model alone at 256x256, batch 1, per engine and precision,
+including ONNX Runtime on an INT8 model quantized the way its CPU provider fuses (QDQ with
+uint8 activations, ``onnxruntime.quantization.quantize_static`` on phantom slices): the
+evidence for README's "INT8 on the CPU".
 """
 
 from __future__ import annotations
@@ -108,6 +116,117 @@ def _ort_session(bundle: edgemed.Bundle, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def edgemed_variants(threads: int) -> dict[str, Pipeline]:
+    """edgemed on OpenVINO per precision (where installed), named for the tables."""
+    from edgemed._lazy import available
+
+    if not available("openvino"):
+        return {}
+    from edgemed.backends.openvino import ov_core
+
+    precisions = ["fp32", "int8"]
+    if "BF16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        precisions.append("bf16")
+    return {
+        f"edgemed OpenVINO {p}": Pipeline.from_bundle(
+            edgemed.demo_bundle(), "openvino", precision=p, threads=threads
+        )
+        for p in precisions
+    }
+
+
+def _gates(variants: dict[str, Pipeline], threads: int) -> dict[str, dict[str, Any]]:
+    """``edgemed check`` of each variant: passed, and the mean Dice drop it measured."""
+    from edgemed.cli.check import check_bundle
+    from edgemed.settings import Options
+
+    out = {}
+    for name, pipe in variants.items():
+        opts = Options.resolve(
+            backend=pipe.backend.name, precision=pipe.backend.precision, threads=threads
+        )
+        report = check_bundle(edgemed.demo_bundle(), opts)
+        out[name] = {
+            "passed": report["passed"],
+            "mean_dice_drop": report["metric"]["mean_dice_drop"],
+            "failures": report["failures"],
+        }
+    return out
+
+
+def _ort_u8_model(bundle: edgemed.Bundle, path: Path) -> Path | None:
+    """The FP32 model quantized for ONNX Runtime's CPU provider (QDQ, uint8 activations,
+    int8 per-channel weights), calibrated on 8 phantom slices through edgemed's
+    preprocessing; None when onnxruntime.quantization is missing."""
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError:
+        return None
+    from edgemed.preprocess import preprocess
+
+    feeds = []
+    for seed in range(8):
+        hu, _, _ = phantom(384, seed=100 + seed, region=("thorax", "abdomen")[seed % 2])
+        batch, _ = preprocess([hu], bundle.preprocess)
+        feeds.append({bundle.input.name: batch})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(
+        str(bundle.root / bundle.artifact("onnx", "fp32").path),
+        str(path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    return path
+
+
+def model_calls(bundle: edgemed.Bundle, threads: int, args: Any) -> dict[str, Any]:
+    """The model call alone (256x256, batch 1) per engine and precision, in one set of
+    alternating rounds; times in ms."""
+    import tempfile
+
+    from edgemed.backends.ort import OnnxRuntimeBackend
+
+    x = {bundle.input.name: np.random.default_rng(0).random((1, 3, 256, 256), np.float32)}
+    engines: dict[str, Any] = {
+        f"ONNX Runtime {p} (bundle)": create_backend("onnxruntime", bundle, p, threads)
+        for p in ("fp32", "int8")
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        u8 = _ort_u8_model(bundle, Path(tmp) / "model.u8.onnx")
+        if u8 is not None:
+            engines["ONNX Runtime int8 (QDQ, uint8 activations)"] = OnnxRuntimeBackend(
+                u8.read_bytes(), precision="int8", threads=threads
+            )
+    for name, pipe in edgemed_variants(threads).items():
+        engines[name.replace("edgemed ", "") + " (bundle)"] = pipe.backend
+    samples = timed_rounds(
+        {name: (lambda be=be: be.infer(x)) for name, be in engines.items()},
+        warmup=args.warmup,
+        iterations=min(args.iterations, 100),
+        budget_s=args.budget_s,
+    )
+    base = float(np.median(samples["ONNX Runtime fp32 (bundle)"]))
+    return {
+        name: {**stats(s), "vs_ort_fp32": round(float(np.median(s)) / base, 3)}
+        for name, s in samples.items()
+    }
+
+
 def _markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     lines = [
@@ -144,6 +263,30 @@ def _markdown(data: dict[str, Any]) -> str:
         "'Outside the model' is each call's time minus its model call (median): the cost "
         "of everything around the same network.",
     ]
+    if data.get("gates"):
+        lines += ["", "Validation gate (`edgemed check`) per OpenVINO precision:", ""]
+        for name, g in data["gates"].items():
+            verdict = "passed" if g["passed"] else "FAILED: " + "; ".join(g["failures"])
+            lines.append(f"- {name}: mean Dice drop {g['mean_dice_drop']:.4f}, {verdict}")
+        for name, r in data["inputs"].items():
+            best = r.get("best_gated")
+            if best:
+                lines.append(
+                    f"- {name}: best gated edgemed is {best['tool']}, "
+                    f"{best['speedup_vs_torch']:.2f}x faster than MONAI + PyTorch eager"
+                )
+    if data.get("model_calls"):
+        lines += [
+            "",
+            "## The model call alone (256x256, batch 1)",
+            "",
+            "| engine and precision | p50 ms | p90 ms | vs ONNX Runtime fp32 |",
+            "|---|---|---|---|",
+        ]
+        for name, m in data["model_calls"].items():
+            lines.append(
+                f"| {name} | {m['p50_ms']:.2f} | {figure(m['p90_ms'])} | {m['vs_ort_fp32']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -178,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             model_ms=model_ms["MONAI + ONNX Runtime"],
         ),
     }
+    variants = edgemed_variants(threads)
+    gates = _gates(variants, threads)
     hu512, sp512, _ = phantom(512)
     hu128, sp128 = ct_small()
     inputs = {"CT_small.dcm 128x128": (hu128, sp128), "phantom 512x512": (hu512, sp512)}
@@ -187,12 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "target_speedup": TARGET_SPEEDUP,
         "inputs": {},
+        "gates": gates,
     }
     for name, (hu, spacing) in inputs.items():
         image = MedicalImage(hu, spacing=spacing, modality="CT")
         reference = pipe(image).mask
         # Each case returns its model-call time, so it pairs with its own sample.
         cases = {"edgemed": lambda image=image: pipe(image).timings["infer"]}
+        cases.update(
+            {
+                name: (lambda image=image, v=v: v(image).timings["infer"])
+                for name, v in variants.items()
+            }
+        )
         cases.update(
             {
                 tool: (lambda f=f, hu=hu, ms=model_ms[tool]: (f(hu), ms[-1])[1])
@@ -226,11 +378,26 @@ def main(argv: list[str] | None = None) -> int:
                 t: round(v / outside["edgemed"], 3) for t, v in outside.items()
             },
             "dice_vs_edgemed": {
-                tool: dice(f(hu), reference, len(bundle.labels)) for tool, f in tools.items()
+                **{tool: dice(f(hu), reference, len(bundle.labels)) for tool, f in tools.items()},
+                **{
+                    name: dice(v(image).mask, reference, len(bundle.labels))
+                    for name, v in variants.items()
+                },
             },
+        }
+        passed = ["edgemed"] + [n for n in variants if gates[n]["passed"]]
+        fastest = min(passed, key=lambda n: summary[n]["p50_ms"])
+        torch_ms = summary["MONAI + PyTorch eager"]["p50_ms"]
+        data["inputs"][name]["best_gated"] = {
+            "tool": fastest,
+            "p50_ms": summary[fastest]["p50_ms"],
+            "speedup_vs_torch": round(torch_ms / summary[fastest]["p50_ms"], 3),
         }
         print(name, {t: s["p50_ms"] for t, s in summary.items()}, file=sys.stderr)
     pipe.close()
+    for v in variants.values():
+        v.close()
+    data["model_calls"] = model_calls(bundle, threads, args)
     write_results(args.out, "cpu_compare", data, _markdown(data))
     return 0
 

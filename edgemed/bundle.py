@@ -12,7 +12,15 @@
      "modalities": ["CT"],   # optional: the DICOM Modality codes the model is made for
      "artifacts": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32",
                     "sha256": "...", "bytes": 123}],
+     "validation": {"thresholds": {"max_dice_drop": 0.01, ...},   # optional
+                    "files": [{"path": "validation/ct_small.dcm", "sha256": "...",
+                               "bytes": 123}]},
      "provenance": {...free-form: how it was made...}}
+
+``validation`` (optional) is the bundle's validation gate for the device: a few of the
+export's validation images shipped in the bundle (hashed like the artifacts) and the
+gate limits the export applied; ``edgemed check`` runs a backend and precision on them
+against the FP32 ONNX on ONNX Runtime, as the export's gate did.
 
 String entries in a shape are named dynamic axes. ``modalities`` (absent or empty:
 any) lets the pipeline refuse a DICOM input of another modality (``INPUT_MODALITY``):
@@ -51,6 +59,7 @@ __all__ = [
     "Artifact",
     "Bundle",
     "TensorInfo",
+    "ValidationSet",
     "sign_bundle",
     "write_manifest",
 ]
@@ -73,6 +82,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "postprocess",
         "modalities",
         "artifacts",
+        "validation",
         "provenance",
     }
 )
@@ -119,6 +129,33 @@ class Artifact:
     bytes: int | None = None
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """The validation gate a bundle ships for the device (``edgemed check``).
+
+    Attributes:
+        thresholds: the gate limits the export applied (the head's keys).
+        files: the shipped validation images, hashed like artifacts (``kind`` is
+            ``validation``, ``precision`` empty).
+    """
+
+    thresholds: dict[str, float]
+    files: tuple[Artifact, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": dict(self.thresholds),
+            "files": [
+                {
+                    k: v
+                    for k, v in (("path", f.path), ("sha256", f.sha256), ("bytes", f.bytes))
+                    if v is not None
+                }
+                for f in self.files
+            ],
+        }
+
+
 @dataclass
 class Bundle:
     """A loaded, verified bundle. Use :meth:`load`."""
@@ -138,6 +175,8 @@ class Bundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: DICOM Modality codes the model is made for (empty: any); see the module doc.
     modalities: tuple[str, ...] = ()
+    #: The shipped validation gate, or None (see the module doc).
+    validation: ValidationSet | None = None
     schema_version: int = SCHEMA_VERSION
     #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
     manifest_sha256: str = ""
@@ -202,6 +241,8 @@ class Bundle:
             bundle.signature = "unverified"  # present; not read, as nothing asked for it
         if verify:
             for art in bundle.artifacts:
+                bundle._verify_file(art)
+            for art in bundle.validation.files if bundle.validation else ():
                 bundle._verify_file(art)
         return bundle
 
@@ -306,6 +347,7 @@ class Bundle:
                 description=str(data.get("description", "")),
                 provenance=dict(data.get("provenance", {})),
                 modalities=tuple(modalities),
+                validation=_validation(data.get("validation"), bad),
             )
         except BundleError:
             raise
@@ -321,7 +363,8 @@ class Bundle:
         return [p for p in PRECISIONS if p in have]
 
     def artifact(self, kind: str = "onnx", precision: str = "fp32") -> Artifact:
-        """The artifact of ``kind`` and ``precision``.
+        """The artifact of ``kind`` and ``precision`` (``bf16`` is none: see
+        :func:`edgemed.settings.artifact_precision`).
 
         Raises:
             UsageError: ``USAGE_PRECISION_MISSING``: no ONNX model of that precision.
@@ -409,8 +452,33 @@ class Bundle:
             "artifacts": [
                 {k: v for k, v in a.__dict__.items() if v is not None} for a in self.artifacts
             ],
+            **({"validation": self.validation.to_dict()} if self.validation else {}),
             "provenance": self.provenance,
         }
+
+
+def _validation(data: Any, bad: Any) -> ValidationSet | None:
+    """The ``validation`` block (None when absent); ``bad(msg)`` makes the error."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - {"thresholds", "files"}:
+        raise bad("validation must be an object with thresholds and files")
+    thresholds = data.get("thresholds", {})
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(k, str) and type(v) in (int, float) for k, v in thresholds.items()
+    ):
+        raise bad("validation.thresholds must map names to numbers")
+    files = []
+    for f in data.get("files", []):
+        art = Artifact(str(f["path"]), "validation", "", str(f["sha256"]).lower(), f.get("bytes"))
+        if not _stays_inside(art.path):
+            raise bad(f"validation file {art.path!r} must stay inside the bundle")
+        if len(art.sha256) != 64 or not _HEX.issuperset(art.sha256):
+            raise bad(f"validation file {art.path}: sha256 must be 64 hex digits")
+        files.append(art)
+    if not files:
+        raise bad("validation lists no files")
+    return ValidationSet({k: float(v) for k, v in thresholds.items()}, tuple(files))
 
 
 def _head_spec(task: str, data: Any, root: Path) -> HeadSpec:
@@ -436,7 +504,7 @@ def write_manifest(root: str | os.PathLike[str], manifest: dict[str, Any]) -> Bu
     data["schema_version"] = SCHEMA_VERSION
     manifest_path = root / MANIFEST
     try:
-        for a in data["artifacts"]:
+        for a in [*data["artifacts"], *(data.get("validation") or {}).get("files", [])]:
             # Checked before anything is opened: nothing outside the bundle is ever read.
             if not _stays_inside(str(a["path"])):
                 raise BundleError(
@@ -486,7 +554,7 @@ def sign_bundle(bundle_dir: str | os.PathLike[str], key: str | os.PathLike[str] 
     root = Path(bundle_dir)
     raw = Bundle._read_manifest(root)
     bundle = Bundle._from_bytes(root, raw)
-    for art in bundle.artifacts:
+    for art in (*bundle.artifacts, *(bundle.validation.files if bundle.validation else ())):
         bundle._verify_file(art)
     sig = private.sign(raw)
     return atomic_write(root / signing.SIGNATURE, lambda tmp: Path(tmp).write_bytes(sig))

@@ -29,6 +29,7 @@ __all__ = [
     "gather",
     "gpu_facts",
     "module_facts",
+    "openvino_facts",
     "platform_facts",
 ]
 
@@ -50,6 +51,16 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "gpu": (("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
     "jetson": (("pycuda", "pycuda"), ("cuda-bindings", "cuda.bindings")),
     "bench": (("matplotlib", "matplotlib"), ("psutil", "psutil"), ("tqdm", "tqdm")),
+    "openvino": (("openvino", "openvino"),),
+    "serve": (
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("python-multipart", "python_multipart"),
+        ("prometheus-client", "prometheus_client"),
+    ),
+    "listen": (("pynetdicom", "pynetdicom"), ("highdicom", "highdicom")),
+    "triton": (("tritonclient", "tritonclient"),),
+    "faiss": (("faiss-cpu", "faiss"),),
     "export": (
         ("torch", "torch"),
         ("nvidia-modelopt", "modelopt"),
@@ -322,6 +333,36 @@ def _preprocess_choice(
     return choice.device, choice.reason
 
 
+#: What INT8 on the CPU means, measured (README "CPU backends and INT8"): the bundle's
+#: INT8 is TensorRT-style Q/DQ (Q/DQ on each convolution's inputs, int8 symmetric
+#: activations); ONNX Runtime's CPU provider fuses none of it into integer kernels and
+#: runs it slower than FP32, while OpenVINO runs it as integer kernels.
+CPU_INT8 = (
+    "OpenVINO only: ONNX Runtime's CPU provider fuses none of the bundle's Q/DQ "
+    "(TensorRT placement) into integer kernels and runs int8 slower than fp32; check "
+    "OpenVINO's int8 here first (edgemed check BUNDLE --backend openvino --precision int8)"
+)
+
+
+def openvino_facts() -> dict[str, Any]:
+    """The openvino module, its devices and what the CPU offers (BF16, INT8), and what
+    int8 on the CPU means here (:data:`CPU_INT8`)."""
+    facts = module_facts("openvino")
+    if facts.get("installed"):
+        try:
+            from edgemed.backends.openvino import ov_core
+
+            core = ov_core()
+            facts["devices"] = {
+                d: list(core.get_property(d, "OPTIMIZATION_CAPABILITIES"))
+                for d in core.available_devices
+            }
+        except Exception as exc:  # a broken install is a fact
+            facts["error"] = f"{exc.__class__.__name__}: {exc}"
+    facts["cpu_int8"] = CPU_INT8
+    return facts
+
+
 def gather(bundle: Any | None = None, options: Any | None = None) -> dict[str, Any]:
     """Every fact, as JSON-able data (``edgemed doctor --json`` prints it)."""
     ort = module_facts("onnxruntime")
@@ -339,6 +380,7 @@ def gather(bundle: Any | None = None, options: Any | None = None) -> dict[str, A
         "tensorrt": module_facts("tensorrt"),
         "pycuda": module_facts("pycuda"),
         "onnxruntime": ort,
+        "openvino": openvino_facts(),
         "extras": extras_facts(),
         "backends": backend_facts(bundle, options),
     }
@@ -377,6 +419,12 @@ def format_report(facts: dict[str, Any]) -> str:
         f"  pycuda       {_module_line(facts['pycuda'])}",
         f"  onnxruntime  {ort}",
     ]
+    ov = facts.get("openvino")
+    if ov is not None:
+        line = _module_line(ov)
+        if ov.get("devices"):
+            line += " (" + "; ".join(f"{d}: {' '.join(c)}" for d, c in ov["devices"].items()) + ")"
+        lines += [f"  openvino     {line}", f"  int8 on cpu  {ov['cpu_int8']}"]
     extras = facts.get("extras") or {}
     if extras:
         lines.append("  extras")

@@ -12,6 +12,7 @@ __all__ = [
     "UsageError",
     "InputError",
     "DecoderMissingError",
+    "GalleryError",
     "BundleError",
     "BackendError",
     "MissingDependencyError",
@@ -63,6 +64,15 @@ class DecoderMissingError(InputError):
     """Pixel data is compressed and no installed decoder handles it."""
 
     default_code = "INPUT_DECODER_MISSING"
+
+
+class GalleryError(InputError):
+    """A similar-case gallery cannot be used (codes ``GALLERY_*``): not found, malformed,
+    its embeddings do not match their sha256 (``GALLERY_INTEGRITY``), or it was made by
+    another model than the one asked to match against it (``GALLERY_BUNDLE_MISMATCH``:
+    embeddings of two models are not comparable)."""
+
+    default_code = "GALLERY_INVALID"
 
 
 class BundleError(EdgemedError):

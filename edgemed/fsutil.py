@@ -18,7 +18,14 @@ from typing import Any
 
 from edgemed.errors import BackendError, OutputError
 
-__all__ = ["atomic_write", "check_private", "sha256_file", "write_json", "write_private"]
+__all__ = [
+    "atomic_write",
+    "check_private",
+    "json_text",
+    "sha256_file",
+    "write_json",
+    "write_private",
+]
 
 
 def _fsync(path: str | os.PathLike[str], *, directory: bool = False) -> None:
@@ -56,9 +63,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     return path
 
 
+def json_text(data: Any) -> str:
+    """``data`` as the indented JSON text :func:`write_json` writes (front-ends that
+    send a result instead of writing it, such as the Triton model, send this text)."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    text = json_text(data)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 

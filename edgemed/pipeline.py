@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -37,10 +35,11 @@ from edgemed.bundle import Bundle
 from edgemed.cuda.choice import PreprocessChoice, choose_preprocess
 from edgemed.errors import BackendError, InputError, UsageError
 from edgemed.heads import create_head
+from edgemed.ids import salted_id
 from edgemed.io import MedicalImage, read_image
 from edgemed.preprocess import allocate, preprocess
 from edgemed.result import STAGES, Result
-from edgemed.settings import PREPROCESS_DEVICES, Options
+from edgemed.settings import PREPROCESS_DEVICES, Options, artifact_precision
 
 if TYPE_CHECKING:
     from edgemed.cuda.stages import CudaStages
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Pipeline",
     "Result",
+    "apply_spacing",
     "check_modality",
     "demo_bundle",
     "input_id",
@@ -60,7 +60,8 @@ __all__ = [
 log = logging.getLogger("edgemed.pipeline")
 
 
-Input = str | os.PathLike | MedicalImage | np.ndarray
+# bytes: a file's bytes (the readers take them as they take a path).
+Input = str | os.PathLike | bytes | MedicalImage | np.ndarray
 
 
 def demo_bundle() -> Path:
@@ -161,7 +162,7 @@ class Pipeline:
         #: Milliseconds per stage of the last :meth:`run_batch` (all its inputs
         #: together), with the backend's own copy/device timings where it has them.
         self.last_stage_ms: dict[str, float] = {}
-        artifact = bundle.artifact("onnx", backend.precision)
+        artifact = bundle.artifact("onnx", artifact_precision(backend.precision))
         self._provenance = {
             "edgemed_version": __version__,
             "bundle": {
@@ -441,18 +442,7 @@ class Pipeline:
         )
 
     def _with_spacing(self, image: MedicalImage) -> MedicalImage:
-        """``image`` with the options' spacing where its own is unknown (a new image:
-        the caller's is never changed). The file's own spacing always wins; a volume
-        needs all three values (with two it stays unknown)."""
-        given = self.options.spacing
-        if given is None or image.spacing_source != "unknown":
-            return image
-        axes = 3 if image.is_volume else 2
-        if len(given) < axes:
-            return image
-        spacing = tuple(reversed(given[:axes]))  # (x, y[, z]) -> ([dz,] dy, dx)
-        metadata = {**image.metadata, "spacing_source": "user"}
-        return dataclasses.replace(image, spacing=spacing, metadata=metadata)
+        return apply_spacing(image, self.options.spacing)
 
     def close(self) -> None:
         try:
@@ -496,15 +486,27 @@ def _preprocess_choice(
     return choice
 
 
-def input_id(image: MedicalImage, salt: bytes) -> str:
-    """How results and logs refer to an input: HMAC-SHA256 of its pixels under ``salt``.
+def apply_spacing(image: MedicalImage, given: Sequence[float] | None) -> MedicalImage:
+    """``image`` with the spacing ``given`` as ``(x, y[, z])`` mm where its own is
+    unknown (a new image: the caller's is never changed). The file's own spacing always
+    wins; a volume needs all three values (with two it stays unknown). What
+    :attr:`Options.spacing` does to every input; a front-end applies a per-request
+    spacing with it."""
+    if given is None or image.spacing_source != "unknown":
+        return image
+    axes = 3 if image.is_volume else 2
+    if len(given) < axes:
+        return image
+    spacing = tuple(float(v) for v in reversed(given[:axes]))  # (x, y[, z]) -> ([dz,] dy, dx)
+    metadata = {**image.metadata, "spacing_source": "user"}
+    return dataclasses.replace(image, spacing=spacing, metadata=metadata)
 
-    Unsalted, a hash of a known image could confirm that a given patient's scan was
-    processed; salted (``EDGEMED_ID_SALT``, else random per process), it only links
-    results made under the same salt.
-    """
-    pixels = np.ascontiguousarray(image.array)
-    return hmac.new(salt, pixels.data, hashlib.sha256).hexdigest()[:32]
+
+def input_id(image: MedicalImage, salt: bytes) -> str:
+    """How results and logs refer to an input: the salted id (:func:`edgemed.ids.salted_id`)
+    of its pixel bytes, 32 hex digits."""
+    pixels = np.ascontiguousarray(image.array).reshape(-1).view(np.uint8)
+    return salted_id(salt, pixels.data)
 
 
 def check_modality(image: MedicalImage, modalities: Sequence[str], source: object = None) -> None:

@@ -39,11 +39,13 @@ from typing import Any
 from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
 
 __all__ = [
+    "COMPUTED_FROM",
     "MAX_BATCH_SIZE",
     "PRECISIONS",
     "PREPROCESS_DEVICES",
     "Options",
     "Settings",
+    "artifact_precision",
     "load_limits",
     "load_settings",
     "trusted_key_path",
@@ -53,6 +55,17 @@ __all__ = [
 PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
 #: Model variants a bundle may carry.
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Precisions that are a way of computing an artifact rather than an artifact: ``bf16``
+#: runs the FP32 ONNX with bf16 arithmetic (OpenVINO on a BF16 CPU). Only a backend that
+#: registers the precision runs it (:mod:`edgemed.backends.registry`), so no other
+#: backend can run it silently as FP32.
+COMPUTED_FROM = {"bf16": "fp32"}
+
+
+def artifact_precision(precision: str) -> str:
+    """The precision of the ONNX artifact that runs ``precision`` (``bf16`` -> ``fp32``)."""
+    return COMPUTED_FROM.get(precision, precision)
+
 #: The largest ``batch_size`` accepted. A batch is one model input of ``batch_size``
 #: slices (the demo's: 3 x 256 x 256 float32, 0.8 MB a slice): beyond this a typo such
 #: as an extra zero asks for gigabytes; larger batches stop paying off long before.
@@ -164,7 +177,8 @@ class Options:
 
     Attributes:
         backend: ``auto`` or a registered backend name (``EDGEMED_BACKEND``).
-        precision: which artifact runs (``fp32``, ``fp16``, ``int8``); never substituted.
+        precision: which artifact runs (``fp32``, ``fp16``, ``int8``; ``bf16``: the FP32
+            one in bf16 arithmetic, where a backend offers it); never substituted.
         threads: CPU threads for ONNX Runtime (``EDGEMED_ORT_THREADS``; None: cores,
             at most 8).
         engine_cache: TensorRT engine cache (``EDGEMED_ENGINE_CACHE``; None:
@@ -180,6 +194,8 @@ class Options:
         id_salt: salt of the input ids in results and logs (``EDGEMED_ID_SALT``;
             None: random per pipeline).
         limits: the readers' caps (``EDGEMED_MAX_*``).
+        device: the accelerator, for a backend that can use several (OpenVINO: ``CPU``,
+            the default, ``GPU`` or ``NPU``); None: the backend's default.
         spacing: pixel spacing in mm for inputs whose files do not state it (PNG,
             JPEG, TIFF, NPY, arrays, DICOM without PixelSpacing): ``(x, y)`` or
             ``(x, y, z)`` along the input's columns, rows and slices. A file's own
@@ -199,6 +215,7 @@ class Options:
     id_salt: bytes | None = None
     limits: ReaderLimits = field(default=DEFAULT_LIMITS)
     spacing: tuple[float, ...] | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         from edgemed.errors import UsageError

@@ -37,7 +37,7 @@ from edgemed._lazy import require
 from edgemed._version import __version__
 from edgemed.bundle import write_manifest
 from edgemed.errors import AccuracyGateError, ExportError, UsageError
-from edgemed.export import calibration, gates, onnx_export, precision
+from edgemed.export import calibration, gates, onnx_export, precision, validation_set
 from edgemed.export.config import ExportConfig, dynamic_axes, load_specs
 from edgemed.export.load import LoadedModel, RandomWeightsWarning, load_model
 from edgemed.export.report import render_report
@@ -236,6 +236,12 @@ def export_bundle(
         manifest, table = _build(
             config, loaded, pre, post, axes, calib, val, split, stage, threads, seconds, say, t
         )
+        if config.validation is not None:  # ship a few for the device's gate (edgemed check)
+            shipped = validation_set.ship(
+                config.validation, stage, manifest["provenance"]["accuracy"]["thresholds"]
+            )
+            if shipped is not None:
+                manifest["validation"] = shipped
         seconds["total"] = round(time.perf_counter() - t0, 2)
         manifest["provenance"]["export"]["seconds"] = seconds
         bundle = write_manifest(stage, manifest)  # hashes every artifact, then reloads

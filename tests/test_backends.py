@@ -62,11 +62,16 @@ def test_closed_backend_refuses(seg_bundle):
     assert e.value.code == "BACKEND_CLOSED"
 
 
-def test_auto_falls_back_to_ort_and_says_why(seg_bundle, caplog):
+def test_auto_falls_back_to_ort_and_says_why(seg_bundle, caplog, monkeypatch):
+    from edgemed.backends import registry
+
+    # As on a machine without the openvino extra (tests/test_backend_openvino.py has
+    # auto picking OpenVINO where it is installed).
+    monkeypatch.setattr(registry, "available", lambda module: module != "openvino")
     caplog.set_level("INFO", logger="edgemed.backends")
     be = create_backend("auto", seg_bundle)
     assert be.name == "onnxruntime"
-    assert "tensorrt not used" in be.reason
+    assert "tensorrt not used" in be.reason and "openvino not used" in be.reason
     assert any("onnxruntime chosen" in r.getMessage() for r in caplog.records)
 
 

@@ -108,3 +108,54 @@ def test_a_run_cut_short_keeps_its_missing_percentiles():
     s = stats([float(v) for v in range(30, 0, -1)])
     assert (s["p50_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == (15.0, 27.0, 29.0, None)
     assert (figure(s["p99_ms"]), figure(s["p90_ms"], 3)) == ("—", "27.000")
+
+
+def test_engine_rows_gates_and_model_calls():
+    """OpenVINO runs beside ONNX Runtime (pipeline_overhead ``runs``), the validation gate
+    per precision and the model-call table (cpu_compare) reach the README."""
+    overhead = {
+        **OVERHEAD,
+        "runs": {
+            "openvino:int8": {
+                "inputs": {
+                    "phantom 512x512": {
+                        "end_to_end": _stat(8.0),
+                        "infer": _stat(5.5),
+                        "overhead_ms_p50": 2.5,
+                        "overhead_percent_p50": 31.25,
+                        "overhead_percent_p90": 35.0,
+                    }
+                }
+            }
+        },
+    }
+    tool = {"edgemed": 1.0, "edgemed OpenVINO bf16": 0.5, "MONAI + PyTorch eager": 3.0}
+    compare = {
+        "benchmark": "cpu_compare",
+        "environment": _env("python benchmarks/cpu_compare.py"),
+        "threads": 2,
+        "inputs": {
+            "phantom 512x512": {
+                "tools": {t: _stat(10.0 * v) for t, v in tool.items()},
+                "speedup_p50": tool,
+                "outside_model_p50_ms": {t: 1.0 for t in tool},
+                "dice_vs_edgemed": {t: {"mean_dice": 0.99} for t in tool if t != "edgemed"},
+                "best_gated": {"tool": "edgemed OpenVINO bf16", "speedup_vs_torch": 6.0},
+            }
+        },
+        "gates": {
+            "edgemed OpenVINO int8": {"passed": False, "mean_dice_drop": 0.0169},
+            "edgemed OpenVINO bf16": {"passed": True, "mean_dice_drop": 0.0005},
+        },
+        "model_calls": {"OpenVINO int8 (bundle)": {"p50_ms": 5.6, "vs_ort_fp32": 0.39}},
+    }
+    lines = tables.render({"pipeline_overhead": overhead, "cpu_compare": compare}).splitlines()
+    assert "| openvino:int8 | phantom 512x512 | 5.50 ms | 2.50 ms | 31.2 % |" in lines
+    assert "- edgemed OpenVINO int8: mean Dice drop 0.0169, **refused** (outside the gate)" in lines
+    assert "- edgemed OpenVINO bf16: mean Dice drop 0.0005, passed" in lines
+    assert (
+        "- phantom 512x512: the fastest gated edgemed (edgemed OpenVINO bf16) is 6.00x faster "
+        "than MONAI + PyTorch eager"
+    ) in lines
+    assert "| OpenVINO int8 (bundle) | 5.60 ms | 0.39x |" in lines
+    assert "| phantom 512x512 | edgemed OpenVINO bf16 | 5.00 ms | - | 1.00 ms | 0.9900 |" in lines

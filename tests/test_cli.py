@@ -120,7 +120,11 @@ def test_demo_writes_three_files(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert set(result["timings_ms"]) == {"read", "preprocess", "infer", "postprocess", "total"}
     prov = result["provenance"]
-    assert prov["backend"] == "onnxruntime" and prov["precision"] == "fp32"
+    from edgemed._lazy import available
+
+    # auto: OpenVINO where the extra is installed (tests/test_backend_openvino.py), else ORT.
+    cpu_backend = "openvino" if available("openvino") else "onnxruntime"
+    assert prov["backend"] == cpu_backend and prov["precision"] == "fp32"
     assert prov["bundle"]["name"] == "edgemed-demo-ct-tissue"
     assert result["input"]["shape"] == [128, 128] and result["input"]["modality"] == "CT"
     labels = result["outputs"]["labels"]

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgemed.settings",
             "edgemed.fsutil",
             "edgemed.signing",
+            "edgemed.ids",
         ),
     ),
     ("io", ("edgemed.io",)),
@@ -39,7 +40,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("backends", ("edgemed.backends", "edgemed.cuda")),
     ("heads", ("edgemed.heads", "edgemed.result")),
     ("bundle", ("edgemed.bundle",)),
-    ("pipeline", ("edgemed.pipeline", "edgemed.render")),
+    (
+        "pipeline",
+        ("edgemed.pipeline", "edgemed.render", "edgemed.gallery", "edgemed.report_images"),
+    ),
     (
         "front-ends",
         (

@@ -63,7 +63,7 @@ def test_volume_runs_slice_by_slice_in_batches(tiny_bundle, monkeypatch):
 
 def test_result_has_timings_and_provenance(tiny_bundle):
     path = tiny_bundle("segmentation")
-    with Pipeline.from_bundle(path) as pipe:
+    with Pipeline.from_bundle(path, "onnxruntime") as pipe:
         res = pipe(_image(0))
     d = json.loads(json.dumps(res.to_dict()))  # JSON-able
     assert set(d["timings_ms"]) == set(STAGES)

@@ -160,7 +160,16 @@ def parse_problems(command: Command) -> list[str]:
     name = next((w for w in words if w and not w.startswith("-")), None)
     if name not in subs:
         return [f"no command {name!r}"]
-    options = {**top._option_string_actions, **subs[name]._option_string_actions}
+    command_parser = subs[name]
+    if any(isinstance(a, argparse._SubParsersAction) for a in command_parser._actions):
+        # A command with actions of its own (edgemed gallery build): that action's options.
+        rest = words[words.index(name) + 1 :]
+        action = next((w for w in rest if w and not w.startswith("-")), None)
+        nested = _subparsers(command_parser)
+        if action not in nested:
+            return [f"{name} has no action {action!r}"]
+        command_parser = nested[action]
+    options = {**top._option_string_actions, **command_parser._option_string_actions}
     problems = []
     for k, word in enumerate(words):
         for alternative in word.split("|"):
@@ -267,6 +276,7 @@ def test_python_block_runs(block, workdir):
 FAMILY_EXIT = {
     "USAGE": 2,
     "INPUT": 3,
+    "GALLERY": 3,
     "BUNDLE": 4,
     "BACKEND": 5,
     "DEPENDENCY": 5,

@@ -51,7 +51,8 @@ def _toy_factory(bundle: Bundle, options: Options) -> Backend:
 
 @pytest.fixture
 def toy_backend():
-    register("toy", lambda bundle, options: "", _toy_factory, priority=50)
+    # Between tensorrt (100) and openvino (50): auto's first choice on a CPU machine.
+    register("toy", lambda bundle, options: "", _toy_factory, priority=75)
     yield
     unregister("toy")
 
@@ -62,7 +63,7 @@ def test_a_registered_backend_is_seen_by_auto_doctor_bench_and_the_pipeline(
     demo = Bundle.load(demo_bundle())
     monkeypatch.delenv("EDGEMED_BACKEND", raising=False)
     choice = choose_backend(demo, Options.resolve())
-    assert choice.name == "toy"  # above onnxruntime (priority 0), tensorrt skipped here
+    assert choice.name == "toy"  # above openvino and onnxruntime, tensorrt skipped here
     assert [n for n, _ in choice.skipped] == ["tensorrt"]
 
     facts = gather(demo)["backends"]

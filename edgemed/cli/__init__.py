@@ -24,7 +24,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from edgemed._version import __version__
-from edgemed.cli import bench, engine, export, info, run, signing
+from edgemed.cli import (
+    bench,
+    check,
+    engine,
+    export,
+    gallery,
+    info,
+    listen,
+    run,
+    serve,
+    signing,
+    spool,
+    triton,
+)
 from edgemed.cli.outdir import discard_unpublished
 from edgemed.cli.signals import ignored, terminate_as_interrupt
 from edgemed.errors import EdgemedError
@@ -35,7 +48,9 @@ __all__ = ["COMMANDS", "main"]
 log = logging.getLogger("edgemed")
 
 # Registration order is the order of `edgemed --help`.
-COMMANDS = (run, info, signing, export, bench, engine)
+COMMANDS = (
+    run, info, signing, export, bench, engine, check, listen, spool, serve, triton, gallery
+)  # fmt: skip
 
 
 def _common_flags(p: argparse.ArgumentParser, default: object) -> None:

@@ -15,12 +15,20 @@ __all__ = ["parse_spacing", "runtime", "runtime_options"]
 
 
 def runtime_options(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--backend", default=None, help="auto (default), onnxruntime or tensorrt")
+    sp.add_argument(
+        "--backend", default=None, help="auto (default), onnxruntime, openvino or tensorrt"
+    )
     sp.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "fp16", "int8"],
-        help="which model variant of the bundle runs (default fp32)",
+        choices=["fp32", "fp16", "int8", "bf16"],
+        help="which model variant of the bundle runs (default fp32; bf16: the FP32 model "
+        "in bf16 arithmetic, OpenVINO on a BF16 CPU only; check it with edgemed check)",
+    )
+    sp.add_argument(
+        "--device",
+        default=None,
+        help="OpenVINO device: CPU (default), GPU or NPU",
     )
     sp.add_argument(
         "--threads",
@@ -107,4 +115,5 @@ def runtime(args: argparse.Namespace) -> Options:
         check_modality=False if args.any_modality else None,
         cuda_graphs=args.cuda_graphs or None,
         spacing=parse_spacing(args.spacing),
+        device=getattr(args, "device", None),
     )

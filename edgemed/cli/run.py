@@ -39,6 +39,13 @@ def _overwrite_option(sp: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the demo model on a real CT slice")
     demo.add_argument("--out", default="edgemed-demo", help="output directory")
+    demo.add_argument(
+        "--task",
+        default=None,
+        choices=["classification", "embedding", "all"],
+        help="instead of the segmentation demo: the findings classifier, similar-case "
+        "matching against a gallery, or both, on real CT slices and findings phantoms",
+    )
     _overwrite_option(demo)
     runtime_options(demo)
     demo.set_defaults(handler=_cmd_demo)
@@ -64,6 +71,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     options = runtime(args)
+    if args.task is not None:
+        from edgemed.cli.demo_tasks import run_demo_tasks
+
+        return run_demo_tasks(args, options)
     from pydicom.data import get_testdata_file
 
     from edgemed.pipeline import Pipeline, demo_bundle

@@ -180,9 +180,10 @@ class Head(abc.ABC):
             for k, v in next(iter(variants.values())).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
-        lines = [f"{'variant':10s}" + "".join(f"{c:>18s}" for c in cols)]
+        width = {c: max(18, len(c) + 2) for c in cols}  # a long name keeps a gap
+        lines = [f"{'variant':10s}" + "".join(f"{c:>{width[c]}s}" for c in cols)]
         for name, v in variants.items():
-            lines.append(f"{name:10s}" + "".join(f"{float(v[c]):18.6f}" for c in cols))
+            lines.append(f"{name:10s}" + "".join(f"{float(v[c]):{width[c]}.6f}" for c in cols))
         limits = ", ".join(f"{k} {cls.limit(k, thresholds)}" for k in cls.thresholds)
         if limits:
             lines.append(f"limits: {limits}")

@@ -138,6 +138,19 @@ class SegmentationHead(Head):
             write_overlay_png(out / "overlay.png", result.image, o.mask, result.labels, o.stats),
         ]
 
+    def artifacts(self, result: Result) -> Mapping[str, tuple[str, Any]]:
+        """``mask.nii.gz`` and ``overlay.png``, the same bytes :meth:`write` puts in files."""
+        from edgemed.io.writers import write_mask_nifti, write_overlay_png
+
+        o, image, labels = result.output, result.image, result.labels
+        return {
+            "mask.nii.gz": ("application/gzip", lambda f: write_mask_nifti(f, o.mask, image)),
+            "overlay.png": (
+                "image/png",
+                lambda f: write_overlay_png(f, image, o.mask, labels, o.stats),
+            ),
+        }
+
     # -- comparing -----------------------------------------------------------------------
 
     def metric(self, reference: Sequence[Any], other: Sequence[Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from edgemed.io.source import (
 )
 from edgemed.limits import ReaderLimits
 
-__all__ = ["read_dicom_series", "read_series"]
+__all__ = ["read_dicom_series", "read_series", "read_series_ordered"]
 
 
 def _series_header(src: Source, limits: ReaderLimits) -> Dataset | None:
@@ -129,16 +129,21 @@ def _slice_order(
     return order, step, "positions", "positions"
 
 
-def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> MedicalImage:
-    """One volume from the instances of one series (a directory's files, or items).
+def _assemble(
+    sources: list[Source], limits: ReaderLimits, where: object
+) -> tuple[MedicalImage, list[int]]:
+    """One volume from the instances of one series (a directory's files, or items), and
+    which of ``sources`` each of its slices came from, in volume order.
 
     ``where`` names the directory in messages, or is None for in-memory instances.
     """
     headers: list[tuple[Source, Dataset]] = []
-    for src in sources:
+    kept: list[int] = []  # which of ``sources`` each header came from
+    for k, src in enumerate(sources):
         ds = _series_header(src, limits)
         if ds is not None:
             headers.append((src, ds))
+            kept.append(k)
     ignored = len(sources) - len(headers)
     if not headers:
         raise input_error(
@@ -155,15 +160,19 @@ def _assemble(sources: list[Source], limits: ReaderLimits, where: object) -> Med
     # One file: its own frames, or a 2D image. A single slice is a 2D image wherever it
     # comes from (areas, not volumes), exactly as the file alone reads.
     one = len(headers) == 1
-    image = read_dicom(headers[0][0], limits=limits) if one else _stack(headers, limits, where)
+    if one:
+        image, order = read_dicom(headers[0][0], limits=limits), [0]
+    else:
+        image, order = _stack(headers, limits, where)
     image.metadata.update(format="dicom-series", num_slices=image.num_slices, ignored_files=ignored)
-    return image
+    return image, [kept[i] for i in order]
 
 
 def _stack(
     headers: list[tuple[Source, Dataset]], limits: ReaderLimits, where: object
-) -> MedicalImage:
-    """One ``(Z, Y, X)`` volume from the single-frame slices of one series."""
+) -> tuple[MedicalImage, list[int]]:
+    """One ``(Z, Y, X)`` volume from the single-frame slices of one series, and the
+    order (indices into ``headers``) its slices were stacked in."""
     layouts = [
         (
             get_int(ds, "Rows", s.where),
@@ -213,7 +222,10 @@ def _stack(
             else "unknown"
         ),
     )
-    return replace(first, array=volume, spacing=(float(dz), *first.spacing), metadata=metadata)
+    volume_image = replace(
+        first, array=volume, spacing=(float(dz), *first.spacing), metadata=metadata
+    )
+    return volume_image, order
 
 
 def read_dicom_series(directory: str | os.PathLike[str], *, limits: ReaderLimits) -> MedicalImage:
@@ -242,7 +254,7 @@ def read_dicom_series(directory: str | os.PathLike[str], *, limits: ReaderLimits
         raise input_error("INPUT_UNREADABLE", "directory cannot be listed", directory) from exc
     if len(entries) > limits.max_frames:  # checked before any file is parsed
         raise beyond_cap("number of files in the directory", "max_frames", limits, directory)
-    return _assemble([resolve_source(entry, limits) for entry in entries], limits, directory)
+    return _assemble([resolve_source(entry, limits) for entry in entries], limits, directory)[0]
 
 
 def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = None) -> MedicalImage:
@@ -272,6 +284,25 @@ def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = No
         UsageError: ``items`` is one path or one bytes object rather than a collection,
             or an item is neither bytes, a binary file object nor a path.
     """
+    return read_series_ordered(items, limits=limits)[0]
+
+
+def read_series_ordered(
+    items: Iterable[SourceLike], *, limits: ReaderLimits | None = None
+) -> tuple[MedicalImage, list[int]]:
+    """:func:`read_series`, and which item each slice of the volume came from.
+
+    Writers that reference the source instances slice by slice (a DICOM SEG over the
+    received series) need that order; it is the one the volume was stacked in, not a
+    second sort.
+
+    Returns:
+        ``(image, order)``: ``order[z]`` is the position in ``items`` of slice ``z``'s
+        instance (items that are not DICOM images appear nowhere).
+
+    Raises:
+        The same as :func:`read_series`.
+    """
     limits = resolve_limits(limits)
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike)) or callable(
         getattr(items, "read", None)
@@ -280,7 +311,9 @@ def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = No
     return guard(lambda: _read_series(items, limits), None)
 
 
-def _read_series(items: Iterable[SourceLike], limits: ReaderLimits) -> MedicalImage:
+def _read_series(
+    items: Iterable[SourceLike], limits: ReaderLimits
+) -> tuple[MedicalImage, list[int]]:
     try:
         instances = list(items)
     except TypeError as exc:

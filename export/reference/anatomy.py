@@ -76,6 +76,11 @@ TISSUES: dict[str, Tissue] = {
     "cortical": Tissue(BONE, (800, 1300), (700, 1500), 60, 40),
     # Trabecular bone: marrow spaces dip below 200 HU in older patients (CT_small does).
     "cancellous": Tissue(BONE, (190, 330), (160, 400), 55, 20),
+    # Findings (placed by findings.py, which cites the HU facts): a solid lung nodule has
+    # soft-tissue attenuation; a pure ground-glass nodule is hazy, well above aerated lung
+    # and below -400 HU, so it keeps the lung label.
+    "nodule_solid": Tissue(SOFT, (10, 60), (-10, 80), 3, 4),
+    "nodule_ground_glass": Tissue(LUNG, (-720, -460), (-760, -420), 15, 20),
 }
 
 
@@ -102,7 +107,8 @@ class Scene:
     """A phantom's geometry: objects (tissue, base HU), drawing operations, landmarks.
 
     ``extent`` is the body's bounding box ``(x0, y0, x1, y1)`` in mm (arms included);
-    ``spine`` the vertebral body centre, used to aim zoomed crops.
+    ``spine`` the vertebral body centre, used to aim zoomed crops. ``level`` names the
+    anatomical level within the region (``thorax-upper``, ..., ``pelvis-hip``).
     """
 
     region: str
@@ -111,6 +117,7 @@ class Scene:
     ops: list[Op] = field(default_factory=list)
     extent: tuple[float, float, float, float] = (-200.0, -150.0, 200.0, 150.0)
     spine: tuple[float, float] = (0.0, 100.0)
+    level: str = ""
 
 
 # -- geometry helpers -------------------------------------------------------------------

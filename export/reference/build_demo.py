@@ -28,7 +28,7 @@ from edgemed.export.reference.check_real import check_ct_small, check_phantom
 from edgemed.export.reference.phantom_files import write_demo_sets
 from edgemed.export.reference.phantoms import LABELS
 
-__all__ = ["DEMO", "PREPROCESS", "WEIGHTS", "build_demo", "main"]
+__all__ = ["DEMO", "PREPROCESS", "WEIGHTS", "add_validation_set", "build_demo", "main"]
 
 HERE = Path(__file__).resolve().parent
 #: The trained demo weights (state dict, ~1.9 MB) and the record of their training.
@@ -150,12 +150,48 @@ def build_demo(
     return out
 
 
+def add_validation_set(out: Path) -> Path:
+    """Ship the demo's validation set (:mod:`edgemed.export.validation_set`) into the
+    existing bundle at ``out`` without exporting again: the same seeded validation
+    images :func:`build_demo` gates with, the limits its export recorded. The models
+    are untouched (their hashes are checked as the manifest is rewritten)."""
+    from edgemed.export.validation_set import ship
+
+    # The validation files are the ones being replaced (they may be gone or stale); the
+    # models are verified against the manifest before it is rewritten.
+    bundle = Bundle.load(out, verify=False)
+    for art in bundle.artifacts:
+        bundle.read_artifact(art)
+    thresholds = bundle.provenance["accuracy"]["thresholds"]
+    with tempfile.TemporaryDirectory(prefix="edgemed-demo-data-") as tmp:
+        write_demo_sets(Path(tmp))
+        block = ship(Path(tmp) / "validation", out, thresholds)
+    # The manifest as it stands (not to_dict(): that rewrites older blocks in today's
+    # form), with the validation block replaced.
+    manifest = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    manifest.pop("validation", None)
+    if block is not None:
+        manifest["validation"] = block
+    write_manifest(out, manifest)
+    print(f"validation set: {len(block['files']) if block else 0} file(s) in {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the demo bundle through edgemed export.")
     ap.add_argument("--out", type=Path, required=True, help="bundle directory")
     ap.add_argument("--weights", type=Path, default=WEIGHTS, help="state dict (demo_unet.pt)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out")
+    ap.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="only (re)ship the validation set into the existing bundle at --out "
+        "(edgemed check's images); no export",
+    )
     args = ap.parse_args(argv)
+    if args.validation_only:
+        add_validation_set(args.out)
+        return 0
     build_demo(args.out, args.weights, overwrite=args.overwrite)
     return 0
 

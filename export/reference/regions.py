@@ -376,6 +376,7 @@ def _thorax(B: _Builder, body: _Body) -> None:
     rng = B.rng
     s = body.scale
     level = str(rng.choice(["upper", "mid", "lower"], p=[0.3, 0.4, 0.3]))
+    B.scene.level = f"thorax-{level}"
     sp = body.spine
     if level == "lower":
         liver = _blob(rng, -0.35 * body.a, -0.1 * body.b, 0.5 * body.a, 0.6 * body.b, 0, 0.05)
@@ -456,6 +457,7 @@ def _abdomen(B: _Builder, body: _Body) -> None:
     s = body.scale
     a, b = body.a, body.b
     upper = rng.random() < 0.55
+    B.scene.level = "abdomen-upper" if upper else "abdomen-lower"
     sp = body.spine
     cav = (body.cavity_obj,)
     first = body.cavity_obj
@@ -524,6 +526,7 @@ def _pelvis(B: _Builder, body: _Body) -> None:
     first = body.cavity_obj
     back = body.back - body.back_fat
     if rng.random() < 0.6:  # iliac level: sacrum and iliac wings
+        B.scene.level = "pelvis-iliac"
         _bowel(B, body, int(rng.integers(8, 20)), cav, (-0.7 * a, -0.8 * b, 0.7 * a, 0.2 * b))
         sy = back - rng.uniform(30, 45) * s
         srx, sry = rng.uniform(40, 55) * s, rng.uniform(15, 22) * s
@@ -540,6 +543,7 @@ def _pelvis(B: _Builder, body: _Body) -> None:
         B.fill(B.obj("canal"), _blob(rng, 0, sy + sry * 0.4, 8 * s, 4 * s))
         B.scene.spine = (0.0, sy)
     else:  # hip level: femoral heads, bladder, rectum
+        B.scene.level = "pelvis-hip"
         bl = _blob(rng, 0, -0.35 * b, rng.uniform(25, 45) * s, rng.uniform(20, 35) * s, 0, 0.05)
         B.fill(B.obj("fluid"), bl, within=cav)
         _bowel(B, body, int(rng.integers(0, 5)), cav, (-0.5 * a, -0.2 * b, 0.5 * a, 0.5 * b))

@@ -107,6 +107,9 @@ def test_elapsed_lines_while_tensorrt_builds_silently():
 
 # -- edgemed doctor -----------------------------------------------------------------------------
 
+#: What auto picks on a machine without TensorRT: OpenVINO where installed, else ORT.
+_CPU_BACKEND = "openvino" if available("openvino") else "onnxruntime"
+
 
 def _nvidia_on_pci_here() -> bool | None:
     """This machine's answer, read independently of doctor: None if /sys has no bus."""
@@ -136,10 +139,9 @@ def test_doctor_prints_facts_and_exits_0_with_nothing_installed(tmp_path):
     assert "nvcc         not found" in out
     assert "tensorrt     not installed" in out
     assert "pycuda       not installed" in out
-    assert (
-        "auto picks   onnxruntime (tensorrt not used: the tensorrt module is not installed" in out
-    )
-    assert "preprocess   cpu (beside onnxruntime the CPU path is used (no device I/O))" in out
+    cpu = _CPU_BACKEND
+    assert f"auto picks   {cpu} (tensorrt not used: the tensorrt module is not installed" in out
+    assert f"preprocess   cpu (beside {cpu} the CPU path is used (no device I/O))" in out
 
 
 def test_doctor_json_is_complete(tmp_path):
@@ -153,6 +155,7 @@ def test_doctor_json_is_complete(tmp_path):
         "tensorrt",
         "pycuda",
         "onnxruntime",
+        "openvino",
         "extras",
         "backends",
     }
@@ -164,10 +167,10 @@ def test_doctor_json_is_complete(tmp_path):
     assert facts["cuda"]["nvcc"] is None and facts["cuda"]["driver"] is None
     assert facts["onnxruntime"]["installed"] is True
     assert "CPUExecutionProvider" in facts["onnxruntime"]["providers"]
-    assert facts["backends"]["auto"] == "onnxruntime"
+    assert facts["backends"]["auto"] == _CPU_BACKEND
     assert facts["backends"]["backends"]["onnxruntime"] == ""
     assert facts["backends"]["preprocess"] == "cpu"
-    assert "onnxruntime" in facts["backends"]["preprocess_reason"]
+    assert _CPU_BACKEND in facts["backends"]["preprocess_reason"]
 
 
 def test_doctor_preprocess_choice_follows_the_pipeline_rule(demo):
@@ -188,7 +191,7 @@ def test_doctor_preprocess_choice_follows_the_pipeline_rule(demo):
 
 def test_doctor_without_any_backend_says_so(tmp_path):
     code = (
-        BLOCK + "sys.modules['onnxruntime'] = None\n"
+        BLOCK + "sys.modules['onnxruntime'] = sys.modules['openvino'] = None\n"
         "from edgemed.doctor import gather\nimport json\n"
         "print(json.dumps(gather()['backends']))\n"
     )
@@ -323,12 +326,12 @@ def test_tensorrt_probe_reason_here(demo):
     why = probe("tensorrt", demo, "fp16")
     assert why == f"the tensorrt module is not installed ({TENSORRT_INSTALL})"
     facts = backend_facts(demo)
-    assert facts["backends"]["tensorrt"] == why and facts["auto"] == "onnxruntime"
+    assert facts["backends"]["tensorrt"] == why and facts["auto"] == _CPU_BACKEND
 
 
 def test_auto_names_the_tensorrt_reason_and_falls_back(demo):
     with create_backend("auto", demo, "fp16") as be:
-        assert be.name == "onnxruntime" and be.precision == "fp16"
+        assert be.name == _CPU_BACKEND and be.precision == "fp16"
         assert be.reason == f"auto: tensorrt not used: {probe('tensorrt', demo, 'fp16')}"
 
 

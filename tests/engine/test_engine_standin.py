@@ -523,5 +523,5 @@ def test_pipeline_cuda_graphs_replay_with_cuda_preprocessing(
 def test_cuda_graphs_are_a_tensorrt_option(demo_copy):
     with pytest.raises(UsageError):
         Pipeline.from_bundle(demo_copy, "onnxruntime", cuda_graphs=True)
-    with Pipeline.from_bundle(demo_copy, "auto", cuda_graphs=True) as pipe:  # ORT here
-        assert pipe.backend.name == "onnxruntime"
+    with Pipeline.from_bundle(demo_copy, "auto", cuda_graphs=True) as pipe:  # a CPU backend
+        assert pipe.backend.name in ("onnxruntime", "openvino")

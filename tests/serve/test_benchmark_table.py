@@ -1,0 +1,54 @@
+"""README's "Service under load" table comes from benchmarks/serve_load.py's JSON."""
+
+from __future__ import annotations
+
+from benchmarks import readme_tables as tables
+
+
+def _row(p50: float, p99: float | None, tput: float, errors: int = 0) -> dict:
+    return {"requests": 100, "errors": errors, "p50_ms": p50, "p99_ms": p99,
+            "mean_ms": p50, "throughput_per_s": tput}  # fmt: skip
+
+
+DATA = {
+    "benchmark": "serve_load",
+    "environment": {
+        "date": "2026-12-07 04:00 UTC",
+        "machine": {"cpu": "Test CPU", "cores": 2},
+        "command": "python benchmarks/serve_load.py --out R",
+    },
+    "backend": "onnxruntime 1.32.0",
+    "threads": 2,
+    "workers": 1,
+    "load_generator": "hey",
+    "goals": {"http_added_p50_ms_at_c1": 2.0, "throughput_ratio_at_c4": 1.0},
+    "inputs": {
+        "CT_small.dcm 128x128": {
+            "in_process": {"1": _row(30.0, 41.5, 33.0), "4": _row(120.0, None, 33.1)},
+            "http": {"1": _row(31.25, 44.0, 31.9), "4": _row(110.0, None, 36.4, errors=1)},
+            "http_added_p50_ms": 1.25,
+            "throughput_ratio_c4": 1.1,
+        }
+    },
+    "rss": {
+        "after_warmup_mb": 300.0,
+        "after_mb": 303.0,
+        "requests": 5000,
+        "growth_percent": 1.0,
+        "goal_percent": 5.0,
+        "errors": 0,
+    },  # fmt: skip
+}
+
+
+def test_serve_table_rows_goals_and_source():
+    text = tables.render({"serve_load": DATA})
+    lines = text.splitlines()
+    assert "### Service under load (`edgemed serve`, CPU)" in lines
+    assert "| CT_small.dcm 128x128 | 1 | 30.0 / 41.5 | 31.2 / 44.0 | 33.0 / 31.9 | 0 |" in lines
+    assert "| CT_small.dcm 128x128 | 4 | 120.0 / — | 110.0 / — | 33.1 / 36.4 | 1 |" in lines
+    assert any("HTTP adds +1.25 ms p50 at concurrency 1" in line for line in lines)
+    assert any("1.10x in-process" in line for line in lines)
+    assert any("+1.00 % (goal under 5 %)" in line for line in lines)
+    assert lines[-1].endswith("by `python benchmarks/serve_load.py --out R`._")
+    assert "serve_load" in tables.ORDER
