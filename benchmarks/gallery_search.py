@@ -90,18 +90,10 @@ def _one(n: int, rng: np.random.Generator, args) -> dict:
 
 
 def _markdown(data: dict) -> str:
-    lines = [
-        "| entries | search | build | 1 query p50 | 100 queries | recall@10 vs exact |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in data["sizes"]:
-        for kind, b in r["backends"].items():
-            lines.append(
-                f"| {r['entries']:,} | {kind} | {b['build_s']:.2f} s | "
-                f"{b['query']['p50_ms']:.2f} ms | {b['batch100_ms']:.1f} ms | "
-                f"{b['recall_at_10_vs_exact']:.3f} |"
-            )
-    return "\n".join(lines)
+    """The table README shows (one renderer: ``benchmarks/readme_tables.py``'s)."""
+    from benchmarks.readme_tables import gallery_table
+
+    return "\n".join(gallery_table(data))
 
 
 def main() -> int:
@@ -120,7 +112,7 @@ def main() -> int:
     for n in sizes:
         print(f"{n} entries ...", flush=True)
         data["sizes"].append(_one(n, rng, args))
-        print(_markdown({"sizes": data["sizes"][-1:]}), flush=True)
+        print(_markdown({**data, "sizes": data["sizes"][-1:]}), flush=True)
     path = write_results(args.out, "gallery_search", data, _markdown(data))
     print(f"wrote {path}")
     return 0

@@ -66,6 +66,7 @@ def artifact_precision(precision: str) -> str:
     """The precision of the ONNX artifact that runs ``precision`` (``bf16`` -> ``fp32``)."""
     return COMPUTED_FROM.get(precision, precision)
 
+
 #: The largest ``batch_size`` accepted. A batch is one model input of ``batch_size``
 #: slices (the demo's: 3 x 256 x 256 float32, 0.8 MB a slice): beyond this a typo such
 #: as an extra zero asks for gigabytes; larger batches stop paying off long before.

@@ -77,7 +77,7 @@ def read_forms(path: Path) -> dict[str, Any]:
     outcome = _classify(lambda: _read(path, DEFAULT_LIMITS))
     if path.is_dir():
         items = [p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()]
-        outcome["bytes"] = _classify(lambda: _read_series(items, DEFAULT_LIMITS))
+        outcome["bytes"] = _classify(lambda: _read_series(items, DEFAULT_LIMITS)[0])
         outcome["bytes_expected"] = "path"
     else:
         data = path.read_bytes()
