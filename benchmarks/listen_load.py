@@ -9,7 +9,10 @@ Usage::
 1. Ingest: ``storescu`` sends the same 512x512 CT slices (pydicom's CT_small.dcm scaled
    up, one series) to DCMTK's ``storescp`` (the anchor: it writes each file, without
    fsync) and to ``edgemed listen`` with and without its fsync-before-Success; images/s,
-   median over ``--repeats`` runs, a fresh spool each time. Goal: >= 0.5x storescp.
+   median over ``--repeats`` runs, a fresh spool each time, the disk synced before each
+   receiver's run. Goal: >= 0.5x storescp. Beside them, a pynetdicom SCP whose C-STORE
+   handler does nothing: the ceiling of any pynetdicom receiver (its per-message threads
+   poll with ~1 ms sleeps); the JSON gives the node's rates against it too.
 2. Latency: from the last instance of a ``--latency-slices`` series acknowledged to its
    SEG and SR stored in Orthanc (``--forward``), p50 over the repeats; the node's
    ``--stable-seconds`` wait is part of it by design and reported beside it, with the
@@ -25,6 +28,7 @@ driven by the same harness as the tests (``tests/dicomnode/harness.py``).
 from __future__ import annotations
 
 import io
+import os
 import re
 import statistics
 import subprocess
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import arguments, environment, write_results  # noqa: E402
 from tests.dicomnode.harness import (  # noqa: E402
+    ROOT,
     Listener,
     Orthanc,
     StoreSCP,
@@ -77,7 +82,30 @@ def make_series(folder: Path, count: int, size: int = 512) -> list[Path]:
     return files
 
 
+#: The ceiling for any pynetdicom SCP: the node's AE settings (no PDU size cap), a C-STORE
+#: handler that does nothing. Prints its port, then serves until killed.
+_NOOP_SCP = """
+import time
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from edgemed.dicomnode.scp import quiet_pynetdicom, storage_classes
+quiet_pynetdicom()
+ae = AE("EDGEMED")
+ae.maximum_pdu_size = 0
+for uid in storage_classes(["CT"]):
+    ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+server = ae.start_server(
+    ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0)]
+)
+print(server.server_address[1], flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
 def _send_rate(port: int, files: list[Path], called: str) -> float:
+    # Each receiver starts with the disk quiet: what the previous one wrote without fsync
+    # (storescp, --no-fsync) must not be written back during the next one's fsyncs.
+    os.sync()
     t0 = time.perf_counter()
     sent = storescu(port, files, called=called)
     elapsed = time.perf_counter() - t0
@@ -89,6 +117,7 @@ def _send_rate(port: int, files: list[Path], called: str) -> float:
 def ingest(work: Path, files: list[Path], repeats: int) -> dict[str, Any]:
     rates: dict[str, list[float]] = {
         "storescp": [],
+        "pynetdicom, no-op handler": [],
         "edgemed (fsync)": [],
         "edgemed (no fsync)": [],
     }
@@ -105,6 +134,16 @@ def ingest(work: Path, files: list[Path], repeats: int) -> dict[str, Any]:
             rates["storescp"].append(_send_rate(scp.port, files, "PACS"))
         finally:
             scp.stop()
+        noop = subprocess.Popen(
+            [sys.executable, "-c", _NOOP_SCP], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        try:
+            assert noop.stdout is not None
+            port = int(noop.stdout.readline())
+            rates["pynetdicom, no-op handler"].append(_send_rate(port, files, "EDGEMED"))
+        finally:
+            noop.kill()
+            noop.wait()
         for label, extra in (("edgemed (fsync)", []), ("edgemed (no fsync)", ["--no-fsync"])):
             node = Listener(work / f"spool-{r}-{len(extra)}", "--stable-seconds", "3600", *extra)
             node.start()
@@ -121,6 +160,11 @@ def ingest(work: Path, files: list[Path], repeats: int) -> dict[str, Any]:
         "samples": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "vs_storescp": {
             k: round(v / med["storescp"], 3) for k, v in med.items() if k != "storescp"
+        },
+        "vs_pynetdicom_noop": {
+            k: round(v / med["pynetdicom, no-op handler"], 3)
+            for k, v in med.items()
+            if k.startswith("edgemed")
         },
     }
 
