@@ -19,7 +19,9 @@ from tests.cli_run import cli
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    r = cli("demo", "--task", "all", "--out", str(out), timeout=600)
+    # Outside the checkout: from its root, `python -m` would import the source tree's
+    # edgemed, which has no edgemed.export (export/ is mapped in only when installed).
+    r = cli("demo", "--task", "all", "--out", str(out), timeout=600, cwd=out.parent)
     assert r.returncode == 0, r.stderr
     return out, r.stdout
 
