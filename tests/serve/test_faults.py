@@ -247,10 +247,13 @@ def test_sigterm_under_load_finishes_in_flight_requests(tmp_path, ct_bytes, slic
         with server.client() as c:
             expected = good(c, slice512)
         with concurrent.futures.ThreadPoolExecutor(6) as ex:
-            futures = [ex.submit(post, held) for held in (True, True, True, False, False, False)]
+            # Every upload held mid-body until SIGTERM is sent: all six are in flight
+            # then (a request not yet connected would rightly be refused), and all six
+            # reach the bounded queue together once they resume, during the drain.
+            futures = [ex.submit(post, True) for _ in range(6)]
             deadline = time.monotonic() + 60
             with server.client() as c:  # until the held uploads are being received
-                while _gauge(c, "edgemed_receiving") < 3:
+                while _gauge(c, "edgemed_receiving") < 6:
                     assert time.monotonic() < deadline, "the uploads never arrived"
                     time.sleep(0.02)
             server.proc.send_signal(15)
