@@ -51,7 +51,6 @@ from benchmarks._common import (
     ct_small,
     dice,
     environment,
-    figure,
     phantom,
     stats,
     timed_rounds,
@@ -228,66 +227,10 @@ def model_calls(bundle: edgemed.Bundle, threads: int, args: Any) -> dict[str, An
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    env = data["environment"]
-    lines = [
-        "# edgemed vs MONAI transforms + PyTorch eager / ONNX Runtime (CPU, batch 1)",
-        "",
-        f"{env['date']}; {env['machine']['cpu']}, {env['machine']['cores']} cores; "
-        f"{data['threads']} intra-op threads for torch and ONNX Runtime; torch "
-        f"{env['versions'].get('torch')}, MONAI {env['versions'].get('monai')}, "
-        f"ONNX Runtime {env['versions']['onnxruntime']}.",
-        f"Command: `{env['command']}`",
-        "",
-        "| input | pipeline | p50 ms | p90 ms | p99 ms | edgemed speedup (p50) | "
-        "model call p50 ms | outside the model p50 ms | mask Dice vs edgemed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in data["inputs"].items():
-        for tool, t in r["tools"].items():
-            speed = r["speedup_p50"].get(tool)
-            d = r["dice_vs_edgemed"].get(tool)
-            dtext = (
-                "-"
-                if d is None
-                else f"{d['mean_dice']:.5f} ({100 * d['pixel_agreement']:.3f} % px)"
-            )
-            lines.append(
-                f"| {name} | {tool} | {t['p50_ms']:.2f} | {figure(t['p90_ms'])} | "
-                f"{figure(t['p99_ms'])} | {'-' if speed is None else f'{speed:.2f}x'} | "
-                f"{r['model_p50_ms'][tool]:.2f} | {r['outside_model_p50_ms'][tool]:.2f} | "
-                f"{dtext} |"
-            )
-    lines += [
-        "",
-        f"Target: edgemed >= {TARGET_SPEEDUP:.0f}x faster end to end than each MONAI chain. "
-        "'Outside the model' is each call's time minus its model call (median): the cost "
-        "of everything around the same network.",
-    ]
-    if data.get("gates"):
-        lines += ["", "Validation gate (`edgemed check`) per OpenVINO precision:", ""]
-        for name, g in data["gates"].items():
-            verdict = "passed" if g["passed"] else "FAILED: " + "; ".join(g["failures"])
-            lines.append(f"- {name}: mean Dice drop {g['mean_dice_drop']:.4f}, {verdict}")
-        for name, r in data["inputs"].items():
-            best = r.get("best_gated")
-            if best:
-                lines.append(
-                    f"- {name}: best gated edgemed is {best['tool']}, "
-                    f"{best['speedup_vs_torch']:.2f}x faster than MONAI + PyTorch eager"
-                )
-    if data.get("model_calls"):
-        lines += [
-            "",
-            "## The model call alone (256x256, batch 1)",
-            "",
-            "| engine and precision | p50 ms | p90 ms | vs ONNX Runtime fp32 |",
-            "|---|---|---|---|",
-        ]
-        for name, m in data["model_calls"].items():
-            lines.append(
-                f"| {name} | {m['p50_ms']:.2f} | {figure(m['p90_ms'])} | {m['vs_ort_fp32']:.2f}x |"
-            )
-    return "\n".join(lines)
+    """The table README shows (one renderer: ``benchmarks/readme_tables.py``'s)."""
+    from benchmarks.readme_tables import _cpu_compare
+
+    return "\n".join(_cpu_compare(data)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,50 +103,10 @@ def _profile(pipe: Pipeline, image: MedicalImage, path: Path, calls: int = 200) 
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    env = data["environment"]
-    lines = [
-        "# Pipeline overhead on CPU (demo model, ONNX Runtime, batch 1)",
-        "",
-        f"{env['date']}; {env['machine']['cpu']}, {env['machine']['cores']} cores; "
-        f"ONNX Runtime {env['versions']['onnxruntime']}, {data['threads']} threads.",
-        f"Command: `{env['command']}`",
-        "",
-        "| input | end to end p50 ms | infer p50 ms | preprocess p50 ms | "
-        "postprocess p50 ms | overhead p50 | overhead p90 | target |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in data["inputs"].items():
-        ok = "met" if r["overhead_percent_p50"] <= TARGET_PERCENT else "missed"
-        lines.append(
-            f"| {name} | {r['end_to_end']['p50_ms']:.2f} | {r['infer']['p50_ms']:.2f} | "
-            f"{r['preprocess']['p50_ms']:.2f} | {r['postprocess']['p50_ms']:.2f} | "
-            f"{r['overhead_percent_p50']:.1f} % | {r['overhead_percent_p90']:.1f} % | "
-            f"<= {TARGET_PERCENT:.0f} %: {ok} |"
-        )
-    lines += [
-        "",
-        "Overhead = (end_to_end - infer) / end_to_end per call; postprocess includes the "
-        "result assembly (input_id, label statistics, provenance).",
-    ]
-    if data.get("runs"):
-        lines += [
-            "",
-            "## By engine (same process)",
-            "",
-            "| engine | input | end to end p50 ms | infer p50 ms | overhead p50 ms | "
-            "overhead p50 | overhead p90 | target |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for engine, run in data["runs"].items():
-            for name, r in run["inputs"].items():
-                ok = "met" if r["overhead_percent_p50"] <= TARGET_PERCENT else "missed"
-                lines.append(
-                    f"| {engine} | {name} | {r['end_to_end']['p50_ms']:.2f} | "
-                    f"{r['infer']['p50_ms']:.2f} | {r['overhead_ms_p50']:.2f} | "
-                    f"{r['overhead_percent_p50']:.1f} % | {r['overhead_percent_p90']:.1f} % | "
-                    f"<= {TARGET_PERCENT:.0f} %: {ok} |"
-                )
-    return "\n".join(lines)
+    """The table README shows (one renderer: ``benchmarks/readme_tables.py``'s)."""
+    from benchmarks.readme_tables import _overhead
+
+    return "\n".join(_overhead(data)) + "\n"
 
 
 def default_engines() -> list[str]:

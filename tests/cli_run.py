@@ -18,9 +18,21 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgemed.cli", *args]
 
 
+def python_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The inherited environment for a ``python -m edgemed...`` child, plus ``env``.
+
+    ``PYTHONSAFEPATH`` (Python 3.11+) keeps the working directory off the child's
+    ``sys.path``: run from the checkout's root, ``-m`` would otherwise import the source
+    tree's ``edgemed`` in place of the installed one, and the source tree has no
+    ``edgemed.export`` (export/ is mapped in only by the install): the CLI a user gets is
+    the installed one, wherever they stand.
+    """
+    return {**os.environ, "PYTHONSAFEPATH": "1", **(env or {})}
+
+
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The inherited environment with one ORT thread, plus (overridden by) ``env``."""
-    return {**os.environ, "EDGEMED_ORT_THREADS": "1", **(env or {})}
+    """:func:`python_env` with one ORT thread, plus (overridden by) ``env``."""
+    return python_env({"EDGEMED_ORT_THREADS": "1", **(env or {})})
 
 
 def cli(

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 import edgemed
 from edgemed.bundle import Bundle, write_manifest
 from edgemed.errors import BundleError
+from tests.cli_run import cli
 
 
 def _check(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", "check", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli("check", *args, timeout=timeout)
 
 
 def test_demo_ships_its_validation_set():

@@ -19,9 +19,7 @@ from tests.cli_run import cli
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    # Outside the checkout: from its root, `python -m` would import the source tree's
-    # edgemed, which has no edgemed.export (export/ is mapped in only when installed).
-    r = cli("demo", "--task", "all", "--out", str(out), timeout=600, cwd=out.parent)
+    r = cli("demo", "--task", "all", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stderr
     return out, r.stdout
 

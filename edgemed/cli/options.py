@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 from edgemed.errors import UsageError
+from edgemed.settings import COMPUTED_FROM, PRECISIONS
 
 if TYPE_CHECKING:
     from edgemed.settings import Options
@@ -21,7 +22,7 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "fp16", "int8", "bf16"],
+        choices=[*PRECISIONS, *COMPUTED_FROM],
         help="which model variant of the bundle runs (default fp32; bf16: the FP32 model "
         "in bf16 arithmetic, OpenVINO on a BF16 CPU only; check it with edgemed check)",
     )

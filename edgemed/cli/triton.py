@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgemed.settings import PRECISIONS
+
 __all__ = ["register"]
 
 
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
     p.add_argument("out", metavar="OUT", help="model repository folder (created if missing)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--max-batch", type=int, default=8, help="max_batch_size (default 8)")
     p.add_argument("--instances", type=int, default=1, help="instance_group count (default 1)")
     p.add_argument(

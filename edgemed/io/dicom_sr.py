@@ -75,25 +75,15 @@ def measurement_report(
     for label in labels[1:]:
         values = stats.get(label, {})
         _, kind = label_codes(label)
-        measurements = []
-        if values.get("volume_mm3") is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=codes.SCT.Volume,
-                    value=float(values["volume_mm3"]),
-                    unit=codes.UCUM.CubicMillimeter,
-                    algorithm_id=alg,
-                )
+        # A volume where the mask is one, an area for a single slice (the result's own key).
+        measurements = [
+            hd.sr.Measurement(name=name, value=float(values[key]), unit=unit, algorithm_id=alg)
+            for key, name, unit in (
+                ("volume_mm3", codes.SCT.Volume, codes.UCUM.CubicMillimeter),
+                ("area_mm2", codes.SCT.Area, codes.UCUM.SquareMillimeter),
             )
-        elif values.get("area_mm2") is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=codes.SCT.Area,
-                    value=float(values["area_mm2"]),
-                    unit=codes.UCUM.SquareMillimeter,
-                    algorithm_id=alg,
-                )
-            )
+            if values.get(key) is not None
+        ][:1]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(

@@ -24,6 +24,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from tests.cli_run import cli_command, python_env
 from tests.support import dicom_series
 
 #: Generous: CI is a slower 2-core machine shared by other jobs.
@@ -136,12 +137,9 @@ class Listener:
         self.tls_port: int | None = None
 
     def start(self, timeout: float = TIMEOUT) -> Listener:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = python_env({"OMP_NUM_THREADS": "1"})
         cmd = [
-            sys.executable,
-            "-m",
-            "edgemed.cli",
-            "listen",
+            *cli_command("listen"),
             "--spool",
             str(self.spool),
             "--port",

@@ -4,12 +4,10 @@ says so, always stopped (and killed if it will not stop)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.cli_run import cli_command, python_env
 
 __all__ = ["Server", "peak_rss", "raw_request", "rss"]
 
@@ -51,8 +51,8 @@ class Server:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._lines: queue.Queue[str] = queue.Queue()
-        cmd = [sys.executable, "-m", "edgemed.cli", "serve", "--port", "0", *args]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        cmd = cli_command("serve", "--port", "0", *args)
+        full_env = python_env({"PYTHONUNBUFFERED": "1", **(env or {})})
         self._err = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._err, env=full_env, text=True

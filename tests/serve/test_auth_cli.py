@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.cli_run import cli
 from tests.serve.conftest import good
 from tests.serve.server import start
 from tests.support import one_error_line
@@ -16,12 +17,7 @@ TOKEN = "s3cret-token-for-the-kiosk-0123456789"
 
 
 def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edgemed.cli", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli("serve", *args, timeout=timeout)
 
 
 def test_token_is_required_and_checked(tmp_path, ct_bytes):
