@@ -15,7 +15,8 @@
      "validation": {"thresholds": {"max_dice_drop": 0.01, ...},   # optional
                     "files": [{"path": "validation/ct_small.dcm", "sha256": "...",
                                "bytes": 123}]},
-     "provenance": {...free-form: how it was made...}}
+     "provenance": {...free-form: how it was made...},
+     "volume": {...}}   # 3D models only: target spacing and sliding window (edgemed.volume)
 
 ``validation`` (optional) is the bundle's validation gate for the device: a few of the
 export's validation images shipped in the bundle (hashed like the artifacts) and the
@@ -52,6 +53,7 @@ from edgemed.fsutil import atomic_write, sha256_file, write_json
 from edgemed.heads import HeadSpec, head_class, tasks
 from edgemed.preprocess.spec import PreprocessSpec
 from edgemed.settings import trusted_key_path
+from edgemed.volume import VolumeSpec
 
 __all__ = [
     "MODALITY_CODE",
@@ -84,6 +86,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "artifacts",
         "validation",
         "provenance",
+        "volume",
     }
 )
 
@@ -177,6 +180,8 @@ class Bundle:
     modalities: tuple[str, ...] = ()
     #: The shipped validation gate, or None (see the module doc).
     validation: ValidationSet | None = None
+    #: A 3D model's target spacing and sliding window (:mod:`edgemed.volume`); None: 2D.
+    volume: VolumeSpec | None = None
     schema_version: int = SCHEMA_VERSION
     #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
     manifest_sha256: str = ""
@@ -333,6 +338,14 @@ class Bundle:
                 artifacts.append(art)
             if not artifacts:
                 raise bad("no artifacts")
+            preprocess = PreprocessSpec.from_dict(data["preprocess"])
+            volume = None
+            if "volume" in data:
+                if not preprocess.is_volume:
+                    raise bad("a volume block needs preprocess.size [depth, height, width]")
+                volume = VolumeSpec.from_dict(data["volume"], preprocess.size)
+            elif preprocess.is_volume:
+                raise bad("a three-value preprocess.size needs a volume block (3D model)")
             return cls(
                 root=root,
                 name=str(data["name"]),
@@ -341,13 +354,14 @@ class Bundle:
                 labels=labels,
                 input=TensorInfo.from_dict(data["input"]),
                 outputs=[TensorInfo.from_dict(o) for o in data["outputs"]],
-                preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                preprocess=preprocess,
                 postprocess=_head_spec(task, data.get("postprocess", {}), root),
                 artifacts=artifacts,
                 description=str(data.get("description", "")),
                 provenance=dict(data.get("provenance", {})),
                 modalities=tuple(modalities),
                 validation=_validation(data.get("validation"), bad),
+                volume=volume,
             )
         except BundleError:
             raise
@@ -453,6 +467,7 @@ class Bundle:
                 {k: v for k, v in a.__dict__.items() if v is not None} for a in self.artifacts
             ],
             **({"validation": self.validation.to_dict()} if self.validation else {}),
+            **({"volume": self.volume.to_dict()} if self.volume else {}),
             "provenance": self.provenance,
         }
 

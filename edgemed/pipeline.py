@@ -33,7 +33,7 @@ from edgemed.backends import Backend, create_backend
 from edgemed.backends.tensorrt.cache import EngineCache
 from edgemed.bundle import Bundle
 from edgemed.cuda.choice import PreprocessChoice, choose_preprocess
-from edgemed.errors import BackendError, InputError, UsageError
+from edgemed.errors import BackendError, BundleError, InputError, UsageError
 from edgemed.heads import create_head
 from edgemed.ids import salted_id
 from edgemed.io import MedicalImage, read_image
@@ -134,9 +134,16 @@ class Pipeline:
         self._buffer = allocate(self.spec, 0)
         if cubin_dir is None:
             cubin_dir = EngineCache.for_bundle(bundle, options.engine_cache).kernel_dir
+        if bundle.volume is not None and bundle.task != "segmentation":
+            raise BundleError(
+                f"3D (volume) bundles are segmentation models; this one's task is {bundle.task}",
+                code="BUNDLE_INVALID",
+            )
         #: Where preprocessing runs and why (:func:`edgemed.cuda.choice.choose_preprocess`).
-        self.preprocess_choice = _preprocess_choice(
-            options.preprocess, self.spec, backend, cubin_dir
+        self.preprocess_choice = (
+            _preprocess_choice(options.preprocess, self.spec, backend, cubin_dir)
+            if bundle.volume is None
+            else _volume_preprocess_choice(options.preprocess)
         )
         self._gpu: CudaStages | None = None
         if self.preprocess_choice.device == "cuda":
@@ -146,6 +153,7 @@ class Pipeline:
         self._pre, self._infer, self._decode = self._stages()
         self._lock = threading.Lock()
         self._fatal: BackendError | None = None
+        self._volume_facts: list[dict[str, Any]] = []
         self._salt = options.id_salt or secrets.token_bytes(16)
         # The readers' one-time imports (pydicom, nibabel: a few hundred ms) happen here,
         # so they count as start-up and never as the first input's read time.
@@ -332,7 +340,10 @@ class Pipeline:
                     code="GPU_FATAL",
                 )
             try:
-                outputs, stage_ms = self._run_slices([v.slices() for v in views], progress)
+                if self.bundle.volume is not None:
+                    outputs, stage_ms = self._run_volumes(views, progress)
+                else:
+                    outputs, stage_ms = self._run_slices([v.slices() for v in views], progress)
             except BackendError as exc:
                 # A fatal CUDA error leaves the context unusable: every later result
                 # would be garbage, so the pipeline stops here (health checks see it).
@@ -394,6 +405,86 @@ class Pipeline:
                 progress(start + len(chunk), len(flat))
         return out, ms
 
+    def _run_volumes(
+        self, views: list[MedicalImage], progress: Callable[[int, int], None] | None = None
+    ) -> tuple[list[list[Any]], dict[str, float]]:
+        """3D models: each volume through :func:`edgemed.volume.prepare` and the sliding
+        window, windows batched into backend calls (see ``per_call``).
+
+        Returns per image its canonical planes' masks (the head assembles them as it
+        does a 2D model's slices) and the summed stage times; each volume's window
+        facts are kept for :meth:`_result` (``outputs.volume``).
+        """
+        from edgemed.volume import count_windows, prepare, segment_volume
+
+        vol = self.bundle.volume
+        assert vol is not None
+        name, dtype = self._input.name, np.dtype(self.spec.dtype)
+        fixed = self._input.shape[0] if isinstance(self._input.shape[0], int) else None
+        # Windows per backend call: an engine's whole batch (TensorRT: as many windows as
+        # it was built for, the GPU's best use), else the bundle's sw_batch_size.
+        per_call = fixed or self.backend.max_batch or vol.window.sw_batch_size
+        window = dataclasses.replace(vol.window, sw_batch_size=per_call)
+        run_vol = dataclasses.replace(vol, window=window)
+        output_name = self.head.output
+        ms = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
+        backend_ms = self.backend.last_stage_ms
+        clock = time.perf_counter
+
+        def predictor(windows: np.ndarray) -> np.ndarray:
+            n = len(windows)
+            batch = windows.astype(dtype, copy=False)
+            if fixed is not None and n < fixed:  # a fixed-batch engine takes full batches
+                pad = np.zeros((fixed - n, *batch.shape[1:]), dtype=dtype)
+                batch = np.concatenate([batch, pad])
+            t0 = clock()
+            raw = self.backend.infer({name: batch})[output_name]
+            ms["infer"] += (clock() - t0) * 1e3
+            for k, v in backend_ms().items():
+                ms[k] = ms.get(k, 0.0) + float(v)
+            return np.asarray(raw[:n], dtype=np.float32)
+
+        out: list[list[Any]] = []
+        self._volume_facts = []
+        total = [0, 0]  # windows done before this volume, windows of all volumes
+        shapes = []
+        for view in views:
+            t0 = clock()
+            prepared = prepare(view, self.spec, vol)
+            ms["preprocess"] += (clock() - t0) * 1e3
+            shapes.append(prepared)
+            total[1] += count_windows(prepared.shape[1:], window)
+        for view, prepared in zip(views, shapes, strict=True):
+            before = total[0]
+
+            def step(done: int, _n: int, before: int = before) -> None:
+                total[0] = before + done
+                if progress is not None:
+                    progress(total[0], total[1])
+
+            t0 = clock()
+            infer_before = ms["infer"]
+            shape = view.array.shape if view.array.ndim == 3 else (1, *view.array.shape)
+            mask = segment_volume(
+                prepared, predictor, run_vol, self.head.spec, shape, self.bundle.labels, step
+            )
+            ms["postprocess"] += (clock() - t0) * 1e3 - (ms["infer"] - infer_before)
+            out.append(list(mask) if view.array.ndim == 3 else [mask[0]])
+            self._volume_facts.append(
+                {
+                    "windows": total[0] - before,
+                    "windows_per_call": per_call,
+                    "roi_size": list(window.roi_size),
+                    "model_shape": list(prepared.shape[1:]),
+                    "model_spacing_mm": list(vol.spacing) if vol.spacing else None,
+                    "overlap": list(window.overlap),
+                    "mode": window.mode,
+                    "peak_rss_mb": round(_peak_rss_mb(), 1),
+                }
+            )
+            del prepared
+        return out, ms
+
     def _result(self, image: MedicalImage, how: Orientation, values: list[Any]) -> Result:
         prov = dict(self._provenance)
         prov["startup_ms"] = {k: round(v, 3) for k, v in self.startup_ms.items()}
@@ -409,6 +500,8 @@ class Pipeline:
         # The head gets the input image (its own grid) and the values of its canonical
         # slices: a segmentation head maps its mask back (see heads.segmentation).
         output = self.head.assemble(image, values, how)
+        if self.bundle.volume is not None and self._volume_facts:
+            output.volume = self._volume_facts.pop(0)
         return Result(
             self.bundle.task,
             image,
@@ -484,6 +577,26 @@ def _preprocess_choice(
     if mode == "auto" and choice.device == "cpu" and backend.device_io:
         (log.warning if choice.warn else log.info)("preprocessing on the CPU: %s", choice.reason)
     return choice
+
+
+def _volume_preprocess_choice(mode: str) -> PreprocessChoice:
+    """3D models preprocess on the CPU (resampling and windowing of the whole volume,
+    :func:`edgemed.volume.prepare`); ``cuda`` is refused rather than ignored."""
+    if mode == "cuda":
+        raise UsageError(
+            "--preprocess cuda is not available for 3D models yet: their resampling and "
+            "windowing run on the CPU (use auto or cpu)"
+        )
+    return PreprocessChoice("cpu", "3D models preprocess on the CPU (edgemed.volume)")
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (getrusage; Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def apply_spacing(image: MedicalImage, given: Sequence[float] | None) -> MedicalImage:

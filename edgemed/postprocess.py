@@ -26,6 +26,7 @@ __all__ = [
     "check_activation",
     "classify",
     "decide",
+    "decide_planes",
     "embed",
     "keep_largest_component",
     "label_names",
@@ -150,6 +151,11 @@ def _label(index: np.ndarray, best_p: np.ndarray, spec: Any) -> np.ndarray:
     # ``not >=`` rather than ``<``: the same comparison as decide() makes.
     index[~(best_p >= spec.threshold)] = 0
     return index
+
+
+def decide_planes(planes: np.ndarray, spec: Any) -> np.ndarray:
+    """:func:`decide` on ``(C, h, w)`` float32 planes (the same result): uint8 ``(h, w)``."""
+    return _decide_planes(planes, spec)
 
 
 def _decide_planes(planes: np.ndarray, spec: Any) -> np.ndarray:

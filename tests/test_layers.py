@@ -36,7 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("io", ("edgemed.io",)),
-    ("preprocess", ("edgemed.preprocess", "edgemed.postprocess", "edgemed.sliding_window")),
+    (
+        "preprocess",
+        ("edgemed.preprocess", "edgemed.postprocess", "edgemed.sliding_window", "edgemed.volume"),
+    ),
     ("backends", ("edgemed.backends", "edgemed.cuda")),
     ("heads", ("edgemed.heads", "edgemed.result")),
     ("bundle", ("edgemed.bundle",)),

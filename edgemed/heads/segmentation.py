@@ -61,10 +61,12 @@ class SegmentationSpec(HeadSpec):
 class SegmentationOutput:
     """``mask``: uint8 ``(Y, X)`` or ``(Z, Y, X)`` in the input's own voxel grid;
     ``stats``: per label ``pixels`` and ``area_mm2`` (2D) or ``volume_mm3`` (volume),
-    the millimetres only where the input's spacing is known."""
+    the millimetres only where the input's spacing is known; ``volume``: for a 3D model,
+    how the sliding window covered it (:mod:`edgemed.volume`), else None."""
 
     mask: np.ndarray
     stats: dict[str, dict[str, float]]
+    volume: dict[str, Any] | None = None
 
 
 class SegmentationHead(Head):
@@ -116,6 +118,7 @@ class SegmentationHead(Head):
         return {
             "mask": {"shape": list(mask.shape), "dtype": str(mask.dtype)},
             "labels": output.stats,
+            **({"volume": output.volume} if output.volume is not None else {}),
         }
 
     def summary(self, result: Result) -> list[str]:

@@ -64,7 +64,7 @@ from edgemed.errors import InputError, UsageError
 from edgemed.io.image import MedicalImage
 from edgemed.preprocess.spec import PreprocessSpec
 
-__all__ = ["Placement", "preprocess", "preprocess_image", "allocate", "place"]
+__all__ = ["Placement", "preprocess", "preprocess_image", "allocate", "place", "scale_intensity"]
 
 _EDGE_NORM = np.float32(1.0 / (4.0 * math.sqrt(2.0)))
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -114,7 +114,18 @@ def _intensity(
         plane = src[..., c] if spec.color == "rgb" else src @ _LUMA
     else:
         plane = src
-    rng = spec.ranges[c]
+    return scale_intensity(plane, spec.ranges[c], spec.scale, out=out)
+
+
+def scale_intensity(
+    plane: np.ndarray,
+    rng: tuple[float, float] | None,
+    scale: str,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Steps 1-3 on any array (a slice's channel, or a whole volume's: ``zscore`` then
+    uses all its values): clip to ``rng`` (None: pass through), then ``unit`` scaling to
+    [0, 1] over ``rng``, ``zscore``, or ``none``; float32 into ``out`` when given."""
     v = np.empty(plane.shape, dtype=np.float32) if out is None else out
     if rng is not None and plane.dtype == np.float32:
         # Copy and clip in one pass (min/max are exact: the same bits as copy-then-clip).
@@ -123,11 +134,11 @@ def _intensity(
         v[...] = plane  # the float32 cast np.array(plane, dtype=float32) makes
         if rng is not None:
             np.clip(v, np.float32(rng[0]), np.float32(rng[1]), out=v)
-    if spec.scale == "unit":
+    if scale == "unit":
         assert rng is not None  # PreprocessSpec guarantees a range for 'unit'
         v -= np.float32(rng[0])
         v *= np.float32(1.0 / (rng[1] - rng[0]))
-    elif spec.scale == "zscore":
+    elif scale == "zscore":
         mean = np.float32(v.mean(dtype=np.float64))
         std = float(v.std(dtype=np.float64))
         v -= mean

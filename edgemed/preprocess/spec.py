@@ -45,10 +45,13 @@ class Window:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How a slice becomes one model input (``C x H x W``).
+    """How a slice becomes one model input (``C x H x W``), or a volume the model-space
+    volume a 3D model's windows come from.
 
     Attributes:
-        size: model input ``(height, width)``.
+        size: model input ``(height, width)``; for a 3D model (a bundle with a ``volume``
+            block, :mod:`edgemed.volume`) the ROI ``(depth, height, width)``, and then
+            ``edges``, ``letterbox`` and ``rgb`` do not apply.
         windows: one channel per window (multi-window stacking).
         clip: a value range giving one channel; mutually exclusive with ``windows``.
         scale: ``unit`` maps the window/clip range to [0, 1]; ``zscore`` subtracts the
@@ -60,7 +63,7 @@ class PreprocessSpec:
         color: ``gray`` converts RGB input to luma first; ``rgb`` keeps three channels.
     """
 
-    size: tuple[int, int]
+    size: tuple[int, ...]
     windows: tuple[Window, ...] = ()
     clip: tuple[float, float] | None = None
     scale: str = "unit"
@@ -74,8 +77,10 @@ class PreprocessSpec:
         def bad(msg: str) -> BundleError:
             return BundleError(f"preprocessing spec: {msg}", code="BUNDLE_INVALID")
 
-        if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
-            raise bad(f"size must be two positive integers, got {self.size!r}")
+        if len(self.size) not in (2, 3) or any(int(s) < 1 for s in self.size):
+            raise bad(f"size must be two (or, for 3D, three) positive integers, got {self.size!r}")
+        if len(self.size) == 3 and (self.edges or self.resize != "stretch" or self.color != "gray"):
+            raise bad("a 3D (three-value size) spec takes no edges, letterbox or rgb")
         if self.windows and self.clip is not None:
             raise bad("give either windows or clip, not both")
         for w in self.windows:
@@ -98,11 +103,16 @@ class PreprocessSpec:
 
     @property
     def height(self) -> int:
-        return int(self.size[0])
+        return int(self.size[-2])
 
     @property
     def width(self) -> int:
-        return int(self.size[1])
+        return int(self.size[-1])
+
+    @property
+    def is_volume(self) -> bool:
+        """A 3D model's spec: ``size`` is the ROI ``(depth, height, width)``."""
+        return len(self.size) == 3
 
     @property
     def ranges(self) -> list[tuple[float, float] | None]:
