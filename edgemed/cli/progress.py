@@ -40,6 +40,8 @@ class Progress:
         quiet: no live display even on a terminal (``--quiet``).
         stream: where the live display goes (stderr).
         use_tqdm: ``None`` for tqdm when it imports; ``False`` for the plain line.
+        unit: what the pipeline's progress counts: ``slice`` (2D models), ``window``
+            (3D models' sliding windows).
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class Progress:
         quiet: bool = False,
         stream: TextIO | None = None,
         use_tqdm: bool | None = None,
+        unit: str = "slice",
     ) -> None:
         self.inputs = inputs
+        self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.live = not quiet and _is_terminal(self.stream)
         self._tqdm: Any = None
@@ -78,7 +82,8 @@ class Progress:
         self._draw(force=True)
 
     def slices(self, done: int, total: int) -> None:
-        """``Pipeline.run_batch``'s progress callback: slices done of the input's total."""
+        """``Pipeline.run_batch``'s progress callback: slices (or windows) done of the
+        input's total."""
         self._slices = (done, total)
         self._draw(force=done >= total)
 
@@ -86,7 +91,7 @@ class Progress:
         """Input ``position`` is finished: ``outcome`` is ``ok`` or the error code."""
         seconds = time.perf_counter() - self._input_started
         done, total = self._slices
-        slices = f", {total} slices" if total > 1 else ""
+        slices = f", {total} {self.unit}s" if total > 1 else ""
         log.info("input %d/%d %s (%.1f s%s)", position, self.inputs, outcome, seconds, slices)
         if self._bar is not None and self.inputs > 1:
             self._bar.update(1)
@@ -116,7 +121,7 @@ class Progress:
             parts.append(f"input {self._input}/{self.inputs}")
         done, total = self._slices
         if total > 1:
-            parts.append(f"slice {done}/{total}")
+            parts.append(f"{self.unit} {done}/{total}")
         elif total == 0:
             parts.append("reading")
         return ", ".join(parts)
@@ -143,7 +148,7 @@ class Progress:
             several = self.inputs > 1
             self._bar = self._tqdm(
                 total=self.inputs if several else None,
-                unit="input" if several else "slice",
+                unit="input" if several else self.unit,
                 desc="edgemed run",
                 file=self.stream,
                 leave=False,

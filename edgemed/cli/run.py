@@ -106,6 +106,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             OutputDir(args.out, overwrite=args.overwrite) as out,
             Pipeline.from_bundle(args.bundle or demo_bundle(), options=options) as pipe,
         ):
+            if pipe.bundle.volume is not None:  # a 3D model counts sliding windows
+                progress.unit = "window"
             if len(args.inputs) == 1:
                 _run_one(args, pipe, args.inputs[0], out, progress, "input 1/1")
                 return 0

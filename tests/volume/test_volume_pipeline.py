@@ -236,3 +236,33 @@ def test_volume_block_is_checked(make_bundle):
         Bundle._from_dict(root, {**no_block, "schema_version": 1})
     spec = VolumeSpec.from_dict(manifest["volume"], ROI)
     assert VolumeSpec.from_dict(spec.to_dict(), ROI) == spec
+
+
+def test_run_cli_on_a_nifti_volume_in_another_orientation(make_bundle, tmp_path):
+    """``edgemed run`` on a NIfTI stored RAS-flipped: the mask file has the input's
+    affine and overlays it voxel for voxel, equal to the pipeline's canonical run mapped
+    back; the log counts windows."""
+    import nibabel as nib
+
+    from tests.cli_run import cli
+
+    root = make_bundle([1.5, 1.5, 1.5])
+    vol = _phantom()  # (Z, Y, X) canonical LPS order
+    with edgemed.Pipeline.from_bundle(root, backend="onnxruntime", threads=1) as pipe:
+        expected = pipe(_image(vol, (2.0, 1.0, 1.0))).mask
+    # As a NIfTI in RAS voxel order: x and y flipped, axes stored (x, y, z).
+    data = np.ascontiguousarray(vol[:, ::-1, ::-1].transpose(2, 1, 0))
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    out = tmp_path / "out"
+    proc = cli("run", "--bundle", str(root), str(path), "--out", str(out), "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert " windows)" in proc.stderr
+    mask_img = nib.load(out / "mask.nii.gz")
+    np.testing.assert_allclose(mask_img.affine, affine)
+    mask = np.asarray(mask_img.dataobj)
+    np.testing.assert_array_equal(mask, expected[:, ::-1, ::-1].transpose(2, 1, 0))
+    facts = json.loads((out / "result.json").read_text())
+    assert facts["outputs"]["volume"]["windows"] > 1
+    assert facts["outputs"]["labels"]["a"]["volume_mm3"] > 0
