@@ -143,3 +143,50 @@ def test_page_drop_and_pick(server, browser, ct_small_path, ct_bytes):
     assert page.locator("#error-message").inner_text()
     assert requests_elsewhere == []  # nothing fetched from anywhere but the service
     page.close()
+
+
+def test_page_downloads_on_a_token_protected_server(tmp_path, browser, ct_bytes):
+    """Links cannot carry the bearer token: the page fetches the file with it and hands
+    the browser a blob, so the download is the service's file, not a 401 page."""
+    import httpx
+
+    from tests.serve.server import start
+
+    token = "page-download-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    server = start(["--threads", "2", "--token-file", str(token_file)], tmp_path, "page-auth")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)
+        page.goto(server.url + "/")
+        page.locator("#token-box summary").click()
+        page.fill("#token", token)
+        page.dispatch_event("#token", "change")
+        page.wait_for_function("document.getElementById('card-name').textContent !== '…'")
+        data = base64.b64encode(ct_bytes).decode()
+        page.evaluate(
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], "CT_small.dcm"));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""",
+            data,
+        )
+        page.wait_for_selector("#overlay[data-loaded='1']")
+        link = page.locator("#links a", has_text="mask.nii.gz")
+        href = link.get_attribute("href")
+        with page.expect_download() as waiting:
+            link.click()
+        downloaded = Path(waiting.value.path()).read_bytes()
+        auth = {"Authorization": f"Bearer {token}"}
+        expected = httpx.get(server.url + href, headers=auth, timeout=60).content
+        assert httpx.get(server.url + href, timeout=60).status_code == 401
+        assert downloaded == expected
+        assert downloaded[:2] == b"\x1f\x8b"  # gzip: the NIfTI, not an error page
+        page.close()
+    finally:
+        assert server.stop() == 0

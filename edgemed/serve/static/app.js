@@ -137,6 +137,28 @@ async function showOverlay(link) {
   $("overlay-figure").hidden = false;
 }
 
+// A plain link cannot carry the bearer token: on a token-protected service the file is
+// fetched with it and handed to the browser as a blob, so downloads work there too.
+async function download(event, href, name) {
+  const auth = headers();
+  if (!auth.Authorization) return;  // no token: the plain link works as it is
+  event.preventDefault();
+  const response = await fetch(href, { headers: auth });
+  if (!response.ok) {
+    const [code, message] = await errorOf(response);
+    showError(code, message);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
 function showLinks(links) {
   const p = $("links");
   p.replaceChildren("Files: ");
@@ -145,6 +167,7 @@ function showLinks(links) {
     a.href = href;
     a.textContent = name;
     a.download = name;
+    a.addEventListener("click", (event) => download(event, href, name));
     p.append(a, " ");
   }
 }
