@@ -16,7 +16,8 @@
                     "files": [{"path": "validation/ct_small.dcm", "sha256": "...",
                                "bytes": 123}]},
      "provenance": {...free-form: how it was made...},
-     "volume": {...}}   # 3D models only: target spacing and sliding window (edgemed.volume)
+     "volume": {...},   # 3D models only: target spacing and sliding window (edgemed.volume)
+     "series": {...}}   # optional: which series of a folder to take (io.series_rules)
 
 ``validation`` (optional) is the bundle's validation gate for the device: a few of the
 export's validation images shipped in the bundle (hashed like the artifacts) and the
@@ -51,6 +52,7 @@ from edgemed import signing
 from edgemed.errors import BundleError, UsageError
 from edgemed.fsutil import atomic_write, sha256_file, write_json
 from edgemed.heads import HeadSpec, head_class, tasks
+from edgemed.io.series_rules import SeriesRules
 from edgemed.preprocess.spec import PreprocessSpec
 from edgemed.settings import trusted_key_path
 from edgemed.volume import VolumeSpec
@@ -87,6 +89,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "validation",
         "provenance",
         "volume",
+        "series",
     }
 )
 
@@ -182,6 +185,9 @@ class Bundle:
     validation: ValidationSet | None = None
     #: A 3D model's target spacing and sliding window (:mod:`edgemed.volume`); None: 2D.
     volume: VolumeSpec | None = None
+    #: Which series of a folder the model takes (:mod:`edgemed.io.series_rules`); None:
+    #: a folder must hold one series (or the user names one).
+    series_rules: SeriesRules | None = None
     schema_version: int = SCHEMA_VERSION
     #: sha256 of the exact ``bundle.json`` bytes loaded (results cite it as provenance).
     manifest_sha256: str = ""
@@ -362,6 +368,9 @@ class Bundle:
                 modalities=tuple(modalities),
                 validation=_validation(data.get("validation"), bad),
                 volume=volume,
+                series_rules=(
+                    None if data.get("series") is None else SeriesRules.from_dict(data["series"])
+                ),
             )
         except BundleError:
             raise
@@ -468,6 +477,7 @@ class Bundle:
             ],
             **({"validation": self.validation.to_dict()} if self.validation else {}),
             **({"volume": self.volume.to_dict()} if self.volume else {}),
+            **({"series": self.series_rules.to_dict()} if self.series_rules else {}),
             "provenance": self.provenance,
         }
 

@@ -37,6 +37,7 @@ from edgemed.errors import BackendError, BundleError, InputError, UsageError
 from edgemed.heads import create_head
 from edgemed.ids import salted_id
 from edgemed.io import MedicalImage, read_image
+from edgemed.io.series_rules import SeriesRules
 from edgemed.preprocess import allocate, preprocess
 from edgemed.result import STAGES, Result
 from edgemed.settings import PREPROCESS_DEVICES, Options, artifact_precision
@@ -529,7 +530,18 @@ class Pipeline:
         if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(
             item, "read"
         ):
-            return self._with_spacing(read_image(item, limits=self.options.limits))
+            image = read_image(
+                item,
+                limits=self.options.limits,
+                # A folder or DICOMDIR may hold several series: the bundle's rules (its
+                # modalities where they name none) or the user's UID choose one.
+                rules=SeriesRules.for_pipeline(
+                    self.bundle.series_rules, self.modalities, self.options.check_modality
+                ),
+                series_uid=self.options.series,
+                salt=self._salt,
+            )
+            return self._with_spacing(image)
         raise UsageError(
             f"cannot run on a {type(item).__name__}; give a path, bytes, MedicalImage or array"
         )

@@ -8,13 +8,14 @@ timings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edgemed.fsutil import write_json
 from edgemed.result import Result
 
-__all__ = ["summary", "write_result"]
+__all__ = ["dicom_objects", "summary", "write_result"]
 
 
 def write_result(result: Result, out: Path) -> list[Path]:
@@ -25,6 +26,42 @@ def write_result(result: Result, out: Path) -> list[Path]:
     # result.json last: its presence means the other files are complete.
     written.insert(0, write_json(out / "result.json", result.to_dict()))
     return written
+
+
+def dicom_objects(result: Result, sources: Sequence[Any], result_id: str) -> dict[str, Any]:
+    """A segmentation result as DICOM: ``seg.dcm`` (a multi-frame BINARY Segmentation)
+    and ``sr.dcm`` (a TID 1500 measurement report of the per-label areas or volumes
+    referencing it), over the source instances ``sources`` (pydicom datasets, pixel data
+    not needed, in the mask's slice order). Their UIDs derive from ``result_id``: made
+    again for the same result, they are the same objects (a receiver stores them once).
+    The listener and ``run --dicom`` both write these (needs the ``listen`` extra).
+    """
+    from edgemed.io.dicom_seg import Algorithm, derived_uid, segmentation
+    from edgemed.io.dicom_sr import measurement_report
+
+    bundle = result.provenance["bundle"]
+    algorithm = Algorithm(bundle["name"], bundle["version"], bundle["manifest_sha256"])
+    software = f"edgemed {result.provenance['edgemed_version']}"
+    seg = segmentation(
+        result.mask,
+        result.labels,
+        sources,
+        algorithm,
+        series_instance_uid=derived_uid("seg-series", result_id),
+        sop_instance_uid=derived_uid("seg", result_id),
+        software=software,
+    )
+    sr = measurement_report(
+        result.stats,
+        result.labels,
+        sources,
+        algorithm,
+        series_instance_uid=derived_uid("sr-series", result_id),
+        sop_instance_uid=derived_uid("sr", result_id),
+        segmentation=seg,
+        software=software,
+    )
+    return {"seg.dcm": seg, "sr.dcm": sr}
 
 
 def _input_lines(facts: dict[str, Any]) -> list[str]:

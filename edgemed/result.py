@@ -96,6 +96,8 @@ class Result:
                 facts[key] = list(md[key])
         if "ignored_files" in md:
             facts["ignored_files"] = int(md["ignored_files"])
+        if "series_selection" in md:  # a folder with several series: which one and why
+            facts["series"] = dict(md["series_selection"])
         return facts
 
     def to_dict(self) -> dict[str, Any]:

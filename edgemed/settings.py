@@ -15,6 +15,9 @@ Variables:
     EDGEMED_ENGINE_CACHE: the TensorRT engine cache directory for ``edgemed build`` and
         the TensorRT backend (default ``<bundle>/engines``; a bundle on read-only
         storage needs one elsewhere). The compiled CUDA kernels go beside the engines.
+    EDGEMED_SERIES: the SeriesInstanceUID (or the salted id a message listed) of the
+        series to read from a folder or DICOMDIR that holds several
+        (:attr:`Options.series`, ``--series``).
     EDGEMED_MAX_FILE_BYTES, EDGEMED_MAX_DECOMPRESSED_BYTES, EDGEMED_MAX_FRAMES,
     EDGEMED_MAX_ELEMENTS: the readers' caps (:class:`edgemed.limits.ReaderLimits`,
         resolved by :func:`load_limits` on each ``read_image`` call that is given no
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -83,6 +87,8 @@ class Settings:
     engine_cache: Path | None = None
     #: The readers' caps (the defaults where no EDGEMED_MAX_* variable lowers them).
     limits: ReaderLimits = field(default=DEFAULT_LIMITS)
+    #: EDGEMED_SERIES: the series to read from a folder of several (None: by the rules).
+    series: str | None = None
 
 
 def trusted_key_path(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -135,6 +141,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         id_salt=salt,
         trusted_key=trusted_key_path(env),
         limits=load_limits(env),
+        series=_series(env.get("EDGEMED_SERIES", "").strip() or None),
     )
 
 
@@ -152,6 +159,25 @@ def _spacing(value: Any) -> tuple[float, ...]:
     if len(numbers) not in (2, 3) or not all(math.isfinite(v) and v > 0 for v in numbers):
         raise UsageError(problem)
     return numbers
+
+
+#: What ``series`` may be: a DICOM UID (digits and dots, at most 64 characters; letters
+#: tolerated, as some writers use them) or a 32-hex-digit salted id.
+_SERIES = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+
+def _series(value: Any) -> str | None:
+    """``Options.series`` checked: None, or a UID or salted id without spaces."""
+    from edgemed.errors import UsageError
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SERIES.fullmatch(value.strip()):
+        raise UsageError(
+            "series must be a SeriesInstanceUID or a series id (at most 64 letters, "
+            "digits, dots, '-' or '_')"
+        )
+    return value.strip()
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:
@@ -202,6 +228,10 @@ class Options:
             ``(x, y, z)`` along the input's columns, rows and slices. A file's own
             spacing is never overridden; a volume needs all three values. None: such
             inputs get pixel counts only, no millimetres.
+        series: for a folder or DICOMDIR input holding several series: the
+            SeriesInstanceUID (or the salted id a message listed for it) of the one to
+            read, over the bundle's ``series`` rules (``EDGEMED_SERIES``, ``--series``);
+            None: chosen by the rules (:mod:`edgemed.io.series_select`).
     """
 
     backend: str = "auto"
@@ -217,6 +247,7 @@ class Options:
     limits: ReaderLimits = field(default=DEFAULT_LIMITS)
     spacing: tuple[float, ...] | None = None
     device: str | None = None
+    series: str | None = None
 
     def __post_init__(self) -> None:
         from edgemed.errors import UsageError
@@ -225,6 +256,7 @@ class Options:
             raise UsageError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
         if self.spacing is not None:
             object.__setattr__(self, "spacing", _spacing(self.spacing))
+        object.__setattr__(self, "series", _series(self.series))
         if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
             raise UsageError("threads must be >= 1")
         if self.preprocess not in PREPROCESS_DEVICES:
@@ -256,6 +288,7 @@ class Options:
             "trusted_key": s.trusted_key,
             "id_salt": s.id_salt,
             "limits": s.limits,
+            "series": s.series,
         }
         values = {k: v for k, v in from_env.items() if v is not None}
         values.update({k: v for k, v in given.items() if v is not None})

@@ -74,6 +74,14 @@ def runtime_options(sp: argparse.ArgumentParser) -> None:
         help="run DICOM inputs whose Modality the bundle does not list (refused, "
         "INPUT_MODALITY, by default)",
     )
+    sp.add_argument(
+        "--series",
+        default=None,
+        metavar="UID",
+        help="for a folder or DICOMDIR holding several DICOM series: the SeriesInstanceUID "
+        "(or the id an error listed) of the one to run, over the bundle's series rules "
+        "(default: EDGEMED_SERIES, else chosen by the rules)",
+    )
 
 
 def parse_spacing(text: str | None) -> tuple[float, ...] | None:
@@ -117,4 +125,5 @@ def runtime(args: argparse.Namespace) -> Options:
         cuda_graphs=args.cuda_graphs or None,
         spacing=parse_spacing(args.spacing),
         device=getattr(args, "device", None),
+        series=getattr(args, "series", None),
     )

@@ -41,41 +41,19 @@ def make_results(
     """
     import pydicom
 
-    from edgemed.io.dicom_seg import Algorithm, derived_uid, segmentation
-    from edgemed.io.dicom_sr import measurement_report
     from edgemed.io.series import read_series_ordered
+    from edgemed.render import dicom_objects
 
     image, order = read_series_ordered(files, limits=pipe.options.limits)
     result = pipe(image)
     sources = [pydicom.dcmread(files[i], stop_before_pixels=True) for i in order]
-    bundle = pipe.bundle
-    algorithm = Algorithm(bundle.name, bundle.version, bundle.manifest_sha256)
-    software = f"edgemed {result.provenance['edgemed_version']}"
     timings.update(result.timings)
     t0 = time.perf_counter()
     # UIDs fixed by the result id: made again after a crash, the objects are the same
     # ones, and a receiver that got them once stores them once.
-    seg = segmentation(
-        result.mask,
-        result.labels,
-        sources,
-        algorithm,
-        series_instance_uid=derived_uid("seg-series", rid),
-        sop_instance_uid=derived_uid("seg", rid),
-        software=software,
-    )
-    sr = measurement_report(
-        result.stats,
-        result.labels,
-        sources,
-        algorithm,
-        series_instance_uid=derived_uid("sr-series", rid),
-        sop_instance_uid=derived_uid("sr", rid),
-        segmentation=seg,
-        software=software,
-    )
+    objects = dicom_objects(result, sources, rid)
     out = {}
-    for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
+    for name, ds in objects.items():
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         out[name] = buffer.getvalue()

@@ -3,7 +3,10 @@
 The format is found from the content first (DICOM ``DICM`` preamble, NIfTI header
 magic, also inside gzip, PNG/JPEG/TIFF/NPY signatures) and only then from the name
 (``.dcm`` or no extension: DICOM parsed with ``force=True``; ``.nii``, ``.nii.gz``,
-``.png``, ``.jpg``, ``.tif``, ``.npy``). A directory is one DICOM series.
+``.png``, ``.jpg``, ``.tif``, ``.npy``). A directory is one DICOM series; given
+``rules`` or ``series_uid``, a directory is a folder tree (or a DICOMDIR, also given as
+the file itself) holding any number of series, and one is chosen
+(:mod:`edgemed.io.series_select`).
 
 Every failure is an :class:`~edgemed.errors.InputError` (or its subclass
 :class:`~edgemed.errors.DecoderMissingError`) with one of these stable codes; no other
@@ -37,6 +40,22 @@ exception type leaves :func:`read_image`:
     series.
 ``INPUT_EMPTY_SERIES``
     A directory (or instances) with no DICOM image.
+``INPUT_MIXED_ORIENTATION``
+    The slices of one series lie in different planes (a three-plane localiser).
+``INPUT_SLICE_GAP``
+    The slices of one series are not evenly spaced along their normal: a missing
+    slice, two stacked ranges.
+``INPUT_GANTRY_TILT``
+    The slices of one series are shifted in-plane along the stack (a tilted gantry):
+    no grid of spacing and direction describes them.
+``INPUT_SERIES_NOT_FOUND``
+    ``series_uid`` names no series of the folder or DICOMDIR (the message lists them
+    by salted id).
+``INPUT_NO_SERIES_MATCH``
+    No series of the folder or DICOMDIR passes ``rules`` (the message lists them by
+    salted id, with the rules each fails).
+``INPUT_MODALITY``
+    With ``rules``: every series of the folder fails on its modality alone.
 
 Error messages name the path (for bytes: nothing) and the problem, never a value read
 from the file.
@@ -62,6 +81,9 @@ objects ``max_file_bytes`` is the length of the data.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edgemed.errors import UsageError
 from edgemed.io.image import MedicalImage
 from edgemed.io.source import (
     Source,
@@ -74,6 +96,9 @@ from edgemed.io.source import (
     sniff_format,
 )
 from edgemed.limits import DEFAULT_LIMITS, ReaderLimits
+
+if TYPE_CHECKING:
+    from edgemed.io.series_rules import SeriesRules
 
 __all__ = ["read_image", "detect_format", "preload_readers", "INPUT_ERROR_CODES"]
 
@@ -94,6 +119,12 @@ INPUT_ERROR_CODES = (
     "INPUT_SERIES_INCONSISTENT",
     "INPUT_MULTIPLE_SERIES",
     "INPUT_EMPTY_SERIES",
+    "INPUT_MIXED_ORIENTATION",
+    "INPUT_SLICE_GAP",
+    "INPUT_GANTRY_TILT",
+    "INPUT_SERIES_NOT_FOUND",
+    "INPUT_NO_SERIES_MATCH",
+    "INPUT_MODALITY",
 )
 
 
@@ -122,18 +153,42 @@ def detect_format(source: SourceLike | Source) -> str | None:
     return sniff_format(src)
 
 
-def _read(source: SourceLike | Source, limits: ReaderLimits) -> MedicalImage:
+def _read(
+    source: SourceLike | Source,
+    limits: ReaderLimits,
+    rules: SeriesRules | None = None,
+    series_uid: str | None = None,
+    salt: bytes | None = None,
+) -> MedicalImage:
     """``read_image`` below its catch-all boundary (benchmarks/fuzz_readers.py calls it
     there, so that an exception only the boundary would catch counts as a failure)."""
     src = resolve_source(source, limits)
     # Readers are imported on first use so that `import edgemed` stays fast on devices.
     fmt = detect_format(src)
+    choose = rules is not None or series_uid is not None
     if fmt == "dicom-series":
+        if choose:
+            from edgemed.io.series_select import read_chosen_series
+
+            return read_chosen_series(
+                src.path,  # type: ignore[arg-type]
+                limits=limits,
+                rules=rules,
+                series_uid=series_uid,
+                salt=salt,
+            )
         from edgemed.io.series import read_dicom_series
 
         return read_dicom_series(src.path, limits=limits)  # type: ignore[arg-type]
     if fmt is not None and src.size(limits) == 0:
         raise input_error("INPUT_TRUNCATED", "file is empty", src.where)
+    if fmt == "dicom" and choose and src.path is not None:
+        from edgemed.io.series_select import is_dicomdir, read_chosen_series
+
+        if is_dicomdir(src, limits):
+            return read_chosen_series(
+                src.path, limits=limits, rules=rules, series_uid=series_uid, salt=salt
+            )
     if fmt == "dicom":
         from edgemed.io.dicom import read_dicom
 
@@ -166,10 +221,18 @@ def preload_readers() -> None:
     import edgemed.io.orientation
     import edgemed.io.raster
     import edgemed.io.series
+    import edgemed.io.series_select
     import edgemed.io.writers  # noqa: F401
 
 
-def read_image(source: SourceLike, *, limits: ReaderLimits | None = None) -> MedicalImage:
+def read_image(
+    source: SourceLike,
+    *,
+    limits: ReaderLimits | None = None,
+    rules: SeriesRules | None = None,
+    series_uid: str | None = None,
+    salt: bytes | None = None,
+) -> MedicalImage:
     """Read a DICOM file or series directory, NIfTI, PNG/JPEG/TIFF or NPY image.
 
     Args:
@@ -179,6 +242,16 @@ def read_image(source: SourceLike, *, limits: ReaderLimits | None = None) -> Med
             DICOM instances of one series use :func:`edgemed.io.series.read_series`.
         limits: the readers' caps; None resolves them from the environment
             (``EDGEMED_MAX_*``, see :func:`edgemed.settings.load_limits`).
+        rules: for a directory or DICOMDIR: read the folder tree (or the DICOMDIR's
+            files) and choose the series these rules match
+            (:class:`~edgemed.io.series_rules.SeriesRules`, a bundle's ``series``
+            block). Ignored for other inputs: a file is what it is.
+        series_uid: for a directory or DICOMDIR: read the series with this
+            SeriesInstanceUID (or the salted id a message listed for it); it wins over
+            ``rules``. With neither, a directory must hold one series (not recursive).
+        salt: salt of the series ids in messages, logs and
+            ``metadata["series_selection"]`` (a pipeline passes its own); None: random
+            per process.
 
     Returns:
         A :class:`~edgemed.io.image.MedicalImage` following its documented conventions.
@@ -191,4 +264,6 @@ def read_image(source: SourceLike, *, limits: ReaderLimits | None = None) -> Med
             not a positive integer.
     """
     limits = resolve_limits(limits)
-    return guard(lambda: _read(source, limits), describe(source))
+    if series_uid is not None and (not isinstance(series_uid, str) or not series_uid.strip()):
+        raise UsageError("series_uid must be a non-empty string")
+    return guard(lambda: _read(source, limits, rules, series_uid, salt), describe(source))

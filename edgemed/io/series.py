@@ -11,6 +11,14 @@ holds at most ``max_frames`` files (or instances) and the volume at most
 ``max_elements`` elements (:class:`~edgemed.limits.ReaderLimits`), both checked before
 any pixel data is decoded.
 
+Geometry refusals have their own codes: slices of one series in different planes
+(``INPUT_MIXED_ORIENTATION``, e.g. a three-plane localiser), steps along the normal that
+are not even (``INPUT_SLICE_GAP``: a missing slice, two stacked ranges) and a stack
+sheared in-plane (``INPUT_GANTRY_TILT``); anything else that is not one grid (sizes,
+pixel spacing, duplicate positions) is ``INPUT_SERIES_INCONSISTENT``. Choosing one series
+among several (a folder tree, a DICOMDIR) is :mod:`edgemed.io.series_select`'s; it groups
+with :func:`group_series` and assembles with :func:`assemble_series`, as here.
+
 Metadata: ``spacing_source`` is ``dicom`` only when PixelSpacing and the slice step
 (positions, else SpacingBetweenSlices) are both stated; ``lossy_compression`` is true
 when any slice is lossy (with that slice's ratio and method).
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +59,14 @@ from edgemed.io.source import (
 )
 from edgemed.limits import ReaderLimits
 
-__all__ = ["read_dicom_series", "read_series", "read_series_ordered"]
+__all__ = [
+    "SeriesGroup",
+    "assemble_series",
+    "group_series",
+    "read_dicom_series",
+    "read_series",
+    "read_series_ordered",
+]
 
 
 def _series_header(src: Source, limits: ReaderLimits) -> Dataset | None:
@@ -68,7 +83,13 @@ def _series_header(src: Source, limits: ReaderLimits) -> Dataset | None:
     return ds if "Rows" in ds else None  # DICOMDIR, SR, RT plan...: not slices
 
 
-def _same(values: list[Any], what: str, where: object, atol: float = 0.0) -> None:
+def _same(
+    values: list[Any],
+    what: str,
+    where: object,
+    atol: float = 0.0,
+    code: str = "INPUT_SERIES_INCONSISTENT",
+) -> None:
     first = values[0]
     for value in values[1:]:
         if first is None or value is None:
@@ -76,7 +97,7 @@ def _same(values: list[Any], what: str, where: object, atol: float = 0.0) -> Non
         else:
             equal = bool(np.allclose(first, value, rtol=0.0, atol=atol)) if atol else first == value
         if not equal:
-            raise input_error("INPUT_SERIES_INCONSISTENT", f"slices differ in {what}", where)
+            raise input_error(code, f"slices differ in {what}", where)
 
 
 def _slice_order(
@@ -106,7 +127,7 @@ def _slice_order(
         return order, 1.0, "instance_number", "default"
     if not all(present):
         raise input_error("INPUT_SERIES_INCONSISTENT", "some slices lack position", where)
-    _same(directions, "orientation", where, atol=1e-4)
+    _same(directions, "orientation", where, atol=1e-4, code="INPUT_MIXED_ORIENTATION")
 
     normal = directions[0][:, 2]  # type: ignore[index]  # all present, checked above
     points = np.array(positions)
@@ -117,16 +138,101 @@ def _slice_order(
         raise input_error("INPUT_SERIES_INCONSISTENT", "two slices share one position", where)
     step = even_step(steps)
     if step is None:
-        raise input_error("INPUT_SERIES_INCONSISTENT", "slices are not evenly spaced", where)
+        # A missing slice (a step twice the others) or a stack of two ranges: counted,
+        # never quoted (positions are values from the files).
+        common = float(np.median(steps))
+        odd = int(np.count_nonzero(np.abs(steps - common) > max(0.01, 0.02 * abs(common))))
+        raise input_error(
+            "INPUT_SLICE_GAP",
+            f"slices are not evenly spaced: {odd} of {len(steps)} steps differ from the "
+            "common one (missing slices?)",
+            where,
+        )
     # Slices must stack along the normal; a sheared stack (gantry tilt) is not a grid
     # that spacing + direction can describe.
     offsets = points[order] - points[order[0]]
     in_plane = offsets - np.outer(offsets @ normal, normal)
     if np.max(np.linalg.norm(in_plane, axis=1)) > max(0.01, 0.1 * min(spacing_yx)):
         raise input_error(
-            "INPUT_SERIES_INCONSISTENT", "slices are shifted in-plane (gantry tilt?)", where
+            "INPUT_GANTRY_TILT",
+            "slices are shifted in-plane along the stack (gantry tilt): the stack is not a "
+            "grid; resample it upright first",
+            where,
         )
     return order, step, "positions", "positions"
+
+
+@dataclass
+class SeriesGroup:
+    """The DICOM image instances of one series found among some sources.
+
+    Attributes:
+        study_uid: StudyInstanceUID ("" when absent). Never log or show it unhashed.
+        series_uid: SeriesInstanceUID ("" when absent). Never log or show it unhashed.
+        headers: each instance's source and header (parsed without pixel data).
+        kept: for each header, its position among the sources that were grouped.
+    """
+
+    study_uid: str
+    series_uid: str
+    headers: list[tuple[Source, Dataset]] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+    @property
+    def slices(self) -> int:
+        """Image planes: one per single-frame instance, NumberOfFrames per multi-frame one."""
+        return sum(get_int(ds, "NumberOfFrames", s.where, default=1) for s, ds in self.headers)
+
+
+def group_series(sources: list[Source], limits: ReaderLimits) -> tuple[list[SeriesGroup], int]:
+    """The image instances among ``sources``, grouped by (StudyInstanceUID,
+    SeriesInstanceUID), and how many sources are not DICOM images.
+
+    Only headers are read (no pixel data). Groups come in the order their first instance
+    appears in ``sources``. A DICOM file that is broken raises (it fails the read, loudly);
+    other files (text, DICOMDIR, reports, RT plans) are counted, never named.
+    """
+    groups: dict[tuple[str, str], SeriesGroup] = {}
+    ignored = 0
+    for k, src in enumerate(sources):
+        ds = _series_header(src, limits)
+        if ds is None:
+            ignored += 1
+            continue
+        key = (
+            str(get_value(ds, "StudyInstanceUID", src.where) or ""),
+            str(get_value(ds, "SeriesInstanceUID", src.where) or ""),
+        )
+        group = groups.setdefault(key, SeriesGroup(*key))
+        group.headers.append((src, ds))
+        group.kept.append(k)
+    return list(groups.values()), ignored
+
+
+def assemble_series(
+    group: SeriesGroup, limits: ReaderLimits, where: object, *, ignored: int = 0
+) -> tuple[MedicalImage, list[int]]:
+    """One image from the instances of one series, and which source (``group.kept``)
+    each of its slices came from, in volume order.
+
+    One instance gives what the file alone gives (a 2D image for a single slice, its
+    frames for a multi-frame file); several are stacked along their normal. ``ignored``
+    is recorded as ``metadata["ignored_files"]``; ``where`` names the directory in
+    messages, or is None for in-memory instances.
+
+    Raises:
+        InputError: ``INPUT_SERIES_INCONSISTENT``, ``INPUT_MIXED_ORIENTATION``,
+            ``INPUT_SLICE_GAP``, ``INPUT_GANTRY_TILT`` or any code a single file can raise.
+    """
+    headers = group.headers
+    # One file: its own frames, or a 2D image. A single slice is a 2D image wherever it
+    # comes from (areas, not volumes), exactly as the file alone reads.
+    if len(headers) == 1:
+        image, order = read_dicom(headers[0][0], limits=limits), [0]
+    else:
+        image, order = _stack(headers, limits, where)
+    image.metadata.update(format="dicom-series", num_slices=image.num_slices, ignored_files=ignored)
+    return image, [group.kept[i] for i in order]
 
 
 def _assemble(
@@ -137,35 +243,18 @@ def _assemble(
 
     ``where`` names the directory in messages, or is None for in-memory instances.
     """
-    headers: list[tuple[Source, Dataset]] = []
-    kept: list[int] = []  # which of ``sources`` each header came from
-    for k, src in enumerate(sources):
-        ds = _series_header(src, limits)
-        if ds is not None:
-            headers.append((src, ds))
-            kept.append(k)
-    ignored = len(sources) - len(headers)
-    if not headers:
+    groups, ignored = group_series(sources, limits)
+    if not groups:
         raise input_error(
             "INPUT_EMPTY_SERIES", f"no DICOM image files ({ignored} other files)", where
         )
-    series = {str(get_value(ds, "SeriesInstanceUID", s.where) or "") for s, ds in headers}
-    if len(series) > 1:  # never name the UIDs: they identify a study
+    if len(groups) > 1:  # never name the UIDs: they identify a study
         raise input_error(
             "INPUT_MULTIPLE_SERIES",
-            f"{len(series)} DICOM series were given together; give one series at a time",
+            f"{len(groups)} DICOM series were given together; give one series at a time",
             where,
         )
-
-    # One file: its own frames, or a 2D image. A single slice is a 2D image wherever it
-    # comes from (areas, not volumes), exactly as the file alone reads.
-    one = len(headers) == 1
-    if one:
-        image, order = read_dicom(headers[0][0], limits=limits), [0]
-    else:
-        image, order = _stack(headers, limits, where)
-    image.metadata.update(format="dicom-series", num_slices=image.num_slices, ignored_files=ignored)
-    return image, [kept[i] for i in order]
+    return assemble_series(groups[0], limits, where, ignored=ignored)
 
 
 def _stack(
@@ -245,7 +334,8 @@ def read_dicom_series(directory: str | os.PathLike[str], *, limits: ReaderLimits
 
     Raises:
         InputError: ``INPUT_EMPTY_SERIES``, ``INPUT_MULTIPLE_SERIES``,
-            ``INPUT_SERIES_INCONSISTENT`` or any code a single file can raise.
+            ``INPUT_SERIES_INCONSISTENT``, ``INPUT_MIXED_ORIENTATION``, ``INPUT_SLICE_GAP``,
+            ``INPUT_GANTRY_TILT`` or any code a single file can raise.
     """
     directory = Path(directory)
     try:
@@ -278,9 +368,10 @@ def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = No
 
     Raises:
         InputError: ``INPUT_EMPTY_SERIES`` (no items, or no DICOM image among them),
-            ``INPUT_MULTIPLE_SERIES``, ``INPUT_SERIES_INCONSISTENT``, ``INPUT_INVALID``
-            (beyond a cap) or any code a single file can raise. Only EdgemedError
-            leaves this function, as for ``read_image``.
+            ``INPUT_MULTIPLE_SERIES``, ``INPUT_SERIES_INCONSISTENT`` (or its geometry
+            codes ``INPUT_MIXED_ORIENTATION``, ``INPUT_SLICE_GAP``, ``INPUT_GANTRY_TILT``),
+            ``INPUT_INVALID`` (beyond a cap) or any code a single file can raise. Only
+            EdgemedError leaves this function, as for ``read_image``.
         UsageError: ``items`` is one path or one bytes object rather than a collection,
             or an item is neither bytes, a binary file object nor a path.
     """

@@ -154,8 +154,8 @@ def test_unevenly_spaced_series_is_skipped(tmp_path, listen):
     sent = storescu(node.port, ct_series(tmp_path / "uneven", 4, edit=uneven))
     assert sent.returncode == 0
     series = node.wait_settled(1)
-    assert (series[0]["state"], series[0]["code"]) == ("skipped", "INPUT_SERIES_INCONSISTENT")
-    assert "skipped INPUT_SERIES_INCONSISTENT" in node.log.read_text()
+    assert (series[0]["state"], series[0]["code"]) == ("skipped", "INPUT_SLICE_GAP")
+    assert "skipped INPUT_SLICE_GAP" in node.log.read_text()
     _good_series(node, tmp_path, settled=2)
 
 

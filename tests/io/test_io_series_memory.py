@@ -109,8 +109,8 @@ def test_single_instance_is_a_2d_image(corpus):
 @pytest.mark.parametrize(
     ("folder", "code"),
     [
-        ("dicomdirtests/77654033/CT2", "INPUT_SERIES_INCONSISTENT"),  # 202 mm gap
-        ("dicomdirtests/98892003/MR700", "INPUT_SERIES_INCONSISTENT"),  # localisers
+        ("dicomdirtests/77654033/CT2", "INPUT_SLICE_GAP"),  # 202 mm gap
+        ("dicomdirtests/98892003/MR700", "INPUT_MIXED_ORIENTATION"),  # projections
         ("dicomdirtests/98892003/MR2", "INPUT_MULTIPLE_SERIES"),
         ("dicomdirtests", "INPUT_EMPTY_SERIES"),  # only DICOMDIR files and a README
     ],
@@ -158,7 +158,7 @@ def _other_series(ds):
     [
         (_tweaked(2, _shorter), "INPUT_SERIES_INCONSISTENT"),
         (_tweaked(3, _duplicate), "INPUT_SERIES_INCONSISTENT"),
-        (_tweaked(3, _far), "INPUT_SERIES_INCONSISTENT"),
+        (_tweaked(3, _far), "INPUT_SLICE_GAP"),
         (_tweaked(1, _spacing), "INPUT_SERIES_INCONSISTENT"),
         (_tweaked(1, _other_series), "INPUT_MULTIPLE_SERIES"),
     ],
