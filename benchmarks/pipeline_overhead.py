@@ -18,12 +18,18 @@ Besides ONNX Runtime FP32 (the ``inputs`` table), every engine of ``--engines`` 
 same inputs in the same process (``runs``): by default OpenVINO fp32, int8 and, on a CPU
 with BF16, bf16, where the ``openvino`` extra is installed. The smaller the model call,
 the larger the same overhead's share: OpenVINO INT8 is the hard case.
+
+All engines of one input alternate in blocks of calls (``_common.timed_rounds``, with
+settle calls), so the load of other processes falls on every engine alike. Run one after
+another instead, a shared 2-core machine's load swings between them made OpenVINO's
+overhead at 512x512 look 2x ONNX Runtime's (11.5 vs 6.7 ms) where, alternated call by
+call, both cost the same (~3 ms floor, equal CPU time outside the model call).
 """
 
 from __future__ import annotations
 
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +39,18 @@ if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `b
 import numpy as np
 
 import edgemed
-from benchmarks._common import arguments, ct_small, environment, phantom, stats, write_results
+from benchmarks._common import (
+    arguments,
+    ct_small,
+    environment,
+    phantom,
+    stats,
+    timed_rounds,
+    write_results,
+)
 from edgemed import MedicalImage, Pipeline
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "measure_engines"]
 
 TARGET_PERCENT = 10.0
 
@@ -51,38 +65,58 @@ def _inputs() -> dict[str, MedicalImage]:
     return out
 
 
-def measure(
-    pipe: Pipeline, image: MedicalImage, *, warmup: int, iterations: int, budget_s: float
-) -> dict[str, Any]:
-    """Time ``pipe(image)`` and the stages inside it; overhead per call and summaries."""
-    for _ in range(warmup):
-        pipe(image)
-    e2e, infer, pre, post = [], [], [], []
-    start = time.perf_counter()
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        result = pipe(image)
-        e2e.append((time.perf_counter() - t0) * 1e3)
-        infer.append(result.timings["infer"])
-        pre.append(result.timings["preprocess"])
-        post.append(result.timings["postprocess"])
-        if i >= 49 and time.perf_counter() - start > budget_s:
-            break
-    e, f = np.asarray(e2e), np.asarray(infer)
+def _summary(e2e: list[float], timings: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-call overheads and stage summaries from paired ``(end_to_end, timings)``."""
+    e = np.asarray(e2e)
+    f = np.asarray([t["infer"] for t in timings])
     per_call = 100.0 * (e - f) / e
     return {
         "iterations": len(e2e),
         "end_to_end": stats(e2e),
-        "infer": stats(infer),
-        "preprocess": stats(pre),
-        "postprocess": stats(post),
+        "infer": stats(f.tolist()),
+        "preprocess": stats([t["preprocess"] for t in timings]),
+        "postprocess": stats([t["postprocess"] for t in timings]),
         "overhead_ms_p50": round(float(np.median(e - f)), 4),
+        # The least-disturbed calls: on a loaded machine, what the overhead costs quietly.
+        "overhead_ms_p10": round(float(np.percentile(e - f, 10)), 4),
         "overhead_percent_p50": round(float(np.median(per_call)), 2),
         "overhead_percent_p90": round(float(np.percentile(per_call, 90)), 2),
         "overhead_percent_of_medians": round(
             100.0 * (float(np.median(e)) - float(np.median(f))) / float(np.median(e)), 2
         ),
     }
+
+
+def measure_engines(
+    pipes: dict[str, Pipeline],
+    image: MedicalImage,
+    *,
+    warmup: int,
+    iterations: int,
+    budget_s: float,
+) -> dict[str, dict[str, Any]]:
+    """Time ``pipe(image)`` for every pipeline in alternating blocks (see
+    ``_common.timed_rounds``); per pipeline, the overhead per call and summaries."""
+
+    def case(pipe: Pipeline) -> Callable[[], dict[str, float]]:
+        return lambda: pipe(image).timings
+
+    cases = {name: case(p) for name, p in pipes.items()}
+    returned: dict[str, list[Any]] = {}
+    samples = timed_rounds(
+        cases, warmup=warmup, iterations=iterations, budget_s=budget_s, returned=returned
+    )
+    return {name: _summary(samples[name], returned[name]) for name in pipes}
+
+
+def measure(
+    pipe: Pipeline, image: MedicalImage, *, warmup: int, iterations: int, budget_s: float
+) -> dict[str, Any]:
+    """Time ``pipe(image)`` and the stages inside it; overhead per call and summaries."""
+    out = measure_engines(
+        {"pipe": pipe}, image, warmup=warmup, iterations=iterations, budget_s=budget_s
+    )
+    return out["pipe"]
 
 
 def _profile(pipe: Pipeline, image: MedicalImage, path: Path, calls: int = 200) -> bool:
@@ -124,34 +158,18 @@ def default_engines() -> list[str]:
     return out
 
 
-def _engine_runs(args: Any, images: dict[str, MedicalImage], data: dict[str, Any]) -> None:
-    """Measure each ``--engines`` pair on every input into ``data["runs"]``."""
+def _engines(args: Any) -> dict[str, Pipeline]:
+    """The ``--engines`` pipelines (``backend:precision`` -> Pipeline)."""
     engines = (
         default_engines() if args.engines is None else [e for e in args.engines.split(",") if e]
     )
-    data["runs"] = {}
+    pipes = {}
     for engine in engines:
         backend, _, precision = engine.partition(":")
-        pipe = Pipeline.from_bundle(
+        pipes[engine] = Pipeline.from_bundle(
             edgemed.demo_bundle(), backend, precision=precision or "fp32", threads=args.threads
         )
-        run: dict[str, Any] = {"backend": pipe.backend.info(), "inputs": {}}
-        for name, image in images.items():
-            r = measure(
-                pipe,
-                image,
-                warmup=args.warmup,
-                iterations=args.iterations,
-                budget_s=args.budget_s,
-            )
-            run["inputs"][name] = r
-            print(
-                f"{engine} {name}: infer {r['infer']['p50_ms']:.2f} ms, overhead "
-                f"{r['overhead_ms_p50']:.2f} ms = {r['overhead_percent_p50']:.1f} %",
-                file=sys.stderr,
-            )
-        pipe.close()
-        data["runs"][engine] = run
+    return pipes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     pipe = Pipeline.from_bundle(edgemed.demo_bundle(), "onnxruntime", threads=args.threads)
+    engines = _engines(args)
     data: dict[str, Any] = {
         "benchmark": "pipeline_overhead",
         "environment": environment("pipeline_overhead.py"),
@@ -174,25 +193,36 @@ def main(argv: list[str] | None = None) -> int:
         "target_percent": TARGET_PERCENT,
         "inputs": {},
         "profiles": {},
+        "runs": {e: {"backend": p.backend.info(), "inputs": {}} for e, p in engines.items()},
     }
+    reference = "onnxruntime:fp32"
     for name, image in _inputs().items():
-        r = measure(
-            pipe, image, warmup=args.warmup, iterations=args.iterations, budget_s=args.budget_s
+        got = measure_engines(
+            {reference: pipe, **engines},
+            image,
+            warmup=args.warmup,
+            iterations=args.iterations,
+            budget_s=args.budget_s,
         )
-        data["inputs"][name] = r
-        print(
-            f"{name}: end to end {r['end_to_end']['p50_ms']:.2f} ms, infer "
-            f"{r['infer']['p50_ms']:.2f} ms, overhead {r['overhead_percent_p50']:.1f} %",
-            file=sys.stderr,
-        )
+        for engine, r in got.items():
+            if engine == reference:
+                data["inputs"][name] = r
+            else:
+                data["runs"][engine]["inputs"][name] = r
+            print(
+                f"{engine} {name}: end to end {r['end_to_end']['p50_ms']:.2f} ms, infer "
+                f"{r['infer']['p50_ms']:.2f} ms, overhead {r['overhead_ms_p50']:.2f} ms "
+                f"(p10 {r['overhead_ms_p10']:.2f}) = {r['overhead_percent_p50']:.1f} %",
+                file=sys.stderr,
+            )
         if args.profile:
             slug = name.split()[0].lower() + "_" + name.split()[-1]
             path = Path(args.out) / f"pipeline_overhead_profile_{slug}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             if _profile(pipe, image, path):
                 data["profiles"][name] = path.name
-    pipe.close()
-    _engine_runs(args, _inputs(), data)
+    for p in (pipe, *engines.values()):
+        p.close()
     write_results(args.out, "pipeline_overhead", data, _markdown(data))
     return 0
 

@@ -141,6 +141,12 @@ def compile_config(
 
         config["INFERENCE_NUM_THREADS"] = threads or default_threads()
         config["NUM_STREAMS"] = 1
+        # Nothing set against oneTBB's busy-wait after a call (ONNX Runtime needs
+        # force_spinning_stop): measured (2026.4, 2-core EPYC, calls alternated with ONNX
+        # Runtime's), OpenVINO's threads use ~0.5 ms of CPU in the 2 ms after infer()
+        # returns, as ONNX Runtime's do with it, and the pipeline's work around the model
+        # costs the same CPU and wall floor with either engine (512x512: ~3 ms);
+        # ENABLE_CPU_PINNING off and TBB_PARTITIONER changed neither.
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
     return config
