@@ -42,9 +42,15 @@ def make_results(
     import pydicom
 
     from edgemed.io.series import read_series_ordered
+    from edgemed.io.series_rules import SeriesRules
     from edgemed.render import dicom_objects
 
-    image, order = read_series_ordered(files, limits=pipe.options.limits)
+    # The bundle's series rules (image type, orientation, slice count...) as for a
+    # folder: a series the model cannot use is skipped with its code before decoding.
+    rules = SeriesRules.for_pipeline(
+        pipe.bundle.series_rules, pipe.modalities, pipe.options.check_modality
+    )
+    image, order = read_series_ordered(files, limits=pipe.options.limits, rules=rules)
     result = pipe(image)
     sources = [pydicom.dcmread(files[i], stop_before_pixels=True) for i in order]
     timings.update(result.timings)
@@ -174,6 +180,7 @@ class Processor:
         state = SeriesState(sid, "done", result=rid)
         timings: dict[str, float] = {}
         made: dict[str, bytes] | None = None
+        why = ""
         if spool.has_result(rid):  # made before a crash: never a second set
             log.info("series %s: results %s already made", sid, rid)
         else:
@@ -181,6 +188,8 @@ class Processor:
                 made = make_results(pipe, spool, sid, rid, files, timings)
             except InputError as exc:
                 state = SeriesState(sid, "skipped", code=exc.code)
+                if exc.code == "INPUT_NO_SERIES_MATCH":  # rule names only: no header values
+                    why = f" ({exc.message})"
             except EdgemedError as exc:
                 state = SeriesState(sid, "failed", code=exc.code)
             except Exception as exc:  # a library's own error (highdicom on odd input)
@@ -214,6 +223,11 @@ class Processor:
                 self.on_result(rid)
         else:
             log.info(
-                "series %s: %d instances %s %s", sid, len(files), state.state, state.code or ""
+                "series %s: %d instances %s %s%s",
+                sid,
+                len(files),
+                state.state,
+                state.code or "",
+                why,
             )
         return state.state

@@ -47,6 +47,7 @@ from edgemed.io.dicom_values import (
     pixel_spacing,
 )
 from edgemed.io.image import MedicalImage
+from edgemed.io.series_rules import SeriesRules
 from edgemed.io.source import (
     Source,
     SourceLike,
@@ -236,12 +237,13 @@ def assemble_series(
 
 
 def _assemble(
-    sources: list[Source], limits: ReaderLimits, where: object
+    sources: list[Source], limits: ReaderLimits, where: object, rules: SeriesRules | None = None
 ) -> tuple[MedicalImage, list[int]]:
     """One volume from the instances of one series (a directory's files, or items), and
     which of ``sources`` each of its slices came from, in volume order.
 
     ``where`` names the directory in messages, or is None for in-memory instances.
+    ``rules``: the series must pass them (:func:`edgemed.io.series_select.require_rules`).
     """
     groups, ignored = group_series(sources, limits)
     if not groups:
@@ -254,6 +256,10 @@ def _assemble(
             f"{len(groups)} DICOM series were given together; give one series at a time",
             where,
         )
+    if rules is not None:
+        from edgemed.io.series_select import require_rules
+
+        require_rules(rules, groups[0], where)
     return assemble_series(groups[0], limits, where, ignored=ignored)
 
 
@@ -379,13 +385,19 @@ def read_series(items: Iterable[SourceLike], *, limits: ReaderLimits | None = No
 
 
 def read_series_ordered(
-    items: Iterable[SourceLike], *, limits: ReaderLimits | None = None
+    items: Iterable[SourceLike],
+    *,
+    limits: ReaderLimits | None = None,
+    rules: SeriesRules | None = None,
 ) -> tuple[MedicalImage, list[int]]:
     """:func:`read_series`, and which item each slice of the volume came from.
 
     Writers that reference the source instances slice by slice (a DICOM SEG over the
     received series) need that order; it is the one the volume was stacked in, not a
-    second sort.
+    second sort. With ``rules`` (a bundle's series rules, as the DICOM listener applies
+    them), a series that fails them is refused before its pixels are read:
+    ``INPUT_MODALITY`` when the modality alone fails, else ``INPUT_NO_SERIES_MATCH``
+    naming the rules.
 
     Returns:
         ``(image, order)``: ``order[z]`` is the position in ``items`` of slice ``z``'s
@@ -399,11 +411,11 @@ def read_series_ordered(
         getattr(items, "read", None)
     ):
         raise UsageError("read_series expects a collection of instances; use read_image for one")
-    return guard(lambda: _read_series(items, limits), None)
+    return guard(lambda: _read_series(items, limits, rules), None)
 
 
 def _read_series(
-    items: Iterable[SourceLike], limits: ReaderLimits
+    items: Iterable[SourceLike], limits: ReaderLimits, rules: SeriesRules | None = None
 ) -> tuple[MedicalImage, list[int]]:
     try:
         instances = list(items)
@@ -411,4 +423,4 @@ def _read_series(
         raise UsageError("read_series expects a collection of instances") from exc
     if len(instances) > limits.max_frames:  # checked before any instance is parsed
         raise beyond_cap("number of instances", "max_frames", limits, None)
-    return _assemble([resolve_source(item, limits) for item in instances], limits, None)
+    return _assemble([resolve_source(item, limits) for item in instances], limits, None, rules)

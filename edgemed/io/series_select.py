@@ -107,6 +107,27 @@ def failed_rules(rules: SeriesRules, group: SeriesGroup) -> tuple[str, ...]:
     return tuple(failed)
 
 
+def require_rules(rules: SeriesRules, group: SeriesGroup, where: object) -> None:
+    """Refuse ``group`` unless it passes ``rules``: ``INPUT_MODALITY`` when the modality
+    alone fails (as the pipeline's own check says it), else ``INPUT_NO_SERIES_MATCH``
+    naming the rules it fails (never a UID or description)."""
+    failed = failed_rules(rules, group)
+    if not failed:
+        return
+    if failed == ("modality",):
+        raise input_error(
+            "INPUT_MODALITY",
+            f"the series' modality is not one this model is made for "
+            f"({', '.join(rules.modalities or ())})",
+            where,
+        )
+    raise input_error(
+        "INPUT_NO_SERIES_MATCH",
+        f"the series fails the model's series rules: {', '.join(failed)} ({_rules_text(rules)})",
+        where,
+    )
+
+
 @dataclass(frozen=True)
 class SeriesCandidate:
     """One series found, as messages, logs and callers may see it (no UID, no name).

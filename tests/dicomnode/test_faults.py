@@ -159,6 +159,40 @@ def test_unevenly_spaced_series_is_skipped(tmp_path, listen):
     _good_series(node, tmp_path, settled=2)
 
 
+def test_series_the_bundle_rules_out_are_skipped_with_the_rule(tmp_path, listen):
+    """The bundle's ``series`` block applies to received series as to folders: a
+    derived series and one with too few slices are skipped, naming the failed rule;
+    a good one is processed."""
+    import json
+    import shutil
+
+    from edgemed.bundle import write_manifest
+    from edgemed.pipeline import demo_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo_bundle(), bundle, ignore=shutil.ignore_patterns("engines"))
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["series"] = {"image_type": ["ORIGINAL", "PRIMARY"], "min_slices": 3}
+    write_manifest(bundle, manifest)
+    node = listen("--stable-seconds", "0.5", "--bundle", str(bundle))
+
+    def derived(ds, k):
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+
+    assert storescu(node.port, ct_series(tmp_path / "derived", 3, edit=derived)).returncode == 0
+    assert storescu(node.port, ct_series(tmp_path / "short", 2)).returncode == 0
+    series = node.wait_settled(2)
+    assert sorted((s["state"], s["code"], s["instances"]) for s in series) == [
+        ("skipped", "INPUT_NO_SERIES_MATCH", 2),
+        ("skipped", "INPUT_NO_SERIES_MATCH", 3),
+    ]
+    log = node.log.read_text()
+    assert log.count("skipped INPUT_NO_SERIES_MATCH") == 2
+    assert "fails the model's series rules: image_type" in log
+    assert "fails the model's series rules: min_slices" in log
+    _good_series(node, tmp_path, settled=3)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (needs root / CAP_SYS_ADMIN); skipped where it cannot be mounted."""
