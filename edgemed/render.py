@@ -18,11 +18,18 @@ from edgemed.result import Result
 __all__ = ["dicom_objects", "summary", "write_result"]
 
 
-def write_result(result: Result, out: Path) -> list[Path]:
+def write_result(result: Result, out: Path, *, dicom: bool = False) -> list[Path]:
     """Write ``result`` into the directory ``out``: the head's files (a segmentation's
-    ``mask.nii.gz`` and ``overlay.png``), then ``result.json``; returns the paths,
-    ``result.json`` first."""
+    ``mask.nii.gz`` and ``overlay.png``), with ``dicom`` also ``seg.dcm`` and ``sr.dcm``
+    (:func:`dicom_objects`; a segmentation of a DICOM input), then ``result.json``;
+    returns the paths, ``result.json`` first.
+
+    Raises:
+        UsageError: ``dicom`` for a result that is not a segmentation of DICOM slices.
+    """
     written = result.head.write(result, out) if result.head is not None else []
+    if dicom:
+        written += _write_dicom(result, out)
     # result.json last: its presence means the other files are complete.
     written.insert(0, write_json(out / "result.json", result.to_dict()))
     return written
@@ -62,6 +69,26 @@ def dicom_objects(result: Result, sources: Sequence[Any], result_id: str) -> dic
         software=software,
     )
     return {"seg.dcm": seg, "sr.dcm": sr}
+
+
+def _write_dicom(result: Result, out: Path) -> list[Path]:
+    from edgemed.errors import UsageError
+    from edgemed.fsutil import atomic_write
+
+    sources = result.image.dicom_headers
+    if result.task != "segmentation" or not sources:
+        raise UsageError("--dicom writes a DICOM SEG and SR: it needs a segmentation of DICOM")
+    if len(sources) != result.image.num_slices:
+        raise UsageError("--dicom: multi-frame DICOM sources are not supported yet")
+    rid = str(result.provenance["input_id"])
+    paths = []
+    for name, ds in dicom_objects(result, sources, rid).items():
+
+        def save(tmp: str, ds: Any = ds) -> None:
+            ds.save_as(tmp, enforce_file_format=True)
+
+        paths.append(atomic_write(out / name, save))
+    return paths
 
 
 def _input_lines(facts: dict[str, Any]) -> list[str]:

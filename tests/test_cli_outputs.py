@@ -471,9 +471,13 @@ def test_stderr_has_at_most_one_line_per_input_over_the_corpus_and_hostile_files
     index = json.loads((out / "index.json").read_text())
     assert index["inputs"] == len(items) and index["complete"] is True
     lines = proc.stderr.splitlines()
+    # The one warning allowed: a folder with several matching series (pydicom's
+    # dicomdirtests tree) says which it took (hashed ids), one line for that input.
+    chose = [line for line in lines if "series match the rules; chose" in line]
     strays = [line for line in lines if not line.startswith("edgemed: error ")]
-    assert strays == []  # no pydicom log, no decoder traceback, no warning, no OpenCV log
-    assert len(lines) == index["failed"]
+    assert strays == chose  # no pydicom log, no decoder traceback, no OpenCV log
+    assert len(chose) <= 1
+    assert len(lines) == index["failed"] + len(chose)
     assert len(cut) > 20 and index["failed"] >= len(cut)
 
 

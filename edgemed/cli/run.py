@@ -22,7 +22,7 @@ from edgemed.cli.options import runtime, runtime_options
 from edgemed.cli.outdir import OutputDir
 from edgemed.cli.progress import Progress
 from edgemed.cli.signals import ignored
-from edgemed.errors import EdgemedError, InputError, OutputError
+from edgemed.errors import EdgemedError, InputError, OutputError, UsageError
 from edgemed.render import summary, write_result
 
 __all__ = ["register"]
@@ -46,6 +46,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="instead of the segmentation demo: the findings classifier, similar-case "
         "matching against a gallery, or both, on real CT slices and findings phantoms",
     )
+    demo.add_argument(
+        "--3d",
+        dest="volume",
+        action="store_true",
+        help="the 3D demo: a small 3D U-Net by sliding window on a CT volume (a synthetic "
+        "phantom, or --input); writes the mask, three orthogonal views and the volumes",
+    )
+    demo.add_argument(
+        "--input",
+        default=None,
+        metavar="PATH",
+        help="with --3d: a NIfTI volume or DICOM series folder instead of the phantom",
+    )
     _overwrite_option(demo)
     runtime_options(demo)
     demo.set_defaults(handler=_cmd_demo)
@@ -65,12 +78,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _overwrite_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress display on a terminal")
+    run.add_argument(
+        "--dicom",
+        action="store_true",
+        help="segmentation of DICOM input: also write seg.dcm (a multi-frame DICOM "
+        "Segmentation referencing the source slices) and sr.dcm (the per-label areas or "
+        "volumes as a TID 1500 report); needs the listen extra",
+    )
     runtime_options(run)
     run.set_defaults(handler=_cmd_run)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     options = runtime(args)
+    if args.volume or args.input is not None:
+        if not args.volume or args.task is not None:
+            raise UsageError("--input goes with --3d, and --3d not with --task")
+        from edgemed.cli.demo3d import run_demo_3d
+
+        return run_demo_3d(args, options)
     if args.task is not None:
         from edgemed.cli.demo_tasks import run_demo_tasks
 
@@ -108,6 +134,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ):
             if pipe.bundle.volume is not None:  # a 3D model counts sliding windows
                 progress.unit = "window"
+            if args.dicom and pipe.bundle.task != "segmentation":
+                raise UsageError(f"--dicom needs a segmentation bundle, not {pipe.bundle.task}")
             if len(args.inputs) == 1:
                 _run_one(args, pipe, args.inputs[0], out, progress, "input 1/1")
                 return 0
@@ -134,7 +162,7 @@ def _run_one(
     run's result."""
     try:
         result = _infer(pipe, item, 1, progress)
-        written = write_result(result, out.path)
+        written = write_result(result, out.path, dicom=getattr(args, "dicom", False))
     except EdgemedError as exc:
         progress.end(1, f"failed {exc.code}")
         out.clear()
@@ -165,7 +193,7 @@ def _run_several(args: argparse.Namespace, pipe: Any, out: OutputDir, progress: 
             entries[k]["status"] = "interrupted"  # until it has finished either way
             try:
                 result = _infer(pipe, item, k + 1, progress)
-                written = write_result(result, target)
+                written = write_result(result, target, dicom=args.dicom)
                 # Its status says whether its folder stays: an interrupt from here on
                 # keeps both, one before this line removes both.
                 entries[k] = {"input": k + 1, "status": "ok", "dir": target.name}

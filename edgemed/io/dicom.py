@@ -724,4 +724,10 @@ def read_dicom(source: SourceLike | Source, *, limits: ReaderLimits) -> MedicalI
     """
     src = resolve_source(source, limits)
     ds, _ = parse_dicom(src, limits=limits, header_only=False)
-    return _image(ds, limits, src.where)
+    image = _image(ds, limits, src.where)
+    # Its header (pixel data dropped: decoded above) for a DICOM SEG that references it
+    # (``run --dicom``); in memory only, never written or logged.
+    if "PixelData" in ds:
+        del ds.PixelData
+    image.dicom_headers = [ds]
+    return image

@@ -38,6 +38,9 @@ class MedicalImage:
     * ``metadata`` holds technical fields only (window centre/width, rescale,
       transfer syntax, format, spacing source, lossy compression, ...). It never holds
       patient-identifying values.
+    * ``dicom_headers`` (DICOM only): the source instances' headers in slice order,
+      pixel data dropped, for writers of DICOM objects that reference them (a SEG).
+      They hold patient data: never logged, printed or serialised (not in ``repr``).
     * Arrays keep the file's own voxel order; :mod:`edgemed.io.orientation` gives the
       canonical (LPS) order a model sees, and the way back.
     """
@@ -49,6 +52,7 @@ class MedicalImage:
     origin: tuple[float, float, float] | None = None
     direction: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    dicom_headers: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n_spatial = self.array.ndim - (1 if self.is_color else 0)

@@ -233,6 +233,9 @@ def assemble_series(
     else:
         image, order = _stack(headers, limits, where)
     image.metadata.update(format="dicom-series", num_slices=image.num_slices, ignored_files=ignored)
+    # The source headers in slice order (no pixel data): what a DICOM SEG over the series
+    # references (``run --dicom``). Kept in memory only; never written or logged.
+    image.dicom_headers = [headers[i][1] for i in order]
     return image, [group.kept[i] for i in order]
 
 
