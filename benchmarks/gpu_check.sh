@@ -11,13 +11,16 @@
 # 2. pytest -m "gpu or kernels" over the GPU-facing tests: the GPU launchers against the
 #    CPU reference (tests/cuda), the TensorRT builder/backend (tests/engine), the pipeline
 #    with CUDA preprocessing (tests/test_pipeline_gpu.py) and the host-build/nvcc kernel
-#    tests (tests/kernels). Among them (tests/engine/test_engine_hybrid.py) the whole
-#    pipeline with the REAL pycuda, the real kernels on the GPU, real CUDA graphs
-#    (cuda-bindings, installed first if missing) and the STAND-IN tensorrt (its engine
-#    copies its input out of real device memory, runs the network in ONNX Runtime and
-#    copies the output back), so everything but TensorRT itself runs for real: masks
-#    against ONNX Runtime, and 20 reloads must not lose GPU memory. Needs no TensorRT.
-# 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference.
+#    tests (tests/kernels, whose test_volume_kernels.py also runs the 3D kernels on the GPU
+#    against the CPU sliding window, resampling and decision). Among them
+#    (tests/engine/test_engine_hybrid.py) the whole pipeline with the REAL pycuda, the
+#    real kernels on the GPU, real CUDA graphs (cuda-bindings, installed first if
+#    missing) and the STAND-IN tensorrt (its engine copies its input out of real device
+#    memory, runs the network in ONNX Runtime and copies the output back), so everything
+#    but TensorRT itself runs for real: masks against ONNX Runtime, and 20 reloads must
+#    not lose GPU memory. Needs no TensorRT.
+# 3. benchmarks/kernel_bench.py: kernel timings (CUDA events) next to the CPU reference,
+#    then the 3D path (blend + decision per volume, input resampling) against the CPU path.
 # 4. with tensorrt: `edgemed build` of the demo bundle's three precisions, then
 #    `edgemed bench` on TensorRT and on ONNX Runtime (outputs under $BENCH_OUT, default
 #    gpu-bench/).

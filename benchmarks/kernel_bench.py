@@ -11,6 +11,14 @@ For each source slice size (128, 256, 512, 1024 pixels square) and batch (1, 8):
   logits, wall-clock medians;
 * the ratios CPU / GPU.
 
+Then the 3D path (``kernels/volume.cu``), per model-space volume (ROI 96^3, overlap 0.25,
+Gaussian, 4 windows per call, 5 classes; the model itself left out: its outputs are fixed
+arrays): the sliding-window blending, activation, back-to-source resampling and decision
+of :func:`edgemed.cuda.volume.segment_volume_device` (windows cut on the device, outputs
+blended where they lie, the mask copied back) against :func:`edgemed.volume.segment_volume`
+on the CPU, on the model grid and back to a finer source grid; and the input resampling
+(int16 source to the model grid, transfers included) against :func:`edgemed.volume.resample`.
+
 ``--host`` runs the kernels through the g++ host build instead (host_shim.h: one
 simulated thread after another on one core), so the script can be exercised on a
 machine without a GPU. Those numbers say nothing about GPU speed; the output says so.
@@ -135,6 +143,76 @@ class GpuTimer:
         }
 
 
+def volume_rows(kernels: Any, host: bool, repeat: int) -> None:
+    """The 3D table: the kernels (``kernels``, a VolumeKernels) against the CPU path."""
+    from edgemed.cuda.volume import segment_volume_device
+    from edgemed.cuda.volume_plan import DeviceArray
+    from edgemed.sliding_window import SlidingWindow
+    from edgemed.volume import VolumeSpec, count_windows, resample, segment_volume
+
+    roi, k = ((16, 16, 16), 3) if host else ((96, 96, 96), 5)
+    shapes = [(24, 40, 40)] if host else [(128, 192, 192), (160, 256, 256)]
+    window = SlidingWindow(roi, (0.25,) * 3, "gaussian", (0.125,) * 3, sw_batch_size=4)
+    vs = VolumeSpec(spacing=None, window=window)
+    head = SegmentationSpec()
+    rng = np.random.default_rng(2)
+    outputs = rng.normal(0, 2, size=(4, k, *roi)).astype(np.float32)
+    out_buf = kernels.alloc(outputs.nbytes)
+    kernels.upload(out_buf, outputs)
+    in_buf = kernels.alloc(4 * int(np.prod(roi)) * 4)
+    out_ptr = kernels.address(out_buf)
+
+    class FixedEngine:  # an engine whose outputs are already in place (no model)
+        def input(self, shape: tuple[int, ...]) -> tuple[int, Any]:
+            self.n = shape[0]
+            return kernels.address(in_buf), np.dtype(np.float32)
+
+        def run(self) -> DeviceArray:
+            return DeviceArray(out_ptr, (self.n, k, *roi), np.dtype(np.float32))
+
+    engine = FixedEngine()
+
+    where = "host" if host else "GPU"
+    head_line = (
+        f"{'model grid':>14} {'source grid':>14} {'windows':>7} | {where + ' ms':>9} "
+        f"{'CPU ms':>9} {'ratio':>7}"
+    )
+    print(f"\n3D: sliding window + activation + back to source + decision ({k} classes)")
+    print(head_line)
+    print("-" * len(head_line))
+    for shape in shapes:
+        vol = rng.normal(size=(1, *shape)).astype(np.float32)
+        for out in (shape, (shape[0] * 5 // 4, shape[1] * 2, shape[2] * 2)):
+
+            def gpu_run(vol: np.ndarray = vol, out: tuple[int, ...] = out) -> np.ndarray:
+                return segment_volume_device(vol, engine, vs, head, out, kernels=kernels)
+
+            def cpu_run(vol: np.ndarray = vol, out: tuple[int, ...] = out) -> np.ndarray:
+                return segment_volume(vol, lambda w: outputs[: len(w)], vs, head, out)
+
+            n = count_windows(shape, window)
+            g = median_ms(gpu_run, repeat)
+            c = median_ms(cpu_run, max(1, repeat // 4))
+            print(
+                f"{'x'.join(map(str, shape)):>14} {'x'.join(map(str, out)):>14} {n:>7} | "
+                f"{g:>9.1f} {c:>9.1f} {c / g:>6.2f}x",
+                flush=True,
+            )
+    kernels.free(out_buf)
+    kernels.free(in_buf)
+    print(f"\n3D: input resampling, int16 source -> float32 model grid ({where} incl. copies)")
+    cases = [((20, 48, 48), (30, 32, 32))] if host else [((160, 512, 512), (200, 256, 256))]
+    for src, dst in cases:
+        raw = rng.integers(-1024, 3000, size=src).astype(np.int16)
+        g = median_ms(lambda raw=raw, dst=dst: kernels.resample(raw, dst), repeat)
+        c = median_ms(lambda raw=raw, dst=dst: resample(raw.astype(np.float32), dst), repeat)
+        print(
+            f"{'x'.join(map(str, src)):>14} -> {'x'.join(map(str, dst)):>14} | "
+            f"{where} {g:.1f} ms, CPU {c:.1f} ms, {c / g:.2f}x",
+            flush=True,
+        )
+
+
 def _ms(value: float) -> str:
     return "n/a" if value != value else f"{value:.3f}"  # NaN: not measured (host build)
 
@@ -145,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeat", type=int, default=None, help="timed runs (median reported)")
+    ap.add_argument("--skip-volume", action="store_true", help="leave out the 3D kernels")
     args = ap.parse_args(argv)
     repeat = args.repeat or (3 if args.host else 20)
 
@@ -195,6 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         "segmentation kernel (D2H of the masks apart);\nthe CPU columns include everything "
         "(they have no transfers)."
     )
+    if not args.skip_volume:
+        if args.host:
+            from edgemed.cuda.volume import HostVolumeKernels
+
+            volume_rows(HostVolumeKernels(lib), True, repeat)
+        else:
+            from edgemed.cuda.volume import CudaVolumeKernels
+
+            volume_rows(CudaVolumeKernels(stream=timer.device.stream), False, repeat)
     return 0
 
 

@@ -14,7 +14,7 @@ import ctypes
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +60,33 @@ class HostKernels:
         # (name, grid, block, logits, slices, spec, taps, masks)
         self._seg.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, vp, vp, vp, vp, vp]
         self._seg.restype = ctypes.c_int
+        self._vol = self._lib.em_host_launch_volume
+        # (name, grid, block, src, weights, windows, taps, acc, count, dst, spec record)
+        self._vol.argtypes = [ctypes.c_char_p, u, u, u, u, u, u, *[vp] * 8]
+        self._vol.restype = ctypes.c_int
+
+    def launch_volume(self, name: str, geo: Geometry, spec: np.ndarray, *ptrs: int) -> None:
+        """Run a ``volume.cu`` entry point: ``ptrs`` are the addresses of (src, weights,
+        windows, taps, acc, count, dst), 0 where unused; ``spec`` is its one
+        ``EmVolSpec`` record (passed by value, as the GPU receives it)."""
+        rec = np.ascontiguousarray(spec)
+        rc = self._vol(name.encode(), *geo.grid, *geo.block, *ptrs, _ptr(rec))
+        if rc != 0:
+            raise UsageError(f"no kernel named {name} in {self.path.name}")
+
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], *args: Any) -> None:
+        """Run entry point ``name`` with its arguments as pycuda's ``Function.__call__``
+        takes them (``np.uintp`` pointers, ``np.int32`` scalars, the ``np.void`` record
+        of a struct passed by value): what a stand-in pycuda's kernel call does."""
+        geo = Geometry(tuple(grid), tuple(block))  # type: ignore[arg-type]
+        if name.startswith("em_vol_"):
+            *ptrs, spec = args
+            rec = np.frombuffer(bytes(memoryview(spec)), dtype=np.uint8)
+            self.launch_volume(name, geo, rec, *map(int, ptrs))
+            return
+        fn = self._seg if name.startswith("em_segment") else self._pre
+        if fn(name.encode(), *geo.grid, *geo.block, *map(int, args)) != 0:
+            raise UsageError(f"no kernel named {name} in {self.path.name}")
 
     def _launch_pre(self, name: str, geo: Geometry, *arrays: np.ndarray, stage: int = 0) -> None:
         rc = self._pre(name.encode(), *geo.grid, *geo.block, *map(_ptr, arrays), stage)

@@ -36,6 +36,34 @@ def test_nvcc_compiles_every_kernel_without_warnings(tmp_path, arch):
         assert f"em_preprocess_{suffix}_f16".encode() in blob
         assert f"em_zstats_{suffix}".encode() in blob
     assert b"em_segment_f32" in blob and b"em_segment_f16" in blob
+    from edgemed.cuda.volume_plan import RESAMPLE_DTYPES
+
+    volume = ["blend_f32", "blend_f16", "finish_labels", "finish_probs", "resample_decide"]
+    volume += ["gather", *(f"resample_{s}" for s in RESAMPLE_DTYPES.values())]
+    for name in volume:
+        assert f"em_vol_{name}".encode() in blob, name
+
+
+def test_volume_spec_is_passed_by_value_where_pycuda_puts_it(tmp_path):
+    """volume.cu's entry points take seven pointers and then the EmVolSpec struct by
+    value: the PTX must place it at byte 56 with 4-byte alignment, which is where pycuda's
+    argument buffer (struct format "PPPPPPP144s", edgemed.cuda.volume) puts the record's
+    bytes; and reading it must not copy it to local memory."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH")
+    src = build.KERNEL_DIR / "volume.cu"
+    ptx = tmp_path / "volume.ptx"
+    proc = subprocess.run(
+        build.nvcc_command(src, ptx, "sm_87", ptx=True), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    entry = re.search(r"\.entry em_vol_blend_f32\((.*?)\)", text, re.S)
+    assert entry is not None
+    params = re.findall(r"\.param \.(.*?) em_vol_blend_f32_param_(\d+)(\[\d+\])?", entry.group(1))
+    assert [p[0] for p in params[:7]] == ["u64"] * 7
+    assert params[7][0] == "align 4 .b8" and params[7][2] == "[144]"
+    assert ".local" not in text  # the struct is read from parameter space
 
 
 def test_nvcc_warnings_are_errors(tmp_path, monkeypatch):
@@ -109,6 +137,7 @@ def test_host_comparisons_pass_under_asan_and_ubsan(asan_dir):
             "kernels",
             str(HERE / "test_kernels_host.py"),
             str(HERE / "test_kernels_launcher.py"),
+            str(HERE / "test_volume_kernels.py"),
         ],
         cwd=REPO,
         env=_asan_env(asan_dir),
