@@ -17,6 +17,17 @@ Example::
         calibration="calib/", out="bundle/"))
     print(result.accuracy_table)
 
+A 3D model (sliding window over volumes) takes a 5-value shape and, optionally, the
+volume options (or a ``volume`` block in the ``preprocess`` JSON)::
+
+    export_bundle(ExportConfig(
+        model="monai.networks.nets:UNet", weights="unet3d.pt",
+        model_kwargs={"spatial_dims": 3, "in_channels": 1, "out_channels": 3,
+                      "channels": [16, 32, 64], "strides": [2, 2]},
+        input_shape="1x1x96x96x96", task="segmentation", labels="background,liver,tumour",
+        preprocess="spec3d.json", spacing="1.5,1.5,2", roi_overlap=0.25, sw_mode="gaussian",
+        sw_batch=4, calibration="volumes/", validation="val_volumes/", out="bundle3d/"))
+
 The same is ``edgemed export`` on the command line.
 """
 

@@ -1,5 +1,10 @@
 """``export_bundle``: a trained PyTorch model in, a gated multi-precision bundle out.
 
+A 5-value input shape (``NxCxDxHxW``) exports a 3D model run by sliding window: its
+bundle has ``input.layout`` NCDHW, ``preprocess.size`` the ROI and a ``volume`` block
+(target spacing, sliding window); calibration windows and the gates' volumes go through
+the runtime's own 3D path (:mod:`.volumes`, :func:`.gates.compare_volumes`).
+
 Stages, in order (each timed; any failure leaves no bundle behind):
 
 1. specs: the preprocessing/postprocessing the bundle will carry;
@@ -37,8 +42,8 @@ from edgemed._lazy import require
 from edgemed._version import __version__
 from edgemed.bundle import write_manifest
 from edgemed.errors import AccuracyGateError, ExportError, UsageError
-from edgemed.export import calibration, gates, onnx_export, precision, validation_set
-from edgemed.export.config import ExportConfig, dynamic_axes, load_specs
+from edgemed.export import calibration, gates, onnx_export, precision, validation_set, volumes
+from edgemed.export.config import ExportConfig, dynamic_axes, load_specs, volume_block
 from edgemed.export.load import LoadedModel, RandomWeightsWarning, load_model
 from edgemed.export.report import render_report
 from edgemed.heads import create_head
@@ -53,6 +58,8 @@ _VERSIONS = (
     "torch", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "onnxscript", "numpy",
 )  # fmt: skip
 _REAL_PARITY_SAMPLES = 8
+#: 3D: ROI windows are ~30-100x a 2D slice's voxels; four keep parity's PyTorch run short.
+_REAL_PARITY_WINDOWS = 4
 
 
 @dataclass
@@ -105,9 +112,13 @@ def _parity_cases(
     :data:`REAL_CASE`), and which of ``real`` those are."""
     rng = np.random.default_rng(config.seed)
     lo, hi = float(real.min()), float(real.max())
-    n, c, h, w = config.input_shape
-    shapes = {"random": (n, c, h, w)}
-    alt = (2 if 0 in axes else n, c, h // 2 if 2 in axes else h, w // 2 if 3 in axes else w)
+    n, c, *spatial = config.input_shape
+    shapes = {"random": tuple(config.input_shape)}
+    alt = (
+        2 if 0 in axes else n,
+        c,
+        *(size // 2 if axis in axes else size for axis, size in enumerate(spatial, 2)),
+    )
     if alt != shapes["random"] and min(alt[2:]) >= 8:
         shapes["random-" + "x".join(map(str, alt))] = alt
     cases = {
@@ -115,7 +126,8 @@ def _parity_cases(
         for name, s in shapes.items()
     }
     if 0 in axes:
-        idx = np.unique(np.round(np.linspace(0, len(real) - 1, _REAL_PARITY_SAMPLES)).astype(int))
+        samples = _REAL_PARITY_WINDOWS if config.is_volume else _REAL_PARITY_SAMPLES
+        idx = np.unique(np.round(np.linspace(0, len(real) - 1, samples)).astype(int))
     else:  # a fixed batch takes exactly n: the first n, repeated when fewer (fit_batch)
         idx = np.arange(n) % len(real)
     cases[REAL_CASE] = np.ascontiguousarray(real[idx])
@@ -189,26 +201,40 @@ def export_bundle(
     threads = load_settings().ort_threads
 
     pre, post = load_specs(config.preprocess, config.task, config.postprocess)
-    n, c, h, w = config.input_shape
-    if c != pre.num_channels or (h, w) != (pre.height, pre.width):
-        raise UsageError(
-            f"--input-shape {n}x{c}x{h}x{w} does not fit the preprocessing spec "
-            f"({pre.num_channels} channels, {pre.height}x{pre.width})"
-        )
+    _check_shape(config, pre)
+    vol = _volume_spec(config, pre) if config.is_volume else None
     axes = dynamic_axes(config.input_shape, config.dynamic)
     t = time.perf_counter()
-    calib, val, split = calibration.collect(
-        config.calibration,
-        config.validation,
-        pre,
-        config.max_calibration_slices,
-        config.modalities,
-    )
-    t = _lap(seconds, "data", t)
-    say(
-        f"data        {len(calib.inputs)} calibration / {len(val.inputs)} validation slices "
-        f"({seconds['data']:.1f} s)"
-    )
+    calib: calibration.ImageSet | volumes.VolumeSet
+    val: calibration.ImageSet | volumes.VolumeSet
+    if vol is None:
+        calib, val, split = calibration.collect(
+            config.calibration,
+            config.validation,
+            pre,
+            config.max_calibration_slices,
+            config.modalities,
+        )
+        t = _lap(seconds, "data", t)
+        say(
+            f"data        {len(calib.inputs)} calibration / {len(val.inputs)} validation "
+            f"slices ({seconds['data']:.1f} s)"
+        )
+    else:
+        calib, val, split = volumes.collect(
+            config.calibration,
+            config.validation,
+            pre,
+            vol,
+            config.max_calibration_windows,
+            config.modalities,
+            config.seed,
+        )
+        t = _lap(seconds, "data", t)
+        say(
+            f"data        {len(calib.inputs)} calibration windows from {len(calib.records)} "
+            f"volume(s) / {len(val.images)} validation volume(s) ({seconds['data']:.1f} s)"
+        )
 
     loaded = load_model(config.model, config.weights, config.model_kwargs, seed=config.seed)
     if loaded.random_init:
@@ -234,8 +260,9 @@ def export_bundle(
     stage = _stage_dir(config.out)
     try:
         manifest, table = _build(
-            config, loaded, pre, post, axes, calib, val, split, stage, threads, seconds, say, t
-        )
+            config, loaded, pre, post, vol, axes, calib, val, split, stage, threads, seconds,
+            say, t,
+        )  # fmt: skip
         if config.validation is not None:  # ship a few for the device's gate (edgemed check)
             shipped = validation_set.ship(
                 config.validation, stage, manifest["provenance"]["accuracy"]["thresholds"]
@@ -256,14 +283,45 @@ def export_bundle(
     return ExportResult(config.out, manifest, report, table, seconds)
 
 
+def _check_shape(config: ExportConfig, pre: Any) -> None:
+    """The input shape against the preprocessing spec (channels; H, W or the ROI)."""
+    n, c, *spatial = config.input_shape
+    text = "x".join(map(str, config.input_shape))
+    if len(spatial) != len(pre.size):
+        raise UsageError(
+            f"--input-shape {text} has {len(spatial)} spatial sizes; the preprocessing spec's "
+            f"size {list(pre.size)} has {len(pre.size)} (3D models: NxCxDxHxW with a "
+            "[D, H, W] size)"
+        )
+    if c != pre.num_channels or tuple(spatial) != tuple(int(s) for s in pre.size):
+        raise UsageError(
+            f"--input-shape {text} does not fit the preprocessing spec "
+            f"({pre.num_channels} channels, {'x'.join(str(int(s)) for s in pre.size)})"
+        )
+
+
+def _volume_spec(config: ExportConfig, pre: Any) -> Any:
+    """The bundle's ``volume`` block as the runtime reads it (its own checks)."""
+    from edgemed.errors import BundleError
+    from edgemed.volume import VolumeSpec
+
+    if config.task != "segmentation":
+        raise UsageError(f"3D (NCDHW) exports are segmentation models, not {config.task}")
+    try:
+        return VolumeSpec.from_dict(volume_block(config), pre.size)
+    except BundleError as exc:  # the user's options or spec file
+        raise UsageError(f"volume: {exc.message}") from exc
+
+
 def _build(
     config: ExportConfig,
     loaded: LoadedModel,
     pre: Any,
     post: Any,
+    vol: Any,
     axes: dict[int, str],
-    calib: calibration.ImageSet,
-    val: calibration.ImageSet,
+    calib: Any,
+    val: Any,
     split: dict[str, Any],
     stage: Path,
     threads: int | None,
@@ -296,7 +354,11 @@ def _build(
         cases,
         config.parity_tolerance,
         threads,
-        task=_task_check(config, post, outputs, [calib.placements[i] for i in real_idx]),
+        task=(
+            _window_check(config, post, outputs)
+            if vol is not None
+            else _task_check(config, post, outputs, [calib.placements[i] for i in real_idx])
+        ),
     )
     t = _lap(seconds, "onnx", t)
     worst = max(c["max_abs_over_range"] for c in parity["cases"].values())
@@ -326,29 +388,6 @@ def _build(
         t = _lap(seconds, p, t)
         say(f"{p}        {made[p]['tool'].split('.')[-1]} ({seconds[p]:.1f} s)")
 
-    accuracy = gates.compare(
-        fp32.path,
-        variants,
-        val,
-        config.task,
-        post,
-        list(config.labels),
-        config.thresholds,
-        threads,
-    )
-    accuracy["validation"] = {"images": len(val.images), "slices": int(len(val.inputs))}
-    table = gates.format_table(config.task, accuracy)
-    t = _lap(seconds, "gates", t)
-    if not accuracy["passed"]:
-        failed = [p for p, v in accuracy["variants"].items() if not v["passed"]]
-        raise AccuracyGateError(
-            f"{', '.join(failed)} differ(s) from FP32 beyond the accuracy thresholds "
-            "(no bundle written)",
-            report=accuracy,
-            table=table,
-        )
-    say(f"gates       passed ({seconds['gates']:.1f} s)")
-
     manifest: dict[str, Any] = {
         "name": config.name or _default_name(loaded.source),
         "version": config.version,
@@ -358,13 +397,14 @@ def _build(
         **({"modalities": list(config.modalities)} if config.modalities else {}),
         "input": {
             "name": fp32.input_name,
-            "layout": "NCHW",
+            "layout": "NCHW" if vol is None else "NCDHW",
             "shape": input_shape,
             "dtype": "float32",
         },
         "outputs": [{"name": fp32.output_name, "shape": outputs[0][1], "dtype": "float32"}],
         "preprocess": pre.to_dict(),
         "postprocess": post.to_dict(),
+        **({} if vol is None else {"volume": vol.to_dict()}),
         "artifacts": [
             {"path": ARTIFACTS[p], "kind": "onnx", "precision": p} for p in config.precisions
         ],
@@ -398,9 +438,43 @@ def _build(
                 "validation": val.summary(),
                 "note": "images identified by sha256 of their bytes; file names not recorded",
             },
-            "accuracy": accuracy,
         },
     }
+    if vol is None:
+        accuracy = gates.compare(
+            fp32.path,
+            variants,
+            val,
+            config.task,
+            post,
+            list(config.labels),
+            config.thresholds,
+            threads,
+        )
+        accuracy["validation"] = {"images": len(val.images), "slices": int(len(val.inputs))}
+    else:
+        # The runtime runs the bundle as written so far (bundle.json checked by the
+        # runtime's own loader); the final bundle.json adds the accuracy record.
+        staged = write_manifest(stage, manifest)
+        accuracy = gates.compare_volumes(
+            staged, list(variants), val.images, config.thresholds, threads
+        )
+        accuracy["validation"] = {
+            "volumes": len(val.images),
+            "windows": accuracy.pop("windows_per_run"),
+        }
+    manifest["provenance"]["accuracy"] = accuracy
+    table = gates.format_table(config.task, accuracy)
+    t = _lap(seconds, "gates", t)
+    if not accuracy["passed"]:
+        failed = [p for p, v in accuracy["variants"].items() if not v["passed"]]
+        raise AccuracyGateError(
+            f"{', '.join(failed)} differ(s) from FP32 beyond the accuracy thresholds "
+            "(no bundle written)",
+            report=accuracy,
+            table=table,
+        )
+    say(f"gates       passed ({seconds['gates']:.1f} s)")
     return manifest, table
 
 
@@ -424,6 +498,16 @@ def _task_check(
     if head.output != outputs[0][0]:
         return None
     return gates.TaskCheck(head, REAL_CASE, placements, config.thresholds)
+
+
+def _window_check(
+    config: ExportConfig, post: Any, outputs: list[tuple[str, list[int | str]]]
+) -> gates.WindowCheck | None:
+    """Parity's task half for a 3D model's calibration windows (see :func:`_task_check`)."""
+    head = create_head(config.task, post, list(config.labels), outputs)
+    if head.output != outputs[0][0]:
+        return None
+    return gates.WindowCheck(head, REAL_CASE, config.thresholds)
 
 
 def _lap(seconds: dict[str, float], stage: str, start: float) -> float:

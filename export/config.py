@@ -22,16 +22,34 @@ __all__ = [
     "AXIS_NAMES",
     "DEFAULT_PARITY_TOLERANCE",
     "ExportConfig",
+    "SLIDING_WINDOW_DEFAULTS",
     "Thresholds",
     "dynamic_axes",
     "load_specs",
     "parse_list",
     "parse_shape",
+    "parse_spacing",
+    "VOLUME_AXIS_NAMES",
+    "volume_block",
 ]
 
 #: Named axes of ``--dynamic`` and their position in the NCHW input. ``channels`` is never
-#: dynamic: the preprocessing spec fixes it. (The runtime feeds 2D slices, so 4D only.)
+#: dynamic: the preprocessing spec fixes it.
 AXIS_NAMES = {"batch": 0, "height": 2, "width": 3}
+#: A volume model's (NCDHW) dynamic axes: the batch of windows only. Depth, height and
+#: width are the sliding window's ROI, which the bundle fixes.
+VOLUME_AXIS_NAMES = {"batch": 0}
+
+#: The sliding window an export writes when neither the options nor the spec's JSON
+#: name a value (MONAI's rule; Gaussian blending, as nnU-Net-style models are trained for).
+SLIDING_WINDOW_DEFAULTS: dict[str, Any] = {
+    "overlap": 0.25,
+    "mode": "gaussian",
+    "sigma_scale": 0.125,
+    "sw_batch_size": 4,
+    "padding_mode": "constant",
+    "cval": 0.0,
+}
 
 CALIBRATION_METHODS = ("entropy", "max")
 
@@ -41,14 +59,34 @@ DEFAULT_PARITY_TOLERANCE = 1e-3
 
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1x3x256x256"`` (or a sequence of ints) -> ``(1, 3, 256, 256)``."""
+    """``"1x3x256x256"`` (NCHW, a 2D model) or ``"1x1x96x96x96"`` (NCDHW, a 3D model
+    run by sliding window), or a sequence of ints -> the tuple of sizes."""
     try:
         dims = tuple(int(d) for d in (text.lower().split("x") if isinstance(text, str) else text))
-    except ValueError as exc:
-        raise UsageError(f"--input-shape must look like 1x3x256x256, got {text!r}") from exc
-    if len(dims) != 4 or any(d < 1 for d in dims):
-        raise UsageError(f"--input-shape must be 4 positive sizes (NCHW), got {text!r}")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"--input-shape must look like 1x3x256x256 or 1x1x96x96x96, got {text!r}"
+        ) from exc
+    if len(dims) not in (4, 5) or any(d < 1 for d in dims):
+        raise UsageError(
+            f"--input-shape must be 4 (NCHW) or 5 (NCDHW) positive sizes, got {text!r}"
+        )
     return dims
+
+
+def parse_spacing(text: str | Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``"1.5,1.5,2"`` (x, y, z in mm; or a sequence) -> ``(1.5, 1.5, 2.0)``; ``None`` or
+    ``"none"``: no resampling."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "none")):
+        return None
+    try:
+        items = text.split(",") if isinstance(text, str) else list(text)
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--spacing must look like 1.5,1.5,2.0 (x,y,z mm), got {text!r}") from exc
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UsageError(f"--spacing must be three positive sizes in mm (x,y,z), got {text!r}")
+    return (values[0], values[1], values[2])
 
 
 def parse_list(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -60,11 +98,19 @@ def parse_list(text: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def dynamic_axes(shape: tuple[int, ...], names: Sequence[str]) -> dict[int, str]:
-    """``--dynamic`` names -> ``{axis index: name}`` for an input of ``shape``."""
-    unknown = [n for n in names if n not in AXIS_NAMES]
+    """``--dynamic`` names -> ``{axis index: name}`` for an input of ``shape``.
+
+    A volume's (5 sizes) depth, height and width are fixed: only ``batch`` may vary."""
+    known = VOLUME_AXIS_NAMES if len(shape) == 5 else AXIS_NAMES
+    unknown = [n for n in names if n not in known]
     if unknown:
+        if len(shape) == 5:
+            raise UsageError(
+                f"--dynamic: {unknown} cannot vary in a 3D model: its depth, height and width "
+                "are the sliding window's ROI (use batch)"
+            )
         raise UsageError(f"--dynamic: unknown axes {unknown} (use {sorted(AXIS_NAMES)})")
-    return {AXIS_NAMES[n]: n for n in names}
+    return {known[n]: n for n in names}
 
 
 @dataclass(frozen=True)
@@ -125,6 +171,14 @@ class ExportConfig:
         exclude_op_types: op types kept in FP32 in the FP16 and INT8 variants.
         max_calibration_slices: most 2D slices used for calibration (and, separately, for
             validation); more are subsampled evenly.
+        max_calibration_windows: 3D: most ROI windows (at the runtime's sliding-window
+            positions) used for INT8/FP16 calibration; more are a seeded random subset.
+        spacing: 3D: the target voxel spacing ``(x, y, z)`` mm every volume is resampled
+            to before the sliding window (``"1.5,1.5,2"``); ``"none"``: no resampling;
+            None: the spec JSON's ``volume.spacing``, else none.
+        roi_overlap, sw_mode, sw_batch: 3D: the sliding window's ``overlap``, ``mode``
+            (``gaussian`` or ``constant``) and ``sw_batch_size``; None: the spec JSON's
+            ``volume.sliding_window`` value, else :data:`SLIDING_WINDOW_DEFAULTS`.
         opset: ONNX opset of the FP32 model (>= 17; default 18, which the dynamo exporter
             writes natively; the INT8 variant needs 19 and ModelOpt raises it).
         parity_tolerance: largest allowed ``max |ONNX - PyTorch|`` relative to the range
@@ -161,6 +215,11 @@ class ExportConfig:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     max_calibration_slices: int = 64
+    max_calibration_windows: int = 32
+    spacing: tuple[float, float, float] | str | None = None
+    roi_overlap: float | None = None
+    sw_mode: str | None = None
+    sw_batch: int | None = None
     opset: int = 18
     parity_tolerance: float = DEFAULT_PARITY_TOLERANCE
     simplify: bool = True
@@ -199,6 +258,24 @@ class ExportConfig:
         if self.max_calibration_slices < 2:
             raise UsageError("--max-calibration-slices must be >= 2")
         dynamic_axes(self.input_shape, self.dynamic)  # validates the names
+        if self.spacing is not None and not (
+            isinstance(self.spacing, str) and self.spacing.strip().lower() == "none"
+        ):
+            self.spacing = parse_spacing(self.spacing)
+        if not self.is_volume:
+            options = {
+                "--spacing": self.spacing,
+                "--roi-overlap": self.roi_overlap,
+                "--sw-mode": self.sw_mode,
+                "--sw-batch": self.sw_batch,
+            }
+            given = [name for name, value in options.items() if value is not None]
+            if given:
+                raise UsageError(
+                    f"{', '.join(given)} apply to 3D models (a 5-value --input-shape NxCxDxHxW)"
+                )
+        if self.max_calibration_windows < 1:
+            raise UsageError("--max-calibration-windows must be >= 1")
         if len(set(self.labels)) != len(self.labels):
             raise UsageError("--labels must be distinct")
         odd = [m for m in self.modalities if not MODALITY_CODE.fullmatch(m)]
@@ -215,6 +292,29 @@ class ExportConfig:
         if self.out.exists() and not self.overwrite and any(self.out.iterdir()):
             raise UsageError("--out exists and is not empty (pass --overwrite)", path=self.out)
 
+    @property
+    def is_volume(self) -> bool:
+        """A 3D model (NCDHW input), run by sliding window."""
+        return len(self.input_shape) == 5
+
+
+def _source_data(source: str | dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON object of ``--preprocess`` (None for ``"demo"``)."""
+    if isinstance(source, dict):
+        return source
+    if source == "demo":
+        return None
+    path = Path(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(
+            f"--preprocess: cannot read a JSON spec ({exc.__class__.__name__})", path=path
+        ) from exc
+    if not isinstance(data, dict):
+        raise UsageError("--preprocess: the JSON must be an object", path=path)
+    return data
+
 
 def load_specs(
     source: str | dict[str, Any], task: str, postprocess: dict[str, Any] | None
@@ -227,10 +327,8 @@ def load_specs(
     is given.
     """
     pre_data: dict[str, Any]
-    if isinstance(source, dict):
-        pre_data = source.get("preprocess", source)
-        post_data = postprocess if postprocess is not None else source.get("postprocess", {})
-    elif source == "demo":
+    data = _source_data(source)
+    if data is None:  # "demo"
         from edgemed.bundle import Bundle
         from edgemed.pipeline import demo_bundle
 
@@ -239,18 +337,57 @@ def load_specs(
         demo_post = demo.postprocess.to_dict() if task == demo.task else {}
         post_data = postprocess if postprocess is not None else demo_post
     else:
-        path = Path(source)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError(
-                f"--preprocess: cannot read a JSON spec ({exc.__class__.__name__})", path=path
-            ) from exc
-        if not isinstance(data, dict):
-            raise UsageError("--preprocess: the JSON must be an object", path=path)
         pre_data = data.get("preprocess", data)
         post_data = postprocess if postprocess is not None else data.get("postprocess", {})
     try:
         return PreprocessSpec.from_dict(pre_data), head_class(task).parse_spec(post_data)
     except BundleError as exc:  # a user's spec file: a usage problem, not a bundle's
         raise UsageError(f"--preprocess: {exc.message}", path=source) from exc
+
+
+def volume_block(config: ExportConfig) -> dict[str, Any]:
+    """The bundle's ``volume`` block for a 3D export: ``spacing`` and ``sliding_window``.
+
+    Each value comes from the export's option when given, else from the ``volume`` block
+    of the ``--preprocess`` JSON (a 3D ``bundle.json`` works), else from
+    :data:`SLIDING_WINDOW_DEFAULTS` (spacing: none). ``roi_size`` is the input shape's
+    D, H, W; a JSON ``roi_size`` that differs is an error.
+
+    Raises:
+        UsageError: a malformed block, or values the runtime would refuse.
+    """
+    data = _source_data(config.preprocess) or {}
+    given = data.get("volume") or {}
+    if not isinstance(given, dict) or not isinstance(given.get("sliding_window", {}), dict):
+        raise UsageError("--preprocess: 'volume' must be an object with a 'sliding_window' object")
+    roi = [int(v) for v in config.input_shape[2:]]
+    window = {**SLIDING_WINDOW_DEFAULTS, **given.get("sliding_window", {})}
+    if "roi_size" in window and [int(v) for v in window["roi_size"]] != roi:
+        raise UsageError(
+            f"--preprocess: volume.sliding_window.roi_size {window['roi_size']} differs from "
+            f"the --input-shape's D, H, W {roi}"
+        )
+    window["roi_size"] = roi
+    window.setdefault("rule", "monai")
+    for key, value in (
+        ("overlap", config.roi_overlap),
+        ("mode", config.sw_mode),
+        ("sw_batch_size", config.sw_batch),
+    ):
+        if value is not None:
+            window[key] = value
+    if config.spacing is None:
+        spacing = given.get("spacing")
+        spacing = None if spacing is None else list(parse_spacing(spacing) or ())
+    elif isinstance(config.spacing, str):  # "none"
+        spacing = None
+    else:
+        spacing = [float(v) for v in config.spacing]
+    block = {"spacing": spacing, "sliding_window": window}
+    from edgemed.sliding_window import SlidingWindow
+
+    try:
+        SlidingWindow.from_dict(window)
+    except BundleError as exc:
+        raise UsageError(f"sliding window: {exc.message}") from exc
+    return block

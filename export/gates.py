@@ -21,6 +21,12 @@ Embedding: cosine similarity of each vector with FP32's (min and mean).
 
 Any other registered head: its own metric and gate.
 
+Volumes (3D models, :func:`compare_volumes`): each precision runs through
+:class:`edgemed.Pipeline` itself -- ONNX Runtime, the runtime's reading, orientation,
+resampling, the full sliding window and the decision in each volume's own grid -- and the
+head's metric compares the masks over all voxels of all validation volumes together
+(3D Dice per label, the same formula with voxels for pixels).
+
 :class:`TaskCheck` applies the same metric and gate to parity's real images (ONNX
 Runtime's decoded results against PyTorch's).
 """
@@ -35,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from edgemed import postprocess as ops
 from edgemed.export.calibration import ImageSet
 from edgemed.export.onnx_export import run_onnx_outputs, session
 from edgemed.heads import Head, HeadSpec, create_head, head_class
 from edgemed.preprocess import Placement
 
-__all__ = ["TaskCheck", "compare", "format_table"]
+__all__ = ["TaskCheck", "WindowCheck", "compare", "compare_volumes", "format_table"]
 
 _CHUNK = 8  # slices per ONNX Runtime call: bounds the memory of 256x256xC logits
 
@@ -99,6 +106,80 @@ class TaskCheck:
             self.head.decode({out: got}, self.placements),
             _thresholds(self.thresholds),
         )
+
+
+@dataclass
+class WindowCheck:
+    """:class:`TaskCheck` for a 3D model's windows: each window's outputs decided as the
+    runtime decides a blended volume (the head's activation, then argmax or threshold),
+    and gated with the head's metric (3D Dice per label over the windows together).
+
+    Attributes:
+        head: the bundle's segmentation head.
+        case: the name of the case to decode (the real calibration windows).
+        thresholds: the accuracy gates' limits.
+    """
+
+    head: Head
+    case: str
+    thresholds: Any
+
+    def _masks(self, y: np.ndarray) -> list[np.ndarray]:
+        spec = self.head.spec
+        probs = ops.activate(y, spec.activation, axis=1)  # type: ignore[attr-defined]
+        return [ops.decide(np.moveaxis(p, 0, -1), spec) for p in probs]
+
+    def run(self, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+        """The head's metric of ``got``'s masks against ``ref``'s, with ``passed``."""
+        return _judge(self.head, self._masks(ref), self._masks(got), _thresholds(self.thresholds))
+
+
+def compare_volumes(
+    bundle: Any,
+    variants: Sequence[str],
+    images: Sequence[Any],
+    thresholds: Any,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run every validation volume through :class:`edgemed.Pipeline` with the FP32
+    artifact and with each of ``variants`` (precision names) of the written ``bundle``
+    (ONNX Runtime, CPU preprocessing); the head's metrics and pass/fail per variant.
+
+    ``images`` are :class:`~edgemed.io.MedicalImage` objects as read (the pipeline
+    reorients them, and each mask comes back in its volume's own grid).
+    """
+    from edgemed.backends import create_backend
+    from edgemed.pipeline import Pipeline
+    from edgemed.settings import Options
+
+    # Built here, not resolved from EDGEMED_*: the gate must not depend on the shell.
+    base = Options(backend="onnxruntime", threads=threads, preprocess="cpu", check_modality=False)
+    masks: dict[str, list[np.ndarray]] = {}
+    head: Head | None = None
+    windows = 0
+    for precision in ["fp32", *variants] if variants else []:
+        opts = dataclasses.replace(base, precision=precision)
+        with Pipeline(bundle, create_backend(None, bundle, options=opts), opts) as pipe:
+            head = pipe.head
+            results = [pipe(image) for image in images]
+        masks[precision] = [r.output.mask for r in results]
+        windows = sum(
+            int((getattr(r.output, "volume", None) or {}).get("windows", 0)) for r in results
+        )
+    if head is None:  # FP32 alone: nothing to compare
+        head = create_head(bundle.task, bundle.postprocess, bundle.labels, bundle.outputs)
+    limits = _thresholds(thresholds)
+    report: dict[str, Any] = {
+        "reference": "FP32 ONNX through edgemed.Pipeline (ONNX Runtime CPU, full sliding "
+        "window); masks in each volume's own grid, decided by the task head",
+        "thresholds": {k: head.limit(k, limits) for k in head.thresholds},
+        "variants": {},
+        "windows_per_run": windows,
+    }
+    for precision in variants:
+        report["variants"][precision] = _judge(head, masks["fp32"], masks[precision], limits)
+    report["passed"] = all(v["passed"] for v in report["variants"].values())
+    return report
 
 
 def compare(

@@ -38,6 +38,7 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
                 "weights": exp["source"]["weights"],
                 "input": f"`{manifest['input']['name']}` {manifest['input']['shape']} float32",
                 "output": f"`{manifest['outputs'][0]['name']}` {manifest['outputs'][0]['shape']}",
+                **_volume_row(manifest),
                 "ONNX exporter": exp["onnx"]["exporter"],
                 "dynamo fallback reason": exp["onnx"].get("fallback_reason") or "(not needed)",
                 "opset": exp["onnx"]["opset"],
@@ -99,7 +100,17 @@ def render_report(manifest: dict[str, Any], artifacts: dict[str, dict[str, Any]]
         "```",
         "",
     ]
-    if task == "segmentation":
+    if "volume" in manifest:
+        lines += [
+            "Dice of label c = 2|V∩F| / (|V|+|F|), voxels the variant (V) and FP32 (F) label c,",
+            "over all validation volumes together (3D Dice), each volume run by edgemed.Pipeline",
+            "(full sliding window) and its mask compared in the volume's own grid; drop =",
+            "1 − Dice; mean over the labels present in either mask. ONNX Runtime's CPU provider",
+            "computes many FP16 ops in FP32: repeat the check on the device after the engine",
+            "is built.",
+            "",
+        ]
+    elif task == "segmentation":
         lines += [
             "Dice of class c = 2|V∩F| / (|V|+|F|), pixels the variant (V) and FP32 (F) label c,",
             "over all validation slices at their source size; drop = 1 − Dice; mean over",
@@ -142,7 +153,28 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _volume_row(manifest: dict[str, Any]) -> dict[str, str]:
+    """The Model table's row for a 3D model's ``volume`` block (none for 2D)."""
+    if "volume" not in manifest:
+        return {}
+    v = manifest["volume"]
+    sw = v["sliding_window"]
+    spacing = "source grid" if v["spacing"] is None else f"{v['spacing']} mm (x, y, z)"
+    return {
+        "volume (3D)": f"spacing {spacing}; sliding window {sw.get('rule', 'monai')}, ROI "
+        f"{sw['roi_size']}, overlap {sw['overlap']}, {sw['mode']}, {sw['sw_batch_size']} "
+        "windows per call"
+    }
+
+
 def _set_text(s: dict[str, Any]) -> str:
+    if "windows" in s:  # 3D: volumes and their ROI windows
+        text = f"{_n(s['images'], 'volume')}, {_n(s['windows'], 'window')}"
+        if s.get("subsampled_randomly"):
+            text += f" (a seeded random subset of {s['windows_available']})"
+        if s["skipped_non_image_files"]:
+            text += f"; {s['skipped_non_image_files']} non-image files skipped"
+        return text
     text = f"{_n(s['images'], 'image')}, {_n(s['slices'], 'slice')}"
     if s["subsampled_evenly"]:
         text += f" (evenly chosen from {s['slices_available']})"

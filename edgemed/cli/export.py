@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a("--model", required=True, help="PKG.MODULE:FACTORY, a TorchScript file or a .pt2 program")
     a("--weights", default=None, help="state-dict file for the factory's model")
     a("--model-kwargs", default=None, help="JSON object of keyword arguments for the factory")
-    a("--input-shape", required=True, help="example input NxCxHxW, e.g. 1x3x256x256")
+    a(
+        "--input-shape",
+        required=True,
+        help="example input NxCxHxW (2D, e.g. 1x3x256x256) or NxCxDxHxW (3D, run by sliding "
+        "window over volumes, e.g. 1x1x96x96x96)",
+    )
     a("--dynamic", default="batch", help="dynamic axes: batch,height,width (default batch)")
     a(
         "--task",
@@ -44,6 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a("--exclude-nodes", default=None, help="node-name regexes kept in FP32, comma-separated")
     a("--exclude-op-types", default=None, help="op types kept in FP32, comma-separated")
     a("--max-calibration-slices", type=int, default=64, help="cap per set (default 64)")
+    a("--max-calibration-windows", type=int, default=32, help="3D: cap (default 32)")
+    a("--spacing", default=None, help="3D: target voxel spacing X,Y,Z mm, or none (default)")
+    a("--roi-overlap", type=float, default=None, help="3D: sliding-window overlap (0.25)")
+    a("--sw-mode", default=None, choices=["gaussian", "constant"], help="3D: (gaussian)")
+    a("--sw-batch", type=int, default=None, help="3D: windows per model call (default 4)")
     a("--opset", type=int, default=18, help="ONNX opset of the FP32 model (>= 17, default 18)")
     a(
         "--parity-tolerance",
@@ -98,6 +108,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         exclude_nodes=args.exclude_nodes,
         exclude_op_types=args.exclude_op_types,
         max_calibration_slices=args.max_calibration_slices,
+        max_calibration_windows=args.max_calibration_windows,
+        spacing=args.spacing,
+        roi_overlap=args.roi_overlap,
+        sw_mode=args.sw_mode,
+        sw_batch=args.sw_batch,
         opset=args.opset,
         **({} if args.parity_tolerance is None else {"parity_tolerance": args.parity_tolerance}),
         simplify=not args.no_simplify,
