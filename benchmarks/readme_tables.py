@@ -6,7 +6,8 @@ Usage::
     python benchmarks/readme_tables.py --check   # exit 1 if the README is out of date
 
 Reads the JSON written by ``pipeline_overhead.py``, ``cpu_compare.py``,
-``preprocess_compare.py`` and ``precision_compare.py`` (any that exist) and replaces the
+``preprocess_compare.py``, ``precision_compare.py`` and the others in :data:`ORDER` (any
+that exist) and replaces the
 text between ``<!-- perf:start -->`` and ``<!-- perf:end -->`` in the README. Every
 table says when, on which machine and by which command its numbers were measured.
 Needs only the standard library.
@@ -36,6 +37,7 @@ ORDER = (
     "listen_load",
     "serve_load",
     "gallery_search",
+    "volume_compare",
 )
 
 
@@ -347,6 +349,65 @@ def gallery_table(data: Mapping[str, Any]) -> list[str]:
     return [*lines, "", _source(data)]
 
 
+def volume_table(data: Mapping[str, Any]) -> list[str]:
+    """``benchmarks/volume_compare.py``: a 3D model's sliding window, edgemed vs MONAI."""
+    vol, m, sw = data["volume"], data["model"], data["sliding_window"]
+    shape = " x ".join(map(str, vol["shape_zyx"]))
+    lines = [
+        "### 3D sliding window: edgemed vs MONAI `sliding_window_inference` (CPU)",
+        "",
+        f"MONAI `UNet(spatial_dims=3, channels={tuple(m['channels'])}, num_res_units="
+        f"{m['num_res_units']})`, {m['labels']} labels, random weights, exported once to "
+        f"ONNX; a {shape} (Z, Y, X) CT phantom NIfTI; ROI {'x'.join(map(str, sw['roi_size']))}"
+        f", overlap {sw['overlap']:g}, {sw['mode']}, {sw['sw_batch_size']} windows per call; "
+        f"{data['threads']} threads. Each pipeline in its own process, from the NIfTI file to "
+        f"the mask file written; median of {data['repeats']} runs after "
+        f"{data['warmup_runs']} warm-up run(s); peak RSS of the whole process.",
+        "",
+        "| pipeline | end to end | model calls | outside the model | first run | peak RSS "
+        "| edgemed faster by | edgemed's memory share | mask vs edgemed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    masks = data["masks_vs_edgemed"]
+    for name, r in data["pipelines"].items():
+        ph = r["phases_median_s"]
+        ours = name == "edgemed"
+        first = "—" if r["first_run_s"] is None else f"{r['first_run_s']:.2f} s"
+        if ours:
+            agree = "-"
+        elif masks[name]["differing_voxels"] is None:
+            agree = "other shape"
+        else:
+            agree = (
+                f"{masks[name]['differing_voxels']:,} voxels differ "
+                f"(Dice {masks[name]['dice']['mean_dice']:.4f})"
+            )
+        faster = "-" if ours else f"{r['edgemed_speedup']:.2f}x"
+        share = "-" if ours else f"{r['edgemed_memory_ratio']:.2f}"
+        lines.append(
+            f"| {name} | {r['end_to_end_s']:.2f} s | {ph['model_s']:.2f} s | "
+            f"{r['end_to_end_s'] - ph['model_s']:.2f} s | {first} | {r['peak_rss_mb']:.0f} MiB | "
+            f"{faster} | {share} | {agree} |"
+        )
+    g = data["goals"]
+    speed, mem = g["speedup_vs_torch"], g["memory_ratio_vs_torch"]
+    same = g["identical_to_monai_ort"]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    lines += [
+        "",
+        f"- Speed: edgemed is {speed['measured']:.2f}x faster than MONAI + PyTorch eager end "
+        f"to end (goal >= {speed['goal']:g}x: {verdict(speed['met'])}).",
+        f"- Memory: edgemed's peak RSS is {mem['measured']:.2f} of MONAI + PyTorch eager's "
+        f"(goal <= {mem['goal']:g}: {verdict(mem['met'])}).",
+        f"- Masks: edgemed and MONAI + ONNX Runtime differ in {same['differing_voxels']} "
+        f"voxels (goal: identical: {verdict(same['met'])}).",
+    ]
+    return [*lines, "", _source(data)]
+
+
 _RENDERERS = {
     "pipeline_overhead": _overhead,
     "cpu_compare": _cpu_compare,
@@ -356,6 +417,7 @@ _RENDERERS = {
     "listen_load": listen_table,
     "serve_load": serve_table,
     "gallery_search": gallery_table,
+    "volume_compare": volume_table,
 }
 
 

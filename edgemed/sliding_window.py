@@ -56,6 +56,9 @@ PADDING_MODES = {
     "circular": "wrap",
 }
 
+#: Planes handed to ``on_slab`` per call (bounds the temporaries of normalising).
+_EMIT_PLANES = 8
+
 #: predictor(windows (N, C, *roi) float32) -> outputs (N, K, *roi).
 Predictor = Callable[[np.ndarray], np.ndarray]
 #: on_slab(first plane along axis 0 in the source volume, blended outputs (K, d, ...)).
@@ -278,16 +281,18 @@ def sliding_window(
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads[1:], spatial[1:], strict=True))
 
     def emit(upto: int) -> None:
-        # Planes [z0, upto) of the padded volume are final: normalise, crop, hand over.
+        # Planes [z0, upto) of the padded volume are final: normalise, crop, hand over,
+        # a few planes at a time: a whole slab's worth of temporaries (the quotient, the
+        # sink's softmax) would cost as much memory as the accumulator itself.
         nonlocal acc, count, z0
         n = upto - z0
         if n <= 0 or acc is None:
             return
-        blended = acc[:, :n] / count[None, :n]
         first, last = max(z0, lo0), min(upto, lo0 + orig0)
-        if last > first:
-            part = blended[(slice(None), slice(first - z0, last - z0)) + crop]
-            on_slab(first - lo0, np.ascontiguousarray(part, dtype=np.float32))
+        for a in range(first, last, _EMIT_PLANES):
+            b = min(a + _EMIT_PLANES, last)
+            blended = acc[:, a - z0 : b - z0] / count[None, a - z0 : b - z0]
+            on_slab(a - lo0, np.ascontiguousarray(blended[(slice(None), slice(None), *crop)]))
         acc, count, z0 = acc[:, n:], count[n:], upto
 
     done = 0
@@ -314,11 +319,15 @@ def sliding_window(
             grow = end - z0 - acc.shape[1]
             acc = np.concatenate([acc, np.zeros((acc.shape[0], grow, *size[1:]), np.float32)], 1)
             count = np.concatenate([count, np.zeros((grow, *size[1:]), np.float32)], 0)
+        out = out.astype(np.float32, copy=False)
+        if not out.flags.writeable:
+            out = out.copy()
         for st, o in zip(batch, out, strict=True):
             where = (slice(st[0] - z0, st[0] - z0 + roi[0]),) + tuple(
                 slice(s, s + r) for s, r in zip(st[1:], roi[1:], strict=True)
             )
-            acc[(slice(None),) + where] += o.astype(np.float32, copy=False) * weights
+            # In place (the model's output is ours): the same product, no temporary.
+            acc[(slice(None),) + where] += np.multiply(o, weights, out=o)
             count[where] += weights
         done += len(batch)
         if progress is not None:
