@@ -31,7 +31,7 @@ One 3D model, one volume, the same sliding window, three (or four) pipelines:
   - **edgemed OpenVINO fp32** (only where the ``openvino`` extra is installed): edgemed
     on its OpenVINO backend, for reference.
 
-Each pipeline runs in its **own subprocess**, so its peak RSS (``ru_maxrss``) is its own:
+Each pipeline runs in its **own subprocess**, so its peak RSS (``VmHWM``) is its own:
 imports, model, inputs, buffers and outputs together. Every engine gets the same intra-op
 threads (``--threads``, default 2; ``OMP_NUM_THREADS`` likewise). In each process the
 first run is a warm-up, reported separately (``first_run_s``) and not in the median;
@@ -244,8 +244,17 @@ def _rss_now_mb() -> float | None:
 
 
 def _peak_rss_mb() -> float:
+    """This child's own peak (Linux ``VmHWM``). Not ``ru_maxrss``: Linux carries it over
+    ``exec``, so every child would start at the parent's peak (the parent imported torch
+    and built the volume: about 1.3 GB) and the memory column would compare nothing."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 

@@ -144,10 +144,17 @@ class Pipeline:
         self.preprocess_choice = (
             _preprocess_choice(options.preprocess, self.spec, backend, cubin_dir)
             if bundle.volume is None
-            else _volume_preprocess_choice(options.preprocess)
+            else _volume_preprocess_choice(
+                options.preprocess, self.spec, backend, cubin_dir, self.head.output
+            )
         )
         self._gpu: CudaStages | None = None
-        if self.preprocess_choice.device == "cuda":
+        # 3D on the GPU: the volume kernels cut windows into the engine's input and blend
+        # and decide its outputs there (loaded at the first volume, freed by close()).
+        self._volume_gpu = bundle.volume is not None and self.preprocess_choice.device == "cuda"
+        self._volume_cubins = cubin_dir
+        self._volume_kernels: Any = None
+        if self.preprocess_choice.device == "cuda" and bundle.volume is None:
             from edgemed.cuda.stages import CudaStages
 
             self._gpu = CudaStages(self.head, self.spec, backend, self.batch_size, cubin_dir)
@@ -263,8 +270,9 @@ class Pipeline:
 
     @property
     def preprocess_device(self) -> str:
-        """``cuda`` when the CUDA kernels preprocess, else ``cpu``."""
-        return "cuda" if self._gpu is not None else "cpu"
+        """``cuda`` when the CUDA kernels preprocess (3D: cut the windows into the
+        engine and blend and decide its outputs), else ``cpu``."""
+        return "cuda" if self._gpu is not None or self._volume_gpu else "cpu"
 
     def _stages(self) -> tuple[Any, Any, Any]:
         """The preprocess, infer and decode steps for this backend and device, chosen once.
@@ -409,8 +417,10 @@ class Pipeline:
     def _run_volumes(
         self, views: list[MedicalImage], progress: Callable[[int, int], None] | None = None
     ) -> tuple[list[list[Any]], dict[str, float]]:
-        """3D models: each volume through :func:`edgemed.volume.prepare` and the sliding
-        window, windows batched into backend calls (see ``per_call``).
+        """3D models: each volume through :func:`edgemed.volume.prepare` (on the CPU) and
+        the sliding window, windows batched into backend calls (see ``per_call``): on the
+        CPU (:func:`edgemed.volume.segment_volume`), or, where the choice is ``cuda``
+        (a device-I/O engine), in the CUDA volume kernels (:meth:`_segment_volume_gpu`).
 
         Returns per image its canonical planes' masks (the head assembles them as it
         does a 2D model's slices) and the summed stage times; each volume's window
@@ -466,9 +476,15 @@ class Pipeline:
             t0 = clock()
             infer_before = ms["infer"]
             shape = view.array.shape if view.array.ndim == 3 else (1, *view.array.shape)
-            mask = segment_volume(
-                prepared, predictor, run_vol, self.head.spec, shape, self.bundle.labels, step
-            )
+            if self._volume_gpu:
+                # Cutting, the engine, blending and deciding interleave on one stream:
+                # their time is the device's, counted as infer.
+                mask = self._segment_volume_gpu(prepared, run_vol, shape, step, fixed)
+                ms["infer"] += (clock() - t0) * 1e3
+            else:
+                mask = segment_volume(
+                    prepared, predictor, run_vol, self.head.spec, shape, self.bundle.labels, step
+                )
             ms["postprocess"] += (clock() - t0) * 1e3 - (ms["infer"] - infer_before)
             out.append(list(mask) if view.array.ndim == 3 else [mask[0]])
             self._volume_facts.append(
@@ -485,6 +501,50 @@ class Pipeline:
             )
             del prepared
         return out, ms
+
+    def _segment_volume_gpu(
+        self,
+        prepared: np.ndarray,
+        vol: Any,
+        shape: tuple[int, ...],
+        step: Callable[[int, int], None],
+        fixed: int | None,
+    ) -> np.ndarray:
+        """One prepared volume through the CUDA volume kernels beside a device-I/O
+        engine (:func:`edgemed.cuda.volume.segment_volume_device`): uploaded once, each
+        batch of windows cut into the engine's input, its outputs blended and decided
+        where it left them; only the mask comes back. CUDA failures become ``GPU_*``
+        errors (``GPU_FATAL`` stops the pipeline, see :meth:`run_batch`)."""
+        from edgemed.cuda.device import cuda_errors
+        from edgemed.cuda.volume import BackendEngine, CudaVolumeKernels, segment_volume_device
+
+        backend = self.backend
+        with backend.gpu.active(), cuda_errors("3D inference on the GPU"):
+            if self._volume_kernels is None:  # loaded once, on the engine's stream
+                self._volume_kernels = CudaVolumeKernels(
+                    device=backend.gpu, cubin_dir=self._volume_cubins
+                )
+            engine = BackendEngine(backend, self.head.output, batch=fixed)
+            return segment_volume_device(
+                prepared,
+                engine,
+                vol,
+                self.head.spec,
+                shape,
+                self.bundle.labels,
+                step,
+                kernels=self._volume_kernels,
+            )
+
+    def _close_volume_kernels(self) -> None:
+        """Drop the volume kernels' module inside the engine's context while it lives
+        (pycuda skips a release in a detached context)."""
+        kernels, self._volume_kernels = self._volume_kernels, None
+        gpu = self.backend.gpu
+        if kernels is None or gpu is None or gpu.closed:
+            return
+        with gpu.active():
+            del kernels
 
     def _result(self, image: MedicalImage, how: Orientation, values: list[Any]) -> Result:
         prov = dict(self._provenance)
@@ -553,6 +613,7 @@ class Pipeline:
         try:
             if self._gpu is not None:
                 self._gpu.close()
+            self._close_volume_kernels()
         finally:
             self.backend.close()
 
@@ -591,22 +652,68 @@ def _preprocess_choice(
     return choice
 
 
-def _volume_preprocess_choice(mode: str) -> PreprocessChoice:
-    """3D models preprocess on the CPU (resampling and windowing of the whole volume,
-    :func:`edgemed.volume.prepare`); ``cuda`` is refused rather than ignored."""
-    if mode == "cuda":
+def _volume_preprocess_choice(
+    mode: str,
+    spec: Any,
+    backend: Backend,
+    cubin_dir: str | os.PathLike[str] | None,
+    output: str,
+) -> PreprocessChoice:
+    """Where a 3D model's windows are cut, blended and decided: the CUDA volume kernels
+    (:func:`edgemed.cuda.volume.segment_volume_device`) beside a device-I/O backend
+    (TensorRT), else the CPU (:func:`edgemed.volume.segment_volume`).
+
+    The 2D rule decides (:func:`_preprocess_choice`: the mode, device I/O, cubins or
+    nvcc for the GPU's architecture), then what the volume kernels need of the engine
+    (float32 or float16 input and output). ``cuda`` that cannot be honoured is refused,
+    never ignored; without device I/O it always is (the kernels feed an engine's input on
+    the device). :func:`edgemed.volume.prepare` (resampling to the model's spacing and
+    the intensity steps) stays on the CPU either way: the resampling kernel agrees with
+    it within 1e-5, not bit for bit, and masks must not depend on the device.
+    """
+    if mode == "cuda" and not backend.device_io:
         raise UsageError(
-            "--preprocess cuda is not available for 3D models yet: their resampling and "
-            "windowing run on the CPU (use auto or cpu)"
+            f"--preprocess cuda for a 3D model needs a backend with device I/O (TensorRT); "
+            f"beside {backend.name} use auto or cpu",
+            code="USAGE_GPU_UNSUPPORTED",
         )
-    return PreprocessChoice("cpu", "3D models preprocess on the CPU (edgemed.volume)")
+    choice = _preprocess_choice(mode, spec, backend, cubin_dir)
+    if choice.device != "cuda":
+        return choice
+    from edgemed.cuda.volume import check_engine_io
+
+    outputs = {o.name: o.dtype for o in backend.outputs}
+    try:
+        check_engine_io(backend.inputs[0].dtype, outputs.get(output))
+    except UsageError as exc:
+        if mode == "cuda":
+            raise
+        log.info("3D windows on the CPU: %s", exc.message)
+        return PreprocessChoice("cpu", exc.message, (("cuda", exc.message),))
+    return PreprocessChoice(
+        "cuda",
+        "the CUDA volume kernels cut the windows into the engine's input and blend and "
+        "decide its outputs on the device (resampling and intensity steps on the CPU)",
+    )
 
 
 def _peak_rss_mb() -> float:
-    """The process's peak resident memory so far, MiB (getrusage; Linux reports KiB)."""
+    """The process's peak resident memory so far, MiB: Linux's ``VmHWM``, else getrusage.
+
+    Not ``ru_maxrss`` on Linux: it survives ``exec``, so a process started by a large
+    parent (a test runner, a benchmark that imported torch) would report the parent's
+    peak as its own.
+    """
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
