@@ -574,6 +574,27 @@ class Pipeline:
             orientation=how,
         )
 
+    def read_series(
+        self, instances: Sequence[Any], *, check_modality: bool | None = None
+    ) -> tuple[MedicalImage, list[int]]:
+        """One DICOM series from its instances (bytes, file objects or paths, e.g. received
+        or uploaded) as this pipeline reads a folder: its caps, the bundle's series rules
+        (modalities included unless ``check_modality`` is off), ids under its salt, and
+        ``input.series`` recorded. Front-ends that receive a series (serve, listen,
+        Triton) read it here, so their results match ``edgemed run DIR``.
+
+        Returns:
+            ``(image, order)``: as :func:`edgemed.io.series.read_series_ordered`.
+        """
+        from edgemed.io.series import read_series_ordered
+
+        check = self.options.check_modality if check_modality is None else check_modality
+        rules = SeriesRules.for_pipeline(self.bundle.series_rules, self.bundle.modalities, check)
+        image, order = read_series_ordered(
+            instances, limits=self.options.limits, rules=rules, salt=self._salt
+        )
+        return image, order  # (the spacing option applies when the image is run)
+
     def _as_image(self, item: Input) -> MedicalImage:
         if isinstance(item, MedicalImage):
             return self._with_spacing(item)

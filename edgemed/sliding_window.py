@@ -292,7 +292,7 @@ def sliding_window(
         for a in range(first, last, _EMIT_PLANES):
             b = min(a + _EMIT_PLANES, last)
             blended = acc[:, a - z0 : b - z0] / count[None, a - z0 : b - z0]
-            on_slab(a - lo0, np.ascontiguousarray(blended[(slice(None), slice(None), *crop)]))
+            on_slab(a - lo0, np.ascontiguousarray(blended[(slice(None), slice(None)) + crop]))
         acc, count, z0 = acc[:, n:], count[n:], upto
 
     done = 0

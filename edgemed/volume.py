@@ -84,14 +84,15 @@ class VolumeSpec:
         unknown = sorted(set(block) - {"spacing", "sliding_window"})
         if unknown:
             raise BundleError(f"volume has unknown keys {unknown}")
-        spacing = block.get("spacing")
-        if spacing is not None:
+        spacing: tuple[float, float, float] | None = None
+        if block.get("spacing") is not None:
             try:
-                spacing = tuple(float(s) for s in spacing)
+                given = tuple(float(s) for s in block["spacing"])
             except (TypeError, ValueError) as exc:
                 raise BundleError("volume.spacing must be [x, y, z] mm or null") from exc
-            if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            if len(given) != 3 or not all(math.isfinite(s) and s > 0 for s in given):
                 raise BundleError("volume.spacing must be three positive sizes in mm")
+            spacing = (given[0], given[1], given[2])
         sw = dict(block.get("sliding_window") or {})
         sw.setdefault("roi_size", list(roi))
         window = SlidingWindow.from_dict(sw)
@@ -100,7 +101,7 @@ class VolumeSpec:
                 f"volume.sliding_window.roi_size {list(window.roi_size)} differs from the "
                 f"preprocess size {list(roi)} (the model's input)"
             )
-        return cls(spacing=spacing, window=window)  # type: ignore[arg-type]
+        return cls(spacing=spacing, window=window)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -70,6 +70,7 @@ __all__ = [
     "BackendEngine",
     "SlabBlender",
     "VolumeWindows",
+    "check_engine_io",
     "segment_volume_cuda",
     "segment_volume_device",
 ]
@@ -230,6 +231,14 @@ class CudaVolumeKernels(VolumeKernels):
     ``CudaDevice.active()``; never ``pycuda.autoinit``). The module is loaded from
     ``cubin_dir`` when it holds ``volume.<arch>.cubin``, else compiled by SourceModule
     (as :class:`edgemed.cuda.launchers.CudaPreprocessor`).
+
+    Args:
+        stream: the stream to queue on (``None``: the default stream).
+        cubin_dir: stored cubins (see above).
+        kernel_cache: SourceModule's cache folder.
+        device: a :class:`edgemed.cuda.device.CudaDevice` (an engine's) whose stream to
+            queue on instead, looked up at each call: these kernels then never keep the
+            stream alive past the device's close (an error's traceback holds them).
     """
 
     def __init__(
@@ -237,14 +246,22 @@ class CudaVolumeKernels(VolumeKernels):
         stream: Any = None,
         cubin_dir: str | os.PathLike[str] | None = None,
         kernel_cache: str | os.PathLike[str] | None = None,
+        *,
+        device: Any = None,
     ) -> None:
         from edgemed.cuda.device import cuda_errors
         from edgemed.cuda.launchers import _driver, _KernelModule
 
-        self.stream = stream
+        self._stream = stream
+        self._device = device
         self._drv = _driver()  # MissingDependencyError (naming the extra) first
         with cuda_errors("loading the volume kernels"):
             self._kernels = _KernelModule("volume", cubin_dir, kernel_cache)
+
+    @property
+    def stream(self) -> Any:
+        """The stream launches and copies are queued on."""
+        return self._device.stream if self._device is not None else self._stream
 
     def alloc(self, nbytes: int) -> Any:
         from edgemed.cuda.device import DeviceBuffer
@@ -702,6 +719,28 @@ class DeviceEngine(Protocol):
         ...
 
 
+def check_engine_io(input_dtype: Any, output_dtype: Any) -> None:
+    """Raise ``UsageError`` (``USAGE_GPU_UNSUPPORTED``) unless an engine with this input
+    and output type can run through :func:`segment_volume_device`: windows are cut as
+    float32 or float16, outputs blended from float32 or float16.
+
+    Args:
+        input_dtype: the model input's type.
+        output_dtype: the decoded output's type (``None``: the model has no such output).
+    """
+    kinds = (np.dtype(np.float32), np.dtype(np.float16))
+    if np.dtype(input_dtype) not in kinds:
+        raise UsageError(
+            f"the volume kernels cut windows as float32 or float16, not {np.dtype(input_dtype)}",
+            code="USAGE_GPU_UNSUPPORTED",
+        )
+    if output_dtype is None or np.dtype(output_dtype) not in kinds:
+        raise UsageError(
+            f"the volume kernels blend float32 or float16 outputs, not {output_dtype}",
+            code="USAGE_GPU_UNSUPPORTED",
+        )
+
+
 class BackendEngine:
     """:class:`DeviceEngine` over a backend with device I/O (the TensorRT backend's
     ``device_input`` / ``infer_device`` / ``device_output``): the windows are cut into
@@ -710,21 +749,31 @@ class BackendEngine:
     Args:
         backend: a backend with ``device_io`` (its ``inputs[0]`` is the volume input).
         output: the output the head decodes (default: the backend's first output).
+        batch: an engine built for exactly this batch: a smaller last batch runs a whole
+            one (the rows after the windows hold whatever the input buffer held; their
+            outputs are never read).
     """
 
-    def __init__(self, backend: Any, output: str | None = None) -> None:
+    def __init__(self, backend: Any, output: str | None = None, batch: int | None = None) -> None:
         self.backend = backend
         self.input_name = backend.inputs[0].name
         self.output_name = output or backend.outputs[0].name
+        self.batch = batch
+        self._n = 0
 
     def input(self, shape: tuple[int, ...]) -> tuple[int, Any]:
-        ptr, _, dtype = self.backend.device_input(self.input_name, shape)
+        self._n = int(shape[0])
+        if self.batch is not None and self._n < self.batch:
+            shape = (self.batch, *shape[1:])
+        ptr, _, dtype = self.backend.device_input(self.input_name, tuple(shape))
         return int(ptr), np.dtype(dtype)
 
     def run(self) -> DeviceArray:
         self.backend.infer_device(fetch=())  # the outputs stay on the GPU, nothing waits
         ptr, shape, dtype = self.backend.device_output(self.output_name)
-        return DeviceArray(int(ptr), tuple(int(n) for n in shape), np.dtype(dtype))
+        # The first n rows of a C-order batch start where it starts.
+        rows = (min(self._n, int(shape[0])) if self._n else int(shape[0]), *shape[1:])
+        return DeviceArray(int(ptr), tuple(int(n) for n in rows), np.dtype(dtype))
 
 
 def segment_volume_device(
@@ -742,7 +791,7 @@ def segment_volume_device(
     of windows is cut by ``em_vol_gather`` straight into ``engine``'s input, the engine
     runs, and its outputs are blended where it left them. Nothing but the mask comes
     back. ``kernels`` must queue on the engine's stream (e.g. ``CudaVolumeKernels(
-    stream=backend.stream)`` inside ``backend.gpu.active()``), so each step runs in order
+    device=backend.gpu)`` inside ``backend.gpu.active()``), so each step runs in order
     without waiting on the host.
     """
     window: SlidingWindow = vol.window

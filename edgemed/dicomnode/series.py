@@ -41,16 +41,11 @@ def make_results(
     """
     import pydicom
 
-    from edgemed.io.series import read_series_ordered
-    from edgemed.io.series_rules import SeriesRules
     from edgemed.render import dicom_objects
 
     # The bundle's series rules (image type, orientation, slice count...) as for a
     # folder: a series the model cannot use is skipped with its code before decoding.
-    rules = SeriesRules.for_pipeline(
-        pipe.bundle.series_rules, pipe.modalities, pipe.options.check_modality
-    )
-    image, order = read_series_ordered(files, limits=pipe.options.limits, rules=rules)
+    image, order = pipe.read_series(files)
     result = pipe(image)
     sources = [pydicom.dcmread(files[i], stop_before_pixels=True) for i in order]
     timings.update(result.timings)

@@ -240,13 +240,18 @@ def assemble_series(
 
 
 def _assemble(
-    sources: list[Source], limits: ReaderLimits, where: object, rules: SeriesRules | None = None
+    sources: list[Source],
+    limits: ReaderLimits,
+    where: object,
+    rules: SeriesRules | None = None,
+    salt: bytes | None = None,
 ) -> tuple[MedicalImage, list[int]]:
     """One volume from the instances of one series (a directory's files, or items), and
     which of ``sources`` each of its slices came from, in volume order.
 
     ``where`` names the directory in messages, or is None for in-memory instances.
     ``rules``: the series must pass them (:func:`edgemed.io.series_select.require_rules`).
+    ``salt``: for the series' id in ``metadata["series_selection"]`` (None: the process's).
     """
     groups, ignored = group_series(sources, limits)
     if not groups:
@@ -259,11 +264,15 @@ def _assemble(
             f"{len(groups)} DICOM series were given together; give one series at a time",
             where,
         )
-    if rules is not None:
-        from edgemed.io.series_select import require_rules
+    from edgemed.io.series_select import only_series_record, require_rules
 
+    if rules is not None:
         require_rules(rules, groups[0], where)
-    return assemble_series(groups[0], limits, where, ignored=ignored)
+    image, order = assemble_series(groups[0], limits, where, ignored=ignored)
+    # The same record a folder's series choice leaves (result.json's input.series), so
+    # a series read from instances reports what `edgemed run DIR` reports for it.
+    image.metadata["series_selection"] = only_series_record(groups[0], salt)
+    return image, order
 
 
 def _stack(
@@ -392,6 +401,7 @@ def read_series_ordered(
     *,
     limits: ReaderLimits | None = None,
     rules: SeriesRules | None = None,
+    salt: bytes | None = None,
 ) -> tuple[MedicalImage, list[int]]:
     """:func:`read_series`, and which item each slice of the volume came from.
 
@@ -400,7 +410,8 @@ def read_series_ordered(
     second sort. With ``rules`` (a bundle's series rules, as the DICOM listener applies
     them), a series that fails them is refused before its pixels are read:
     ``INPUT_MODALITY`` when the modality alone fails, else ``INPUT_NO_SERIES_MATCH``
-    naming the rules.
+    naming the rules. ``salt`` keys the series' id in ``metadata["series_selection"]``
+    (a pipeline's ``id_salt``; None: the process's own).
 
     Returns:
         ``(image, order)``: ``order[z]`` is the position in ``items`` of slice ``z``'s
@@ -414,11 +425,14 @@ def read_series_ordered(
         getattr(items, "read", None)
     ):
         raise UsageError("read_series expects a collection of instances; use read_image for one")
-    return guard(lambda: _read_series(items, limits, rules), None)
+    return guard(lambda: _read_series(items, limits, rules, salt), None)
 
 
 def _read_series(
-    items: Iterable[SourceLike], limits: ReaderLimits, rules: SeriesRules | None = None
+    items: Iterable[SourceLike],
+    limits: ReaderLimits,
+    rules: SeriesRules | None = None,
+    salt: bytes | None = None,
 ) -> tuple[MedicalImage, list[int]]:
     try:
         instances = list(items)
@@ -426,4 +440,5 @@ def _read_series(
         raise UsageError("read_series expects a collection of instances") from exc
     if len(instances) > limits.max_frames:  # checked before any instance is parsed
         raise beyond_cap("number of instances", "max_frames", limits, None)
-    return _assemble([resolve_source(item, limits) for item in instances], limits, None, rules)
+    sources = [resolve_source(item, limits) for item in instances]
+    return _assemble(sources, limits, None, rules, salt)

@@ -63,6 +63,7 @@ __all__ = [
     "find_instances",
     "is_dicomdir",
     "list_series",
+    "only_series_record",
     "read_chosen_series",
     "series_id",
 ]
@@ -156,6 +157,18 @@ class SeriesCandidate:
         if self.description:
             text += f" '{self.description}'"
         return text + (f" fails {'+'.join(self.failed)}" if self.failed else " matches")
+
+
+def only_series_record(group: SeriesGroup, salt: bytes | None = None) -> dict[str, Any]:
+    """The choice record of a series that was the only one given (instances received,
+    uploaded, or a folder read without a choice): as :func:`choose_series` records it."""
+    return {
+        "candidates": 1,
+        "matching": 1,
+        "reason": "only_match",
+        "id": series_id(group, salt or _PROCESS_SALT),
+        "slices": group.slices,
+    }
 
 
 def series_id(group: SeriesGroup, salt: bytes) -> str:

@@ -59,14 +59,13 @@ class Job:
 def read_upload(pipe: Pipeline, job: Job) -> Any:
     """The job's upload as a MedicalImage, read by the core readers under the
     pipeline's caps, the request's spacing applied, the modality checked."""
-    from edgemed.io import read_image, read_series
+    from edgemed.io import read_image
     from edgemed.pipeline import apply_spacing
 
-    limits = pipe.options.limits
     if len(job.parts) == 1:
-        image = read_image(job.parts[0], limits=limits)
-    else:
-        image = read_series(job.parts, limits=limits)
+        image = read_image(job.parts[0], limits=pipe.options.limits)
+    else:  # the bundle's series rules and id salt, as `edgemed run DIR`
+        image, _ = pipe.read_series(job.parts, check_modality=job.check_modality)
     image = apply_spacing(image, job.spacing if job.spacing is not None else pipe.options.spacing)
     if job.check_modality:
         check_modality(image, pipe.bundle.modalities)

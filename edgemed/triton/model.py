@@ -157,7 +157,6 @@ class EdgemedModel:
         """A request's images (read by edgemed's readers, modality checked) and each
         one's read time in ms."""
         from edgemed.io import read_image
-        from edgemed.io.series import read_series
         from edgemed.pipeline import check_modality
 
         pb = self.pb_utils
@@ -175,8 +174,8 @@ class EdgemedModel:
         groups = [items] if params.get(wire.SERIES) is True else [[b] for b in items]
         for group in groups:
             t0 = time.perf_counter()
-            if params.get(wire.SERIES) is True:
-                image = read_series(group, limits=limits)
+            if params.get(wire.SERIES) is True:  # rules and id salt as `edgemed run DIR`
+                image, _ = self.pipe.read_series(group)
             else:
                 image = read_image(group[0], limits=limits)
             check_modality(image, self.pipe.modalities)

@@ -386,9 +386,9 @@ def make_pycuda(sim: Sim) -> dict[str, types.ModuleType]:
             return self._standin_handle
 
         def synchronize(self) -> None:
-            need_context("cuStreamSynchronize")
             queue = sim.streams[self._standin_handle]
             del self  # a traceback through here must not keep the stream (C++ in pycuda)
+            need_context("cuStreamSynchronize")  # (a sticky error raises here too)
             if queue.capture is not None:
                 queue.invalidated = True
                 raise drv.LogicError(
@@ -1042,17 +1042,24 @@ def add_kernels(modules: dict[str, types.ModuleType], sim: Sim, host: Any) -> No
             self._standin_name = name
 
         def __call__(self, *args, grid, block, stream=None) -> None:
-            ptrs = [int(a) for a in args]
+            # Arguments as pycuda takes them: np.uintp pointers, np.int32 scalars, and
+            # (volume.cu) one np.void record passed by value; the host build's launch()
+            # unpacks each kind as the GPU receives it. Copied now, as pycuda packs the
+            # arguments at the call (a reused host record may change before the run).
+            args = tuple(a.copy() if isinstance(a, np.void) else a for a in args)
             name = self._standin_name
             sim.count("kernel")
 
             def run() -> None:
-                for a, p in zip(args, ptrs, strict=True):
-                    if isinstance(a, np.uintp):  # a pointer (np.int32: a stage number)
-                        sim.check(p, 1)
-                launch = host._seg if name.startswith("em_segment") else host._pre
-                if launch(name.encode(), *grid, *block, *ptrs) != 0:
-                    raise _Fault(f"kernel {name} failed")
+                for a in args:
+                    # A pointer must lie in live GPU memory; 0 is a volume kernel's
+                    # "unused" argument (np.int32: a stage number; np.void: a struct).
+                    if isinstance(a, np.uintp) and int(a) != 0:
+                        sim.check(int(a), 1)
+                try:
+                    host.launch(name, grid, block, *args)
+                except Exception as exc:  # e.g. no such entry point: a launch failure
+                    raise _Fault(f"kernel {name} failed: {exc}") from None
 
             sim.enqueue(None if stream is None else stream.handle, run)
 
