@@ -24,6 +24,7 @@ from edgemed.io.image import MedicalImage
 
 __all__ = [
     "PALETTE",
+    "PLANES",
     "nifti_affine",
     "render_overlay",
     "size_text",
@@ -43,6 +44,47 @@ PALETTE = [
     (0, 220, 220),  # 7 cyan
     (255, 105, 180),  # 8 pink
 ]
+
+
+#: Views of a volume :func:`render_overlay` draws through its centre.
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _plane(
+    pixels: np.ndarray, masks: np.ndarray, spacing: Sequence[float], plane: str
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The centre ``plane`` of a canonical ``(Z, Y, X)`` volume and its mask, laid out as
+    DICOM's standard views (axial: anterior up; coronal and sagittal: head up, patient's
+    right / anterior on the left; those two stretched to square millimetres, as slices
+    are often thicker than pixels are wide); with the index of the plane and how many
+    there are."""
+    dz, dy, dx = (float(s) for s in spacing)
+    if plane == "axial":
+        k, n = pixels.shape[0] // 2, pixels.shape[0]
+        img, m, rows, cols = pixels[k], masks[k], dy, dx
+    elif plane == "coronal":
+        k, n = pixels.shape[1] // 2, pixels.shape[1]
+        img, m, rows, cols = pixels[::-1, k], masks[::-1, k], dz, dx
+    else:
+        k, n = pixels.shape[2] // 2, pixels.shape[2]
+        img, m, rows, cols = pixels[::-1, :, k], masks[::-1, :, k], dz, dy
+    img, m = np.ascontiguousarray(img), np.ascontiguousarray(m)
+    if plane != "axial" and rows > 0 and cols > 0 and abs(rows / cols - 1) > 1e-3:
+        size = (img.shape[1], max(1, round(img.shape[0] * rows / cols)))
+        img = cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+    return img, m, k, n
+
+
+def _canonical_spacing(image: MedicalImage, transform: np.ndarray | None) -> list[float]:
+    """A volume's ``(dz, dy, dx)`` in canonical axis order (axes may have been swapped)."""
+    xyz = [float(v) for v in image.spacing[::-1]]
+    if transform is not None:
+        out = list(xyz)
+        for i, (axis, _) in enumerate(transform):
+            out[int(axis)] = xyz[i]
+        xyz = out
+    return xyz[::-1]
 
 
 def nifti_affine(image: MedicalImage) -> np.ndarray:
@@ -161,6 +203,7 @@ def render_overlay(
     stats: dict[str, dict[str, float]] | None = None,
     alpha: float = 0.45,
     min_size: int = 512,
+    plane: str = "axial",
 ) -> np.ndarray:
     """The image, the same image with the coloured mask, and a legend, side by side, as
     an RGB uint8 array.
@@ -168,16 +211,21 @@ def render_overlay(
     ``image`` and ``mask`` are in the input's own voxel grid; the picture shows them in
     the canonical orientation (:mod:`edgemed.io.orientation`: patient's right on the
     left, anterior at the top for an axial slice), whatever order the file stored.
-    Volumes show their middle slice. Small images are enlarged (nearest neighbour for
-    the mask, linear for the image) so the legend stays readable.
+    Volumes show their middle slice, or with ``plane`` (one of :data:`PLANES`) the
+    middle coronal or sagittal plane, head up, in square millimetres. Small images
+    are enlarged (nearest neighbour for the mask, linear for the image) so the legend
+    stays readable.
     """
     from edgemed.io.orientation import orientation  # nibabel: imported when drawing
 
+    if plane not in PLANES or (plane != "axial" and not image.is_volume):
+        raise UsageError(f"plane must be one of {PLANES} (a 2D image: axial), got {plane!r}")
     how = orientation(image)
     pixels, masks = how.to_canonical(image.array), how.to_canonical(mask)  # views
-    k = pixels.shape[0] // 2 if image.is_volume else 0
-    src = pixels[k] if image.is_volume else pixels
-    m = np.ascontiguousarray(masks[k] if masks.ndim == 3 else masks)
+    if image.is_volume:
+        src, m, k, n = _plane(pixels, masks, _canonical_spacing(image, how.transform), plane)
+    else:
+        src, m, k, n = pixels, np.ascontiguousarray(masks), 0, 1
     gray = _display(src, image)
     rgb = gray if gray.ndim == 3 else cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     scale = max(1, int(np.ceil(min_size / max(1, min(m.shape)))))
@@ -194,7 +242,8 @@ def render_overlay(
     row_h, panel_w = 26, 300
     present = [i for i in range(1, len(labels)) if stats is None or labels[i] in stats]
     panel = np.full((out.shape[0], panel_w, 3), 24, dtype=np.uint8)
-    title = "edgemed" + (f"  slice {k + 1}/{pixels.shape[0]}" if image.is_volume else "")
+    where = "slice" if plane == "axial" else plane
+    title = "edgemed" + (f"  {where} {k + 1}/{n}" if image.is_volume else "")
     cv2.putText(
         panel, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA
     )
@@ -227,6 +276,7 @@ def write_overlay_png(
     mask: np.ndarray,
     labels: Sequence[str],
     stats: dict[str, dict[str, float]] | None = None,
+    plane: str = "axial",
 ) -> Path: ...
 @overload
 def write_overlay_png(
@@ -235,6 +285,7 @@ def write_overlay_png(
     mask: np.ndarray,
     labels: Sequence[str],
     stats: dict[str, dict[str, float]] | None = None,
+    plane: str = "axial",
 ) -> None: ...
 def write_overlay_png(
     target: str | os.PathLike[str] | BinaryIO,
@@ -242,6 +293,7 @@ def write_overlay_png(
     mask: np.ndarray,
     labels: Sequence[str],
     stats: dict[str, dict[str, float]] | None = None,
+    plane: str = "axial",
 ) -> Path | None:
     """Render :func:`render_overlay` and save it as PNG.
 
@@ -251,6 +303,7 @@ def write_overlay_png(
         mask: labels in the image's shape.
         labels: label names, index = label value.
         stats: per-label measurements shown in the legend.
+        plane: a volume's view through its centre (:data:`PLANES`).
 
     Returns:
         The path written, or None for a file object.
@@ -258,7 +311,7 @@ def write_overlay_png(
     Raises:
         OutputError: the PNG cannot be encoded or the target cannot be written.
     """
-    rgb = render_overlay(image, mask, labels, stats=stats)
+    rgb = render_overlay(image, mask, labels, stats=stats, plane=plane)
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     where = target if isinstance(target, (str, os.PathLike)) else None
     if not ok:
