@@ -359,7 +359,8 @@ def volume_table(data: Mapping[str, Any]) -> list[str]:
         f"MONAI `UNet(spatial_dims=3, channels={tuple(m['channels'])}, num_res_units="
         f"{m['num_res_units']})`, {m['labels']} labels, random weights, exported once to "
         f"ONNX; a {shape} (Z, Y, X) CT phantom NIfTI; ROI {'x'.join(map(str, sw['roi_size']))}"
-        f", overlap {sw['overlap']:g}, {sw['mode']}, {sw['sw_batch_size']} windows per call; "
+        f", overlap {sw['overlap']:g}, {sw['mode']}, sw_batch_size {sw['sw_batch_size']} "
+        "(MONAI's windows per call; edgemed on the CPU calls one window at a time); "
         f"{data['threads']} threads. Each pipeline in its own process, from the NIfTI file to "
         f"the mask file written; median of {data['repeats']} runs after "
         f"{data['warmup_runs']} warm-up run(s); peak RSS of the whole process.",
