@@ -83,3 +83,20 @@ def test_cli_run_with_series(study, tmp_path):
     warning = [line for line in proc.stderr.splitlines() if "series match the rules" in line]
     assert len(warning) == 1 and warning[0].startswith("edgemed WARNING edgemed.io.series:")
     assert not any(uid in proc.stderr for uid in uids.values())
+
+
+def test_instances_read_by_the_pipeline_as_its_folder(study):
+    """A series received as instances (serve's parts, Triton's rows, the listener's
+    files) passes the same rules and gets the same record, id included, as the folder
+    holding just it; one failing the rules is refused with the folder's code."""
+    folder, _ = study
+    five = sorted((folder / "five").iterdir())
+    mr = [p.read_bytes() for p in sorted((folder / "mr").iterdir())]
+    with _pipe(id_salt=b"s" * 16) as pipe:
+        image, order = pipe.read_series([p.read_bytes() for p in reversed(five)])
+        assert image.array.shape == (5, 128, 128) and order == [4, 3, 2, 1, 0]
+        record = image.metadata["series_selection"]
+        assert record == pipe(folder / "five").image.metadata["series_selection"]
+        assert record["reason"] == "only_match" and record["slices"] == 5
+        assert error_code(pipe.read_series, mr, kind=InputError) == "INPUT_MODALITY"
+        assert pipe.read_series(mr, check_modality=False)[0].modality == "MR"

@@ -90,6 +90,10 @@ def test_several_dicom_parts_are_one_series(server, ct_small_path, pipe, tmp_pat
     assert answer["input"]["format"] == "dicom-series"
     assert answer["outputs"] == run["outputs"]
     assert answer["outputs"]["labels"]["lung"]["volume_mm3"] > 0
+    # The series record a folder run leaves (the id is salted per process: its form only).
+    got, want = dict(answer["input"]["series"]), dict(run["input"]["series"])
+    assert len(got.pop("id")) == 32 and len(want.pop("id")) == 32
+    assert got == want == {"candidates": 1, "matching": 1, "reason": "only_match", "slices": 3}
 
 
 def test_query_options(server, ct_bytes, slice512):
