@@ -274,9 +274,21 @@ def sliding_window(
 
         on_slab = collect
 
-    acc: np.ndarray | None = None  # (K, planes, *size[1:]) from plane z0 on
-    count = np.zeros((0, *size[1:]), dtype=np.float32)
-    z0 = 0
+    # The unfinished planes live in a ring of `cap` planes (plane z at row z % cap): as
+    # many as any batch of windows spans from its first window's start, known from the
+    # grid. (Growing a slab buffer by concatenation held the old and the new buffer at
+    # once: twice the slab at the peak.)
+    step = spec.sw_batch_size
+    cap = min(
+        size[0],
+        max(
+            int(grid[min(i + step, total) - 1, 0]) + roi[0] - int(grid[i, 0])
+            for i in range(0, total, step)
+        ),
+    )
+    acc: np.ndarray | None = None  # (K, cap, *size[1:]), made at the first output
+    count = np.zeros((cap, *size[1:]), dtype=np.float32)
+    z0 = 0  # planes before z0 are handed over (their rows are zero again)
     lo0, orig0 = pads[0][0], spatial[0]
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads[1:], spatial[1:], strict=True))
 
@@ -284,16 +296,21 @@ def sliding_window(
         # Planes [z0, upto) of the padded volume are final: normalise, crop, hand over,
         # a few planes at a time: a whole slab's worth of temporaries (the quotient, the
         # sink's softmax) would cost as much memory as the accumulator itself.
-        nonlocal acc, count, z0
-        n = upto - z0
-        if n <= 0 or acc is None:
+        nonlocal z0
+        if upto <= z0 or acc is None:
             return
-        first, last = max(z0, lo0), min(upto, lo0 + orig0)
-        for a in range(first, last, _EMIT_PLANES):
-            b = min(a + _EMIT_PLANES, last)
-            blended = acc[:, a - z0 : b - z0] / count[None, a - z0 : b - z0]
+        a, last = max(z0, lo0), min(upto, lo0 + orig0)
+        while a < last:
+            b = min(a + _EMIT_PLANES, last, a - a % cap + cap)  # never across the wrap
+            r = slice(a % cap, a % cap + (b - a))
+            blended = acc[:, r] / count[None, r]
             on_slab(a - lo0, np.ascontiguousarray(blended[(slice(None), slice(None)) + crop]))
-        acc, count, z0 = acc[:, n:], count[n:], upto
+            a = b
+        for r in range(z0, upto, cap):  # the rows are reused for later planes
+            for ring, _ in _runs(r, min(upto, r + cap), cap):
+                acc[:, ring] = 0
+                count[ring] = 0
+        z0 = upto
 
     done = 0
     while done < total:
@@ -312,26 +329,34 @@ def sliding_window(
                 f"the model returned {tuple(out.shape)} for windows {tuple(windows.shape)}: "
                 "sliding-window inference needs one output of the ROI's size per window"
             )
-        end = int(batch[:, 0].max()) + roi[0]
         if acc is None:
-            acc = np.zeros((out.shape[1], 0, *size[1:]), dtype=np.float32)
-        if end - z0 > acc.shape[1]:  # grow the slab buffer to the farthest window
-            grow = end - z0 - acc.shape[1]
-            acc = np.concatenate([acc, np.zeros((acc.shape[0], grow, *size[1:]), np.float32)], 1)
-            count = np.concatenate([count, np.zeros((grow, *size[1:]), np.float32)], 0)
+            acc = np.zeros((out.shape[1], cap, *size[1:]), dtype=np.float32)
         out = out.astype(np.float32, copy=False)
         if not out.flags.writeable:
             out = out.copy()
         for st, o in zip(batch, out, strict=True):
-            where = (slice(st[0] - z0, st[0] - z0 + roi[0]),) + tuple(
-                slice(s, s + r) for s, r in zip(st[1:], roi[1:], strict=True)
-            )
+            inplane = tuple(slice(s, s + r) for s, r in zip(st[1:], roi[1:], strict=True))
             # In place (the model's output is ours): the same product, no temporary.
-            acc[(slice(None),) + where] += np.multiply(o, weights, out=o)
-            count[where] += weights
+            np.multiply(o, weights, out=o)
+            for ring, part in _runs(int(st[0]), int(st[0]) + roi[0], cap):
+                acc[(slice(None), ring) + inplane] += o[:, part]
+                count[(ring,) + inplane] += weights[part]
         done += len(batch)
         if progress is not None:
             progress(done, total)
         # No later window starts before the next one's first plane (row-major order).
         emit(int(grid[done, 0]) if done < total else size[0])
     return full
+
+
+def _runs(a: int, b: int, cap: int) -> list[tuple[slice, slice]]:
+    """Planes [a, b) of a ring of ``cap`` rows (plane z at row z % cap) as (ring rows,
+    positions counted from a): one run, or two where the range wraps."""
+    runs = []
+    at = a
+    while at < b:
+        i = at % cap
+        n = min(b - at, cap - i)
+        runs.append((slice(i, i + n), slice(at - a, at - a + n)))
+        at += n
+    return runs

@@ -107,6 +107,18 @@ def test_equals_monai(session, shape, roi, overlap, mode):
     assert np.array_equal(ours.argmax(0), theirs.argmax(0))
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_deep_volume_through_the_plane_ring_equals_monai(session, batch):
+    """Many rows of windows along z: the accumulator ring (a few ROI depths of planes,
+    reused as planes are handed over) wraps again and again, with batches of windows
+    that span two rows."""
+    volume = np.random.default_rng(batch).normal(0, 1, (1, 75, 18, 20)).astype(np.float32)
+    block = {"roi_size": [12, 16, 16], "overlap": 0.5, "mode": "gaussian"}
+    spec = SlidingWindow.from_dict({**block, "sw_batch_size": batch})
+    ours = sliding_window(volume, _predict(session), spec)
+    np.testing.assert_allclose(ours, _monai(session, volume, spec), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("padding_mode", ["constant", "reflect", "replicate", "circular"])
 def test_padding_modes_equal_monai(session, padding_mode):
     volume = np.random.default_rng(3).normal(0, 1, (1, 9, 13, 20)).astype(np.float32)
