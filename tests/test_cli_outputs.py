@@ -386,7 +386,11 @@ def test_a_signal_mid_run_leaves_a_complete_index_marked_incomplete(inputs, tmp_
 
 def test_a_signal_before_any_input_finished_leaves_nothing(inputs, tmp_path):
     out = tmp_path / "out"
-    proc = _start(["run", str(inputs["big"]), str(inputs["big"]), "--out", str(out)])
+    # A first input of 96 slices (a second or more of model calls): two 512x512 images
+    # could both be done, and the run over, before the signal landed on a fast machine.
+    volume = tmp_path / "volume.npy"
+    np.save(volume, np.repeat(np.load(inputs["big"])[None, ::2, ::2], 96, axis=0))
+    proc = _start(["run", str(volume), str(inputs["big"]), "--out", str(out)])
     deadline = time.monotonic() + 60
     while not _no_leftovers(tmp_path) and time.monotonic() < deadline:  # staging exists
         time.sleep(0.01)

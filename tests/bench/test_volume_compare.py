@@ -58,11 +58,12 @@ def test_quick_run_records_times_memory_and_identical_masks(tmp_path):
         assert sum(ph.values()) == pytest.approx(r["end_to_end_s"], rel=0.02, abs=0.01), name
     # The speed-up and memory ratio are edgemed against each row, in this run.
     ours, torch_row = data["pipelines"]["edgemed"], data["pipelines"]["MONAI + PyTorch eager"]
+    # (Recorded to 3 decimals: within half a unit of the last.)
     assert torch_row["edgemed_speedup"] == pytest.approx(
-        torch_row["end_to_end_s"] / ours["end_to_end_s"], rel=1e-3
+        torch_row["end_to_end_s"] / ours["end_to_end_s"], abs=5.01e-4
     )
     assert torch_row["edgemed_memory_ratio"] == pytest.approx(
-        ours["peak_rss_mb"] / torch_row["peak_rss_mb"], rel=1e-3
+        ours["peak_rss_mb"] / torch_row["peak_rss_mb"], abs=5.01e-4
     )
     goals = data["goals"]
     assert goals["speedup_vs_torch"]["measured"] == torch_row["edgemed_speedup"]
