@@ -302,12 +302,12 @@ def sliding_window(
         a, last = max(z0, lo0), min(upto, lo0 + orig0)
         while a < last:
             b = min(a + _EMIT_PLANES, last, a - a % cap + cap)  # never across the wrap
-            r = slice(a % cap, a % cap + (b - a))
-            blended = acc[:, r] / count[None, r]
+            rows = slice(a % cap, a % cap + (b - a))
+            blended = acc[:, rows] / count[None, rows]
             on_slab(a - lo0, np.ascontiguousarray(blended[(slice(None), slice(None)) + crop]))
             a = b
-        for r in range(z0, upto, cap):  # the rows are reused for later planes
-            for ring, _ in _runs(r, min(upto, r + cap), cap):
+        for lo in range(z0, upto, cap):  # the rows are reused for later planes
+            for ring, _ in _runs(lo, min(upto, lo + cap), cap):
                 acc[:, ring] = 0
                 count[ring] = 0
         z0 = upto
