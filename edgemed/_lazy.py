@@ -6,18 +6,48 @@ them call :func:`require` at the point of use, never at import time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 from edgemed.errors import MissingDependencyError
 
-__all__ = ["require", "available"]
+__all__ = ["available", "interrupts_held", "require"]
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is over, then deliver them.
+
+    A Ctrl-C inside a compiled extension's first import is swallowed there: onnxruntime's
+    and OpenVINO's initialisers turn it into ``ImportError('import numpy failed')``, which
+    would read as "not installed" (exit 5, or ``auto`` quietly taking the next backend)
+    and lose the interrupt. Imports are short; the signal waits for their end. (Only the
+    main thread can set handlers; elsewhere the block runs as it is.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:  # now through the handler in place: KeyboardInterrupt, or the CLI's own
+            signal.raise_signal(held[0])
 
 
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependencyError` naming ``edgemed[extra]``."""
     try:
-        return importlib.import_module(module)
+        with interrupts_held():
+            return importlib.import_module(module)
     except ImportError as exc:  # also raised when sys.modules[module] is None (blocked)
         raise MissingDependencyError(module, extra, purpose=purpose) from exc
 
@@ -25,7 +55,8 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
 def available(module: str) -> bool:
     """True when ``module`` imports here (used by ``auto`` backend selection)."""
     try:
-        importlib.import_module(module)
+        with interrupts_held():
+            importlib.import_module(module)
     except ImportError:
         return False
     return True

@@ -83,8 +83,11 @@ class TensorRTMissingError(MissingDependencyError):
 
 def require_tensorrt(purpose: str) -> ModuleType:
     """Import ``tensorrt`` or raise :class:`TensorRTMissingError`."""
+    from edgemed._lazy import interrupts_held
+
     try:
-        return importlib.import_module("tensorrt")
+        with interrupts_held():  # a Ctrl-C in its import must not read as "not installed"
+            return importlib.import_module("tensorrt")
     except ImportError as exc:  # also when sys.modules["tensorrt"] is None (blocked)
         raise TensorRTMissingError(purpose) from exc
 
