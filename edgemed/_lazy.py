@@ -32,7 +32,9 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    wanted = (signal.SIGINT, signal.SIGTERM)
+    # A handler installed outside Python (None: e.g. Triton's Python backend stub) is
+    # left alone: Python could not put it back.
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
     previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in wanted}
     try:
         yield
