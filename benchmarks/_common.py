@@ -169,6 +169,40 @@ def timed_rounds(
     return samples
 
 
+def paired_added(local: Callable[[], object], remote: Callable[[], bool], n: int) -> dict[str, Any]:
+    """What a remote path adds to a local call at concurrency 1, measured in pairs.
+
+    ``n`` times: one ``local()`` call, then one ``remote()`` call (True when it was
+    answered well). Each pair shares the machine's moment, so its drift (on a shared
+    2-core machine the model call's p50 moves by a few ms between blocks) cancels in the
+    pair's difference; the median of the differences is the figure. The remote call
+    always follows a local one, so it never runs with caches warmed by itself.
+    """
+    local_ms: list[float] = []
+    diffs: list[float] = []
+    remote_ms: list[float] = []
+    errors = 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        local()
+        t1 = time.perf_counter()
+        ok = remote()
+        t2 = time.perf_counter()
+        local_ms.append((t1 - t0) * 1e3)
+        if ok:
+            remote_ms.append((t2 - t1) * 1e3)
+            diffs.append(remote_ms[-1] - local_ms[-1])
+        else:
+            errors += 1
+    return {
+        "requests": n,
+        "errors": errors,
+        "in_process_p50_ms": round(float(np.median(local_ms)), 3),
+        "remote_p50_ms": round(float(np.median(remote_ms)), 3) if remote_ms else None,
+        "added_p50_ms": round(float(np.median(diffs)), 3) if diffs else None,
+    }
+
+
 def stats(samples_ms: Sequence[float], items: int = 1) -> dict[str, float | None]:
     """:func:`edgemed.bench.stats.summarize`, rounded for the JSON (a percentile from too
     few samples stays ``None``: p99 needs 100, and a run cut short by ``--budget-s``

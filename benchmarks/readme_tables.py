@@ -239,8 +239,17 @@ def triton_table(data: Mapping[str, Any]) -> list[str]:
     for name, r in data["inputs"].items():
         g = r.get("goals")
         if g:
+            pair = r.get("paired_c1")
+            how = (
+                ""
+                if pair is None
+                else f" (median over {pair['requests']} pairs of an in-process call and a "
+                f"`TritonClient` request: {pair['in_process_p50_ms']:.1f} / "
+                f"{pair['remote_p50_ms']:.1f} ms p50; {g['blocks_added_p50_ms_c1']:+.2f} ms "
+                "between the blocks above)"
+            )
             lines.append(
-                f"- {name}: Triton adds {g['triton_added_p50_ms_c1']:+.2f} ms p50 at c=1; "
+                f"- {name}: Triton adds {g['triton_added_p50_ms_c1']:+.2f} ms p50 at c=1{how}; "
                 f"{g['best_triton']} reach {g['triton_c16_share_of_batched_percent']:.0f} % "
                 "of the batched in-process throughput at c=16."
             )
@@ -326,7 +335,7 @@ def serve_table(data: Mapping[str, Any]) -> list[str]:
                 f"HTTP adds {added(paired['added_p50_ms'])} ms p50 at concurrency 1, the "
                 f"median over {paired['requests']} pairs of one in-process call and one "
                 f"keep-alive request ({paired['in_process_p50_ms']:.1f} / "
-                f"{paired['http_p50_ms']:.1f} ms p50; {blocks})"
+                f"{paired['remote_p50_ms']:.1f} ms p50; {blocks})"
             )
         lines.append(
             f"- {name}: {said} (goal <= {goals['http_added_p50_ms_at_c1']:g} ms); throughput "

@@ -42,7 +42,7 @@ if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `b
 import numpy as np
 
 import edgemed
-from benchmarks._common import environment, stats, write_results
+from benchmarks._common import environment, paired_added, stats, write_results
 from benchmarks.readme_tables import serve_table
 
 __all__ = ["main"]
@@ -149,43 +149,24 @@ def _in_process(pipe: Any, data: bytes, n: int, c: int) -> tuple[list[float], in
 
 
 def _paired(pipe: Any, url: str, data: bytes, ctype: str, n: int) -> dict[str, Any]:
-    """Concurrency 1, request by request: one in-process call, then the same file POSTed
-    on a keep-alive connection (Python's http.client: its own cost counts against HTTP).
-    Pairs share the machine's moment, so its drift (the model call's p50 moves by a few
-    ms between blocks on a shared 2-core machine) cancels in each pair's difference."""
+    """:func:`paired_added` of an HTTP request (Python's http.client on a keep-alive
+    connection: its own cost counts against HTTP) over the in-process call."""
     import http.client
     from urllib.parse import urlsplit
 
     where = urlsplit(url)
     conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
-    local: list[float] = []
-    remote: list[float] = []
-    errors = 0
+
+    def post() -> bool:
+        conn.request("POST", "/v1/infer", body=data, headers={"Content-Type": ctype})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status == 200
+
     try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            pipe(data)
-            local.append((time.perf_counter() - t0) * 1e3)
-            t0 = time.perf_counter()
-            conn.request("POST", "/v1/infer", body=data, headers={"Content-Type": ctype})
-            answer = conn.getresponse()
-            answer.read()
-            ms = (time.perf_counter() - t0) * 1e3
-            if answer.status == 200:
-                remote.append(ms)
-            else:
-                errors += 1
-                remote.append(float("nan"))
+        return paired_added(lambda: pipe(data), post, n)
     finally:
         conn.close()
-    diffs = [r - lo for r, lo in zip(remote, local, strict=True) if r == r]
-    return {
-        "requests": n,
-        "errors": errors,
-        "in_process_p50_ms": round(float(np.median(local)), 3),
-        "http_p50_ms": round(float(np.nanmedian(remote)), 3) if diffs else None,
-        "added_p50_ms": round(float(np.median(diffs)), 3) if diffs else None,
-    }
 
 
 def _summary(samples: list[float], errors: int, wall: float, n: int) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def test_serve_table_judges_the_paired_measurement():
     data = {**DATA, "inputs": {k: dict(v) for k, v in DATA["inputs"].items()}}
     row = data["inputs"]["CT_small.dcm 128x128"]
     row["paired_c1"] = {"requests": 200, "errors": 0, "in_process_p50_ms": 30.2,
-                        "http_p50_ms": 32.1, "added_p50_ms": 1.875}  # fmt: skip
+                        "remote_p50_ms": 32.1, "added_p50_ms": 1.875}  # fmt: skip
     line = next(x for x in tables.render({"serve_load": data}).splitlines() if "HTTP adds" in x)
     assert "HTTP adds +1.88 ms p50 at concurrency 1, the median over 200 pairs" in line
     assert "(30.2 / 32.1 ms p50; +1.25 ms between hey's and the threads' blocks)" in line

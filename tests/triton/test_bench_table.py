@@ -59,5 +59,16 @@ def test_triton_table_rows():
     assert lines[-1].startswith("_Measured 2026-12-07 04:00 UTC on AMD EPYC (2 cores)")
 
 
+def test_the_goal_line_gives_the_paired_measurement():
+    data = _data()
+    row = data["inputs"]["CT_small.dcm 128x128"]
+    row["paired_c1"] = {"requests": 200, "errors": 0, "in_process_p50_ms": 18.4,
+                        "remote_p50_ms": 19.9, "added_p50_ms": 1.5}  # fmt: skip
+    row["goals"]["blocks_added_p50_ms_c1"] = 2.25
+    line = next(x for x in triton_table(data) if x.startswith("- CT_small"))
+    assert "adds +1.50 ms p50 at c=1 (median over 200 pairs" in line
+    assert "18.4 / 19.9 ms p50; +2.25 ms between the blocks above)" in line
+
+
 def test_rendered_into_the_performance_section():
     assert "edgemed on Triton Inference Server" in render({"triton_compare": _data()})
