@@ -55,6 +55,8 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "serve": (
         ("fastapi", "fastapi"),
         ("uvicorn", "uvicorn"),
+        ("uvloop", "uvloop"),
+        ("httptools", "httptools"),
         ("python-multipart", "python_multipart"),
         ("prometheus-client", "prometheus_client"),
     ),
