@@ -85,7 +85,9 @@ class Pipeline:
 
     Args:
         bundle: the loaded bundle.
-        backend: the backend running its artifact.
+        backend: the backend running its artifact. The pipeline owns it from here:
+            :meth:`close` closes it (a backend reuses its buffers per call, so it is
+            never shared between pipelines).
         options: how to run (default :meth:`Options.resolve`: ``EDGEMED_*``). Its
             ``batch_size``, ``preprocess``, ``check_modality``, ``id_salt`` and
             ``limits`` apply here; backend, precision, threads, engine cache and CUDA
