@@ -28,6 +28,7 @@ call, both cost the same (~3 ms floor, equal CPU time outside the model call).
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -119,11 +120,9 @@ def measure(
     return out["pipe"]
 
 
-def _profile(pipe: Pipeline, image: MedicalImage, path: Path, calls: int = 200) -> bool:
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        return False
+def _profile(pipe: Pipeline, image: MedicalImage, path: Path, calls: int = 200) -> None:
+    from pyinstrument import Profiler  # main() checked that it is installed
+
     for _ in range(10):
         pipe(image)
     profiler = Profiler(interval=0.0002)
@@ -133,7 +132,6 @@ def _profile(pipe: Pipeline, image: MedicalImage, path: Path, calls: int = 200) 
     profiler.stop()
     head = f"# {calls} calls of Pipeline(image); seconds are totals over all calls\n"
     path.write_text(head + profiler.output_text(unicode=False, color=False))
-    return True
 
 
 def _markdown(data: dict[str, Any]) -> str:
@@ -183,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "OpenVINO fp32, int8 and bf16 where they run; '' for none)",
     )
     args = ap.parse_args(argv)
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        # Refused rather than skipped: a skipped profile leaves the last run's files in
+        # the results folder, describing code that may have changed since.
+        raise SystemExit("--profile needs pyinstrument (pip install pyinstrument)")
     pipe = Pipeline.from_bundle(edgemed.demo_bundle(), "onnxruntime", threads=args.threads)
     engines = _engines(args)
     data: dict[str, Any] = {
@@ -219,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             slug = name.split()[0].lower() + "_" + name.split()[-1]
             path = Path(args.out) / f"pipeline_overhead_profile_{slug}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if _profile(pipe, image, path):
-                data["profiles"][name] = path.name
+            _profile(pipe, image, path)
+            data["profiles"][name] = path.name
     for p in (pipe, *engines.values()):
         p.close()
     write_results(args.out, "pipeline_overhead", data, _markdown(data))
