@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
 
 from edgemed.errors import MissingDependencyError
 
-__all__ = ["available", "interrupts_held", "require"]
+__all__ = ["available", "import_module", "interrupts_held", "require"]
 
 
 @contextlib.contextmanager
@@ -45,11 +46,21 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
+def import_module(module: str) -> ModuleType:
+    """``importlib.import_module`` with SIGINT/SIGTERM held while a first import runs
+    (:func:`interrupts_held`); a module already imported is returned as it is, without
+    touching the signal handlers (some callers ask for it once per result)."""
+    found = sys.modules.get(module)
+    if found is not None:
+        return found
+    with interrupts_held():
+        return importlib.import_module(module)
+
+
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependencyError` naming ``edgemed[extra]``."""
     try:
-        with interrupts_held():
-            return importlib.import_module(module)
+        return import_module(module)
     except ImportError as exc:  # also raised when sys.modules[module] is None (blocked)
         raise MissingDependencyError(module, extra, purpose=purpose) from exc
 
@@ -57,8 +68,7 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
 def available(module: str) -> bool:
     """True when ``module`` imports here (used by ``auto`` backend selection)."""
     try:
-        with interrupts_held():
-            importlib.import_module(module)
+        import_module(module)
     except ImportError:
         return False
     return True

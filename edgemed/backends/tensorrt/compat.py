@@ -29,7 +29,6 @@ install the right one.
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable
@@ -83,11 +82,10 @@ class TensorRTMissingError(MissingDependencyError):
 
 def require_tensorrt(purpose: str) -> ModuleType:
     """Import ``tensorrt`` or raise :class:`TensorRTMissingError`."""
-    from edgemed._lazy import interrupts_held
+    from edgemed._lazy import import_module
 
-    try:
-        with interrupts_held():  # a Ctrl-C in its import must not read as "not installed"
-            return importlib.import_module("tensorrt")
+    try:  # a Ctrl-C in its import must not read as "not installed"
+        return import_module("tensorrt")
     except ImportError as exc:  # also when sys.modules["tensorrt"] is None (blocked)
         raise TensorRTMissingError(purpose) from exc
 
