@@ -64,6 +64,11 @@ class Metrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
 
+    def observe_timings(self, timings_ms: dict[str, float]) -> None:
+        """A result's stage times (``Result.timings``, ms)."""
+        for stage in ("read", "preprocess", "infer", "postprocess", "total"):
+            self.stage.labels(stage).observe(timings_ms[stage] / 1e3)
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

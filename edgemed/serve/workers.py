@@ -97,7 +97,10 @@ class WorkerPool:
         pipelines: one per worker (the pool closes them).
         queue_size: jobs that may wait beyond those being run.
         batch_window_s: how long a worker holding one 2D slice waits for more.
-        observe: ``observe(stage, seconds)`` for the metrics (queue wait, stages).
+        observe: ``observe(stage, seconds)`` for the metrics' queue wait (the route
+            observes the other stages from the result, once the answer is out: what
+            this thread does after an answer holds the GIL the event loop needs to send
+            it).
         on_batch: ``on_batch(size)`` for the metrics.
     """
 
@@ -281,8 +284,6 @@ class WorkerPool:
             # only; the decoding done here belongs to it too.
             result.timings["read"] += read_ms
             result.timings["total"] += read_ms
-            for stage in ("read", "preprocess", "infer", "postprocess", "total"):
-                self._observe(stage, result.timings[stage] / 1e3)
             try:
                 body = answer(job.id, result, {"batch": len(batch)})
             except Exception as exc:
