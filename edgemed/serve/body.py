@@ -129,7 +129,7 @@ class _Multipart:
         except MultipartParseError as exc:
             raise RequestError("malformed multipart body", code="REQUEST_MULTIPART") from exc
 
-    def files(self) -> list[bytes]:
+    def files(self) -> list[bytes | bytearray]:
         if not self._ended:
             raise RequestError("the multipart body ends early", code="REQUEST_MULTIPART")
         if not self.parts:
@@ -147,7 +147,7 @@ def _content_type(headers: Any) -> tuple[str, dict[bytes, bytes]]:
     return ctype.decode("latin-1").lower(), options
 
 
-async def read_body(request: Any, limits: UploadLimits) -> list[bytes]:
+async def read_body(request: Any, limits: UploadLimits) -> list[bytes | bytearray]:
     """The uploaded files of ``request``: one for a plain body, one per ``file`` part of
     a multipart body.
 
@@ -177,6 +177,11 @@ async def read_body(request: Any, limits: UploadLimits) -> list[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         raise too_large  # refused before a byte of it is read
+    # A declared length: the chunks after the first go straight into place as they
+    # arrive, so the copy overlaps the transfer (joining them after the last byte put
+    # a whole extra copy of the body on the answer's path, ~0.1 ms per MB).
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    buffer: bytearray | None = None
     chunks: list[bytes] = []
     total = 0
     more = True
@@ -190,11 +195,18 @@ async def read_body(request: Any, limits: UploadLimits) -> list[bytes]:
                     raise ClientGone()
                 more = message.get("more_body", False)
                 chunk = message.get("body", b"")
-                total += len(chunk)
+                start, total = total, total + len(chunk)
                 if total > limits.max_bytes:
                     raise too_large
                 if multipart is not None:
                     multipart.feed(chunk)
+                elif buffer is not None:
+                    if total > len(buffer):
+                        raise _length_error()
+                    buffer[start:total] = chunk
+                elif more and not chunks and size is not None and size >= total:
+                    buffer = bytearray(size)
+                    buffer[:total] = chunk
                 else:
                     chunks.append(chunk)
     except TimeoutError:
@@ -203,7 +215,15 @@ async def read_body(request: Any, limits: UploadLimits) -> list[bytes]:
         ) from None
     if multipart is not None:
         return multipart.files()
-    return [b"".join(chunks)]
+    if buffer is not None:
+        if total != len(buffer):
+            raise _length_error()
+        return [buffer]
+    return [b"".join(chunks)]  # one chunk: that chunk itself, no copy
+
+
+def _length_error() -> RequestError:
+    return RequestError("the body's length is not its Content-Length", code="REQUEST_LENGTH")
 
 
 @contextlib.asynccontextmanager

@@ -49,7 +49,7 @@ class Job:
     """
 
     id: str
-    parts: list[bytes]
+    parts: list[bytes | bytearray]
     check_modality: bool = True
     spacing: tuple[float, ...] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
