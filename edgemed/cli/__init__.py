@@ -105,6 +105,25 @@ def _quiet_stderr(debug: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        # An interrupt outside the command (parsing the arguments, or while an error
+        # was being reported): the same exit as within it, never death by the signal.
+        return _interrupted(exc)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM (edgemed.cli.signals.Terminated): no staging folder stays,
+    one line, exit 128 + the signal's number."""
+    signum = getattr(exc, "signum", 2)
+    with ignored():  # whatever point the interrupt reached, no staging folder stays
+        discard_unpublished()
+    print(f"edgemed: {'terminated' if signum != 2 else 'interrupted'}", file=sys.stderr)
+    return 128 + signum
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:  # read once; a bad variable is a usage error before anything runs
         args.settings = load_settings()
@@ -131,11 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (suppresses the flush-at-exit error)
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (edgemed.cli.signals.Terminated)
-        signum = getattr(exc, "signum", 2)
-        with ignored():  # whatever point the interrupt reached, no staging folder stays
-            discard_unpublished()
-        print(f"edgemed: {'terminated' if signum != 2 else 'interrupted'}", file=sys.stderr)
-        return 128 + signum
+        return _interrupted(exc)
     except Exception as exc:  # a bug: say so in one line, details with --debug
         if args.debug:
             traceback.print_exc()
