@@ -253,14 +253,13 @@ class _Direct:
         self.on_error = on_error
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or get_route_path(scope) != self.route.path
-        ):
+        if scope["type"] != "http" or get_route_path(scope) != self.route.path:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route
+        scope["route"] = self.route  # the metrics' label, a 405 included
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
         request = Request(scope, receive, send)
         try:
             response = await self.endpoint(request)
