@@ -220,10 +220,6 @@ _FLAG_VALUES = {
 }
 
 
-async def _observe(metrics: Metrics, timings_ms: dict[str, float]) -> None:
-    metrics.observe_timings(timings_ms)
-
-
 def _query_flag(text: str | None, name: str) -> bool:
     if text is None:
         return False
@@ -234,7 +230,7 @@ def _query_flag(text: str | None, name: str) -> bool:
 
 
 class _Direct:
-    """ASGI middleware: ``POST`` to ``route`` goes straight to ``endpoint``, everything
+    """ASGI middleware: ``POST`` to ``route`` goes straight to its endpoint, everything
     else on to the app.
 
     Why: at concurrency 1 HTTP may add at most 2 ms to the in-process call, and with
@@ -246,10 +242,9 @@ class _Direct:
     app's handler for bugs (Starlette's outermost middleware).
     """
 
-    def __init__(self, app: Any, route: Any, endpoint: Any, on_error: Any) -> None:
+    def __init__(self, app: Any, route: Any, on_error: Any) -> None:
         self.app = app
         self.route = route
-        self.endpoint = endpoint
         self.on_error = on_error
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -262,7 +257,7 @@ class _Direct:
             return
         request = Request(scope, receive, send)
         try:
-            response = await self.endpoint(request)
+            response = await self.route.endpoint(request)
         except EdgemedError as exc:
             response = self.on_error(request, exc)
         await response(scope, receive, send)
@@ -414,13 +409,12 @@ def create_app(config: ServeConfig, service: Service | None = None) -> Any:
             future.cancel()  # the client went away while it waited: skip it
             raise
         svc.store.put(job.id, body, result)
-        # The stage metrics once the answer is out: nobody waits for them (a
-        # coroutine: Starlette would run a plain function in a thread).
-        observe = BackgroundTask(_observe, svc.metrics, result.timings)
+        # The stage metrics once the answer is out: nobody waits for them.
+        observe = BackgroundTask(svc.metrics.observe_timings, result.timings)
         return Response(body, media_type="application/json", background=observe)
 
     app.add_route("/v1/infer", infer, methods=["POST"])
-    infer_route = app.router.routes[-1]
+    infer_route = next(r for r in app.router.routes if getattr(r, "endpoint", None) is infer)
 
     @app.get("/v1/results/{rid}")
     async def result_json(request: Request, rid: str) -> Response:
@@ -455,6 +449,6 @@ def create_app(config: ServeConfig, service: Service | None = None) -> Any:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(_Direct, route=infer_route, endpoint=infer, on_error=error)
+    app.add_middleware(_Direct, route=infer_route, on_error=error)
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics)  # outermost: times both
     return app

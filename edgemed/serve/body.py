@@ -175,12 +175,12 @@ async def read_body(request: Any, limits: UploadLimits) -> list[bytes | bytearra
         )
     too_large = TooLarge(f"the upload is over the {limits.max_bytes} byte cap (--max-upload-mb)")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > limits.max_bytes:
         raise too_large  # refused before a byte of it is read
     # A declared length: the chunks after the first go straight into place as they
     # arrive, so the copy overlaps the transfer (joining them after the last byte put
     # a whole extra copy of the body on the answer's path, ~0.1 ms per MB).
-    size = int(declared) if declared is not None and declared.isdigit() else None
     buffer: bytearray | None = None
     chunks: list[bytes] = []
     total = 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from edgemed.result import STAGES
+
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -64,9 +66,11 @@ class Metrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
 
-    def observe_timings(self, timings_ms: dict[str, float]) -> None:
-        """A result's stage times (``Result.timings``, ms)."""
-        for stage in ("read", "preprocess", "infer", "postprocess", "total"):
+    async def observe_timings(self, timings_ms: dict[str, float]) -> None:
+        """A result's stage times (``Result.timings``, ms). A coroutine: the route runs
+        it as a background task once its answer is out, and Starlette would run a
+        plain function in a thread."""
+        for stage in STAGES:
             self.stage.labels(stage).observe(timings_ms[stage] / 1e3)
 
     def render(self) -> tuple[bytes, str]:

@@ -40,7 +40,7 @@ def _app() -> tuple[FastAPI, list[str]]:
         return JSONResponse({"error": {"code": "INTERNAL"}}, 500)
 
     app.add_route("/v1/infer", endpoint, methods=["POST"])
-    app.add_middleware(_Direct, route=app.router.routes[-1], endpoint=endpoint, on_error=on_error)
+    app.add_middleware(_Direct, route=app.router.routes[-1], on_error=on_error)
 
     class Labels:  # what MetricsMiddleware reads after the answer: the route's path
         def __init__(self, inner: object) -> None:
