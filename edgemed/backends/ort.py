@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgemed.backends.base import Backend, TensorSpec
+from edgemed.backends.ort_rewrites import rewrite
 from edgemed.errors import BackendError
 
 __all__ = ["OnnxRuntimeBackend", "default_threads"]
@@ -72,7 +73,7 @@ class OnnxRuntimeBackend(Backend):
         opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self._session = ort.InferenceSession(
-                model, sess_options=opts, providers=["CPUExecutionProvider"]
+                rewrite(model), sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BackendError(
