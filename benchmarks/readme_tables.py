@@ -385,9 +385,11 @@ def volume_table(data: Mapping[str, Any]) -> list[str]:
         f"ONNX; a {shape} (Z, Y, X) CT phantom NIfTI; ROI {'x'.join(map(str, sw['roi_size']))}"
         f", overlap {sw['overlap']:g}, {sw['mode']}, sw_batch_size {sw['sw_batch_size']} "
         "(MONAI's windows per call; edgemed on the CPU calls one window at a time); "
-        f"{data['threads']} threads. Each pipeline in its own process, from the NIfTI file to "
-        f"the mask file written; median of {data['repeats']} runs after "
-        f"{data['warmup_runs']} warm-up run(s); peak RSS of the whole process.",
+        f"{data['threads']} threads. Each pipeline in its own processes, from the NIfTI file "
+        f"to the mask file written, {data.get('rounds', 1)} process(es) per pipeline in "
+        f"alternating rounds, each {data['warmup_runs']} warm-up run(s) then "
+        f"{data['repeats']} timed; medians over the timed runs; peak RSS of the whole "
+        "process (the largest).",
         "",
         "| pipeline | end to end | model calls | outside the model | first run | peak RSS "
         "| edgemed faster by | edgemed's memory share | mask vs edgemed |",

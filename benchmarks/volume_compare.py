@@ -31,14 +31,16 @@ One 3D model, one volume, the same sliding window, three (or four) pipelines:
   - **edgemed OpenVINO fp32** (only where the ``openvino`` extra is installed): edgemed
     on its OpenVINO backend, for reference.
 
-Each pipeline runs in its **own subprocess**, so its peak RSS (``VmHWM``) is its own:
+Each pipeline runs in its **own subprocesses**, so its peak RSS (``VmHWM``) is its own:
 imports, model, inputs, buffers and outputs together. Every engine gets the same intra-op
 threads (``--threads``, default 2; ``OMP_NUM_THREADS`` likewise). In each process the
-first run is a warm-up, reported separately (``first_run_s``) and not in the median;
-``end_to_end_s`` is the median of ``--repeats`` runs after it; ``startup_s`` is imports
-plus model or session creation. Phases per run (read, preprocess, model calls, blending
-and decision, write) come from each pipeline's own clock. The processes run one after
-the other (not interleaved): on a shared machine rerun it quietly.
+first run is a warm-up, reported separately (``first_run_s``) and not in the median, then
+``--repeats`` timed runs; ``startup_s`` is imports plus model or session creation. The
+processes alternate: ``--rounds`` rounds of one process per pipeline, so that the
+machine's drift (on a shared 2-core machine one pipeline's time moved by 25 % between
+runs minutes apart) falls on every pipeline alike; ``end_to_end_s`` is the median over
+all timed runs of all rounds. Phases per run (read, preprocess, model calls, blending and
+decision, write) come from each pipeline's own clock.
 
 The masks are read back from the files written and compared voxel by voxel with
 edgemed's. The intensity window is [-1024, 1024] HU: a width of 2048 makes MONAI's
@@ -398,6 +400,7 @@ def child(variant: str, work: Path) -> dict[str, Any]:
     runs = [run() for _ in range(cfg["repeats"])]
     phases = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return {
+        "runs": runs,
         "end_to_end_s": round(phases.pop("total_s"), 4),
         "runs_s": [round(r["total_s"], 4) for r in runs],
         "first_run_s": round(first[0]["total_s"], 4) if first else None,
@@ -423,6 +426,26 @@ def _spawn(variant: str, work: Path, threads: int, timeout: float) -> dict[str, 
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def merge_rounds(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One pipeline's figures over its processes (rounds): medians over all timed runs,
+    the median first run and startup, the largest peak RSS, the last round's mask."""
+    runs = [run for part in parts for run in part["runs"]]
+    firsts = [p["first_run_s"] for p in parts if p["first_run_s"] is not None]
+    ready = [p["rss_after_startup_mb"] for p in parts if p["rss_after_startup_mb"] is not None]
+    phases = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {
+        "end_to_end_s": round(phases.pop("total_s"), 4),
+        "runs_s": [round(r["total_s"], 4) for r in runs],
+        "rounds": len(parts),
+        "first_run_s": round(statistics.median(firsts), 4) if firsts else None,
+        "phases_median_s": {k: round(v, 4) for k, v in phases.items()},
+        "startup_s": round(statistics.median(p["startup_s"] for p in parts), 3),
+        "rss_after_startup_mb": round(statistics.median(ready), 1) if ready else None,
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+        "mask": parts[-1]["mask"],
+    }
 
 
 def _read_mask(path: str) -> np.ndarray:
@@ -497,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="64x128x128 volume, smaller UNet")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per pipeline")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per pipeline, alternating")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first runs per pipeline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7, help="the phantom's seed")
@@ -515,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("volume_compare needs torch and MONAI (pip install 'edgemed[export-test]')")
         return 2
-    if args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.rounds < 1 or args.warmup < 0:
+        raise SystemExit("--rounds and --repeats must be >= 1 and --warmup >= 0")
     size = SIZES["quick" if args.quick else "full"]
     variants = _variants(args.pipelines)
     for needed in (EDGEMED, TORCH, ORT):
@@ -540,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             "environment": environment("volume_compare.py", ("torch", "monai")),
             "quick": args.quick,
             "threads": args.threads,
+            "rounds": args.rounds,
             "repeats": args.repeats,
             "warmup_runs": args.warmup,
             "warmup": "excluded: the first run of each process is reported as first_run_s",
@@ -570,14 +595,18 @@ def main(argv: list[str] | None = None) -> int:
             "pipelines": {},
             "masks_vs_edgemed": {},
         }
+        rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for k in range(args.rounds):  # alternating: the machine's drift falls on all alike
+            for v in variants:
+                r = _spawn(v, work, args.threads, args.timeout_s)
+                rounds[v].append(r)
+                print(
+                    f"round {k + 1}: {v}: {statistics.median(r['runs_s']):.2f} s end to end "
+                    f"(first run {r['first_run_s']} s), peak RSS {r['peak_rss_mb']:.0f} MiB",
+                    file=sys.stderr,
+                )
         for v in variants:
-            r = _spawn(v, work, args.threads, args.timeout_s)
-            data["pipelines"][v] = r
-            print(
-                f"{v}: {r['end_to_end_s']:.2f} s end to end (first run {r['first_run_s']} s), "
-                f"peak RSS {r['peak_rss_mb']:.0f} MiB",
-                file=sys.stderr,
-            )
+            data["pipelines"][v] = merge_rounds(rounds[v])
         reference = _read_mask(data["pipelines"][EDGEMED]["mask"])
         for v in variants[1:]:
             other = _read_mask(data["pipelines"][v]["mask"])
