@@ -374,7 +374,11 @@ def _build(
             continue
         path = stage / ARTIFACTS[p]
         make = precision.make_fp16 if p == "fp16" else precision.make_int8
-        kw = {} if p == "fp16" else {"method": config.calibration_method}
+        kw = (
+            {}
+            if p == "fp16"
+            else {"method": config.calibration_method, "fp32_ends": config.int8_fp32_ends}
+        )
         made[p] = make(
             fp32.path,
             path,

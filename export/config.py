@@ -169,6 +169,8 @@ class ExportConfig:
         exclude_nodes: node-name regular expressions kept in FP32 in the FP16 and INT8
             variants.
         exclude_op_types: op types kept in FP32 in the FP16 and INT8 variants.
+        int8_fp32_ends: the first and last compute layers (next to the inputs and the
+            outputs) stay FP32 in the INT8 variant (:func:`~.precision.end_layers`).
         max_calibration_slices: most 2D slices used for calibration (and, separately, for
             validation); more are subsampled evenly.
         max_calibration_windows: 3D: most ROI windows (at the runtime's sliding-window
@@ -214,6 +216,7 @@ class ExportConfig:
     calibration_method: str = "entropy"
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    int8_fp32_ends: bool = False
     max_calibration_slices: int = 64
     max_calibration_windows: int = 32
     spacing: tuple[float, float, float] | str | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ import onnx
 from edgemed._lazy import require
 from edgemed.errors import ExportError
 
-__all__ = ["make_fp16", "make_int8", "op_counts", "weight_dtypes"]
+__all__ = ["end_layers", "make_fp16", "make_int8", "op_counts", "weight_dtypes"]
 
 log = logging.getLogger("edgemed.export")
 
@@ -48,6 +49,49 @@ FP16_MAX_SAMPLES = 16
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each op type the graph has."""
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+#: Layers that carry a model's arithmetic (what "first" and "last" layer mean below).
+_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def end_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the first compute layers (reached from a graph input through other ops)
+    and the last ones (reaching a graph output): the layers commonly kept in higher
+    precision under INT8. The first sees the input's full range, which one INT8 scale
+    represents worst (a narrow CT window saturates at its top); the last feeds the
+    decision directly (a max over cells, a sigmoid)."""
+    g = model.graph
+    weights = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    found: dict[str, None] = {}  # ordered, unique
+
+    def walk(start: list[str], step: Any) -> None:
+        seen: set[int] = set()
+        todo = list(start)
+        while todo:
+            for node in step(todo.pop()):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type in _COMPUTE_OPS:
+                    found[node.name] = None
+                else:
+                    todo.extend(node.output if step is forward else node.input)
+
+    def forward(name: str) -> list[Any]:
+        return consumers.get(name, [])
+
+    def backward(name: str) -> list[Any]:
+        return [producer[name]] if name in producer and name not in weights else []
+
+    walk([i.name for i in g.input if i.name not in weights], forward)
+    walk([o.name for o in g.output], backward)
+    return [n.name for n in g.node if n.name and n.name in found]  # in graph order
 
 
 def weight_dtypes(model: onnx.ModelProto) -> dict[str, int]:
@@ -181,13 +225,19 @@ def make_int8(
     method: str = "entropy",
     exclude_nodes: tuple[str, ...] = (),
     exclude_op_types: tuple[str, ...] = (),
+    fp32_ends: bool = False,
 ) -> dict[str, Any]:
     """Write the INT8 Q/DQ variant of ``fp32`` to ``out`` (ModelOpt ONNX PTQ, CPU).
+
+    ``fp32_ends``: the first and last compute layers (:func:`end_layers`) stay FP32 too,
+    named exactly.
 
     Raises:
         ExportError: ``EXPORT_INT8`` (also when no Q/DQ node was inserted).
     """
     quantization = require("modelopt.onnx.quantization", "export", "INT8 quantization (ModelOpt)")
+    ends = end_layers(onnx.load(str(fp32), load_external_data=False)) if fp32_ends else []
+    exclude_nodes = (*exclude_nodes, *(f"^{re.escape(name)}$" for name in ends))
     with tempfile.TemporaryDirectory(prefix="edgemed-int8-") as tmp:
         # ModelOpt writes intermediate models next to its input: work on a copy.
         src = Path(tmp) / "model.onnx"
@@ -232,6 +282,7 @@ def make_int8(
         "weights_by_dtype": weight_dtypes(model),
         "nodes_excluded": list(exclude_nodes),
         "op_types_excluded": list(exclude_op_types),
+        "fp32_ends": ends,
         "quantize_linear": ops["QuantizeLinear"],
         "dequantize_linear": ops["DequantizeLinear"],
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),

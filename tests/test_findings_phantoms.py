@@ -126,3 +126,24 @@ def test_tissue_label_rules_still_hold():
         assert np.all(hu[lab == LUNG] < -400)
         assert np.all((hu[lab == SOFT] >= -10) & (hu[lab == SOFT] <= 260))
         assert np.all(hu[lab == BONE] > 150)
+
+
+def test_cells_mark_where_present_findings_lie():
+    """The classifier's dense target: a cell is 1 exactly where a present finding of that
+    kind owns a pixel, 0 for kinds not present; the image's own pixels, not a redraw."""
+    ph = _one(5, "thorax", ("lung_nodule_solid",))
+    cells = ph.cells(32)
+    assert cells.shape == (len(FINDINGS), 8, 8) and cells.dtype == np.uint8
+    expect = np.zeros_like(cells)
+    for f in ph.findings:
+        if f.kind in ph.present:
+            hit = _pixels(ph, f).reshape(8, 32, 8, 32).any(axis=(1, 3))
+            expect[FINDINGS.index(f.kind)] |= hit
+    np.testing.assert_array_equal(cells, expect)
+    for k, kind in enumerate(FINDINGS):
+        assert cells[k].any() == (kind in ph.present)
+    # A nodule fills a few cells of 64, not the slice.
+    assert 1 <= cells[FINDINGS.index("lung_nodule_solid")].sum() <= 4
+    assert ph.cells(16).shape == (len(FINDINGS), 16, 16)
+    with pytest.raises(ValueError, match="cells"):
+        ph.cells(48)

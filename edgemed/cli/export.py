@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a("--calibration-method", default="entropy", choices=["entropy", "max"], help="INT8")
     a("--exclude-nodes", default=None, help="node-name regexes kept in FP32, comma-separated")
     a("--exclude-op-types", default=None, help="op types kept in FP32, comma-separated")
+    a("--int8-fp32-ends", action="store_true", help="INT8: first and last layers stay FP32")
     a("--max-calibration-slices", type=int, default=64, help="cap per set (default 64)")
     a("--max-calibration-windows", type=int, default=32, help="3D: cap (default 32)")
     a("--spacing", default=None, help="3D: target voxel spacing X,Y,Z mm, or none (default)")
@@ -107,6 +108,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration_method=args.calibration_method,
         exclude_nodes=args.exclude_nodes,
         exclude_op_types=args.exclude_op_types,
+        int8_fp32_ends=args.int8_fp32_ends,
         max_calibration_slices=args.max_calibration_slices,
         max_calibration_windows=args.max_calibration_windows,
         spacing=args.spacing,

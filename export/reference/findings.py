@@ -141,6 +141,22 @@ class FindingsPhantom:
         """Multi-label target: 1.0 per kind of :data:`FINDINGS` present."""
         return np.array([k in self.present for k in FINDINGS], np.float32)
 
+    def cells(self, stride: int) -> np.ndarray:
+        """Where the present findings lie: ``(len(FINDINGS), H // stride, W // stride)``
+        uint8, 1 in a ``stride`` x ``stride`` cell that holds a pixel of a present finding
+        of that kind (the classifier's dense training target). The object map is drawn
+        again from the scene and view: no random draw, the same pixels as the image."""
+        h, w = self.hu.shape
+        if h % stride or w % stride:
+            raise ValueError(f"a {h}x{w} slice does not split into {stride} px cells")
+        owner = _rasterize(self.phantom.scene, self.phantom.view, (h, w))
+        out = np.zeros((len(FINDINGS), h // stride, w // stride), np.uint8)
+        for f in self.findings:
+            if f.kind in self.present:
+                pixels = np.isin(owner, f.objects).reshape(h // stride, stride, w // stride, stride)
+                out[FINDINGS.index(f.kind)] |= pixels.any(axis=(1, 3))
+        return out
+
     def finding_type(self) -> str:
         """The retrieval class: ``none``, one kind, or kinds joined by ``+``."""
         return "+".join(self.present) or "none"

@@ -1,11 +1,15 @@
 """``FindingsNet``: the small CNN behind the findings classifier and the similar-case
 embedding (needs torch).
 
-A strided convolution trunk (256 -> 8 px, 16 to 96 channels, BatchNorm + ReLU), then
-global max and average pooling side by side: the max keeps a small, bright finding (a
-5 mm nodule covers a few pixels of the 8x8 map) that an average alone would dilute.
-``task="classification"`` ends in one logit per finding (sigmoid: several findings can
-be present at once); ``task="embedding"`` ends in a small projection whose output the
+A strided convolution trunk (256 -> 8 px, 16 to 96 channels, BatchNorm + ReLU) ends in an
+8 x 8 map of 32 px cells. ``task="classification"``: a 1x1 convolution gives one logit per
+finding and cell, and a finding's logit for the slice is its largest cell's (sigmoid:
+several findings can be present at once). Training supervises the cells too, with where
+the findings lie (:meth:`~.findings.FindingsPhantom.cells`): told only "this slice has a
+nodule", the net learnt the anatomy that goes with nodules (a 25 mm nodule was found no
+better than a 3 mm one); told which cell, it learns the nodule. ``task="embedding"``:
+global max and average pooling of the map side by side (the max keeps a small, bright
+finding that an average alone would dilute) under a small projection, whose output the
 runtime L2-normalises (the embedding head's ``normalize: l2``).
 """
 
@@ -47,7 +51,7 @@ class FindingsNet(nn.Module):
         )
         features = 2 * 96
         if task == "classification":
-            self.head: nn.Module = nn.Sequential(nn.Dropout(0.1), nn.Linear(features, outputs))
+            self.head: nn.Module = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(96, outputs, 1))
         else:
             self.head = nn.Sequential(
                 nn.Linear(features, 128), nn.ReLU(inplace=True), nn.Linear(128, outputs)
@@ -57,7 +61,13 @@ class FindingsNet(nn.Module):
         f = self.trunk(x)
         return torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], 1)
 
+    def cells(self, x: torch.Tensor) -> torch.Tensor:
+        """Classification: per-cell logits ``(N, outputs, H / 32, W / 32)``."""
+        return self.head(self.trunk(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return self.cells(x).amax(dim=(2, 3))
         return self.head(self.pooled(x))
 
 

@@ -9,11 +9,13 @@ Stages (each seeded; ``all`` runs them in order, one at a time):
 ``data``
     Findings phantoms (:mod:`.findings`, 256 px whole-body slices) from two separate
     random streams, training and held-out, put through the runtime's own preprocessing
-    (:func:`edgemed.preprocess.preprocess` with :data:`PREPROCESS`) and cached as uint8.
+    (:func:`edgemed.preprocess.preprocess` with :data:`PREPROCESS`) and cached as uint8,
+    with where each present finding lies (:data:`CELL` px cells).
 ``classifier``
     :func:`.findings_net.classifier`, multi-label (one sigmoid per finding), binary
-    cross-entropy; the decision thresholds shipped in the bundle are chosen on the
-    held-out stream (the largest Youden index per finding). Writes
+    cross-entropy on the slice's logits and on every cell's; the decision thresholds
+    shipped in the bundle are chosen on the held-out stream (the largest Youden index per
+    finding). Writes
     ``findings_classifier.pt`` + ``.json``.
 ``embedding``
     :func:`.findings_net.embedder`, its trunk started from the classifier's, trained
@@ -69,6 +71,9 @@ PREPROCESS: dict[str, Any] = {
     "dtype": "float32",
 }
 
+#: The classifier's cells (px): its trunk's output stride (see :mod:`.findings_net`).
+CELL = 32
+
 #: Seeds of the phantom streams (training, held-out for thresholds; the bundle report
 #: uses a third, :data:`build_findings_demo.TEST_SEED`).
 TRAIN_SEED, HELDOUT_SEED = 31001, 31002
@@ -93,6 +98,7 @@ def _encode(phantoms: list[Any], spec: PreprocessSpec) -> dict[str, np.ndarray]:
     types = sorted({ph.finding_type() for ph in phantoms})
     return {
         "x": xs,
+        "cells": np.stack([ph.cells(CELL) for ph in phantoms]),
         "y": np.stack([ph.target() for ph in phantoms]),
         "level": np.array([LEVELS.index(ph.level) for ph in phantoms], np.int64),
         "type": np.array([ph.finding_type() for ph in phantoms]),
@@ -116,14 +122,18 @@ def _load(cache: Path, name: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _batch(x: np.ndarray, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 inputs -> float, with flips (the phantom views flip and rotate already)."""
-    b = x[idx].astype(np.float32) / 255.0
+def _batch(
+    data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 inputs -> float, and their cell targets, flipped alike (the phantom views
+    flip and rotate already)."""
+    b = data["x"][idx].astype(np.float32) / 255.0
+    c = data["cells"][idx].astype(np.float32)
     if rng.random() < 0.5:
-        b = b[:, :, :, ::-1]
+        b, c = b[:, :, :, ::-1], c[:, :, :, ::-1]
     if rng.random() < 0.2:
-        b = b[:, :, ::-1, :]
-    return torch.from_numpy(np.ascontiguousarray(b))
+        b, c = b[:, :, ::-1, :], c[:, :, ::-1, :]
+    return torch.from_numpy(np.ascontiguousarray(b)), torch.from_numpy(np.ascontiguousarray(c))
 
 
 def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -217,6 +227,7 @@ def _record(args: argparse.Namespace, model: torch.nn.Module, extra: dict[str, A
             "train": args.train,
             "heldout": args.val,
             "size": 256,
+            "cell_px": CELL,
         },  # fmt: skip
         "parameters": int(sum(p.numel() for p in model.parameters())),
         **extra,
@@ -247,8 +258,12 @@ def _train_classifier(args: argparse.Namespace) -> None:
         record = json.loads(args.classifier_weights.with_suffix(".json").read_text())
         earlier_s = int(record.get("training_seconds", 0))
     prevalence = tr["y"].mean(0)
-    # Rare findings weigh more: positives count as much as negatives per finding.
+    # Rare findings weigh more: positives count as much as negatives per finding, per
+    # slice (at most 8x) and per cell (a finding fills a few of a slice's 64: at most 30x).
     pos_weight = torch.tensor(np.clip((1 - prevalence) / np.maximum(prevalence, 1e-3), 1, 8))
+    in_cells = tr["cells"].mean((0, 2, 3))
+    cell_weight = torch.tensor(np.clip((1 - in_cells) / np.maximum(in_cells, 1e-4), 1, 30))
+    cell_weight = cell_weight.float()[:, None, None]
     t0, ema = time.perf_counter(), None
     for c, steps in enumerate(args.cycles):
         if c < args.resume_cycle:
@@ -262,10 +277,15 @@ def _train_classifier(args: argparse.Namespace) -> None:
         )
         for step in range(1, steps + 1):
             idx = rng.integers(0, len(tr["x"]), args.batch)
-            logits = model(_batch(tr["x"], idx, rng))
+            x, cells = _batch(tr, idx, rng)
+            cell_logits = model.cells(x)
+            # The slice's logit (its largest cell's, as the exported model computes it)
+            # against the slice's labels, plus every cell against where the findings lie.
             loss = F.binary_cross_entropy_with_logits(
-                logits, torch.from_numpy(tr["y"][idx]), pos_weight=pos_weight.float()
-            )
+                cell_logits.amax(dim=(2, 3)),
+                torch.from_numpy(tr["y"][idx]),
+                pos_weight=pos_weight.float(),
+            ) + F.binary_cross_entropy_with_logits(cell_logits, cells, pos_weight=cell_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -290,7 +310,9 @@ def _train_classifier(args: argparse.Namespace) -> None:
             "batch": args.batch,
             "optimizer": f"AdamW, one OneCycle schedule per cycle (max lr {args.lr}, later "
             f"cycles {args.lr * 2 / 3:.2g}), weight decay 1e-4",
-            "loss": "binary cross-entropy per finding, positives weighted by (1-p)/p (<= 8)",
+            "loss": "binary cross-entropy per finding on the slice's logit (its largest "
+            "cell's), positives weighted by (1-p)/p (<= 8), plus binary cross-entropy per "
+            f"finding and {CELL} px cell against the cells its pixels lie in (<= 30)",
             "labels": list(FINDINGS),
             "thresholds": [round(t, 4) for t in thresholds],
             "thresholds_chosen_by": "largest Youden index per finding on the held-out stream",
@@ -407,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=1600, help="training phantoms")
     ap.add_argument("--val", type=int, default=300, help="held-out phantoms")
     ap.add_argument("--seed", type=int, default=18)
-    ap.add_argument("--cycles", default="300,400", help="classifier steps per one-cycle schedule")
+    ap.add_argument("--cycles", default="2000", help="classifier steps per one-cycle schedule")
     ap.add_argument("--resume-cycle", type=int, default=0, help="continue at this cycle")
     ap.add_argument("--embed-steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=32)

@@ -1,6 +1,6 @@
 """benchmarks/volume_compare.py: its quick mode runs the three pipelines (each in its own
-processes, in alternating rounds) and edgemed's mask is voxel for voxel MONAI + ONNX Runtime's; README's table
-comes from its JSON."""
+processes, in alternating rounds) and edgemed's mask is voxel for voxel MONAI + ONNX
+Runtime's; README's table comes from its JSON."""
 
 from __future__ import annotations
 
