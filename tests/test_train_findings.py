@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 from edgemed.export.reference import train_findings as tf  # noqa: E402
 from edgemed.export.reference.findings import FINDINGS  # noqa: E402
 from edgemed.export.reference.findings_net import classifier  # noqa: E402
+from tests.cli_run import python_env  # noqa: E402
 
 
 def test_all_stages_on_a_few_phantoms(tmp_path):
@@ -24,10 +25,12 @@ def test_all_stages_on_a_few_phantoms(tmp_path):
     args = ["all", "--cache", str(tmp_path / "cache"), "--train", "24", "--val", "12"]
     args += ["--cycles", "3", "--embed-steps", "3", "--batch", "4", "--threads", "1"]
     args += ["--classifier-weights", str(cls_w), "--embedding-weights", str(emb_w)]
-    # In its own process: the script sets torch's threads and deterministic mode globally.
+    # In its own process (the script sets torch's threads and deterministic mode
+    # globally), importing the installed edgemed.export as a user's would (python_env).
     run = subprocess.run(
         [sys.executable, "-m", "edgemed.export.reference.train_findings", *args],
         cwd=Path(__file__).resolve().parents[1],
+        env=python_env(),
         capture_output=True,
         text=True,
         timeout=600,
