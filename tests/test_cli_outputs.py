@@ -403,6 +403,25 @@ def test_a_signal_before_any_input_finished_leaves_nothing(inputs, tmp_path):
     assert not out.exists() and _no_leftovers(tmp_path) == []
 
 
+def test_more_signals_while_stopping_still_exit_130(inputs, tmp_path):
+    """Ctrl-C pressed again and again (or a signal raised again at teardown): the exit
+    is decided by the first, never death by a later one, never a traceback."""
+    out = tmp_path / "out"
+    proc = _start(["run", *[str(inputs["big"])] * 40, "--out", str(out)])
+    for line in proc.stdout:  # the first input's summary is out: it is running
+        if line.startswith("  wrote"):
+            break
+    for _ in range(20):  # one every 10 ms, past the first one's cleanup and the exit
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-4000:]
+    assert "Traceback" not in err and "edgemed: interrupted" in err, err[-4000:]
+    assert _no_leftovers(tmp_path) == []
+
+
 def test_an_interrupt_before_the_with_block_took_charge_leaves_nothing(tmp_path):
     # The window between mkdir and __enter__ (no __exit__ runs for it): the CLI's
     # interrupt handler sweeps what no run published or discarded.

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Terminated", "ignored", "terminate_as_interrupt"]
+__all__ = ["Terminated", "ignore_from_now", "ignored", "terminate_as_interrupt"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,3 +55,13 @@ def ignored() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def ignore_from_now() -> None:
+    """The command is ending after an interrupt: from here on SIGINT and SIGTERM are
+    ignored, so that a later one (a second Ctrl-C, or a signal raised again while the
+    interpreter tears down) cannot turn the exit code into death by the signal after
+    the one line was printed. Main thread only."""
+    if _main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
