@@ -384,7 +384,8 @@ def _monai_runner(work: Path, cfg: dict[str, Any], engine: str, out: Path):
 
 
 def child(variant: str, work: Path) -> dict[str, Any]:
-    """Run one pipeline ``warmup + repeats`` times in this process; its figures."""
+    """Run one pipeline ``warmup + repeats`` times in this process; its raw figures
+    (:func:`merge_rounds` summarises them over the rounds)."""
     t0 = time.perf_counter()
     cfg = json.loads((work / "config.json").read_text())
     out = work / f"out-{VARIANTS.index(variant)}"
@@ -398,15 +399,11 @@ def child(variant: str, work: Path) -> dict[str, Any]:
     rss_ready = _rss_now_mb()
     first = [run() for _ in range(cfg["warmup"])]
     runs = [run() for _ in range(cfg["repeats"])]
-    phases = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     return {
         "runs": runs,
-        "end_to_end_s": round(phases.pop("total_s"), 4),
-        "runs_s": [round(r["total_s"], 4) for r in runs],
-        "first_run_s": round(first[0]["total_s"], 4) if first else None,
-        "phases_median_s": {k: round(v, 4) for k, v in phases.items()},
-        "startup_s": round(startup, 3),
-        "rss_after_startup_mb": None if rss_ready is None else round(rss_ready, 1),
+        "first_run_s": first[0]["total_s"] if first else None,
+        "startup_s": startup,
+        "rss_after_startup_mb": rss_ready,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "mask": str(mask),
     }
@@ -598,11 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for k in range(args.rounds):  # alternating: the machine's drift falls on all alike
             for v in variants:
-                r = _spawn(v, work, args.threads, args.timeout_s)
-                rounds[v].append(r)
+                rounds[v].append(_spawn(v, work, args.threads, args.timeout_s))
+                r = merge_rounds(rounds[v][-1:])
                 print(
-                    f"round {k + 1}: {v}: {statistics.median(r['runs_s']):.2f} s end to end "
-                    f"(first run {r['first_run_s']} s), peak RSS {r['peak_rss_mb']:.0f} MiB",
+                    f"round {k + 1}: {v}: {r['end_to_end_s']:.2f} s end to end (first run "
+                    f"{r['first_run_s']} s), peak RSS {r['peak_rss_mb']:.0f} MiB",
                     file=sys.stderr,
                 )
         for v in variants:

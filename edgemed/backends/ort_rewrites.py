@@ -5,15 +5,17 @@ which MONAI's ``UNet`` puts after every convolution) becomes ``LeakyRelu`` with 
 slope as ``alpha``. ORT's CPU ``PRelu`` goes through its generic broadcasting path, while
 ``LeakyRelu`` has a vectorised kernel: measured on a MONAI ``UNet(spatial_dims=3,
 channels=(16, 32, 64, 128), num_res_units=2)`` window of 96^3 on 2 cores, the 13 PRelu
-took 33 ms of a 190 ms call, and the rewritten model ran ~18 % faster. Both compute
+took 33 ms of a 190 ms call, and a window ran 15-18 % faster (190 -> 155 ms alone,
+157 -> 133 ms through the pipeline). Both compute
 ``x if x >= 0 else slope * x`` elementwise in float32, so the outputs are bit-identical
 (``tests/test_ort_rewrites.py`` checks it on a model through ORT).
 
-What is left alone: per-channel slopes (LeakyRelu has one alpha), slopes that are not
-float32 (fp16 arithmetic might round differently), a slope of higher rank than its
-input (broadcasting would change the output's shape), and quantized models (ORT fuses
-Q/DQ around each operator differently). A model that cannot be read or rewritten is
-passed on unchanged: a rewrite is an optimisation, never a reason to fail a load.
+ONNX requires a PRelu slope to broadcast *to* its input, so the output's shape is the
+input's for both. What is left alone: per-channel slopes (LeakyRelu has one alpha),
+slopes that are not float32 (fp16 arithmetic might round differently), and quantized
+models (ORT fuses Q/DQ around each operator differently). A model that cannot be read
+or rewritten is passed on unchanged: a rewrite is an optimisation, never a reason to
+fail a load.
 """
 
 from __future__ import annotations
@@ -40,34 +42,22 @@ def rewrite(model: bytes) -> bytes:
         return model
 
 
-def _constants(graph) -> dict[str, np.ndarray]:  # noqa: ANN001 (onnx.GraphProto)
-    """Tensor values known without running the graph: initializers, Constant nodes
-    (their ``value`` form) and Identity chains of those."""
+def _slope(name: str, producers: dict, initializers: dict) -> np.ndarray | None:
+    """The value of ``name`` when it is known without running the graph: an initializer,
+    a Constant node's ``value``, or an Identity of those (as torch exports a shared
+    nn.PReLU weight). Only this tensor is converted, not the model's weights."""
     from onnx import numpy_helper
 
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-        elif node.op_type == "Identity" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return values
-
-
-def _ranks(model) -> dict[str, int]:  # noqa: ANN001 (onnx.ModelProto)
-    """Rank of every value whose rank shape inference knows."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    ranks = {}
-    for info in [*g.input, *g.value_info, *g.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            ranks[info.name] = len(tensor.shape.dim)
-    return ranks
+    while name in producers and producers[name].op_type == "Identity":
+        name = producers[name].input[0]
+    node = producers.get(name)
+    if node is None:
+        tensor = initializers.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    return (
+        numpy_helper.to_array(value) if node.op_type == "Constant" and value is not None else None
+    )
 
 
 def _prelu_as_leaky_relu(data: bytes) -> bytes:
@@ -78,17 +68,14 @@ def _prelu_as_leaky_relu(data: bytes) -> bytes:
     graph = model.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         return data
-    values = _constants(graph)
-    ranks = _ranks(model)
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
     changed = 0
     for node in graph.node:
         if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx"):
             continue
-        slope = values.get(node.input[1])
-        rank = ranks.get(node.input[0])
+        slope = _slope(node.input[1], producers, initializers)
         if slope is None or slope.size != 1 or slope.dtype != np.float32:
-            continue
-        if rank is None or slope.ndim > rank:
             continue
         node.op_type = "LeakyRelu"
         del node.input[1]
@@ -109,21 +96,21 @@ def _prelu_as_leaky_relu(data: bytes) -> bytes:
 
 def _drop_unused(graph) -> None:  # noqa: ANN001 (onnx.GraphProto)
     """Remove the slopes' Constant/Identity nodes and initializers nothing reads now."""
-    while True:
-        used = {name for node in graph.node for name in node.input}
-        used |= {out.name for out in graph.output}
+
+    def read() -> set[str]:
+        return {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
+
+    while True:  # an Identity's removal may leave the Constant it read unread
+        used = read()
         dead = [
             n
             for n in graph.node
-            if n.op_type in ("Constant", "Identity") and not any(o in used for o in n.output)
+            if n.op_type in ("Constant", "Identity") and not set(n.output) & used
         ]
-        for node in dead:
-            graph.node.remove(node)
         if not dead:
             break
-    used = {name for node in graph.node for name in node.input}
-    used |= {out.name for out in graph.output}
-    graph_inputs = {i.name for i in graph.input}
+        for node in dead:
+            graph.node.remove(node)
+    used = read() | {i.name for i in graph.input}
     for init in [t for t in graph.initializer if t.name not in used]:
-        if init.name not in graph_inputs:
-            graph.initializer.remove(init)
+        graph.initializer.remove(init)

@@ -20,6 +20,10 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+#: The signals that stop a command.
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+
 def _main_thread() -> bool:
     # signal.signal works only there (an API user may call main() from a worker thread).
     return threading.current_thread() is threading.main_thread()
@@ -49,7 +53,7 @@ def ignored() -> Iterator[None]:
     if not _main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOPPING}
     try:
         yield
     finally:
@@ -63,5 +67,5 @@ def ignore_from_now() -> None:
     interpreter tears down) cannot turn the exit code into death by the signal after
     the one line was printed. Main thread only."""
     if _main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in _STOPPING:
             signal.signal(s, signal.SIG_IGN)

@@ -294,8 +294,6 @@ def _train_classifier(args: argparse.Namespace) -> None:
             if step % 25 == 0 or step == steps:
                 el = time.perf_counter() - t0
                 _log(f"cycle {c} step {step}/{steps} loss {ema:.4f} {el:.0f} s")
-        if c == 0:  # the embedding model starts from this trunk (see _train_embedding)
-            torch.save(model.state_dict(), args.cache / "classifier_cycle0.pt")
     train_s = time.perf_counter() - t0
     probs = 1 / (1 + np.exp(-_predict(model, ho["x"])))
     thresholds = [_youden(probs[:, k], ho["y"][:, k] > 0.5) for k in range(len(FINDINGS))]
