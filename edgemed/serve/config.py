@@ -24,7 +24,7 @@ class ServeConfig:
         options: the pipelines' options (backend, precision, threads, batch size,
             spacing for inputs that do not state it, caps...). Its ``check_modality`` is
             the default for requests that do not say ``any_modality``.
-        workers: pipelines, one worker thread each.
+        workers: pipelines (two worker threads each: see serve.workers).
         queue: jobs that may wait beyond the running ones; more get 429.
         max_upload_bytes: a request body's cap (413 while reading beyond it).
         max_parts: multipart parts per request.

@@ -1,7 +1,11 @@
-"""Inference off the event loop: a bounded queue and one thread per pipeline.
+"""Inference off the event loop: a bounded queue and two threads per pipeline.
 
-Each worker thread owns one :class:`~edgemed.pipeline.Pipeline` (a pipeline serialises
-its calls, so N pipelines give N calls at once). A worker takes a job, decodes its
+Each :class:`~edgemed.pipeline.Pipeline` has two worker threads. A pipeline serialises
+its model section (preprocess, backend call, decision), so N pipelines give N model
+calls at once; the second thread decodes the next upload, and assembles and serialises
+a finished result, while the first holds the model (the overlap the in-process API
+gets from several threads calling one pipeline; one thread per pipeline left the model
+idle during that work). A worker takes a job, decodes its
 upload with the core readers (one file: ``read_image``; several DICOM parts:
 ``read_series``) and, when that is a single 2D slice, waits up to ``batch_window_s``
 for more single slices so that they share one backend call (micro-batching through
@@ -91,10 +95,10 @@ def answer(rid: str, result: Any, extra: dict[str, Any]) -> bytes:
 
 
 class WorkerPool:
-    """N worker threads, one pipeline each, fed by one bounded queue.
+    """N pipelines, ``threads_per_pipeline`` worker threads each, fed by one bounded queue.
 
     Args:
-        pipelines: one per worker (the pool closes them).
+        pipelines: the pool's pipelines (it closes them).
         queue_size: jobs that may wait beyond those being run.
         batch_window_s: how long a worker holding one 2D slice waits for more.
         observe: ``observe(stage, seconds)`` for the metrics' queue wait (the route
@@ -102,6 +106,9 @@ class WorkerPool:
             this thread does after an answer holds the GIL the event loop needs to send
             it).
         on_batch: ``on_batch(size)`` for the metrics.
+        threads_per_pipeline: worker threads sharing each pipeline (see the module's
+            docstring). Under load, batches still form: a thread that takes its next
+            job after a model call finds the jobs queued meanwhile.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class WorkerPool:
         batch_window_s: float = 0.002,
         observe: Callable[[str, float], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        threads_per_pipeline: int = 2,
     ) -> None:
         if not pipelines:
             raise ValueError("a pool needs at least one pipeline")
@@ -129,8 +137,11 @@ class WorkerPool:
         #: Set when a pipeline met a fatal GPU error: it refuses all work from then on.
         self.fatal: EdgemedError | None = None
         self._threads = [
-            threading.Thread(target=self._work, args=(p,), name=f"edgemed-worker-{i}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(p,), name=f"edgemed-worker-{i}.{k}", daemon=True
+            )
             for i, p in enumerate(self.pipelines)
+            for k in range(max(1, threads_per_pipeline))
         ]
         for t in self._threads:
             t.start()
