@@ -248,8 +248,17 @@ def triton_table(data: Mapping[str, Any]) -> list[str]:
                 f"{pair['remote_p50_ms']:.1f} ms p50; {g['blocks_added_p50_ms_c1']:+.2f} ms "
                 "between the blocks above)"
             )
+            fl = r.get("floor_c1")
+            own = (
+                ""
+                if fl is None
+                else f"; Triton's own floor, an empty Python-backend model that waits "
+                f"{fl['wait_ms']:.1f} ms and answers with the same outputs, adds "
+                f"{fl['added_p50_ms']:+.2f} ms measured the same way"
+            )
             lines.append(
-                f"- {name}: Triton adds {g['triton_added_p50_ms_c1']:+.2f} ms p50 at c=1{how}; "
+                f"- {name}: Triton adds {g['triton_added_p50_ms_c1']:+.2f} ms p50 at c=1"
+                f"{how}{own}; "
                 f"{g['best_triton']} reach {g['triton_c16_share_of_batched_percent']:.0f} % "
                 "of the batched in-process throughput at c=16."
             )

@@ -25,6 +25,14 @@ in-process call, then the same file through edgemed's ``TritonClient`` on the 1-
 server, ``2 x --requests`` times; the median of the differences, which the machine's
 drift cannot move. The table's c=1 rows come from separate blocks.
 
+**Triton's own floor**, measured the same way: the 1-instance server also serves
+``edgemed-floor``, a Python-backend model with the edgemed model's config whose
+``execute`` only waits as long as the in-process call takes (its median) and answers
+with the outputs the real model gives for that input (the same RESULT bytes and MASK
+shape). Paired against a local ``time.sleep`` of that length, it is what Triton, its
+Python backend and the client add for a request of this size that takes this long,
+with no edgemed code in the server at all.
+
 Per input, the in-process runs come right before and right after the Triton points
 (both servers are up at once, their points alternate), and the better in-process run is
 shown: on a shared machine the load drifts, and rows measured minutes apart would
@@ -47,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if not __package__:  # run as a script: `python benchmarks/<name>.py` imports `benchmarks.*`
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
@@ -59,6 +69,40 @@ from tools.tritonserver_setup import Triton, TritonServer, ensure, free_port
 CONCURRENCY = (1, 4, 16)
 BATCHES = (1, 4, 8, 16)
 MODEL = "edgemed-demo-ct-tissue"
+FLOOR = "edgemed-floor"
+
+#: The floor model (see the module doc): per input length, ``<length>.npz`` beside it
+#: holds the wait and the outputs to answer with.
+FLOOR_MODEL_PY = '''"""Triton's own cost: the edgemed model's config, no edgemed code."""
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+HERE = Path(__file__).resolve().parent
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.known = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().shape[1]
+            if n not in self.known:
+                with np.load(HERE / f"{n}.npz") as f:
+                    self.known[n] = (float(f["wait_s"]), bytes(f["result"]), f["mask"].copy())
+            wait_s, result, mask = self.known[n]
+            time.sleep(wait_s)
+            tensors = [
+                pb_utils.Tensor("RESULT", np.array([[result]], dtype=np.object_)),
+                pb_utils.Tensor("MASK", mask),
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
 
 
 def in_process(data: bytes, threads: int, seconds: float) -> dict[str, Any]:
@@ -278,6 +322,52 @@ def compare_input(
             out[key][str(c)] = perf_analyzer(triton, server.url, data, c, requests, work)
     out["in_process"] = _best(before, in_process(data, threads, seconds))
     out["paired_c1"] = paired(servers["triton_1"], data, threads, 2 * requests)
+    out["floor_c1"] = floor(servers["triton_1"], data, threads, 2 * requests)
+    return out
+
+
+def _add_floor_model(repo: Path) -> None:
+    """``edgemed-floor`` beside the edgemed model: the same config, renamed."""
+    config = (repo / MODEL / "config.pbtxt").read_text()
+    (repo / FLOOR / "1").mkdir(parents=True)
+    (repo / FLOOR / "config.pbtxt").write_text(
+        config.replace(f'name: "{MODEL}"', f'name: "{FLOOR}"', 1)
+    )
+    (repo / FLOOR / "1" / "model.py").write_text(FLOOR_MODEL_PY)
+
+
+def floor(server: TritonServer, data: bytes, threads: int, requests: int) -> dict[str, Any]:
+    """:func:`paired_added` of the floor model (waiting as long as the in-process call's
+    median) over a local sleep of the same length: Triton's own cost at c=1."""
+    from edgemed.triton import wire
+    from edgemed.triton.client import TritonClient
+
+    with edgemed.Pipeline.from_bundle(
+        edgemed.demo_bundle(), backend="onnxruntime", threads=threads
+    ) as pipe:
+        for _ in range(5):
+            pipe(data)
+        calls = []
+        for _ in range(21):
+            t0 = time.perf_counter()
+            result = pipe(data)
+            calls.append(time.perf_counter() - t0)
+    wait_s = float(np.median(calls))
+    np.savez(
+        server.repository / FLOOR / "1" / f"{len(data)}.npz",
+        wait_s=np.float64(wait_s),
+        result=np.frombuffer(wire.result_text(result.to_dict()), dtype=np.uint8),
+        mask=wire.stack_masks([wire.mask_zyx(result.mask)]),
+    )
+    with TritonClient(server.url, FLOOR) as client:
+        for _ in range(5):
+            client.infer(data)
+
+        def remote() -> bool:
+            return client.infer(data).mask is not None
+
+        out = paired_added(lambda: time.sleep(wait_s), remote, requests)
+    out["wait_ms"] = round(wait_s * 1e3, 3)
     return out
 
 
@@ -309,8 +399,14 @@ def main(argv: list[str] | None = None) -> int:
             "triton_1": _repository(triton, work, 1, args.threads),
             "triton_2": _repository(triton, work, 2, half),
         }
+        _add_floor_model(repos["triton_1"])
         servers = {
-            key: TritonServer(triton, repo, [MODEL], log=work / f"{key}.log")
+            key: TritonServer(
+                triton,
+                repo,
+                [MODEL, FLOOR] if key == "triton_1" else [MODEL],
+                log=work / f"{key}.log",
+            )
             for key, repo in repos.items()
         }
         results: dict[str, Any] = {}
@@ -338,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(("triton_1", "triton_2"), key=lambda k: r[k]["16"]["images_per_s"])
         r["goals"] = {
             "triton_added_p50_ms_c1": r["paired_c1"]["added_p50_ms"],
+            "triton_floor_p50_ms_c1": r["floor_c1"]["added_p50_ms"],
             "blocks_added_p50_ms_c1": round(
                 r["triton_1"]["1"]["p50_ms"] - r["in_process"]["latency"]["p50_ms"], 3
             ),
