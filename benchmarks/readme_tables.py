@@ -346,6 +346,13 @@ def serve_table(data: Mapping[str, Any]) -> list[str]:
                 f"keep-alive request ({paired['in_process_p50_ms']:.1f} / "
                 f"{paired['remote_p50_ms']:.1f} ms p50; {blocks})"
             )
+        peer = row.get("peer_paired_c1")
+        if peer is not None:
+            said += (
+                f"; a hand-written FastAPI endpoint around the same pipeline "
+                f"(`benchmarks/serve_peer.py`) adds {added(peer['added_p50_ms'])} ms, "
+                "measured the same way"
+            )
         lines.append(
             f"- {name}: {said} (goal <= {goals['http_added_p50_ms_at_c1']:g} ms); throughput "
             f"at concurrency 4 is {row['throughput_ratio_c4']:.2f}x in-process (goal >= "

@@ -16,6 +16,10 @@ At concurrency 1 the added latency is also measured in pairs (one in-process cal
 one HTTP request on a keep-alive connection, ``--requests`` times; the median of the
 differences), which the machine's drift between blocks cannot move; the goal is judged
 on it. Throughput is requests over wall time; errors are answers other than 200.
+The peer: the same pairs against the plainest hand-written FastAPI endpoint around the
+same pipeline (``benchmarks/serve_peer.py``: ``await request.body()``, the call in a
+thread pool), under the same uvicorn, so the table says what ``edgemed serve``'s HTTP
+costs against what a user would otherwise write.
 RSS: the server's resident memory after a warm-up that fills the result store, and
 again after ``--rss-requests`` more requests (goal: growth under 5 %). Goals: HTTP
 adds at most 2 ms p50 at concurrency 1, and its throughput at concurrency 4 is at least
@@ -74,19 +78,39 @@ def _inputs() -> dict[str, tuple[bytes, str]]:
 class _Server:
     """``edgemed serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, args: list[str]) -> None:
-        cmd = [sys.executable, "-m", "edgemed.cli", "serve", "--port", "0", *args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise SystemExit(f"the server did not start: {line!r}")
-        self.url = line.strip().rsplit(" ", 1)[-1]
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+    def __init__(self, args: list[str], peer: dict[str, str] | None = None) -> None:
+        """``edgemed serve ARGS``; with ``peer`` (its environment), serve_peer's app."""
         import httpx
+
+        if peer is None:
+            cmd = [sys.executable, "-m", "edgemed.cli", "serve", "--port", "0", *args]
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            if "listening on" not in line:
+                self.proc.kill()
+                raise SystemExit(f"the server did not start: {line!r}")
+            self.url = line.strip().rsplit(" ", 1)[-1]
+            threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        else:
+            import os
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serve_peer:app", "--port"]
+            cmd += [str(port), "--no-access-log", "--log-level", "warning"]
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=Path(__file__).resolve().parents[1],
+                env={**os.environ, **peer},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.url = f"http://127.0.0.1:{port}"
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -261,8 +285,23 @@ def main(argv: list[str] | None = None) -> int:
             before = server.rss()
             _, errors, wall = _hey(server.url, body, ctype, args.rss_requests, 4)
             after = server.rss()
+            code = server.stop()
+            peer = _Server(
+                [], {"EDGEMED_PEER_BACKEND": args.backend, "EDGEMED_PEER_THREADS": str(threads)}
+            )
+            try:
+                for name, (data, ctype) in inputs.items():
+                    for _ in range(5):
+                        _paired(pipe, peer.url, data, ctype, 1)
+                    results[name]["peer_paired_c1"] = _paired(
+                        pipe, peer.url, data, ctype, args.requests
+                    )
+                    print(name, "peer paired", results[name]["peer_paired_c1"], flush=True)
+            finally:
+                peer.stop()
     finally:
-        code = server.stop()
+        if server.proc.poll() is None:
+            code = server.stop()
     rss = {
         "input": name,
         "requests": args.rss_requests,
