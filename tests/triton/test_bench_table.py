@@ -72,3 +72,15 @@ def test_the_goal_line_gives_the_paired_measurement():
 
 def test_rendered_into_the_performance_section():
     assert "edgemed on Triton Inference Server" in render({"triton_compare": _data()})
+
+
+def test_the_goal_line_gives_tritons_own_floor():
+    """The empty model's figure (what Triton adds with no edgemed code) sits beside the
+    goal figure, so a reader can tell Triton's cost from edgemed's."""
+    data = _data()
+    row = data["inputs"]["CT_small.dcm 128x128"]
+    row["floor_c1"] = {"requests": 200, "errors": 0, "in_process_p50_ms": 29.0,
+                       "remote_p50_ms": 31.2, "added_p50_ms": 2.2, "wait_ms": 28.96}  # fmt: skip
+    line = next(x for x in triton_table(data) if x.startswith("- CT_small"))
+    assert "an empty Python-backend model that waits 29.0 ms" in line
+    assert "adds +2.20 ms measured the same way" in line
