@@ -39,7 +39,12 @@ from edgemed.cli import (
     triton,
 )
 from edgemed.cli.outdir import discard_unpublished
-from edgemed.cli.signals import ignore_from_now, ignored, terminate_as_interrupt
+from edgemed.cli.signals import (
+    forget_handled_interrupts,
+    ignore_from_now,
+    ignored,
+    terminate_as_interrupt,
+)
 from edgemed.errors import EdgemedError
 from edgemed.settings import load_settings
 
@@ -111,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # An interrupt outside the command (parsing the arguments, or while an error
         # was being reported): the same exit as within it, never death by the signal.
         return _interrupted(exc)
+    finally:
+        # Whatever interrupt reached here was handled: the exit code says so.
+        forget_handled_interrupts()
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
@@ -120,8 +128,8 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     with ignored():  # whatever point the interrupt reached, no staging folder stays
         discard_unpublished()
     print(f"edgemed: {'terminated' if signum != 2 else 'interrupted'}", file=sys.stderr)
-    # Clean-clone CI saw this line printed and the process still dead of SIGINT (rc -2):
-    # a second SIGINT reached it after the first was handled. The exit is decided now.
+    # The exit is decided now: a second Ctrl-C must not turn it into death by the
+    # signal (see also forget_handled_interrupts, which main() runs last).
     ignore_from_now()
     return 128 + signum
 

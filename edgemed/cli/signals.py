@@ -10,7 +10,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Terminated", "ignore_from_now", "ignored", "terminate_as_interrupt"]
+__all__ = [
+    "Terminated",
+    "forget_handled_interrupts",
+    "ignore_from_now",
+    "ignored",
+    "terminate_as_interrupt",
+]
 
 
 class Terminated(KeyboardInterrupt):
@@ -69,3 +75,21 @@ def ignore_from_now() -> None:
     if _main_thread():
         for s in _STOPPING:
             signal.signal(s, signal.SIG_IGN)
+
+
+def forget_handled_interrupts() -> None:
+    """Clear CPython's "unhandled KeyboardInterrupt" mark before the command returns.
+
+    CPython sets that mark whenever a KeyboardInterrupt leaves code that ``exec`` or
+    ``eval`` ran from a string (``run_eval_code_obj`` in pythonrun.c), and catching the
+    exception later does not clear it. ``dataclasses`` builds every ``__init__``,
+    ``__repr__`` and ``__eq__`` that way, so a Ctrl-C that lands while a module defining
+    dataclasses is first imported leaves the mark set; the command then handles the
+    interrupt, prints its one line and returns 130, and after the interpreter finished,
+    ``Py_RunMain`` sees the mark and kills the process with SIGINT (exit -2 instead of
+    130). Found with an LD_PRELOAD shim logging ``sigaction``/``kill`` for SIGINT:
+    ``Py_RunMain`` itself reset SIGINT to the default and raised it, after
+    ``sys.exit(130)``. CPython resets the mark at every ``eval`` of a string, so one
+    such ``eval`` (of a constant) here is the whole fix.
+    """
+    eval("None")
