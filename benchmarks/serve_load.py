@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ import numpy as np
 import edgemed
 from benchmarks._common import environment, paired_added, stats, write_results
 from benchmarks.readme_tables import serve_table
+from tools.tritonserver_setup import free_port
 
 __all__ = ["main"]
 
@@ -82,42 +84,13 @@ def _inputs() -> dict[str, tuple[bytes, str]]:
 
 
 class _Server:
-    """``edgemed serve`` in a subprocess on a free loopback port."""
+    """A service in a subprocess on a free loopback port, ready (``/readyz`` 200):
+    ``edgemed serve`` (:meth:`edgemed_serve`) or the peer app (:meth:`peer`)."""
 
-    def __init__(self, args: list[str], peer: dict[str, str] | None = None) -> None:
-        """``edgemed serve ARGS``; with ``peer`` (its environment), serve_peer's app."""
+    def __init__(self, proc: subprocess.Popen, url: str) -> None:
         import httpx
 
-        if peer is None:
-            cmd = [sys.executable, "-m", "edgemed.cli", "serve", "--port", "0", *args]
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-            )
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
-            if "listening on" not in line:
-                self.proc.kill()
-                raise SystemExit(f"the server did not start: {line!r}")
-            self.url = line.strip().rsplit(" ", 1)[-1]
-            threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        else:
-            import os
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serve_peer:app", "--port"]
-            cmd += [str(port), "--no-access-log", "--log-level", "warning"]
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, **peer},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            self.url = f"http://127.0.0.1:{port}"
-
+        self.proc, self.url = proc, url
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -128,6 +101,35 @@ class _Server:
             time.sleep(0.2)
         self.stop()
         raise SystemExit("the server never became ready")
+
+    @classmethod
+    def edgemed_serve(cls, args: list[str]) -> _Server:
+        """``edgemed serve --port 0 ARGS`` (its first line says the port it got)."""
+        cmd = [sys.executable, "-m", "edgemed.cli", "serve", "--port", "0", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            proc.kill()
+            raise SystemExit(f"the server did not start: {line!r}")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        return cls(proc, line.strip().rsplit(" ", 1)[-1])
+
+    @classmethod
+    def peer(cls, backend: str, threads: int) -> _Server:
+        """``benchmarks/serve_peer.py`` under uvicorn."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serve_peer:app", "--port"]
+        cmd += [str(port), "--no-access-log", "--log-level", "warning"]
+        env = {**os.environ, "EDGEMED_PEER_BACKEND": backend, "EDGEMED_PEER_THREADS": str(threads)}
+        proc = subprocess.Popen(
+            cmd,
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return cls(proc, f"http://127.0.0.1:{port}")
 
     def rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or min(8, len(__import__("os").sched_getaffinity(0)))
     inputs = _inputs()
     store = 64
-    server = _Server(
+    server = _Server.edgemed_serve(
         [
             "--threads",
             str(threads),
@@ -269,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                         errors = sum(part[1] for part in parts)
                         wall = sum(part[2] for part in parts)
                         row[kind][str(c)] = _summary(samples, errors, wall, n * rounds)
-                    if c == 4:  # the goal's ratio, round by round (see the module doc)
-                        ratios = [
-                            (n / h[2]) / (n / i[2])
+                    if c == 4:  # the goal's ratio, round by round (see the module doc):
+                        # both blocks ran n requests, so throughputs compare as walls do
+                        row["throughput_ratio_c4_rounds"] = [
+                            round(i[2] / h[2], 3)
                             for i, h in zip(runs["in_process"], runs["http"], strict=True)
                         ]
-                        row["throughput_ratio_c4_rounds"] = [round(r, 3) for r in ratios]
                     print(name, c, row["in_process"][str(c)], row["http"][str(c)], flush=True)
                 http1, local1 = row["http"]["1"], row["in_process"]["1"]
                 row["http_added_p50_ms"] = (
@@ -302,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             _, errors, wall = _hey(server.url, body, ctype, args.rss_requests, 4)
             after = server.rss()
             code = server.stop()
-            peer = _Server(
-                [], {"EDGEMED_PEER_BACKEND": args.backend, "EDGEMED_PEER_THREADS": str(threads)}
-            )
+            peer = _Server.peer(args.backend, threads)
             try:
                 for name, (data, ctype) in inputs.items():
                     for _ in range(5):

@@ -25,9 +25,10 @@ in-process call, then the same file through edgemed's ``TritonClient`` on the 1-
 server, ``2 x --requests`` times; the median of the differences, which the machine's
 drift cannot move. The table's c=1 rows come from separate blocks.
 
-**Triton's own floor**, measured the same way: the 1-instance server also serves
-``edgemed-floor``, a Python-backend model with the edgemed model's config whose
-``execute`` only waits as long as the in-process call takes (its median) and answers
+**Triton's own floor**, measured the same way right after: the 1-instance server also
+serves ``edgemed-floor``, a Python-backend model with the edgemed model's config whose
+``execute`` only waits as long as the in-process call took (its median in the pairs
+just measured) and answers
 with the outputs the real model gives for that input (the same RESULT bytes and MASK
 shape). Paired against a local ``time.sleep`` of that length, it is what Triton, its
 Python backend and the client add for a request of this size that takes this long,
@@ -280,26 +281,39 @@ def _best(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"latency": latency, "run_batch_images_per_s": batched, "runs": [a, b]}
 
 
-def paired(server: TritonServer, data: bytes, threads: int, requests: int) -> dict[str, Any]:
-    """:func:`paired_added` of edgemed's ``TritonClient`` (HTTP, the result parsed and
-    the mask unpacked, as a user gets them) on one Triton instance over the in-process
-    call, request by request."""
+def paired(
+    server: TritonServer, data: bytes, threads: int, requests: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`paired_added` at c=1, request by request: of edgemed's ``TritonClient``
+    (HTTP, the result parsed and the mask unpacked, as a user gets them) on one Triton
+    instance over the in-process call; then of the floor model, waiting as long as that
+    in-process call's median and answering with its outputs, over a local sleep of the
+    same length (Triton's own cost)."""
+    from edgemed.triton import wire
     from edgemed.triton.client import TritonClient
 
-    with (
-        edgemed.Pipeline.from_bundle(
-            edgemed.demo_bundle(), backend="onnxruntime", threads=threads
-        ) as pipe,
-        TritonClient(server.url, MODEL) as client,
-    ):
-        for _ in range(5):
-            pipe(data)
-            client.infer(data)
+    def against(model: str, local: Any) -> dict[str, Any]:
+        with TritonClient(server.url, model) as client:
+            for _ in range(5):
+                local()
+                client.infer(data)
+            return paired_added(local, lambda: client.infer(data).mask is not None, requests)
 
-        def remote() -> bool:
-            return client.infer(data).mask is not None
-
-        return paired_added(lambda: pipe(data), remote, requests)
+    with edgemed.Pipeline.from_bundle(
+        edgemed.demo_bundle(), backend="onnxruntime", threads=threads
+    ) as pipe:
+        edgemed_c1 = against(MODEL, lambda: pipe(data))
+        result = pipe(data)
+    wait_s = edgemed_c1["in_process_p50_ms"] / 1e3
+    np.savez(
+        server.repository / FLOOR / "1" / f"{len(data)}.npz",
+        wait_s=np.float64(wait_s),
+        result=np.frombuffer(wire.result_text(result.to_dict()), dtype=np.uint8),
+        mask=wire.stack_masks([wire.mask_zyx(result.mask)]),
+    )
+    floor_c1 = against(FLOOR, lambda: time.sleep(wait_s))
+    floor_c1["wait_ms"] = round(wait_s * 1e3, 3)
+    return edgemed_c1, floor_c1
 
 
 def compare_input(
@@ -321,8 +335,7 @@ def compare_input(
         for key, server in servers.items():
             out[key][str(c)] = perf_analyzer(triton, server.url, data, c, requests, work)
     out["in_process"] = _best(before, in_process(data, threads, seconds))
-    out["paired_c1"] = paired(servers["triton_1"], data, threads, 2 * requests)
-    out["floor_c1"] = floor(servers["triton_1"], data, threads, 2 * requests)
+    out["paired_c1"], out["floor_c1"] = paired(servers["triton_1"], data, threads, 2 * requests)
     return out
 
 
@@ -334,41 +347,6 @@ def _add_floor_model(repo: Path) -> None:
         config.replace(f'name: "{MODEL}"', f'name: "{FLOOR}"', 1)
     )
     (repo / FLOOR / "1" / "model.py").write_text(FLOOR_MODEL_PY)
-
-
-def floor(server: TritonServer, data: bytes, threads: int, requests: int) -> dict[str, Any]:
-    """:func:`paired_added` of the floor model (waiting as long as the in-process call's
-    median) over a local sleep of the same length: Triton's own cost at c=1."""
-    from edgemed.triton import wire
-    from edgemed.triton.client import TritonClient
-
-    with edgemed.Pipeline.from_bundle(
-        edgemed.demo_bundle(), backend="onnxruntime", threads=threads
-    ) as pipe:
-        for _ in range(5):
-            pipe(data)
-        calls = []
-        for _ in range(21):
-            t0 = time.perf_counter()
-            result = pipe(data)
-            calls.append(time.perf_counter() - t0)
-    wait_s = float(np.median(calls))
-    np.savez(
-        server.repository / FLOOR / "1" / f"{len(data)}.npz",
-        wait_s=np.float64(wait_s),
-        result=np.frombuffer(wire.result_text(result.to_dict()), dtype=np.uint8),
-        mask=wire.stack_masks([wire.mask_zyx(result.mask)]),
-    )
-    with TritonClient(server.url, FLOOR) as client:
-        for _ in range(5):
-            client.infer(data)
-
-        def remote() -> bool:
-            return client.infer(data).mask is not None
-
-        out = paired_added(lambda: time.sleep(wait_s), remote, requests)
-    out["wait_ms"] = round(wait_s * 1e3, 3)
-    return out
 
 
 def markdown(data: dict[str, Any]) -> str:

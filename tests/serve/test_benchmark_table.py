@@ -54,14 +54,22 @@ def test_serve_table_rows_goals_and_source():
     assert "serve_load" in tables.ORDER
 
 
+def _goal_line(**fields) -> str:
+    """CT_small's goal line as rendered with ``fields`` added to its row of DATA."""
+    data = {**DATA, "inputs": {k: dict(v) for k, v in DATA["inputs"].items()}}
+    data["inputs"]["CT_small.dcm 128x128"].update(fields)
+    return next(x for x in tables.render({"serve_load": data}).splitlines() if "HTTP adds" in x)
+
+
+def _pair(in_process: float, remote: float, added: float) -> dict:
+    return {"requests": 200, "errors": 0, "in_process_p50_ms": in_process,
+            "remote_p50_ms": remote, "added_p50_ms": added}  # fmt: skip
+
+
 def test_serve_table_judges_the_paired_measurement():
     """Where the run measured pairs, the goal line gives their median difference first
     and the blocks' difference beside it."""
-    data = {**DATA, "inputs": {k: dict(v) for k, v in DATA["inputs"].items()}}
-    row = data["inputs"]["CT_small.dcm 128x128"]
-    row["paired_c1"] = {"requests": 200, "errors": 0, "in_process_p50_ms": 30.2,
-                        "remote_p50_ms": 32.1, "added_p50_ms": 1.875}  # fmt: skip
-    line = next(x for x in tables.render({"serve_load": data}).splitlines() if "HTTP adds" in x)
+    line = _goal_line(paired_c1=_pair(30.2, 32.1, 1.875))
     assert "HTTP adds +1.88 ms p50 at concurrency 1, the median over 200 pairs" in line
     assert "(30.2 / 32.1 ms p50; +1.25 ms between hey's and the threads' blocks)" in line
     assert "(goal <= 2 ms)" in line
@@ -69,11 +77,7 @@ def test_serve_table_judges_the_paired_measurement():
 
 def test_serve_table_gives_the_hand_written_peer():
     """The plain FastAPI endpoint's paired figure sits beside edgemed serve's."""
-    data = {**DATA, "inputs": {k: dict(v) for k, v in DATA["inputs"].items()}}
-    row = data["inputs"]["CT_small.dcm 128x128"]
-    row["peer_paired_c1"] = {"requests": 200, "errors": 0, "in_process_p50_ms": 30.0,
-                             "remote_p50_ms": 31.1, "added_p50_ms": 1.104}  # fmt: skip
-    line = next(x for x in tables.render({"serve_load": data}).splitlines() if "HTTP adds" in x)
+    line = _goal_line(peer_paired_c1=_pair(30.0, 31.1, 1.104))
     assert "a hand-written FastAPI endpoint around the same pipeline" in line
     assert "adds +1.10 ms, measured the same way" in line
 
@@ -81,11 +85,10 @@ def test_serve_table_gives_the_hand_written_peer():
 def test_serve_table_judges_c4_on_the_rounds_median():
     """Where the run kept each round's ratio, the goal's figure is their median and the
     ratio over all requests is given beside it."""
-    data = {**DATA, "inputs": {k: dict(v) for k, v in DATA["inputs"].items()}}
-    row = data["inputs"]["CT_small.dcm 128x128"]
-    row["throughput_ratio_c4_rounds"] = [0.98, 1.04, 1.02, 1.07, 1.01, 0.99, 1.03, 1.05]
-    row["throughput_ratio_c4"] = 1.025
-    row["throughput_ratio_c4_all"] = 0.97
-    line = next(x for x in tables.render({"serve_load": data}).splitlines() if "HTTP adds" in x)
+    line = _goal_line(
+        throughput_ratio_c4_rounds=[0.98, 1.04, 1.02, 1.07, 1.01, 0.99, 1.03, 1.05],
+        throughput_ratio_c4=1.025,
+        throughput_ratio_c4_all=0.97,
+    )
     assert "throughput at concurrency 4 is 1.02x in-process, the median of 8" in line
     assert "(0.97x over all requests) (goal >= 1x)" in line
